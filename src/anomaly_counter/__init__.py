@@ -1,0 +1,44 @@
+"""anomaly-counter: which alerts keep coming back, how often, and whether their fixes work."""
+
+from .counter import AnomalyCounter, get_anomaly_counter, reset_anomaly_counter
+from .errors import (
+    AnomalyCounterError,
+    ConfigurationError,
+    InvalidInputError,
+    OccurrenceTimeError,
+    StoreUnavailableError,
+    UnknownDispositionError,
+)
+from .model import (
+    DISPOSITION_TYPES,
+    WINDOWS,
+    AnomalyFrequency,
+    EscalationLevel,
+    Occurrence,
+)
+from .policy import ActionRecommendation, Thresholds
+from .settings import Settings, load_settings
+from .signature import derive_key_from_incident, hash_signature
+
+__all__ = [
+    "DISPOSITION_TYPES",
+    "WINDOWS",
+    "ActionRecommendation",
+    "AnomalyCounter",
+    "AnomalyCounterError",
+    "AnomalyFrequency",
+    "ConfigurationError",
+    "EscalationLevel",
+    "InvalidInputError",
+    "Occurrence",
+    "OccurrenceTimeError",
+    "Settings",
+    "StoreUnavailableError",
+    "Thresholds",
+    "UnknownDispositionError",
+    "derive_key_from_incident",
+    "get_anomaly_counter",
+    "hash_signature",
+    "load_settings",
+    "reset_anomaly_counter",
+]

@@ -1,0 +1,476 @@
+"""AnomalyCounter: the public facade. Validates input, applies the project's settings, turns
+store snapshots into public types, and degrades instead of raising when the store is down."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+import structlog
+
+from . import validation
+from .errors import StoreUnavailableError
+from .model import (
+    DISPOSITION_TYPES,
+    WINDOWS,
+    AnomalyFrequency,
+    EscalationLevel,
+    Occurrence,
+    empty_disposition_counts,
+)
+from .policy import ActionRecommendation, level_for, recommend, should_skip, success_rate
+from .ranking import select_top
+from .settings import Settings, load_settings
+from .signature import derive_key_from_incident, fingerprint_fields, hash_signature
+from .stores.base import RecordRequest, Snapshot, Store, WritePolicy, store_from_url
+from .windows import tail_capacity
+
+logger = structlog.get_logger("anomaly_counter")
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+_WINDOW_INDEX = {name: i for i, name in enumerate(WINDOWS)}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _time(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class AnomalyCounter:
+    """Counts how often each anomaly recurs, escalates the chronic ones, and keeps the evidence
+    of which repairs work. One instance serves one project; stores are shared safely."""
+
+    VALID_DISPOSITION_TYPES: ClassVar[frozenset[str]] = frozenset(DISPOSITION_TYPES)
+    hash_signature = staticmethod(hash_signature)
+    derive_key_from_incident = staticmethod(derive_key_from_incident)
+
+    def __init__(
+        self,
+        store: Store,
+        project_id: str = "default",
+        *,
+        settings: Settings | None = None,
+        clock: Clock = _utcnow,
+    ) -> None:
+        self.project_id = validation.project_id(project_id)
+        self.settings = settings or Settings()
+        self.store = store
+        self._clock = clock
+        thresholds = self.settings.thresholds_for(self.project_id)
+        self.thresholds = thresholds
+        self._policy = WritePolicy(
+            thresholds=thresholds.as_tuple(),
+            tail_capacity=tail_capacity(thresholds.highest),
+            dedup_horizon_ms=self.settings.dedup_horizon_days * 86_400_000,
+            dedup_max_ids=self.settings.dedup_max_ids,
+        )
+
+    @property
+    def THRESHOLDS(self) -> dict[str, int]:  # noqa: N802 - the reference's public name
+        return {
+            "REPEAT": self.thresholds.repeat,
+            "ESCALATE": self.thresholds.escalate,
+            "PERMANENT_FIX": self.thresholds.permanent_fix,
+        }
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None = None,
+        project_id: str | None = None,
+        *,
+        settings: Settings | None = None,
+        clock: Clock = _utcnow,
+        **options: Any,
+    ) -> AnomalyCounter:
+        """A counter on the store a URL names (settings' ``store_url`` when None). Options
+        are settings (``strict=True``, ``store_timeout=0.5``, ``thresholds=...``)."""
+        base = settings or load_settings()
+        chosen = replace(base, **options) if options else base
+        if url is not None:
+            chosen = replace(chosen, store_url=url)
+        return cls(
+            store_from_url(chosen.store_url, chosen),
+            project_id or chosen.project,
+            settings=chosen,
+            clock=clock,
+        )
+
+    async def __aenter__(self) -> AnomalyCounter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the store's connections."""
+        await self.store.aclose()
+
+    # -- degradation --------------------------------------------------------------------------
+
+    async def _guard(self, op: str, call: Awaitable[T], fallback: T, **context: Any) -> T:
+        try:
+            return await call
+        except StoreUnavailableError as exc:
+            if self.settings.strict:
+                raise
+            logger.warning(
+                "anomaly_counter_store_unavailable",
+                operation=op,
+                project=self.project_id,
+                error=str(exc),
+                **context,
+            )
+            return fallback
+
+    def _degraded(self, key: str, at: datetime) -> AnomalyFrequency:
+        return AnomalyFrequency(
+            anomaly_key=key, count_1h=0, count_24h=0, count_7d=0, count_30d=0,
+            first_seen=at, last_seen=at, auto_repair_count=0, permanent_fix_applied=False,
+            escalation_level=None, degraded=True,
+        )  # fmt: skip
+
+    def _frequency(self, snapshot: Snapshot, at: datetime) -> AnomalyFrequency:
+        c1h, c24h, c7d, c30d = snapshot.counts
+        d = snapshot.dispositions
+        first = snapshot.first_seen_ms
+        last = snapshot.last_seen_ms
+        return AnomalyFrequency(
+            anomaly_key=snapshot.anomaly_key,
+            count_1h=c1h,
+            count_24h=c24h,
+            count_7d=c7d,
+            count_30d=c30d,
+            first_seen=_time(first) if first is not None else at,
+            last_seen=_time(last) if last is not None else at,
+            auto_repair_count=snapshot.repair_total,
+            permanent_fix_applied=snapshot.fix_at_ms is not None,
+            escalation_level=level_for(c24h, self.thresholds).label,
+            human_approved_count=d["human_approved"],
+            manual_resolved_count=d["manual_resolved"],
+            cold_start_trust_count=d["cold_start_trust"],
+            total_resolution_count=d["total"],
+            auto_repair_disposition_count=d["auto_repair"],
+            timeout_ignored_count=d["timeout_ignored"],
+            escalated_to=EscalationLevel(snapshot.escalated_to).label,
+            regressed=snapshot.regressed,
+            newly_regressed=snapshot.newly_regressed,
+            duplicate=snapshot.duplicate,
+            signature=snapshot.signature,
+        )
+
+    # -- occurrences --------------------------------------------------------------------------
+
+    def _request(self, occurrence: Occurrence | Mapping[str, Any], now: datetime) -> RecordRequest:
+        if isinstance(occurrence, Mapping):
+            unknown = set(occurrence) - {"signature", "at", "occurrence_id"}
+            if unknown:
+                raise validation.InvalidInputError(
+                    f"unknown occurrence fields: {', '.join(sorted(unknown))}"
+                )
+            occurrence = Occurrence(
+                signature=occurrence.get("signature"),  # type: ignore[arg-type]
+                at=occurrence.get("at"),
+                occurrence_id=occurrence.get("occurrence_id"),
+            )
+        signature = validation.signature(occurrence.signature)
+        at = validation.occurrence_time(occurrence.at, now)
+        return RecordRequest(
+            anomaly_key=hash_signature(signature),
+            signature_json=json.dumps(signature, ensure_ascii=False, sort_keys=True),
+            at_ms=_ms(at),
+            occurrence_id=validation.occurrence_id(occurrence.occurrence_id),
+        )
+
+    async def record_anomaly(
+        self,
+        signature: Mapping[str, Any],
+        *,
+        at: datetime | None = None,
+        occurrence_id: str | None = None,
+    ) -> AnomalyFrequency:
+        """Count one occurrence of the anomaly a signature fingerprints to.
+
+        The windows of the answer end at ``at`` (default: now). ``escalated_to`` names the
+        level this occurrence newly crossed into; exactly one occurrence reports each crossing.
+        A repeated ``occurrence_id`` is not counted again (``duplicate``).
+        """
+        (frequency,) = await self.record_many(
+            [Occurrence(dict(signature) if isinstance(signature, Mapping) else signature, at,
+                        occurrence_id)]  # type: ignore[arg-type]
+        )  # fmt: skip
+        return frequency
+
+    async def record_many(
+        self, occurrences: Iterable[Occurrence | Mapping[str, Any]]
+    ) -> list[AnomalyFrequency]:
+        """Count a batch in order, in one round trip; all input is validated before any of it
+        is stored. Items are ``Occurrence`` or mappings with ``signature``, ``at``,
+        ``occurrence_id``."""
+        now = self._clock()
+        requests = []
+        for index, occurrence in enumerate(occurrences):
+            try:
+                requests.append(self._request(occurrence, now))
+            except validation.InvalidInputError as exc:
+                raise type(exc)(f"occurrence {index}: {exc}") from exc
+        if not requests:
+            return []
+        snapshots = await self._guard(
+            "record",
+            self.store.record(self.project_id, requests, self._policy, _ms(now)),
+            None,
+        )
+        if snapshots is None:
+            return [self._degraded(r.anomaly_key, _time(r.at_ms)) for r in requests]
+        frequencies = []
+        for request, snapshot in zip(requests, snapshots, strict=True):
+            frequency = self._frequency(snapshot, _time(request.at_ms))
+            frequencies.append(frequency)
+            if frequency.escalated_to or frequency.newly_regressed:
+                logger.info(
+                    "anomaly_escalated" if frequency.escalated_to else "anomaly_regressed",
+                    project=self.project_id,
+                    anomaly_key=frequency.anomaly_key,
+                    level=frequency.escalated_to,
+                    count_24h=frequency.count_24h,
+                )
+        return frequencies
+
+    async def get_frequency(
+        self, anomaly_key: str, *, at: datetime | None = None
+    ) -> AnomalyFrequency | None:
+        """The figures of one anomaly as of ``at`` (default now), without counting anything;
+        None for an anomaly never seen."""
+        key = validation.anomaly_key(anomaly_key)
+        now = self._clock()
+        moment = validation.aware(at) if at is not None else now
+        snapshots = await self._guard(
+            "get_frequency",
+            self.store.read(self.project_id, [key], _ms(moment), _ms(now)),
+            None,
+            anomaly_key=key,
+        )
+        if snapshots is None:
+            return self._degraded(key, moment)
+        snapshot = snapshots[0]
+        if snapshot is None or snapshot.first_seen_ms is None:
+            return None
+        return self._frequency(snapshot, moment)
+
+    async def top_anomalies(self, limit: int = 20, window: str = "24h") -> list[dict[str, Any]]:
+        """The anomalies with the most occurrences in a window, most first, each with its
+        figures; from an index kept on write (no scan), exact."""
+        limit = validation.limit(limit)
+        window = validation.window(window)
+        index = _WINDOW_INDEX[window]
+        now_ms = _ms(self._clock())
+
+        async def evaluate(keys: Sequence[str]) -> list[tuple[int, Snapshot] | None]:
+            snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
+            return [
+                (s.counts[index], s) if s is not None and s.counts[index] > 0 else None
+                for s in snapshots
+            ]
+
+        selected = await self._guard(
+            "top_anomalies",
+            select_top(self.store.candidates(self.project_id, window), evaluate, limit),
+            [],
+        )
+        rows = []
+        for _, value, snapshot in selected:
+            row = fingerprint_fields(snapshot.signature)
+            row.update(self._frequency(snapshot, _time(now_ms)).to_dict())
+            row.update(window=window, count=value)
+            rows.append(row)
+        return rows
+
+    # -- repairs ------------------------------------------------------------------------------
+
+    async def record_repair_attempt(
+        self, anomaly_key: str, action: str, success: bool, *, at: datetime | None = None
+    ) -> None:
+        """Count one repair attempt and whether it worked."""
+        key = validation.anomaly_key(anomaly_key)
+        name = validation.action(action)
+        if not isinstance(success, bool):
+            raise validation.InvalidInputError(f"success must be true or false, got {success!r}")
+        now = self._clock()
+        moment = validation.occurrence_time(at, now)
+        await self._guard(
+            "record_repair_attempt",
+            self.store.record_repair(self.project_id, key, name, success, _ms(moment), _ms(now)),
+            None,
+            anomaly_key=key,
+        )
+
+    async def get_all_repair_stats(self, anomaly_key: str) -> dict[str, dict[str, Any]]:
+        """Per action: total, success and success_rate over every attempt of the last 30 days."""
+        key = validation.anomaly_key(anomaly_key)
+        stats = await self._guard(
+            "get_all_repair_stats",
+            self.store.repair_stats(self.project_id, key, _ms(self._clock())),
+            {},
+            anomaly_key=key,
+        )
+        return {
+            action: {"total": total, "success": ok, "success_rate": success_rate(total, ok)}
+            for action, (total, ok) in stats.items()
+        }
+
+    async def get_repair_success_rate(self, anomaly_key: str, action: str) -> dict[str, Any]:
+        """One action's total, success and success_rate over the last 30 days."""
+        name = validation.action(action)
+        entry = (await self.get_all_repair_stats(anomaly_key)).get(name)
+        if entry is None:
+            entry = {"total": 0, "success": 0, "success_rate": 0.0}
+        return {"action": name, **entry}
+
+    async def get_repair_history(self, anomaly_key: str) -> list[dict[str, Any]]:
+        """The last 100 attempts, newest first: action, success and time, for audit."""
+        key = validation.anomaly_key(anomaly_key)
+        history = await self._guard(
+            "get_repair_history", self.store.repair_history(self.project_id, key), []
+        )
+        return [
+            {"action": h["action"], "success": h["success"], "timestamp": _time(h["at_ms"])}
+            for h in history
+        ]
+
+    async def should_skip_action(
+        self, anomaly_key: str, action: str, min_success_rate: float = 0.2
+    ) -> bool:
+        """True for an action tried at least twice that succeeds less than the floor."""
+        floor = validation.rate(min_success_rate)
+        stats = await self.get_repair_success_rate(anomaly_key, action)
+        return should_skip(stats["total"], stats["success"], floor)
+
+    async def recommend_actions(
+        self, anomaly_key: str, candidates: Sequence[str], min_success_rate: float = 0.2
+    ) -> list[ActionRecommendation]:
+        """Candidate actions ranked by the lower confidence bound of their success rate,
+        untried ones included, each with its evidence and the reason for its rank."""
+        if isinstance(candidates, str) or not candidates:
+            raise validation.InvalidInputError("candidates must be a non-empty list of actions")
+        names = [validation.action(c) for c in candidates]
+        floor = validation.rate(min_success_rate)
+        return recommend(names, await self.get_all_repair_stats(anomaly_key), floor)
+
+    # -- dispositions -------------------------------------------------------------------------
+
+    async def record_disposition(
+        self, anomaly_key: str, disposition_type: str, *, at: datetime | None = None
+    ) -> None:
+        """Count how one alert of this anomaly was disposed of (one of the five types)."""
+        key = validation.anomaly_key(anomaly_key)
+        kind = validation.disposition(disposition_type)
+        now = self._clock()
+        moment = validation.occurrence_time(at, now)
+        await self._guard(
+            "record_disposition",
+            self.store.record_disposition(self.project_id, key, kind, _ms(moment), _ms(now)),
+            None,
+            anomaly_key=key,
+        )
+
+    async def get_disposition_stats(self, anomaly_key: str) -> dict[str, int]:
+        """All five disposition counts of the last 30 days and their total."""
+        key = validation.anomaly_key(anomaly_key)
+        return await self._guard(
+            "get_disposition_stats",
+            self.store.disposition_stats(self.project_id, key, _ms(self._clock())),
+            empty_disposition_counts(),
+            anomaly_key=key,
+        )
+
+    async def get_all_disposition_stats(
+        self, limit: int = 20
+    ) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """The project's dispositions of the last 30 days, and its ``limit`` anomalies with the
+        most, each with its alert name."""
+        limit = validation.limit(limit)
+        now_ms = _ms(self._clock())
+
+        async def evaluate(keys: Sequence[str]) -> list[tuple[int, Snapshot] | None]:
+            snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
+            return [
+                (s.dispositions["total"], s)
+                if s is not None and s.dispositions["total"] > 0
+                else None
+                for s in snapshots
+            ]
+
+        async def both() -> tuple[dict[str, int], list[dict[str, Any]]]:
+            summary = await self.store.disposition_summary(self.project_id, now_ms)
+            top = await select_top(
+                self.store.candidates(self.project_id, "dispositions"), evaluate, limit
+            )
+            rows = [
+                {
+                    "anomaly_key": key,
+                    "alert_name": fingerprint_fields(snapshot.signature)["alert_name"],
+                    **snapshot.dispositions,
+                }
+                for key, _, snapshot in top
+            ]
+            return summary, rows
+
+        return await self._guard(
+            "get_all_disposition_stats", both(), (empty_disposition_counts(), [])
+        )
+
+    # -- permanent fixes ----------------------------------------------------------------------
+
+    async def mark_permanent_fix_applied(
+        self, anomaly_key: str, fix_description: str, *, at: datetime | None = None
+    ) -> None:
+        """Record that the root cause got a permanent fix; an occurrence after it is flagged
+        ``regressed`` (the first one also ``newly_regressed``) for the next 90 days."""
+        key = validation.anomaly_key(anomaly_key)
+        text = validation.description(fix_description)
+        now = self._clock()
+        moment = validation.occurrence_time(at, now)
+        await self._guard(
+            "mark_permanent_fix_applied",
+            self.store.mark_fix(self.project_id, key, text, _ms(moment)),
+            None,
+            anomaly_key=key,
+        )
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError when the store cannot be reached."""
+        await self.store.ping()
+
+
+_counter: AnomalyCounter | None = None
+
+
+def get_anomaly_counter() -> AnomalyCounter:
+    """The process-wide counter, configured from settings (environment and TOML file)."""
+    global _counter
+    if _counter is None:
+        _counter = AnomalyCounter.from_url()
+    return _counter
+
+
+def reset_anomaly_counter() -> None:
+    """Forget the process-wide counter (tests; after changing settings)."""
+    global _counter
+    _counter = None

@@ -1,0 +1,71 @@
+"""Top-k over an index whose scores may have gone stale (pure, storage-agnostic).
+
+A project index stores, per anomaly, a score written at the anomaly's last write: its window
+count at its newest occurrence, or its disposition total. With no write since, the current
+value can only be lower (old occurrences leave the window), so the stored score is an upper
+bound. Walking candidates in descending stored score and stopping once the k-th best *current*
+value reaches the next stored score gives the exact top k (Fagin's threshold algorithm), at a
+cost that grows with k and with the anomalies that cooled down, never with the keyspace.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+Evaluate = Callable[[Sequence[str]], Awaitable[Sequence[tuple[int, T] | None]]]
+
+
+async def select_top(
+    candidates: AsyncIterator[tuple[str, int]],
+    evaluate: Evaluate[T],
+    limit: int,
+    batch: int | None = None,
+) -> list[tuple[str, int, T]]:
+    """The ``limit`` candidates of highest current value, highest first (ties: by key).
+
+    ``evaluate`` gets a batch of keys and answers, for each, its current value and payload,
+    or None for one that no longer counts (gone, or zero).
+    """
+    size = batch or max(limit, 16)
+    best: list[tuple[int, str, T]] = []  # a min-heap of the best `limit` so far
+    pending: list[str] = []
+
+    async def flush() -> None:
+        results = await evaluate(pending)
+        for key, result in zip(pending, results, strict=True):
+            if result is None:
+                continue
+            value, payload = result
+            entry = (value, _Reverse(key), payload)
+            if len(best) < limit:
+                heapq.heappush(best, entry)  # type: ignore[misc]
+            elif (value, _Reverse(key)) > (best[0][0], best[0][1]):
+                heapq.heapreplace(best, entry)  # type: ignore[misc]
+        pending.clear()
+
+    async for key, bound in candidates:
+        if len(best) >= limit and best[0][0] >= bound:
+            break
+        pending.append(key)
+        if len(pending) >= size:
+            await flush()
+    if pending:
+        await flush()
+    ordered = sorted(best, key=lambda e: (-e[0], str(e[1])))
+    return [(str(key), value, payload) for value, key, payload in ordered]
+
+
+class _Reverse(str):
+    """A key that sorts backwards, so that among equal values the smaller key wins."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: object) -> bool:
+        return str.__gt__(self, str(other))
+
+    def __gt__(self, other: object) -> bool:
+        return str.__lt__(self, str(other))

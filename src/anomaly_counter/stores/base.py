@@ -1,0 +1,176 @@
+"""The one small interface every store implements, and the URL registry that picks one.
+
+Stores speak in integer milliseconds (UTC) and plain values; the counter facade turns them into
+the public types. Everything a crossing or a deduplication decides happens inside one store
+call, atomically, so that concurrent writers in many processes agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+DAY_MS = 86_400_000
+RETENTION_DAYS = 30
+ANOMALY_TTL_SECONDS = 35 * 86_400
+"""An anomaly nobody wrote to for 35 days is forgotten, as in the reference design."""
+FIX_VALIDITY_MS = 90 * DAY_MS
+"""A permanent fix counts as applied for 90 days, as in the reference design."""
+REPAIR_HISTORY_LENGTH = 100
+
+INDEXES = ("1h", "24h", "7d", "30d", "dispositions")
+"""Project-wide indexes kept on write: one per window (scored by that window's count at the
+anomaly's newest occurrence) and one by disposition total."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRequest:
+    """One validated occurrence, ready to store."""
+
+    anomaly_key: str
+    signature_json: str
+    at_ms: int
+    occurrence_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WritePolicy:
+    """The per-project rules a write applies atomically."""
+
+    thresholds: tuple[int, int, int]
+    tail_capacity: int
+    dedup_horizon_ms: int
+    dedup_max_ids: int
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What a store knows of one anomaly as of one time (windows end at that time)."""
+
+    anomaly_key: str
+    counts: tuple[int, int, int, int]
+    first_seen_ms: int | None  # None: known only by a repair, disposition or fix so far
+    last_seen_ms: int | None
+    repair_total: int
+    fix_at_ms: int | None
+    dispositions: dict[str, int]
+    signature: dict[str, Any] = field(default_factory=dict)
+    escalated_to: int = 0
+    regressed: bool = False
+    newly_regressed: bool = False
+    duplicate: bool = False
+
+
+class Store(ABC):
+    """Storage for anomaly-counter. Every method takes the project id it acts for."""
+
+    @abstractmethod
+    async def record(
+        self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
+    ) -> list[Snapshot]:
+        """Count occurrences in order (several in one round trip), each atomically."""
+
+    @abstractmethod
+    async def read(
+        self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
+    ) -> list[Snapshot | None]:
+        """Snapshots of anomalies as of ``at_ms``; None for an anomaly never seen."""
+
+    @abstractmethod
+    async def record_repair(
+        self, project: str, anomaly_key: str, action: str, success: bool, at_ms: int, now_ms: int
+    ) -> None: ...
+
+    @abstractmethod
+    async def repair_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, tuple[int, int]]:
+        """Per action, (attempts, successes) within the 30-day retention."""
+
+    @abstractmethod
+    async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
+        """The last 100 attempts, newest first, for audit."""
+
+    @abstractmethod
+    async def record_disposition(
+        self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
+    ) -> None: ...
+
+    @abstractmethod
+    async def disposition_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
+        """The project's dispositions of the last 30 days, by type, from its own index."""
+
+    @abstractmethod
+    def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
+        """Anomalies of one index in descending order of their stored score, an upper bound
+        of their current value (see ``ranking.select_top``)."""
+
+    @abstractmethod
+    async def mark_fix(
+        self, project: str, anomaly_key: str, description: str, at_ms: int
+    ) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise when the store cannot be reached."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+def encode_part(value: str) -> str:
+    """Percent-encode a key part from input, so that ``* ? [ ] { } : \\`` and the like can never
+    reach another tenant's keys, a SCAN pattern or another Cluster slot."""
+    return quote(value, safe="-_.")
+
+
+def shard_of(anomaly_key: str, shards: int) -> int:
+    """The shard of a project that holds an anomaly: its keys and its index entries share it."""
+    return int.from_bytes(hashlib.sha256(anomaly_key.encode()).digest()[:4], "big") % shards
+
+
+def id_digest(occurrence_id: str) -> str:
+    """A fixed-size digest of an occurrence id: bounded memory per remembered id."""
+    return hashlib.blake2b(occurrence_id.encode(), digest_size=12).hexdigest()
+
+
+def day_of(ms: int) -> int:
+    return ms // DAY_MS
+
+
+_SCHEMES: dict[str, str] = {
+    "sqlite": "anomaly_counter.stores.sqlite:SQLiteStore",
+    "redis": "anomaly_counter.stores.redis:RedisStore",
+    "rediss": "anomaly_counter.stores.redis:RedisStore",
+    "unix": "anomaly_counter.stores.redis:RedisStore",
+}
+
+
+def store_from_url(url: str, settings: Settings) -> Store:
+    """The store a URL names: ``sqlite:///path``, ``redis://``, ``rediss://``, ``unix://``."""
+    scheme = urlsplit(url).scheme
+    target = _SCHEMES.get(scheme)
+    if target is None:
+        raise ConfigurationError(
+            f"setting store_url: unknown scheme {scheme!r} in {url!r};"
+            f" supported: {', '.join(s + '://' for s in _SCHEMES)}"
+        )
+    module_name, class_name = target.split(":")
+    store_class = getattr(importlib.import_module(module_name), class_name)
+    store: Store = store_class.from_url(url, settings)
+    return store

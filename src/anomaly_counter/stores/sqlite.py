@@ -1,0 +1,501 @@
+"""The embedded default store: one SQLite file, WAL mode, one transaction per occurrence.
+
+Safe with several processes on one host (SQLite's own locking, ``BEGIN IMMEDIATE`` so writers
+queue instead of failing). ``synchronous=FULL``: a committed occurrence survives a power cut.
+Calls run on one worker thread per store, so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from ..errors import ConfigurationError, StoreUnavailableError
+from ..model import DISPOSITION_TYPES, EscalationLevel, empty_disposition_counts
+from ..policy import Thresholds, crossing, level_for
+from ..windows import WindowState
+from .base import (
+    ANOMALY_TTL_SECONDS,
+    FIX_VALIDITY_MS,
+    INDEXES,
+    REPAIR_HISTORY_LENGTH,
+    RETENTION_DAYS,
+    RecordRequest,
+    Snapshot,
+    Store,
+    WritePolicy,
+    day_of,
+    id_digest,
+)
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS anomalies (
+    project TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    signature TEXT,
+    first_seen INTEGER,
+    last_seen INTEGER,
+    level INTEGER NOT NULL DEFAULT 0,
+    state BLOB,
+    fix_at INTEGER,
+    fix_description TEXT,
+    regressed_at INTEGER,
+    ids_count INTEGER NOT NULL DEFAULT 0,
+    score_1h INTEGER NOT NULL DEFAULT 0,
+    score_24h INTEGER NOT NULL DEFAULT 0,
+    score_7d INTEGER NOT NULL DEFAULT 0,
+    score_30d INTEGER NOT NULL DEFAULT 0,
+    score_dispositions INTEGER NOT NULL DEFAULT 0,
+    touched INTEGER NOT NULL,
+    PRIMARY KEY (project, anomaly_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS anomalies_1h ON anomalies (project, score_1h DESC, anomaly_key);
+CREATE INDEX IF NOT EXISTS anomalies_24h ON anomalies (project, score_24h DESC, anomaly_key);
+CREATE INDEX IF NOT EXISTS anomalies_7d ON anomalies (project, score_7d DESC, anomaly_key);
+CREATE INDEX IF NOT EXISTS anomalies_30d ON anomalies (project, score_30d DESC, anomaly_key);
+CREATE INDEX IF NOT EXISTS anomalies_dispositions
+    ON anomalies (project, score_dispositions DESC, anomaly_key);
+CREATE INDEX IF NOT EXISTS anomalies_touched ON anomalies (touched);
+CREATE TABLE IF NOT EXISTS occurrence_ids (
+    project TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    seen_at INTEGER NOT NULL,
+    PRIMARY KEY (project, anomaly_key, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS occurrence_ids_age ON occurrence_ids (project, anomaly_key, seen_at);
+-- Day-bucketed counters: 't:<action>' / 's:<action>' (repair attempts / successes) and
+-- 'd:<type>' (dispositions); the project's own summary rows use the anomaly key ''.
+CREATE TABLE IF NOT EXISTS day_counts (
+    project TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (project, anomaly_key, day, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS repair_history (
+    project TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    success INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (project, anomaly_key, seq)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = {name: f"score_{name}" for name in INDEXES}
+_PAGE = 200
+_HOUSEKEEPING_EVERY_MS = 3_600_000
+
+
+class SQLiteStore(Store):
+    """Store on one SQLite file."""
+
+    def __init__(self, path: str, settings: Settings, busy_timeout: float = 30.0) -> None:
+        self._path = path
+        self._settings = settings
+        self._busy_timeout = busy_timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomaly-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._last_housekeeping = 0
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> SQLiteStore:
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if parts.netloc not in ("", "localhost") or not path or path == "/":
+            raise ConfigurationError(
+                f"setting store_url: {url!r} is not sqlite:///relative/path or"
+                " sqlite:////absolute/path"
+            )
+        # sqlite:///x.db is the relative path x.db; sqlite:////tmp/x.db the absolute /tmp/x.db
+        return cls(path[1:] if path.startswith("/") else path, settings)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(f"sqlite store {self._path}: {exc}") from exc
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    # -- occurrences --------------------------------------------------------------------------
+
+    async def record(
+        self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
+    ) -> list[Snapshot]:
+        def work(db: sqlite3.Connection) -> list[Snapshot]:
+            self._housekeeping(db, now_ms)
+            return [self._record_one(db, project, r, policy, now_ms) for r in requests]
+
+        return await self._run(self._write, work)
+
+    def _record_one(
+        self,
+        db: sqlite3.Connection,
+        project: str,
+        request: RecordRequest,
+        policy: WritePolicy,
+        now_ms: int,
+    ) -> Snapshot:
+        key, at = request.anomaly_key, request.at_ms
+        row = db.execute(
+            "SELECT first_seen, last_seen, level, state, fix_at, regressed_at, ids_count,"
+            " signature FROM anomalies WHERE project = ? AND anomaly_key = ?",
+            (project, key),
+        ).fetchone()
+        first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, signature = row or (
+            None, None, 0, None, None, None, 0, None,
+        )
+        if request.occurrence_id is not None:
+            digest = id_digest(request.occurrence_id)
+            seen = db.execute(
+                "SELECT 1 FROM occurrence_ids WHERE project = ? AND anomaly_key = ?"
+                " AND digest = ? AND seen_at >= ?",
+                (project, key, digest, now_ms - policy.dedup_horizon_ms),
+            ).fetchone()
+            if seen is not None:
+                snapshot = self._snapshot(db, project, key, at, now_ms)
+                assert snapshot is not None  # an id is only remembered with its occurrence
+                snapshot.duplicate = True
+                return snapshot
+            ids_count = self._remember_id(db, project, key, digest, ids_count, policy, now_ms)
+        state = (
+            WindowState.from_bytes(blob, policy.tail_capacity)
+            if blob is not None
+            else WindowState(policy.tail_capacity)
+        )
+        state.add(at)
+        counts_at = state.counts(at)
+        counts_newest = counts_at if state.newest == at else state.counts(state.newest)
+        new_level = level_for(counts_newest[1], Thresholds(*policy.thresholds))
+        escalated = crossing(EscalationLevel(level), new_level)
+        regressed = fix_at is not None and at > fix_at and now_ms - fix_at < FIX_VALIDITY_MS
+        newly_regressed = regressed and regressed_at is None
+        first_seen = at if first_seen is None else min(first_seen, at)
+        last_seen = at if last_seen is None else max(last_seen, at)
+        db.execute(
+            "INSERT INTO anomalies (project, anomaly_key, signature, first_seen, last_seen, level,"
+            " state, regressed_at, ids_count, score_1h, score_24h, score_7d, score_30d, touched)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (project, anomaly_key) DO UPDATE SET"
+            " signature = coalesce(anomalies.signature, excluded.signature),"
+            " first_seen = excluded.first_seen, last_seen = excluded.last_seen,"
+            " level = excluded.level, state = excluded.state,"
+            " regressed_at = excluded.regressed_at, ids_count = excluded.ids_count,"
+            " score_1h = excluded.score_1h, score_24h = excluded.score_24h,"
+            " score_7d = excluded.score_7d, score_30d = excluded.score_30d,"
+            " touched = excluded.touched",
+            (
+                project, key, signature or request.signature_json, first_seen, last_seen,
+                int(new_level), state.to_bytes(), at if newly_regressed else regressed_at,
+                ids_count, *counts_newest, now_ms,
+            ),
+        )
+        snapshot = self._snapshot(db, project, key, at, now_ms, state=state, counts=counts_at)
+        assert snapshot is not None
+        snapshot.escalated_to = int(escalated or 0)
+        snapshot.regressed = regressed
+        snapshot.newly_regressed = newly_regressed
+        return snapshot
+
+    def _remember_id(
+        self,
+        db: sqlite3.Connection,
+        project: str,
+        key: str,
+        digest: str,
+        ids_count: int,
+        policy: WritePolicy,
+        now_ms: int,
+    ) -> int:
+        db.execute(
+            "INSERT OR REPLACE INTO occurrence_ids VALUES (?, ?, ?, ?)",
+            (project, key, digest, now_ms),
+        )
+        expired = db.execute(
+            "DELETE FROM occurrence_ids WHERE project = ? AND anomaly_key = ? AND seen_at < ?",
+            (project, key, now_ms - policy.dedup_horizon_ms),
+        ).rowcount
+        ids_count = max(0, ids_count + 1 - expired)
+        if ids_count > policy.dedup_max_ids:
+            # Memory stays bounded: the oldest ids are forgotten early (documented trade-off).
+            db.execute(
+                "DELETE FROM occurrence_ids WHERE (project, anomaly_key, digest) IN"
+                " (SELECT project, anomaly_key, digest FROM occurrence_ids"
+                " WHERE project = ? AND anomaly_key = ? ORDER BY seen_at LIMIT ?)",
+                (project, key, ids_count - policy.dedup_max_ids),
+            )
+            ids_count = policy.dedup_max_ids
+        return ids_count
+
+    def _snapshot(
+        self,
+        db: sqlite3.Connection,
+        project: str,
+        key: str,
+        at: int,
+        now_ms: int,
+        state: WindowState | None = None,
+        counts: tuple[int, int, int, int] | None = None,
+    ) -> Snapshot | None:
+        row = db.execute(
+            "SELECT first_seen, last_seen, state, fix_at, signature FROM anomalies"
+            " WHERE project = ? AND anomaly_key = ?",
+            (project, key),
+        ).fetchone()
+        if row is None:
+            return None
+        first_seen, last_seen, blob, fix_at, signature = row
+        if counts is None:
+            if state is None and blob is not None:
+                state = WindowState.from_bytes(blob, 1 << 30)
+            counts = state.counts(at) if state is not None else (0, 0, 0, 0)
+        days = self._day_totals(db, project, key, now_ms)
+        return Snapshot(
+            anomaly_key=key,
+            counts=counts,
+            first_seen_ms=first_seen,
+            last_seen_ms=last_seen,
+            repair_total=sum(n for name, n in days.items() if name.startswith("t:")),
+            fix_at_ms=fix_at if fix_at is not None and now_ms - fix_at < FIX_VALIDITY_MS else None,
+            dispositions=_dispositions(days),
+            signature=json.loads(signature) if signature else {},
+        )
+
+    async def read(
+        self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
+    ) -> list[Snapshot | None]:
+        def work() -> list[Snapshot | None]:
+            db = self._connection()
+            return [self._snapshot(db, project, key, at_ms, now_ms) for key in anomaly_keys]
+
+        return await self._run(work)
+
+    # -- repairs and dispositions -------------------------------------------------------------
+
+    def _day_totals(
+        self, db: sqlite3.Connection, project: str, key: str, now_ms: int
+    ) -> dict[str, int]:
+        rows = db.execute(
+            "SELECT name, sum(n) FROM day_counts WHERE project = ? AND anomaly_key = ?"
+            " AND day >= ? GROUP BY name",
+            (project, key, day_of(now_ms) - RETENTION_DAYS),
+        )
+        return {name: int(n) for name, n in rows}
+
+    def _bump(
+        self, db: sqlite3.Connection, project: str, key: str, day: int, names: Sequence[str]
+    ) -> None:
+        for name in names:
+            db.execute(
+                "INSERT INTO day_counts VALUES (?, ?, ?, ?, 1) ON CONFLICT"
+                " (project, anomaly_key, day, name) DO UPDATE SET n = n + 1",
+                (project, key, day, name),
+            )
+
+    def _prune_days(self, db: sqlite3.Connection, project: str, key: str, now_ms: int) -> None:
+        db.execute(
+            "DELETE FROM day_counts WHERE project = ? AND anomaly_key = ? AND day < ?",
+            (project, key, day_of(now_ms) - RETENTION_DAYS),
+        )
+
+    def _touch(self, db: sqlite3.Connection, project: str, key: str, now_ms: int) -> None:
+        db.execute(
+            "INSERT INTO anomalies (project, anomaly_key, touched) VALUES (?, ?, ?)"
+            " ON CONFLICT (project, anomaly_key) DO UPDATE SET touched = excluded.touched",
+            (project, key, now_ms),
+        )
+
+    async def record_repair(
+        self, project: str, anomaly_key: str, action: str, success: bool, at_ms: int, now_ms: int
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            names = [f"t:{action}", f"s:{action}"] if success else [f"t:{action}"]
+            self._bump(db, project, anomaly_key, day_of(at_ms), names)
+            self._prune_days(db, project, anomaly_key, now_ms)
+            seq = db.execute(
+                "SELECT coalesce(max(seq), 0) + 1 FROM repair_history"
+                " WHERE project = ? AND anomaly_key = ?",
+                (project, anomaly_key),
+            ).fetchone()[0]
+            db.execute(
+                "INSERT INTO repair_history VALUES (?, ?, ?, ?, ?, ?)",
+                (project, anomaly_key, seq, action, int(success), at_ms),
+            )
+            db.execute(
+                "DELETE FROM repair_history WHERE project = ? AND anomaly_key = ? AND seq <= ?",
+                (project, anomaly_key, seq - REPAIR_HISTORY_LENGTH),
+            )
+            self._touch(db, project, anomaly_key, now_ms)
+
+        await self._run(self._write, work)
+
+    async def repair_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, tuple[int, int]]:
+        def work() -> dict[str, tuple[int, int]]:
+            days = self._day_totals(self._connection(), project, anomaly_key, now_ms)
+            return {
+                name[2:]: (n, days.get(f"s:{name[2:]}", 0))
+                for name, n in sorted(days.items())
+                if name.startswith("t:")
+            }
+
+        return await self._run(work)
+
+    async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
+        def work() -> list[dict[str, Any]]:
+            rows = self._connection().execute(
+                "SELECT action, success, at FROM repair_history WHERE project = ?"
+                " AND anomaly_key = ? ORDER BY seq DESC",
+                (project, anomaly_key),
+            )
+            return [{"action": a, "success": bool(s), "at_ms": t} for a, s, t in rows]
+
+        return await self._run(work)
+
+    async def record_disposition(
+        self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            day = day_of(at_ms)
+            self._bump(db, project, anomaly_key, day, [f"d:{disposition}"])
+            self._bump(db, project, "", day, [f"d:{disposition}"])
+            self._prune_days(db, project, anomaly_key, now_ms)
+            self._prune_days(db, project, "", now_ms)
+            self._touch(db, project, anomaly_key, now_ms)
+            total = _dispositions(self._day_totals(db, project, anomaly_key, now_ms))["total"]
+            db.execute(
+                "UPDATE anomalies SET score_dispositions = ? WHERE project = ? AND anomaly_key = ?",
+                (total, project, anomaly_key),
+            )
+
+        await self._run(self._write, work)
+
+    async def disposition_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, int]:
+        def work() -> dict[str, int]:
+            return _dispositions(self._day_totals(self._connection(), project, anomaly_key, now_ms))
+
+        return await self._run(work)
+
+    async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
+        return await self.disposition_stats(project, "", now_ms)
+
+    # -- index --------------------------------------------------------------------------------
+
+    async def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
+        column = _COLUMNS[index]
+        sql_first = (
+            f"SELECT anomaly_key, {column} FROM anomalies WHERE project = ? AND {column} > 0"
+            f" ORDER BY {column} DESC, anomaly_key LIMIT ?"
+        )
+        sql_next = (
+            f"SELECT anomaly_key, {column} FROM anomalies WHERE project = ? AND {column} > 0"
+            f" AND ({column} < ? OR ({column} = ? AND anomaly_key > ?))"
+            f" ORDER BY {column} DESC, anomaly_key LIMIT ?"
+        )
+
+        def page(after: tuple[str, int] | None) -> list[tuple[str, int]]:
+            db = self._connection()
+            if after is None:
+                return db.execute(sql_first, (project, _PAGE)).fetchall()
+            key, score = after
+            return db.execute(sql_next, (project, score, score, key, _PAGE)).fetchall()
+
+        after: tuple[str, int] | None = None
+        while True:
+            rows = await self._run(page, after)
+            for key, score in rows:
+                yield key, score
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1]
+
+    # -- permanent fixes ----------------------------------------------------------------------
+
+    async def mark_fix(self, project: str, anomaly_key: str, description: str, at_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO anomalies (project, anomaly_key, fix_at, fix_description, touched)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (project, anomaly_key) DO UPDATE SET"
+                " fix_at = excluded.fix_at, fix_description = excluded.fix_description,"
+                " regressed_at = NULL, touched = excluded.touched",
+                (project, anomaly_key, at_ms, description, at_ms),
+            )
+
+        await self._run(self._write, work)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def _housekeeping(self, db: sqlite3.Connection, now_ms: int) -> None:
+        """Forget anomalies nobody wrote to for 35 days (at most hourly, in bounded steps)."""
+        if now_ms - self._last_housekeeping < _HOUSEKEEPING_EVERY_MS:
+            return
+        self._last_housekeeping = now_ms
+        stale = db.execute(
+            "SELECT project, anomaly_key FROM anomalies WHERE touched < ? LIMIT 1000",
+            (now_ms - ANOMALY_TTL_SECONDS * 1000,),
+        ).fetchall()
+        for table in ("anomalies", "occurrence_ids", "day_counts", "repair_history"):
+            db.executemany(
+                f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", stale
+            )
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._connection().execute("SELECT 1").fetchone())
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(close)
+        self._executor.shutdown(wait=True)
+
+
+def _dispositions(days: dict[str, int]) -> dict[str, int]:
+    counts = empty_disposition_counts()
+    for kind in DISPOSITION_TYPES:
+        counts[kind] = days.get(f"d:{kind}", 0)
+    counts["total"] = sum(counts[kind] for kind in DISPOSITION_TYPES)
+    return counts

@@ -1,0 +1,139 @@
+"""Input checks shared by the library, the CLI and (later) the HTTP API.
+
+Every check raises a named error that says what is wrong; nothing is stored before all of a
+call's input has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import InvalidInputError, OccurrenceTimeError, UnknownDispositionError
+from .model import DISPOSITION_TYPES, RETENTION_SECONDS, WINDOWS
+
+PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_KEY_CHARS = 128
+MAX_LABELS = 32
+MAX_LABEL_NAME_CHARS = 128
+MAX_LABEL_VALUE_CHARS = 1024
+MAX_SIGNATURE_BYTES = 4096
+MAX_FUTURE = timedelta(minutes=5)
+MAX_DESCRIPTION_CHARS = 2000
+
+
+def project_id(value: object) -> str:
+    """A project id: 1-64 of letters, digits, ``_ . -``, starting with a letter or digit."""
+    if not isinstance(value, str) or not PROJECT_ID.fullmatch(value):
+        raise InvalidInputError(
+            f"invalid project id {value!r}: use 1-64 letters, digits, '_', '.' or '-',"
+            " starting with a letter or digit"
+        )
+    return value
+
+
+def _text(value: object, what: str, max_chars: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > max_chars:
+        raise InvalidInputError(f"{what} is longer than {max_chars} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise InvalidInputError(f"{what} contains control characters")
+    return value
+
+
+def anomaly_key(value: object) -> str:
+    """An anomaly key: any text of 1-128 characters without control characters."""
+    return _text(value, "anomaly key", MAX_KEY_CHARS)
+
+
+def action(value: object) -> str:
+    """A repair action name such as ``restart_pod``."""
+    return _text(value, "repair action", MAX_KEY_CHARS)
+
+
+def occurrence_id(value: object) -> str | None:
+    """An occurrence id (None: the occurrence is not deduplicated)."""
+    if value is None:
+        return None
+    return _text(value, "occurrence id", 512)
+
+
+def description(value: object) -> str:
+    return _text(value, "fix description", MAX_DESCRIPTION_CHARS)
+
+
+def disposition(value: object) -> str:
+    if value not in DISPOSITION_TYPES:
+        raise UnknownDispositionError(
+            f"unknown disposition type {value!r}: expected one of {', '.join(DISPOSITION_TYPES)}"
+        )
+    return str(value)
+
+
+def signature(value: object) -> dict[str, Any]:
+    """A signature: a mapping of label names to JSON scalars, bounded in count and size."""
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"signature must be a mapping of labels, got {type(value).__name__}")
+    if len(value) > MAX_LABELS:
+        raise InvalidInputError(f"signature has {len(value)} labels, at most {MAX_LABELS} allowed")
+    clean: dict[str, Any] = {}
+    for name, label in value.items():
+        _text(name, "label name", MAX_LABEL_NAME_CHARS)
+        if label is not None and not isinstance(label, str | int | float | bool):
+            raise InvalidInputError(f"label {name!r} must be a string or a number")
+        if isinstance(label, str) and len(label) > MAX_LABEL_VALUE_CHARS:
+            raise InvalidInputError(
+                f"label {name!r} is longer than {MAX_LABEL_VALUE_CHARS} characters"
+            )
+        clean[name] = label
+    if len(json.dumps(clean)) > MAX_SIGNATURE_BYTES:
+        raise InvalidInputError(f"signature is larger than {MAX_SIGNATURE_BYTES} bytes as JSON")
+    return clean
+
+
+def occurrence_time(at: datetime | None, now: datetime) -> datetime:
+    """An occurrence time in UTC: aware, within the retention, not far in the future."""
+    if at is None:
+        return now
+    moment = aware(at)
+    if moment < now - timedelta(seconds=RETENTION_SECONDS):
+        raise OccurrenceTimeError(f"occurrence time {moment.isoformat()} is older than 30 days")
+    if moment > now + MAX_FUTURE:
+        raise OccurrenceTimeError(
+            f"occurrence time {moment.isoformat()} is more than 5 minutes in the future"
+        )
+    return moment
+
+
+def aware(at: object) -> datetime:
+    """A timezone-aware datetime converted to UTC; a naive one is refused."""
+    if not isinstance(at, datetime):
+        raise OccurrenceTimeError(f"time must be a datetime, got {type(at).__name__}")
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise OccurrenceTimeError(
+            f"time {at.isoformat()} is naive: pass a timezone-aware datetime (UTC inside)"
+        )
+    return at.astimezone(UTC)
+
+
+def window(value: object) -> str:
+    if value not in WINDOWS:
+        raise InvalidInputError(f"unknown window {value!r}: expected one of {', '.join(WINDOWS)}")
+    return str(value)
+
+
+def limit(value: object, maximum: int = 10_000) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInputError(f"limit must be an integer from 1 to {maximum}, got {value!r}")
+    return value
+
+
+def rate(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidInputError(f"min_success_rate must be between 0 and 1, got {value!r}")
+    return float(value)

@@ -1,0 +1,131 @@
+"""Bounded-memory sliding-window counting (pure; mirrored by ``stores/lua/common.lua``).
+
+Each anomaly keeps two structures whatever its event rate:
+
+* the *tail*: the latest ``tail_capacity`` occurrence times, exactly. ``evicted_max`` remembers
+  the latest time ever pushed out of it, so every occurrence later than ``evicted_max`` is known
+  to be in the tail;
+* one *ring* per window: counts per slice of 1/60 of the window (1 min, 24 min, 168 min, 12 h),
+  kept for the last ``RING_SLOTS`` slices of that window's grain before the newest occurrence.
+
+A window [at - W, at] is counted exactly from the tail when its start is later than
+``evicted_max``, that is when at most ``tail_capacity`` occurrences are at or after its start
+(for a window ending at the newest occurrence: when it holds at most ``tail_capacity``). Else
+it is summed from the finest ring that still covers its start: the slice containing the start
+is interpolated (error at most the occurrences of that one slice, 1/60 of the window), and the
+slice containing the end is exact when the tail covers it, else interpolated as well.
+
+All times are integer milliseconds since the epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left, bisect_right, insort
+from dataclasses import dataclass, field
+
+from .model import WINDOWS
+
+SLICES_PER_WINDOW = 60
+RING_SLOTS = 124
+"""Two windows' worth of slices and a margin, below Redis's default listpack limit of 128."""
+
+WINDOW_MS: tuple[int, ...] = tuple(seconds * 1000 for seconds in WINDOWS.values())
+GRAIN_MS: tuple[int, ...] = tuple(ms // SLICES_PER_WINDOW for ms in WINDOW_MS)
+NEVER = -(1 << 53)
+"""Stands for 'no time yet'; exactly representable in Lua's doubles too."""
+
+
+def tail_capacity(highest_threshold: int) -> int:
+    """Occurrence times kept exactly: at least 128, and twice the highest threshold."""
+    return max(128, 2 * max(64, highest_threshold))
+
+
+@dataclass(slots=True)
+class WindowState:
+    """The counting state of one anomaly."""
+
+    capacity: int
+    tail: list[int] = field(default_factory=list)
+    evicted_max: int = NEVER
+    newest: int = NEVER
+    rings: list[dict[int, int]] = field(default_factory=lambda: [{} for _ in WINDOW_MS])
+
+    def add(self, t: int) -> None:
+        """Count one occurrence at time ``t`` (any order)."""
+        insort(self.tail, t)
+        if len(self.tail) > self.capacity:
+            self.evicted_max = max(self.evicted_max, self.tail.pop(0))
+        for grain, ring in zip(GRAIN_MS, self.rings, strict=True):
+            slot = t // grain
+            newest_slot = self.newest // grain if self.newest != NEVER else slot
+            if slot <= newest_slot - RING_SLOTS:
+                continue  # older than anything a window answered from this ring can start at
+            ring[slot] = ring.get(slot, 0) + 1
+            if slot > newest_slot:
+                for old in [s for s in ring if s <= slot - RING_SLOTS]:
+                    del ring[old]
+        self.newest = max(self.newest, t)
+
+    def count(self, window_index: int, at: int) -> int:
+        """Occurrences in [at - W, at] for the window of that index (0: 1 h ... 3: 30 d)."""
+        lo, hi = at - WINDOW_MS[window_index], at
+        if lo > self.evicted_max:
+            return bisect_right(self.tail, hi) - bisect_left(self.tail, lo)
+        index = ring_index(window_index, lo, self.newest)
+        grain, ring = GRAIN_MS[index], self.rings[index]
+        first, last = lo // grain, hi // grain
+        if first == last:
+            numerator = ring.get(first, 0) * (hi - lo + 1)
+            return (numerator + grain // 2) // grain
+        whole = sum(ring.get(s, 0) for s in range(first + 1, last))
+        numerator = ring.get(first, 0) * ((first + 1) * grain - lo)
+        last_count = ring.get(last, 0)
+        if hi >= self.evicted_max:
+            # Everything after hi is in the tail: the end slice is exact.
+            after = bisect_right(self.tail, (last + 1) * grain - 1) - bisect_right(self.tail, hi)
+            whole += last_count - after
+        else:
+            numerator += last_count * (hi - last * grain + 1)
+        return whole + (numerator + grain // 2) // grain
+
+    def counts(self, at: int) -> tuple[int, int, int, int]:
+        """All four window counts ending at ``at``."""
+        c1, c2, c3, c4 = (self.count(i, at) for i in range(len(WINDOW_MS)))
+        return c1, c2, c3, c4
+
+    # -- a compact binary form, for stores that keep the state as one value -----------------
+
+    def to_bytes(self) -> bytes:
+        parts = [struct.pack("<qqI", self.evicted_max, self.newest, len(self.tail))]
+        parts.append(struct.pack(f"<{len(self.tail)}q", *self.tail))
+        for ring in self.rings:
+            flat = [v for item in sorted(ring.items()) for v in item]
+            parts.append(struct.pack("<I", len(ring)) + struct.pack(f"<{len(flat)}q", *flat))
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, capacity: int) -> WindowState:
+        evicted_max, newest, n = struct.unpack_from("<qqI", data, 0)
+        offset = 20
+        tail = list(struct.unpack_from(f"<{n}q", data, offset))
+        offset += 8 * n
+        rings = []
+        for _ in WINDOW_MS:
+            (m,) = struct.unpack_from("<I", data, offset)
+            flat = struct.unpack_from(f"<{2 * m}q", data, offset + 4)
+            offset += 4 + 16 * m
+            rings.append(dict(zip(flat[::2], flat[1::2], strict=True)))
+        state = cls(capacity, tail, evicted_max, newest, rings)
+        while len(state.tail) > capacity:  # the capacity setting was lowered since
+            state.evicted_max = max(state.evicted_max, state.tail.pop(0))
+        return state
+
+
+def ring_index(window_index: int, lo: int, newest: int) -> int:
+    """The finest ring, from the window's own on, that still covers a window starting at lo."""
+    for index in range(window_index, len(GRAIN_MS)):
+        grain = GRAIN_MS[index]
+        if lo // grain > newest // grain - RING_SLOTS:
+            return index
+    return len(GRAIN_MS) - 1
