@@ -13,7 +13,7 @@ from typing import Any, ClassVar, TypeVar
 import structlog
 
 from . import validation
-from .errors import StoreUnavailableError
+from .errors import InvalidInputError, StoreUnavailableError
 from .model import (
     DISPOSITION_TYPES,
     WINDOWS,
@@ -77,7 +77,7 @@ class AnomalyCounter:
         )
 
     @property
-    def THRESHOLDS(self) -> dict[str, int]:  # noqa: N802 - the reference's public name
+    def THRESHOLDS(self) -> dict[str, int]:
         return {
             "REPEAT": self.thresholds.repeat,
             "ESCALATE": self.thresholds.escalate,
@@ -181,9 +181,7 @@ class AnomalyCounter:
         if isinstance(occurrence, Mapping):
             unknown = set(occurrence) - {"signature", "at", "occurrence_id"}
             if unknown:
-                raise validation.InvalidInputError(
-                    f"unknown occurrence fields: {', '.join(sorted(unknown))}"
-                )
+                raise InvalidInputError(f"unknown occurrence fields: {', '.join(sorted(unknown))}")
             occurrence = Occurrence(
                 signature=occurrence.get("signature"),  # type: ignore[arg-type]
                 at=occurrence.get("at"),
@@ -211,10 +209,7 @@ class AnomalyCounter:
         level this occurrence newly crossed into; exactly one occurrence reports each crossing.
         A repeated ``occurrence_id`` is not counted again (``duplicate``).
         """
-        (frequency,) = await self.record_many(
-            [Occurrence(dict(signature) if isinstance(signature, Mapping) else signature, at,
-                        occurrence_id)]  # type: ignore[arg-type]
-        )  # fmt: skip
+        (frequency,) = await self.record_many([Occurrence(signature, at, occurrence_id)])
         return frequency
 
     async def record_many(
@@ -228,7 +223,7 @@ class AnomalyCounter:
         for index, occurrence in enumerate(occurrences):
             try:
                 requests.append(self._request(occurrence, now))
-            except validation.InvalidInputError as exc:
+            except InvalidInputError as exc:
                 raise type(exc)(f"occurrence {index}: {exc}") from exc
         if not requests:
             return []
@@ -311,7 +306,7 @@ class AnomalyCounter:
         key = validation.anomaly_key(anomaly_key)
         name = validation.action(action)
         if not isinstance(success, bool):
-            raise validation.InvalidInputError(f"success must be true or false, got {success!r}")
+            raise InvalidInputError(f"success must be true or false, got {success!r}")
         now = self._clock()
         moment = validation.occurrence_time(at, now)
         await self._guard(
@@ -368,7 +363,7 @@ class AnomalyCounter:
         """Candidate actions ranked by the lower confidence bound of their success rate,
         untried ones included, each with its evidence and the reason for its rank."""
         if isinstance(candidates, str) or not candidates:
-            raise validation.InvalidInputError("candidates must be a non-empty list of actions")
+            raise InvalidInputError("candidates must be a non-empty list of actions")
         names = [validation.action(c) for c in candidates]
         floor = validation.rate(min_success_rate)
         return recommend(names, await self.get_all_repair_stats(anomaly_key), floor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import IntEnum
@@ -47,7 +48,7 @@ LEVEL_MEANINGS: dict[str, str] = {
 class Occurrence:
     """One occurrence to record: its signature, its time (None: now) and an optional id."""
 
-    signature: dict[str, Any]
+    signature: Mapping[str, Any]
     at: datetime | None = None
     occurrence_id: str | None = None
 

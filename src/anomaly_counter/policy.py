@@ -20,8 +20,11 @@ class Thresholds:
     permanent_fix: int = 10
 
     def __post_init__(self) -> None:
-        values = (("threshold_repeat", self.repeat), ("threshold_escalate", self.escalate))
-        values += (("threshold_permanent_fix", self.permanent_fix),)
+        values = (
+            ("threshold_repeat", self.repeat),
+            ("threshold_escalate", self.escalate),
+            ("threshold_permanent_fix", self.permanent_fix),
+        )
         for name, value in values:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")

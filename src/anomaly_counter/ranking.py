@@ -42,9 +42,9 @@ async def select_top(
             value, payload = result
             entry = (value, _Reverse(key), payload)
             if len(best) < limit:
-                heapq.heappush(best, entry)  # type: ignore[misc]
+                heapq.heappush(best, entry)
             elif (value, _Reverse(key)) > (best[0][0], best[0][1]):
-                heapq.heapreplace(best, entry)  # type: ignore[misc]
+                heapq.heapreplace(best, entry)
         pending.clear()
 
     async for key, bound in candidates:

@@ -141,7 +141,9 @@ def load_settings(
                 raise ConfigurationError(f"unknown setting {key!r} in {path}")
     for key, kind in _SCALARS.items():
         if f"{ENV_PREFIX}{key.upper()}" in env:
-            values[key] = _convert(f"{ENV_PREFIX}{key.upper()}", env[f"{ENV_PREFIX}{key.upper()}"], kind)
+            values[key] = _convert(
+                f"{ENV_PREFIX}{key.upper()}", env[f"{ENV_PREFIX}{key.upper()}"], kind
+            )
     env_thresholds = {
         name: env[f"{ENV_PREFIX}THRESHOLD_{name.upper()}"]
         for name in _THRESHOLD_NAMES

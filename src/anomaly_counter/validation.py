@@ -78,7 +78,9 @@ def disposition(value: object) -> str:
 def signature(value: object) -> dict[str, Any]:
     """A signature: a mapping of label names to JSON scalars, bounded in count and size."""
     if not isinstance(value, Mapping):
-        raise InvalidInputError(f"signature must be a mapping of labels, got {type(value).__name__}")
+        raise InvalidInputError(
+            f"signature must be a mapping of labels, got {type(value).__name__}"
+        )
     if len(value) > MAX_LABELS:
         raise InvalidInputError(f"signature has {len(value)} labels, at most {MAX_LABELS} allowed")
     clean: dict[str, Any] = {}

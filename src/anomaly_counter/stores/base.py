@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigurationError
+from ..model import DISPOSITION_TYPES, empty_disposition_counts
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -151,6 +152,24 @@ def id_digest(occurrence_id: str) -> str:
 
 def day_of(ms: int) -> int:
     return ms // DAY_MS
+
+
+def repairs_from(days: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """(attempts, successes) per action from day totals named ``t:<action>``/``s:<action>``."""
+    return {
+        name[2:]: (n, days.get(f"s:{name[2:]}", 0))
+        for name, n in sorted(days.items())
+        if name.startswith("t:")
+    }
+
+
+def dispositions_from(days: dict[str, int]) -> dict[str, int]:
+    """The five disposition counts and their total from day totals named ``d:<type>``."""
+    counts = empty_disposition_counts()
+    for kind in DISPOSITION_TYPES:
+        counts[kind] = days.get(f"d:{kind}", 0)
+    counts["total"] = sum(counts[kind] for kind in DISPOSITION_TYPES)
+    return counts
 
 
 _SCHEMES: dict[str, str] = {

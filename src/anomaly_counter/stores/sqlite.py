@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError, StoreUnavailableError
-from ..model import DISPOSITION_TYPES, EscalationLevel, empty_disposition_counts
+from ..model import EscalationLevel
 from ..policy import Thresholds, crossing, level_for
 from ..windows import WindowState
 from .base import (
@@ -31,7 +31,9 @@ from .base import (
     Store,
     WritePolicy,
     day_of,
+    dispositions_from,
     id_digest,
+    repairs_from,
 )
 
 if TYPE_CHECKING:
@@ -181,7 +183,14 @@ class SQLiteStore(Store):
             (project, key),
         ).fetchone()
         first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, signature = row or (
-            None, None, 0, None, None, None, 0, None,
+            None,
+            None,
+            0,
+            None,
+            None,
+            None,
+            0,
+            None,
         )
         if request.occurrence_id is not None:
             digest = id_digest(request.occurrence_id)
@@ -191,6 +200,12 @@ class SQLiteStore(Store):
                 (project, key, digest, now_ms - policy.dedup_horizon_ms),
             ).fetchone()
             if seen is not None:
+                # seen again: the horizon runs from the last delivery
+                db.execute(
+                    "UPDATE occurrence_ids SET seen_at = ? WHERE project = ? AND anomaly_key = ?"
+                    " AND digest = ?",
+                    (now_ms, project, key, digest),
+                )
                 snapshot = self._snapshot(db, project, key, at, now_ms)
                 assert snapshot is not None  # an id is only remembered with its occurrence
                 snapshot.duplicate = True
@@ -206,7 +221,7 @@ class SQLiteStore(Store):
         counts_newest = counts_at if state.newest == at else state.counts(state.newest)
         new_level = level_for(counts_newest[1], Thresholds(*policy.thresholds))
         escalated = crossing(EscalationLevel(level), new_level)
-        regressed = fix_at is not None and at > fix_at and now_ms - fix_at < FIX_VALIDITY_MS
+        regressed = fix_at is not None and at >= fix_at and now_ms - fix_at < FIX_VALIDITY_MS
         newly_regressed = regressed and regressed_at is None
         first_seen = at if first_seen is None else min(first_seen, at)
         last_seen = at if last_seen is None else max(last_seen, at)
@@ -223,9 +238,17 @@ class SQLiteStore(Store):
             " score_7d = excluded.score_7d, score_30d = excluded.score_30d,"
             " touched = excluded.touched",
             (
-                project, key, signature or request.signature_json, first_seen, last_seen,
-                int(new_level), state.to_bytes(), at if newly_regressed else regressed_at,
-                ids_count, *counts_newest, now_ms,
+                project,
+                key,
+                signature or request.signature_json,
+                first_seen,
+                last_seen,
+                int(new_level),
+                state.to_bytes(),
+                at if newly_regressed else regressed_at,
+                ids_count,
+                *counts_newest,
+                now_ms,
             ),
         )
         snapshot = self._snapshot(db, project, key, at, now_ms, state=state, counts=counts_at)
@@ -295,7 +318,7 @@ class SQLiteStore(Store):
             last_seen_ms=last_seen,
             repair_total=sum(n for name, n in days.items() if name.startswith("t:")),
             fix_at_ms=fix_at if fix_at is not None and now_ms - fix_at < FIX_VALIDITY_MS else None,
-            dispositions=_dispositions(days),
+            dispositions=dispositions_from(days),
             signature=json.loads(signature) if signature else {},
         )
 
@@ -371,12 +394,7 @@ class SQLiteStore(Store):
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, tuple[int, int]]:
         def work() -> dict[str, tuple[int, int]]:
-            days = self._day_totals(self._connection(), project, anomaly_key, now_ms)
-            return {
-                name[2:]: (n, days.get(f"s:{name[2:]}", 0))
-                for name, n in sorted(days.items())
-                if name.startswith("t:")
-            }
+            return repairs_from(self._day_totals(self._connection(), project, anomaly_key, now_ms))
 
         return await self._run(work)
 
@@ -401,7 +419,7 @@ class SQLiteStore(Store):
             self._prune_days(db, project, anomaly_key, now_ms)
             self._prune_days(db, project, "", now_ms)
             self._touch(db, project, anomaly_key, now_ms)
-            total = _dispositions(self._day_totals(db, project, anomaly_key, now_ms))["total"]
+            total = dispositions_from(self._day_totals(db, project, anomaly_key, now_ms))["total"]
             db.execute(
                 "UPDATE anomalies SET score_dispositions = ? WHERE project = ? AND anomaly_key = ?",
                 (total, project, anomaly_key),
@@ -413,7 +431,9 @@ class SQLiteStore(Store):
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, int]:
         def work() -> dict[str, int]:
-            return _dispositions(self._day_totals(self._connection(), project, anomaly_key, now_ms))
+            return dispositions_from(
+                self._day_totals(self._connection(), project, anomaly_key, now_ms)
+            )
 
         return await self._run(work)
 
@@ -476,9 +496,7 @@ class SQLiteStore(Store):
             (now_ms - ANOMALY_TTL_SECONDS * 1000,),
         ).fetchall()
         for table in ("anomalies", "occurrence_ids", "day_counts", "repair_history"):
-            db.executemany(
-                f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", stale
-            )
+            db.executemany(f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", stale)
 
     async def ping(self) -> None:
         await self._run(lambda: self._connection().execute("SELECT 1").fetchone())
@@ -491,11 +509,3 @@ class SQLiteStore(Store):
 
         await self._run(close)
         self._executor.shutdown(wait=True)
-
-
-def _dispositions(days: dict[str, int]) -> dict[str, int]:
-    counts = empty_disposition_counts()
-    for kind in DISPOSITION_TYPES:
-        counts[kind] = days.get(f"d:{kind}", 0)
-    counts["total"] = sum(counts[kind] for kind in DISPOSITION_TYPES)
-    return counts

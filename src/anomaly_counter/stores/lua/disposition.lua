@@ -1,0 +1,15 @@
+-- Count one disposition for the anomaly and for its project's shard summary.
+-- KEYS: days index_dispositions shard_summary
+-- ARGV: anomaly_key type at now ttl_seconds retention_days
+local member, kind = ARGV[1], ARGV[2]
+local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+                                tonumber(ARGV[6])
+day_add(KEYS[1], at, now, retention, 'd:' .. kind, 1)
+day_add(KEYS[3], at, now, retention, 'd:' .. kind, 1)
+local total = 0
+for name, n in pairs(day_totals(KEYS[1], now, retention)) do
+  if string.sub(name, 1, 2) == 'd:' then total = total + n end
+end
+redis.call('ZADD', KEYS[2], total, member)
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ttl) end
+return total

@@ -1,0 +1,13 @@
+-- Count one repair attempt and keep it in the last-100 history.
+-- KEYS: days history
+-- ARGV: action success(0|1) at now ttl_seconds retention_days history_length
+local action, success = ARGV[1], ARGV[2] == '1'
+local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+                                tonumber(ARGV[6])
+day_add(KEYS[1], at, now, retention, 't:' .. action, 1)
+if success then day_add(KEYS[1], at, now, retention, 's:' .. action, 1) end
+redis.call('LPUSH', KEYS[2], cjson.encode({action = action, success = success, at = at}))
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return 1

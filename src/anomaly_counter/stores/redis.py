@@ -1,0 +1,319 @@
+"""Redis store: one server-side script call per occurrence, one round trip per read.
+
+Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
+
+    {prefix}:{P.s}:a:A:m        meta hash: first/last seen, level, fix, signature
+    {prefix}:{P.s}:a:A:t        tail: the latest occurrence times (sorted set)
+    {prefix}:{P.s}:a:A:r0..r3   rings: counts per 1/60 of each window (hashes)
+    {prefix}:{P.s}:a:A:i        occurrence ids seen (sorted set by arrival)
+    {prefix}:{P.s}:a:A:d        day counters: repairs and dispositions (hash)
+    {prefix}:{P.s}:a:A:h        last 100 repair attempts (list)
+    {prefix}:{P.s}:x:<index>    the shard's project indexes (sorted sets) and summary (hash)
+
+``s`` is the anomaly's shard (0..15) within its project. Everything one script touches shares
+the hash tag ``{P.s}``, so the scripts run unchanged on Redis Cluster, and a project spreads
+over 16 slots instead of piling onto one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import ConfigurationError, StoreUnavailableError
+from ..model import DISPOSITION_TYPES
+from .base import (
+    ANOMALY_TTL_SECONDS,
+    FIX_VALIDITY_MS,
+    REPAIR_HISTORY_LENGTH,
+    RETENTION_DAYS,
+    RecordRequest,
+    Snapshot,
+    Store,
+    WritePolicy,
+    day_of,
+    dispositions_from,
+    encode_part,
+    id_digest,
+    repairs_from,
+    shard_of,
+)
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+SHARDS = 16
+_PAGE = 100
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _script_source(name: str) -> str:
+    lua = resources.files("anomaly_counter.stores") / "lua"
+    return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class _Keys:
+    """The key names of one anomaly and of its shard."""
+
+    def __init__(self, prefix: str, project: str, anomaly_key: str) -> None:
+        tag = f"{{{encode_part(project)}.{shard_of(anomaly_key, SHARDS)}}}"
+        self.shard = f"{prefix}:{tag}:x:"
+        base = f"{prefix}:{tag}:a:{encode_part(anomaly_key)}:"
+        self.meta, self.tail, self.ids, self.days, self.history = (
+            base + s for s in ("m", "t", "i", "d", "h")
+        )
+        self.rings = [f"{base}r{i}" for i in range(4)]
+
+    def index(self, name: str) -> str:
+        return self.shard + name
+
+    def for_read(self) -> list[str]:
+        return [self.meta, self.tail, *self.rings, self.days]
+
+    def for_record(self) -> list[str]:
+        indexes = [self.index(w) for w in ("1h", "24h", "7d", "30d")]
+        return [self.meta, self.tail, *self.rings, self.ids, self.days, self.history, *indexes]
+
+
+def _shard_index_key(prefix: str, project: str, shard: int, name: str) -> str:
+    return f"{prefix}:{{{encode_part(project)}.{shard}}}:x:{name}"
+
+
+class RedisStore(Store):
+    """Store on one Redis server (``redis://``, ``rediss://``, ``unix://``)."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._prefix = settings.key_prefix
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(_script_source(name))
+            for name in ("record", "read", "repair", "disposition", "fix")
+        }
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> RedisStore:
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                socket_timeout=settings.store_timeout,
+                socket_connect_timeout=settings.store_timeout,
+                # No silent retries: a retried write could count twice (redis-py #261).
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"setting store_url: {exc}") from exc
+        return cls(client, settings)
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"redis store: {exc}") from exc
+
+    # -- occurrences --------------------------------------------------------------------------
+
+    async def record(
+        self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
+    ) -> list[Snapshot]:
+        script = self._scripts["record"]
+
+        def call(request: RecordRequest, client: Any) -> Any:
+            keys = _Keys(self._prefix, project, request.anomaly_key)
+            digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
+            return script(
+                keys=keys.for_record(),
+                args=[
+                    request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json,
+                    *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS,
+                    policy.dedup_horizon_ms, policy.dedup_max_ids, FIX_VALIDITY_MS,
+                    RETENTION_DAYS,
+                ],
+                client=client,
+            )  # fmt: skip
+
+        if len(requests) == 1:
+            replies = [await self._call(call(requests[0], self._client))]
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for request in requests:
+                    await call(request, pipe)
+                replies = await self._call(pipe.execute())
+        snapshots = []
+        for request, reply in zip(requests, replies, strict=True):
+            snapshot = _snapshot(request.anomaly_key, reply[4:])
+            snapshot.duplicate = bool(reply[0])
+            snapshot.escalated_to = int(reply[1])
+            snapshot.regressed = bool(reply[2])
+            snapshot.newly_regressed = bool(reply[3])
+            snapshots.append(snapshot)
+        return snapshots
+
+    async def read(
+        self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
+    ) -> list[Snapshot | None]:
+        script = self._scripts["read"]
+        args = [at_ms, now_ms, RETENTION_DAYS, FIX_VALIDITY_MS]
+        if len(anomaly_keys) == 1:
+            keys = _Keys(self._prefix, project, anomaly_keys[0]).for_read()
+            replies = [await self._call(script(keys=keys, args=args))]
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in anomaly_keys:
+                    keys = _Keys(self._prefix, project, key).for_read()
+                    await script(keys=keys, args=args, client=pipe)
+                replies = await self._call(pipe.execute())
+        return [
+            _snapshot(key, reply) if reply is not None else None
+            for key, reply in zip(anomaly_keys, replies, strict=True)
+        ]
+
+    # -- repairs and dispositions -------------------------------------------------------------
+
+    async def record_repair(
+        self, project: str, anomaly_key: str, action: str, success: bool, at_ms: int, now_ms: int
+    ) -> None:
+        keys = _Keys(self._prefix, project, anomaly_key)
+        await self._call(
+            self._scripts["repair"](
+                keys=[keys.days, keys.history],
+                args=[
+                    action,
+                    int(success),
+                    at_ms,
+                    now_ms,
+                    ANOMALY_TTL_SECONDS,
+                    RETENTION_DAYS,
+                    REPAIR_HISTORY_LENGTH,
+                ],
+            )
+        )
+
+    async def _day_totals(self, key: str, now_ms: int) -> dict[str, int]:
+        raw = await self._call(self._client.hgetall(key))
+        return day_totals(raw, now_ms)
+
+    async def repair_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, tuple[int, int]]:
+        days = await self._day_totals(_Keys(self._prefix, project, anomaly_key).days, now_ms)
+        return repairs_from(days)
+
+    async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
+        key = _Keys(self._prefix, project, anomaly_key).history
+        raw = await self._call(self._client.lrange(key, 0, -1))
+        entries = [json.loads(item) for item in raw]
+        return [{"action": e["action"], "success": e["success"], "at_ms": e["at"]} for e in entries]
+
+    async def record_disposition(
+        self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
+    ) -> None:
+        keys = _Keys(self._prefix, project, anomaly_key)
+        await self._call(
+            self._scripts["disposition"](
+                keys=[keys.days, keys.index("dispositions"), keys.index("summary")],
+                args=[anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS],
+            )
+        )
+
+    async def disposition_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, int]:
+        days = await self._day_totals(_Keys(self._prefix, project, anomaly_key).days, now_ms)
+        return dispositions_from(days)
+
+    async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for shard in range(SHARDS):
+                pipe.hgetall(_shard_index_key(self._prefix, project, shard, "summary"))
+            replies = await self._call(pipe.execute())
+        totals: dict[str, int] = {}
+        for raw in replies:
+            for name, n in day_totals(raw, now_ms).items():
+                totals[name] = totals.get(name, 0) + n
+        return dispositions_from(totals)
+
+    # -- index --------------------------------------------------------------------------------
+
+    async def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
+        keys = [_shard_index_key(self._prefix, project, s, index) for s in range(SHARDS)]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrevrange(key, 0, _PAGE - 1, withscores=True)
+            pages: list[list[tuple[bytes, float]]] = await self._call(pipe.execute())
+        offsets = [len(page) for page in pages]
+        heap: list[tuple[float, bytes, int, int]] = []
+        for shard, page in enumerate(pages):
+            if page:
+                heap.append((-page[0][1], page[0][0], shard, 0))
+        heapq.heapify(heap)
+        while heap:
+            negative, member, shard, position = heapq.heappop(heap)
+            page = pages[shard]
+            if position + 1 == len(page) and len(page) == _PAGE:
+                # refill this shard before yielding: its next entries may outrank others'
+                start = offsets[shard]
+                page = await self._call(
+                    self._client.zrevrange(keys[shard], start, start + _PAGE - 1, withscores=True)
+                )
+                pages[shard], offsets[shard], position = page, start + len(page), -1
+            if position + 1 < len(page):
+                following = page[position + 1]
+                heapq.heappush(heap, (-following[1], following[0], shard, position + 1))
+            if negative < 0:
+                yield member.decode(), int(-negative)
+
+    # -- permanent fixes ----------------------------------------------------------------------
+
+    async def mark_fix(self, project: str, anomaly_key: str, description: str, at_ms: int) -> None:
+        keys = _Keys(self._prefix, project, anomaly_key)
+        await self._call(
+            self._scripts["fix"](
+                keys=[keys.meta],
+                args=[at_ms, description, ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS, at_ms],
+            )
+        )
+
+    async def ping(self) -> None:
+        await self._call(self._client.ping())
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> Snapshot:
+    c1, c2, c3, c4, first, last, repairs, fix = (int(v) for v in reply[:8])
+    dispositions = dict(zip(DISPOSITION_TYPES, (int(v) for v in reply[8:13]), strict=True))
+    dispositions["total"] = sum(dispositions.values())
+    signature = reply[13]
+    return Snapshot(
+        anomaly_key=anomaly_key,
+        counts=(c1, c2, c3, c4),
+        first_seen_ms=first if first >= 0 else None,
+        last_seen_ms=last if last >= 0 else None,
+        repair_total=repairs,
+        fix_at_ms=fix if fix >= 0 else None,
+        dispositions=dispositions,
+        signature=json.loads(signature) if signature else {},
+    )
+
+
+def day_totals(raw: dict[bytes, bytes], now_ms: int) -> dict[str, int]:
+    """Totals of day counters (fields ``<day>|<name>``) over the retained days."""
+    since = day_of(now_ms) - RETENTION_DAYS
+    totals: dict[str, int] = {}
+    for field, value in raw.items():
+        day, bar, name = field.decode().partition("|")
+        if bar and int(day) >= since:
+            totals[name] = totals.get(name, 0) + int(value)
+    return totals

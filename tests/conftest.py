@@ -1,0 +1,144 @@
+"""Fixtures: real redis-server processes on free ports, both stores, a settable clock."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from anomaly_counter import AnomalyCounter, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(name: str) -> str:
+    """A system binary the test needs: skipped on a user's machine without it, never in CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}, and CI must run every test (.ci/run installs it)")
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process owned by a test fixture."""
+
+    port: int
+    directory: str
+    process: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = require_binary("redis-server")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.directory, *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(free_port(), directory)
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def fresh_redis(redis_server: RedisServer) -> RedisServer:
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server
+
+
+class Clock:
+    """A settable clock, so tests can move through days in milliseconds."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 3, 29, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/counter.db"
+    server: RedisServer = request.getfixturevalue("fresh_redis")
+    return server.url
+
+
+CounterFactory = Callable[..., AnomalyCounter]
+
+
+@pytest.fixture
+async def make_counter(store_url: str, clock: Clock) -> AsyncIterator[CounterFactory]:
+    made: list[AnomalyCounter] = []
+
+    def make(project: str = "team-a", **options: Any) -> AnomalyCounter:
+        settings = Settings(store_url=store_url, **options)
+        counter = AnomalyCounter.from_url(store_url, project, settings=settings, clock=clock)
+        made.append(counter)
+        return counter
+
+    yield make
+    for counter in made:
+        await counter.aclose()
+
+
+SIG = {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod"}
