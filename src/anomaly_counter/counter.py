@@ -102,7 +102,7 @@ class AnomalyCounter:
             chosen = replace(chosen, store_url=url)
         return cls(
             store_from_url(chosen.store_url, chosen),
-            project_id or chosen.project,
+            chosen.project if project_id is None else project_id,
             settings=chosen,
             clock=clock,
         )

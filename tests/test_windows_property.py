@@ -1,0 +1,150 @@
+"""Window counts against a brute-force model, on random streams in and out of order.
+
+The stated bound (README, "How counts stay small"): a count is exact while at most
+``tail_capacity`` occurrences are at or after the window's start (so always for a window that
+ends at the newest occurrence and holds at most that many); otherwise it is off by at most the
+occurrences of the slice (1/60 of the window) holding the window's start, plus those of the
+slice holding its end when more than ``tail_capacity`` occurrences came after the end.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anomaly_counter import AnomalyCounter
+from anomaly_counter.windows import GRAIN_MS, WINDOW_MS, WindowState, ring_index
+
+from .conftest import Clock
+
+NOW = 1_774_785_600_000  # 2026-03-29T12:00Z in ms
+MONTH = WINDOW_MS[3]
+CAPACITY = 128
+
+
+def brute(times: list[int], lo: int, hi: int) -> int:
+    return bisect_right(times, hi) - bisect_left(times, lo)
+
+
+def bound(times: list[int], window: int, at: int, newest: int) -> int:
+    """The documented error bound of one count."""
+    lo = at - WINDOW_MS[window]
+    if brute(times, lo, 1 << 62) <= CAPACITY:
+        return 0
+    grain = GRAIN_MS[ring_index(window, lo, newest)]
+    first, last = lo // grain, at // grain
+    allowed = brute(times, first * grain, (first + 1) * grain - 1)
+    if brute(times, at + 1, 1 << 62) > CAPACITY:
+        allowed += brute(times, last * grain, (last + 1) * grain - 1)
+    return allowed
+
+
+def check(state: WindowState, inserted: list[int], at: int) -> None:
+    times = sorted(inserted)
+    for window in range(4):
+        expected = brute(times, at - WINDOW_MS[window], at)
+        got = state.count(window, at)
+        allowed = bound(times, window, at, state.newest)
+        assert abs(got - expected) <= allowed, (window, at, got, expected, allowed)
+
+
+# Streams: clustered bursts (storms) and sparse stragglers, over a month, in random order.
+offsets = st.one_of(
+    st.integers(0, MONTH),
+    st.integers(MONTH - 3 * 3_600_000, MONTH),  # a recent storm
+    st.integers(MONTH - 90_000, MONTH),  # a storm in the last minute and a half
+)
+streams = st.lists(offsets, min_size=1, max_size=700)
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams, st.booleans())
+def test_model_counts_within_bound(stream: list[int], in_order: bool) -> None:
+    times = [NOW - MONTH + o for o in (sorted(stream) if in_order else stream)]
+    state = WindowState(CAPACITY)
+    inserted: list[int] = []
+    for i, t in enumerate(times):
+        state.add(t)
+        inserted.append(t)
+        if i % 37 == 0 or i == len(times) - 1:
+            check(state, inserted, t)  # the answer of record_anomaly(at=t)
+    newest = max(inserted)
+    for at in (newest, newest + 1, newest - 1_800_000, newest - 86_400_000, newest - 5):
+        check(state, inserted, at)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, MONTH), min_size=1, max_size=128))
+def test_exact_below_capacity_in_any_order(stream: list[int]) -> None:
+    state = WindowState(CAPACITY)
+    for o in stream:
+        state.add(NOW - MONTH + o)
+    times = sorted(NOW - MONTH + o for o in stream)
+    for at in [*times, NOW]:
+        for window in range(4):
+            assert state.count(window, at) == brute(times, at - WINDOW_MS[window], at)
+
+
+def test_storm_of_one_per_second_stays_within_a_slice() -> None:
+    state = WindowState(CAPACITY)
+    times = [NOW - 2 * 86_400_000 + i * 1000 for i in range(2 * 86_400)]
+    for t in times:
+        state.add(t)
+    at = times[-1]
+    for window in range(4):
+        exact = brute(times, at - WINDOW_MS[window], at)
+        error = abs(state.count(window, at) - exact)
+        assert error <= GRAIN_MS[window] // 1000  # one slice at one occurrence per second
+
+
+def test_serialised_state_round_trips() -> None:
+    state = WindowState(CAPACITY)
+    for i in range(500):
+        state.add(NOW - i * 7_919_000)
+    again = WindowState.from_bytes(state.to_bytes(), CAPACITY)
+    assert again == state
+
+
+# The same streams through both stores, so the Lua mirror is held to the same model.
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(streams, st.booleans())
+async def test_stores_count_within_bound(
+    make_counter: object, stream: list[int], in_order: bool
+) -> None:
+    clock = Clock(datetime.fromtimestamp(NOW / 1000, UTC))
+    counter = make_counter("prop-" + str(abs(hash((tuple(stream), in_order))) % 10**9))  # type: ignore[operator]
+    counter._clock = clock
+    times = [NOW - MONTH + o for o in (sorted(stream) if in_order else stream)]
+    signature = {"alertname": "Storm"}
+    key = AnomalyCounter.hash_signature(signature)
+    occurrences = [{"signature": signature, "at": _dt(t)} for t in times]
+    results = []
+    for start in range(0, len(occurrences), 100):
+        results += await counter.record_many(occurrences[start : start + 100])
+    inserted: list[int] = []
+    model = WindowState(CAPACITY)
+    for t, result in zip(times, results, strict=True):
+        inserted.append(t)
+        model.add(t)
+        got = (result.count_1h, result.count_24h, result.count_7d, result.count_30d)
+        assert got == model.counts(t)  # the store agrees with the model exactly
+    ordered = sorted(inserted)
+    for at in (max(inserted), max(inserted) - 3_600_000):
+        frequency = await counter.get_frequency(key, at=_dt(at))
+        assert frequency is not None
+        for window, name in enumerate(("1h", "24h", "7d", "30d")):
+            expected = brute(ordered, at - WINDOW_MS[window], at)
+            assert abs(frequency.count(name) - expected) <= bound(
+                ordered, window, at, max(inserted)
+            )
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC) + timedelta(0)
