@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .policy import Thresholds
+from .validation import PROJECT_ID
 
 ENV_PREFIX = "ANOMALY_COUNTER_"
 DEFAULT_STORE_URL = "sqlite:///anomaly-counter.db"
@@ -55,6 +56,9 @@ class Settings:
             )
         if self.dedup_max_ids < 1:
             raise ConfigurationError(f"dedup_max_ids must be positive, got {self.dedup_max_ids}")
+        for project in self.project_thresholds:
+            if not PROJECT_ID.fullmatch(project):
+                raise ConfigurationError(f"projects: invalid project id {project!r}")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}:% "):
             raise ConfigurationError(
                 f"key_prefix must be non-empty without '{{', '}}', ':', '%' or spaces,"

@@ -17,6 +17,7 @@ over 16 slots instead of piling onto one.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -26,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, StoreUnavailableError
@@ -60,6 +61,10 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 def _script_source(name: str) -> str:
     lua = resources.files("anomaly_counter.stores") / "lua"
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _sha1(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
 class _Keys:
@@ -95,10 +100,11 @@ class RedisStore(Store):
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._client = client
         self._prefix = settings.key_prefix
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(_script_source(name))
+        self._sources = {
+            name: _script_source(name)
             for name in ("record", "read", "repair", "disposition", "fix")
         }
+        self._shas = {name: _sha1(source) for name, source in self._sources.items()}
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> RedisStore:
@@ -121,34 +127,51 @@ class RedisStore(Store):
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"redis store: {exc}") from exc
 
+    async def _eval(self, name: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run one script for each (keys, args), in one round trip.
+
+        redis-py's pipelined scripts ask SCRIPT EXISTS first, a second round trip on every
+        batch; instead EVALSHA goes straight out, and only on NOSCRIPT (a restarted or flushed
+        server; those calls did not run) is the script loaded and those calls sent again.
+        """
+        sha = self._shas[name]
+        if len(calls) == 1:
+            keys, args = calls[0]
+            try:
+                return [await self._call(self._client.evalsha(sha, len(keys), *keys, *args))]
+            except NoScriptError:
+                await self._call(self._client.script_load(self._sources[name]))
+                return [await self._call(self._client.evalsha(sha, len(keys), *keys, *args))]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await self._call(self._client.script_load(self._sources[name]))
+            again = await self._eval(name, [calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     # -- occurrences --------------------------------------------------------------------------
 
     async def record(
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
     ) -> list[Snapshot]:
-        script = self._scripts["record"]
-
-        def call(request: RecordRequest, client: Any) -> Any:
-            keys = _Keys(self._prefix, project, request.anomaly_key)
+        calls = []
+        for request in requests:
             digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
-            return script(
-                keys=keys.for_record(),
-                args=[
-                    request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json,
-                    *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS,
-                    policy.dedup_horizon_ms, policy.dedup_max_ids, FIX_VALIDITY_MS,
-                    RETENTION_DAYS,
-                ],
-                client=client,
-            )  # fmt: skip
-
-        if len(requests) == 1:
-            replies = [await self._call(call(requests[0], self._client))]
-        else:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for request in requests:
-                    await call(request, pipe)
-                replies = await self._call(pipe.execute())
+            args = [
+                request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json,
+                *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS,
+                policy.dedup_horizon_ms, policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
+            ]  # fmt: skip
+            calls.append((_Keys(self._prefix, project, request.anomaly_key).for_record(), args))
+        replies = await self._eval("record", calls)
         snapshots = []
         for request, reply in zip(requests, replies, strict=True):
             snapshot = _snapshot(request.anomaly_key, reply[4:])
@@ -162,17 +185,9 @@ class RedisStore(Store):
     async def read(
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
     ) -> list[Snapshot | None]:
-        script = self._scripts["read"]
-        args = [at_ms, now_ms, RETENTION_DAYS, FIX_VALIDITY_MS]
-        if len(anomaly_keys) == 1:
-            keys = _Keys(self._prefix, project, anomaly_keys[0]).for_read()
-            replies = [await self._call(script(keys=keys, args=args))]
-        else:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in anomaly_keys:
-                    keys = _Keys(self._prefix, project, key).for_read()
-                    await script(keys=keys, args=args, client=pipe)
-                replies = await self._call(pipe.execute())
+        args: list[Any] = [at_ms, now_ms, RETENTION_DAYS, FIX_VALIDITY_MS]
+        calls = [(_Keys(self._prefix, project, key).for_read(), args) for key in anomaly_keys]
+        replies = await self._eval("read", calls)
         return [
             _snapshot(key, reply) if reply is not None else None
             for key, reply in zip(anomaly_keys, replies, strict=True)
@@ -184,20 +199,8 @@ class RedisStore(Store):
         self, project: str, anomaly_key: str, action: str, success: bool, at_ms: int, now_ms: int
     ) -> None:
         keys = _Keys(self._prefix, project, anomaly_key)
-        await self._call(
-            self._scripts["repair"](
-                keys=[keys.days, keys.history],
-                args=[
-                    action,
-                    int(success),
-                    at_ms,
-                    now_ms,
-                    ANOMALY_TTL_SECONDS,
-                    RETENTION_DAYS,
-                    REPAIR_HISTORY_LENGTH,
-                ],
-            )
-        )
+        args = [action, int(success), at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
+        await self._eval("repair", [([keys.days, keys.history], [*args, REPAIR_HISTORY_LENGTH])])
 
     async def _day_totals(self, key: str, now_ms: int) -> dict[str, int]:
         raw = await self._call(self._client.hgetall(key))
@@ -219,12 +222,9 @@ class RedisStore(Store):
         self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
     ) -> None:
         keys = _Keys(self._prefix, project, anomaly_key)
-        await self._call(
-            self._scripts["disposition"](
-                keys=[keys.days, keys.index("dispositions"), keys.index("summary")],
-                args=[anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS],
-            )
-        )
+        script_keys = [keys.days, keys.index("dispositions"), keys.index("summary")]
+        args = [anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
+        await self._eval("disposition", [(script_keys, args)])
 
     async def disposition_stats(
         self, project: str, anomaly_key: str, now_ms: int
@@ -277,12 +277,8 @@ class RedisStore(Store):
 
     async def mark_fix(self, project: str, anomaly_key: str, description: str, at_ms: int) -> None:
         keys = _Keys(self._prefix, project, anomaly_key)
-        await self._call(
-            self._scripts["fix"](
-                keys=[keys.meta],
-                args=[at_ms, description, ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS, at_ms],
-            )
-        )
+        args = [at_ms, description, ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS, at_ms]
+        await self._eval("fix", [([keys.meta], args)])
 
     async def ping(self) -> None:
         await self._call(self._client.ping())

@@ -16,17 +16,29 @@ end
 -- Count one occurrence at t into the tail (kept to `cap` times) and the four rings.
 local function add_occurrence(meta, tail, rings, t, cap)
   local newest = num(redis.call('HGET', meta, 'ls'), nil)
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  redis.call('ZADD', tail, t, seq)
+  -- Make room before adding, never after: a sorted set that grew past 128 entries would stay
+  -- in Redis's large encoding (about 6x the memory) even once trimmed back.
+  local evicted = num(redis.call('HGET', meta, 'ev'), nil)
   local size = redis.call('ZCARD', tail)
-  if size > cap then
-    local evicted = num(redis.call('HGET', meta, 'ev'), nil)
-    local popped = redis.call('ZPOPMIN', tail, size - cap)
+  local function evict(count)
+    local popped = redis.call('ZPOPMIN', tail, count)
     for i = 2, #popped, 2 do
       local score = tonumber(popped[i])
       if evicted == nil or score > evicted then evicted = score end
     end
+  end
+  if size > cap then evict(size - cap); size = cap end  -- the capacity was lowered since
+  if size == cap then
+    local oldest = redis.call('ZRANGE', tail, 0, 0, 'WITHSCORES')
+    if t <= tonumber(oldest[2]) then
+      if evicted == nil or t > evicted then evicted = t end  -- only the rings keep it
+    else
+      evict(1)
+      redis.call('ZADD', tail, t, redis.call('HINCRBY', meta, 'seq', 1))
+    end
     redis.call('HSET', meta, 'ev', evicted)
+  else
+    redis.call('ZADD', tail, t, redis.call('HINCRBY', meta, 'seq', 1))
   end
   for i = 1, #GRAIN do
     local g = GRAIN[i]

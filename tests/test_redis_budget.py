@@ -1,0 +1,84 @@
+"""Redis cost budgets: one command per occurrence, and bounded memory per anomaly."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from anomaly_counter import AnomalyCounter
+
+from .conftest import SIG, RedisServer
+
+
+class Monitor:
+    """Commands clients send, seen through MONITOR (commands run inside scripts excluded)."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.commands: list[str] = []
+
+    def __enter__(self) -> Monitor:
+        self._stopper = self.server.client()
+        self._stopper.ping()  # connected before monitoring: it will send only the stop marker
+        self._client = self.server.client()
+        self._monitor = self._client.monitor().__enter__()
+        self._thread = threading.Thread(target=self._collect)
+        self._thread.start()
+        time.sleep(0.05)
+        return self
+
+    def _collect(self) -> None:
+        for entry in self._monitor.listen():
+            if entry["command"] == "ECHO monitor-stop":
+                return
+            if entry.get("client_type") != "lua":
+                self.commands.append(entry["command"].split(" ")[0].upper())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopper.echo("monitor-stop")
+        self._stopper.close()
+        self._thread.join(timeout=10)
+        self._monitor.__exit__(None, None, None)
+        self._client.close()
+
+
+async def test_record_anomaly_is_one_command(fresh_redis: RedisServer) -> None:
+    key = AnomalyCounter.hash_signature(SIG)
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        await counter.record_anomaly(SIG)  # loads the script once
+        await counter.get_frequency(key)
+        with Monitor(fresh_redis) as record:
+            await counter.record_anomaly(SIG, occurrence_id="a")
+            await asyncio.sleep(0.05)
+        with Monitor(fresh_redis) as read:
+            await counter.get_frequency(key)
+            await asyncio.sleep(0.05)
+        with Monitor(fresh_redis) as batch:
+            await counter.record_many([{"signature": SIG}] * 100)
+            await asyncio.sleep(0.05)
+    assert record.commands == ["EVALSHA"]
+    assert read.commands == ["EVALSHA"]
+    assert batch.commands == ["EVALSHA"] * 100  # sent as one pipeline: one round trip
+
+
+async def test_memory_of_one_anomaly_is_bounded(fresh_redis: RedisServer) -> None:
+    now = datetime.now(UTC)
+    start = now - timedelta(days=30) + timedelta(minutes=1)
+    total = 30_000
+    step = (now - start) / total
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        batch = []
+        for i in range(total):
+            batch.append({"signature": SIG, "at": start + step * i})
+            if len(batch) == 1000:
+                await counter.record_many(batch)
+                batch.clear()
+        frequency = await counter.get_frequency(AnomalyCounter.hash_signature(SIG))
+    assert frequency is not None and abs(frequency.count_30d - total) <= total // 60
+    with fresh_redis.client() as client:
+        keys = [k for k in client.keys("*") if b":a:" in k]
+        used = sum(client.memory_usage(k, samples=0) or 0 for k in keys)
+    assert len(keys) == 6  # meta, tail, four rings
+    assert used <= 16 * 1024, used

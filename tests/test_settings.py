@@ -1,0 +1,82 @@
+"""Typed settings from a TOML file and the environment; bad ones fail naming the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anomaly_counter import AnomalyCounter, ConfigurationError, Thresholds, load_settings
+from anomaly_counter.counter import get_anomaly_counter, reset_anomaly_counter
+
+
+def test_defaults() -> None:
+    settings = load_settings(environ={})
+    assert settings.store_url == "sqlite:///anomaly-counter.db"
+    assert settings.thresholds == Thresholds(3, 5, 10)
+    assert settings.dedup_horizon_days == 7 and not settings.strict
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "counter.toml"
+    config.write_text(
+        'store_url = "redis://cache:6379/2"\nstrict = true\n'
+        "[thresholds]\nrepeat = 2\nescalate = 6\npermanent_fix = 12\n"
+        "[projects.payments.thresholds]\nrepeat = 1\n"
+    )
+    env = {"ANOMALY_COUNTER_CONFIG": str(config), "ANOMALY_COUNTER_THRESHOLD_ESCALATE": "7"}
+    settings = load_settings(environ=env, project="payments")
+    assert settings.store_url == "redis://cache:6379/2" and settings.strict
+    assert settings.thresholds == Thresholds(2, 7, 12)
+    assert settings.thresholds_for("payments") == Thresholds(1, 7, 12)
+    assert settings.thresholds_for("other") == Thresholds(2, 7, 12)
+    assert settings.project == "payments"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ANOMALY_COUNTER_THRESHOLD_REPEAT": "0"}, "threshold_repeat"),
+        ({"ANOMALY_COUNTER_THRESHOLD_REPEAT": "abc"}, "ANOMALY_COUNTER_THRESHOLD_"),
+        ({"ANOMALY_COUNTER_THRESHOLD_ESCALATE": "3"}, "strictly increase"),
+        ({"ANOMALY_COUNTER_THRESHOLD_PERMANENT_FIX": "4"}, "threshold_permanent_fix"),
+        ({"ANOMALY_COUNTER_STRICT": "maybe"}, "ANOMALY_COUNTER_STRICT"),
+        ({"ANOMALY_COUNTER_STORE_TIMEOUT": "-1"}, "store_timeout"),
+        ({"ANOMALY_COUNTER_DEDUP_HORIZON_DAYS": "3"}, "dedup_horizon_days"),
+        ({"ANOMALY_COUNTER_KEY_PREFIX": "a{b}"}, "key_prefix"),
+        ({"ANOMALY_COUNTER_CONFIG": "/no/such/file.toml"}, "config"),
+    ],
+)
+def test_invalid_settings_name_the_setting(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        load_settings(environ=env)
+
+
+def test_bad_file_entries(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("colour = 'blue'\n")
+    with pytest.raises(ConfigurationError, match="colour"):
+        load_settings(config)
+    config.write_text("[projects.p.thresholds]\nrepeat = 20\n")
+    with pytest.raises(ConfigurationError, match="strictly increase"):
+        load_settings(config)
+
+
+def test_unknown_store_scheme_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="unknown scheme 'mongodb'"):
+        AnomalyCounter.from_url("mongodb://x")
+    with pytest.raises(ConfigurationError, match="store_url"):
+        AnomalyCounter.from_url("sqlite://host/x.db")
+
+
+def test_process_wide_accessor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANOMALY_COUNTER_STORE_URL", f"sqlite:///{tmp_path}/acc.db")
+    monkeypatch.setenv("ANOMALY_COUNTER_PROJECT", "ops")
+    monkeypatch.setenv("ANOMALY_COUNTER_THRESHOLD_REPEAT", "2")
+    reset_anomaly_counter()
+    counter = get_anomaly_counter()
+    assert get_anomaly_counter() is counter
+    assert counter.project_id == "ops" and counter.THRESHOLDS["REPEAT"] == 2
+    reset_anomaly_counter()
+    assert get_anomaly_counter() is not counter
+    reset_anomaly_counter()
