@@ -3,7 +3,6 @@ store snapshots into public types, and degrades instead of raising when the stor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from .model import (
     empty_disposition_counts,
 )
 from .policy import ActionRecommendation, level_for, recommend, should_skip, success_rate
-from .ranking import select_top
+from .ranking import Evaluate, select_top
 from .settings import Settings, load_settings
 from .signature import derive_key_from_incident, fingerprint_fields, hash_signature
 from .stores.base import RecordRequest, Snapshot, Store, WritePolicy, store_from_url
@@ -187,11 +186,12 @@ class AnomalyCounter:
                 at=occurrence.get("at"),
                 occurrence_id=occurrence.get("occurrence_id"),
             )
-        signature = validation.signature(occurrence.signature)
+        signature, signature_json = validation.signature(occurrence.signature)
         at = validation.occurrence_time(occurrence.at, now)
         return RecordRequest(
             anomaly_key=hash_signature(signature),
-            signature_json=json.dumps(signature, ensure_ascii=False, sort_keys=True),
+            signature=signature,
+            signature_json=signature_json,
             at_ms=_ms(at),
             occurrence_id=validation.occurrence_id(occurrence.occurrence_id),
         )
@@ -237,6 +237,7 @@ class AnomalyCounter:
         frequencies = []
         for request, snapshot in zip(requests, snapshots, strict=True):
             frequency = self._frequency(snapshot, _time(request.at_ms))
+            frequency.signature = request.signature  # the labels of this very occurrence
             frequencies.append(frequency)
             if frequency.escalated_to or frequency.newly_regressed:
                 logger.info(
@@ -284,11 +285,7 @@ class AnomalyCounter:
                 for s in snapshots
             ]
 
-        selected = await self._guard(
-            "top_anomalies",
-            select_top(self.store.candidates(self.project_id, window), evaluate, limit),
-            [],
-        )
+        selected = await self._guard("top_anomalies", self._top(window, evaluate, limit), [])
         rows = []
         for _, value, snapshot in selected:
             row = fingerprint_fields(snapshot.signature)
@@ -296,6 +293,14 @@ class AnomalyCounter:
             row.update(window=window, count=value)
             rows.append(row)
         return rows
+
+    async def _top(
+        self, index: str, evaluate: Evaluate[Snapshot], limit: int
+    ) -> list[tuple[str, int, Snapshot]]:
+        result = await select_top(self.store.candidates(self.project_id, index), evaluate, limit)
+        # Lower what cooled down, so the next query walks past fewer stale entries.
+        await self.store.refresh_index(self.project_id, index, result.stale)
+        return result.top
 
     # -- repairs ------------------------------------------------------------------------------
 
@@ -414,9 +419,7 @@ class AnomalyCounter:
 
         async def both() -> tuple[dict[str, int], list[dict[str, Any]]]:
             summary = await self.store.disposition_summary(self.project_id, now_ms)
-            top = await select_top(
-                self.store.candidates(self.project_id, "dispositions"), evaluate, limit
-            )
+            top = await self._top("dispositions", evaluate, limit)
             rows = [
                 {
                     "anomaly_key": key,

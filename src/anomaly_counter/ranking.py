@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 Evaluate = Callable[[Sequence[str]], Awaitable[Sequence[tuple[int, T] | None]]]
+
+
+@dataclass(slots=True)
+class TopResult(Generic[T]):
+    """The top entries, highest first, and the stale index entries met on the way
+    as (key, stored score, current value), for the store to lower."""
+
+    top: list[tuple[str, int, T]]
+    stale: list[tuple[str, int, int]]
 
 
 async def select_top(
@@ -24,7 +34,7 @@ async def select_top(
     evaluate: Evaluate[T],
     limit: int,
     batch: int | None = None,
-) -> list[tuple[str, int, T]]:
+) -> TopResult[T]:
     """The ``limit`` candidates of highest current value, highest first (ties: by key).
 
     ``evaluate`` gets a batch of keys and answers, for each, its current value and payload,
@@ -32,14 +42,18 @@ async def select_top(
     """
     size = batch or max(limit, 16)
     best: list[tuple[int, str, T]] = []  # a min-heap of the best `limit` so far
-    pending: list[str] = []
+    pending: list[tuple[str, int]] = []
+    stale: list[tuple[str, int, int]] = []
 
     async def flush() -> None:
-        results = await evaluate(pending)
-        for key, result in zip(pending, results, strict=True):
+        results = await evaluate([key for key, _ in pending])
+        for (key, bound), result in zip(pending, results, strict=True):
+            value = 0 if result is None else result[0]
+            if value < bound:
+                stale.append((key, bound, value))
             if result is None:
                 continue
-            value, payload = result
+            payload = result[1]
             entry = (value, _Reverse(key), payload)
             if len(best) < limit:
                 heapq.heappush(best, entry)
@@ -50,13 +64,13 @@ async def select_top(
     async for key, bound in candidates:
         if len(best) >= limit and best[0][0] >= bound:
             break
-        pending.append(key)
+        pending.append((key, bound))
         if len(pending) >= size:
             await flush()
     if pending:
         await flush()
     ordered = sorted(best, key=lambda e: (-e[0], str(e[1])))
-    return [(str(key), value, payload) for value, key, payload in ordered]
+    return TopResult([(str(key), value, payload) for value, key, payload in ordered], stale)
 
 
 class _Reverse(str):

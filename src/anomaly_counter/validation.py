@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +23,7 @@ MAX_LABEL_VALUE_CHARS = 1024
 MAX_SIGNATURE_BYTES = 4096
 MAX_FUTURE = timedelta(minutes=5)
 MAX_DESCRIPTION_CHARS = 2000
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def project_id(value: object) -> str:
@@ -41,7 +41,7 @@ def _text(value: object, what: str, max_chars: int) -> str:
         raise InvalidInputError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > max_chars:
         raise InvalidInputError(f"{what} is longer than {max_chars} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+    if _CONTROL.search(value):
         raise InvalidInputError(f"{what} contains control characters")
     return value
 
@@ -75,8 +75,9 @@ def disposition(value: object) -> str:
     return str(value)
 
 
-def signature(value: object) -> dict[str, Any]:
-    """A signature: a mapping of label names to JSON scalars, bounded in count and size."""
+def signature(value: object) -> tuple[dict[str, Any], str]:
+    """A signature: a mapping of label names to JSON scalars, bounded in count and size;
+    returned with its canonical JSON text (the form it is stored in)."""
     if not isinstance(value, Mapping):
         raise InvalidInputError(
             f"signature must be a mapping of labels, got {type(value).__name__}"
@@ -93,9 +94,10 @@ def signature(value: object) -> dict[str, Any]:
                 f"label {name!r} is longer than {MAX_LABEL_VALUE_CHARS} characters"
             )
         clean[name] = label
-    if len(json.dumps(clean)) > MAX_SIGNATURE_BYTES:
+    text = json.dumps(clean, ensure_ascii=False, sort_keys=True)
+    if len(text.encode()) > MAX_SIGNATURE_BYTES:
         raise InvalidInputError(f"signature is larger than {MAX_SIGNATURE_BYTES} bytes as JSON")
-    return clean
+    return clean, text
 
 
 def occurrence_time(at: datetime | None, now: datetime) -> datetime:

@@ -5,15 +5,19 @@ Each anomaly keeps two structures whatever its event rate:
 * the *tail*: the latest ``tail_capacity`` occurrence times, exactly. ``evicted_max`` remembers
   the latest time ever pushed out of it, so every occurrence later than ``evicted_max`` is known
   to be in the tail;
-* one *ring* per window: counts per slice of 1/60 of the window (1 min, 24 min, 168 min, 12 h),
-  kept for the last ``RING_SLOTS`` slices of that window's grain before the newest occurrence.
+* one *ring* per window, for the occurrences pushed out of the tail only: their counts per
+  slice of 1/60 of the window (1 min, 24 min, 168 min, 12 h), for the last ``RING_SLOTS``
+  slices of that window's grain before the newest occurrence. An anomaly that never had more
+  than ``tail_capacity`` occurrences never touches its rings.
 
-A window [at - W, at] is counted exactly from the tail when its start is later than
-``evicted_max``, that is when at most ``tail_capacity`` occurrences are at or after its start
-(for a window ending at the newest occurrence: when it holds at most ``tail_capacity``). Else
-it is summed from the finest ring that still covers its start: the slice containing the start
-is interpolated (error at most the occurrences of that one slice, 1/60 of the window), and the
-slice containing the end is exact when the tail covers it, else interpolated as well.
+A window [at - W, at] counts its tail occurrences exactly and adds the pushed-out ones from the
+finest ring that still covers its start. None of those when the window starts after
+``evicted_max``: then the count is exact, which holds whenever at most ``tail_capacity``
+occurrences are at or after the window's start (for a window ending at the newest occurrence:
+whenever it holds at most ``tail_capacity``). Otherwise the slice containing the start is
+interpolated (error at most the occurrences of that one slice, 1/60 of the window), and so is
+the slice containing the end when pushed-out occurrences lie after the end (more than
+``tail_capacity`` occurrences came after it).
 
 All times are integer milliseconds since the epoch, UTC.
 """
@@ -53,41 +57,46 @@ class WindowState:
 
     def add(self, t: int) -> None:
         """Count one occurrence at time ``t`` (any order)."""
-        insort(self.tail, t)
-        if len(self.tail) > self.capacity:
-            self.evicted_max = max(self.evicted_max, self.tail.pop(0))
+        if len(self.tail) >= self.capacity and t <= self.tail[0]:
+            self._evict(t)  # older than the whole tail: only the rings keep it
+        else:
+            insort(self.tail, t)
+            while len(self.tail) > self.capacity:
+                self._evict(self.tail.pop(0))
+        self.newest = max(self.newest, t)
+
+    def _evict(self, t: int) -> None:
+        self.evicted_max = max(self.evicted_max, t)
+        newest = max(self.newest, t)
         for grain, ring in zip(GRAIN_MS, self.rings, strict=True):
-            slot = t // grain
-            newest_slot = self.newest // grain if self.newest != NEVER else slot
-            if slot <= newest_slot - RING_SLOTS:
+            slot, oldest_kept = t // grain, newest // grain - RING_SLOTS
+            if slot <= oldest_kept:
                 continue  # older than anything a window answered from this ring can start at
             ring[slot] = ring.get(slot, 0) + 1
-            if slot > newest_slot:
-                for old in [s for s in ring if s <= slot - RING_SLOTS]:
+            if len(ring) > RING_SLOTS:
+                for old in [s for s in ring if s <= oldest_kept]:
                     del ring[old]
-        self.newest = max(self.newest, t)
 
     def count(self, window_index: int, at: int) -> int:
         """Occurrences in [at - W, at] for the window of that index (0: 1 h ... 3: 30 d)."""
         lo, hi = at - WINDOW_MS[window_index], at
+        exact = bisect_right(self.tail, hi) - bisect_left(self.tail, lo)
         if lo > self.evicted_max:
-            return bisect_right(self.tail, hi) - bisect_left(self.tail, lo)
+            return exact
         index = ring_index(window_index, lo, self.newest)
         grain, ring = GRAIN_MS[index], self.rings[index]
-        first, last = lo // grain, hi // grain
-        if first == last:
-            numerator = ring.get(first, 0) * (hi - lo + 1)
-            return (numerator + grain // 2) // grain
+        first, last = lo // grain, min(hi, self.evicted_max) // grain
         whole = sum(ring.get(s, 0) for s in range(first + 1, last))
-        numerator = ring.get(first, 0) * ((first + 1) * grain - lo)
-        last_count = ring.get(last, 0)
-        if hi >= self.evicted_max:
-            # Everything after hi is in the tail: the end slice is exact.
-            after = bisect_right(self.tail, (last + 1) * grain - 1) - bisect_right(self.tail, hi)
-            whole += last_count - after
+        if first == last:
+            end = (first + 1) * grain - 1 if hi >= self.evicted_max else hi
+            numerator = ring.get(first, 0) * (end - lo + 1)
         else:
-            numerator += last_count * (hi - last * grain + 1)
-        return whole + (numerator + grain // 2) // grain
+            numerator = ring.get(first, 0) * ((first + 1) * grain - lo)
+            if hi >= self.evicted_max:
+                whole += ring.get(last, 0)  # every pushed-out occurrence is at or before hi
+            else:
+                numerator += ring.get(last, 0) * (hi - last * grain + 1)
+        return exact + whole + (numerator + grain // 2) // grain
 
     def counts(self, at: int) -> tuple[int, int, int, int]:
         """All four window counts ending at ``at``."""
@@ -118,7 +127,7 @@ class WindowState:
             rings.append(dict(zip(flat[::2], flat[1::2], strict=True)))
         state = cls(capacity, tail, evicted_max, newest, rings)
         while len(state.tail) > capacity:  # the capacity setting was lowered since
-            state.evicted_max = max(state.evicted_max, state.tail.pop(0))
+            state._evict(state.tail.pop(0))
         return state
 
 

@@ -39,6 +39,7 @@ class RecordRequest:
     """One validated occurrence, ready to store."""
 
     anomaly_key: str
+    signature: dict[str, Any]
     signature_json: str
     at_ms: int
     occurrence_id: str | None
@@ -120,6 +121,13 @@ class Store(ABC):
     def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
         """Anomalies of one index in descending order of their stored score, an upper bound
         of their current value (see ``ranking.select_top``)."""
+
+    @abstractmethod
+    async def refresh_index(
+        self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
+    ) -> None:
+        """Lower stale index scores to the values just read, as (key, score read, value);
+        a value of 0 drops the entry. An entry a write moved meanwhile is left alone."""
 
     @abstractmethod
     async def mark_fix(

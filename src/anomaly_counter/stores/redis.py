@@ -17,6 +17,7 @@ over 16 slots instead of piling onto one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
@@ -24,7 +25,9 @@ from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 SHARDS = 16
+_BOUND_INDEX = {"1h": 1, "24h": 2, "7d": 3, "30d": 4}
 _PAGE = 100
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -74,8 +78,8 @@ class _Keys:
         tag = f"{{{encode_part(project)}.{shard_of(anomaly_key, SHARDS)}}}"
         self.shard = f"{prefix}:{tag}:x:"
         base = f"{prefix}:{tag}:a:{encode_part(anomaly_key)}:"
-        self.meta, self.tail, self.ids, self.days, self.history = (
-            base + s for s in ("m", "t", "i", "d", "h")
+        self.meta, self.tail, self.ids, self.days, self.history, self.signature = (
+            base + s for s in ("m", "t", "i", "d", "h", "s")
         )
         self.rings = [f"{base}r{i}" for i in range(4)]
 
@@ -83,11 +87,39 @@ class _Keys:
         return self.shard + name
 
     def for_read(self) -> list[str]:
-        return [self.meta, self.tail, *self.rings, self.days]
+        return [self.meta, self.tail, *self.rings, self.days, self.signature]
 
     def for_record(self) -> list[str]:
         indexes = [self.index(w) for w in ("1h", "24h", "7d", "30d")]
-        return [self.meta, self.tail, *self.rings, self.ids, self.days, self.history, *indexes]
+        return [
+            self.meta, self.tail, *self.rings, self.ids, self.days, self.history, *indexes,
+            self.signature,
+        ]  # fmt: skip
+
+
+_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """The connection class with commands packed by hiredis, in C: redis-py's asyncio
+    connections pack in Python, which costs more than the whole server-side script."""
+    if base in _PACKING:
+        return _PACKING[base]
+
+    class HiredisPacking(base):  # type: ignore[valid-type,misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            if isinstance(args[0], str) and " " in args[0]:
+                args = (*args[0].split(), *args[1:])
+            return [hiredis.pack_command(args)]
+
+    HiredisPacking.__name__ = f"HiredisPacking{base.__name__}"
+    _PACKING[base] = HiredisPacking
+    return HiredisPacking
+
+
+@functools.lru_cache(maxsize=65_536)
+def _keys(prefix: str, project: str, anomaly_key: str) -> _Keys:
+    return _Keys(prefix, project, anomaly_key)
 
 
 def _shard_index_key(prefix: str, project: str, shard: int, name: str) -> str:
@@ -102,7 +134,7 @@ class RedisStore(Store):
         self._prefix = settings.key_prefix
         self._sources = {
             name: _script_source(name)
-            for name in ("record", "read", "repair", "disposition", "fix")
+            for name in ("record", "read", "repair", "disposition", "fix", "reindex")
         }
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
 
@@ -119,6 +151,8 @@ class RedisStore(Store):
             )
         except ValueError as exc:
             raise ConfigurationError(f"setting store_url: {exc}") from exc
+        pool = client.connection_pool
+        pool.connection_class = _hiredis_packing(pool.connection_class)
         return cls(client, settings)
 
     async def _call(self, awaitable: Any) -> Any:
@@ -162,23 +196,31 @@ class RedisStore(Store):
     async def record(
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
     ) -> list[Snapshot]:
+        policy_arg = ",".join(
+            str(v)
+            for v in (
+                *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS,
+                policy.dedup_horizon_ms, policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
+            )
+        )  # fmt: skip
         calls = []
         for request in requests:
             digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
             args = [
                 request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json,
-                *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS,
-                policy.dedup_horizon_ms, policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
+                policy_arg,
             ]  # fmt: skip
-            calls.append((_Keys(self._prefix, project, request.anomaly_key).for_record(), args))
+            calls.append((_keys(self._prefix, project, request.anomaly_key).for_record(), args))
         replies = await self._eval("record", calls)
         snapshots = []
         for request, reply in zip(requests, replies, strict=True):
-            snapshot = _snapshot(request.anomaly_key, reply[4:])
-            snapshot.duplicate = bool(reply[0])
-            snapshot.escalated_to = int(reply[1])
-            snapshot.regressed = bool(reply[2])
-            snapshot.newly_regressed = bool(reply[3])
+            snapshot, (duplicate, escalated, regressed, newly) = _snapshot(
+                request.anomaly_key, reply
+            )
+            snapshot.duplicate = bool(duplicate)
+            snapshot.escalated_to = escalated
+            snapshot.regressed = bool(regressed)
+            snapshot.newly_regressed = bool(newly)
             snapshots.append(snapshot)
         return snapshots
 
@@ -186,10 +228,10 @@ class RedisStore(Store):
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
     ) -> list[Snapshot | None]:
         args: list[Any] = [at_ms, now_ms, RETENTION_DAYS, FIX_VALIDITY_MS]
-        calls = [(_Keys(self._prefix, project, key).for_read(), args) for key in anomaly_keys]
+        calls = [(_keys(self._prefix, project, key).for_read(), args) for key in anomaly_keys]
         replies = await self._eval("read", calls)
         return [
-            _snapshot(key, reply) if reply is not None else None
+            _snapshot(key, reply)[0] if reply is not None else None
             for key, reply in zip(anomaly_keys, replies, strict=True)
         ]
 
@@ -198,7 +240,7 @@ class RedisStore(Store):
     async def record_repair(
         self, project: str, anomaly_key: str, action: str, success: bool, at_ms: int, now_ms: int
     ) -> None:
-        keys = _Keys(self._prefix, project, anomaly_key)
+        keys = _keys(self._prefix, project, anomaly_key)
         args = [action, int(success), at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
         await self._eval("repair", [([keys.days, keys.history], [*args, REPAIR_HISTORY_LENGTH])])
 
@@ -209,11 +251,11 @@ class RedisStore(Store):
     async def repair_stats(
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, tuple[int, int]]:
-        days = await self._day_totals(_Keys(self._prefix, project, anomaly_key).days, now_ms)
+        days = await self._day_totals(_keys(self._prefix, project, anomaly_key).days, now_ms)
         return repairs_from(days)
 
     async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
-        key = _Keys(self._prefix, project, anomaly_key).history
+        key = _keys(self._prefix, project, anomaly_key).history
         raw = await self._call(self._client.lrange(key, 0, -1))
         entries = [json.loads(item) for item in raw]
         return [{"action": e["action"], "success": e["success"], "at_ms": e["at"]} for e in entries]
@@ -221,7 +263,7 @@ class RedisStore(Store):
     async def record_disposition(
         self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
     ) -> None:
-        keys = _Keys(self._prefix, project, anomaly_key)
+        keys = _keys(self._prefix, project, anomaly_key)
         script_keys = [keys.days, keys.index("dispositions"), keys.index("summary")]
         args = [anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
         await self._eval("disposition", [(script_keys, args)])
@@ -229,7 +271,7 @@ class RedisStore(Store):
     async def disposition_stats(
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, int]:
-        days = await self._day_totals(_Keys(self._prefix, project, anomaly_key).days, now_ms)
+        days = await self._day_totals(_keys(self._prefix, project, anomaly_key).days, now_ms)
         return dispositions_from(days)
 
     async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
@@ -273,10 +315,21 @@ class RedisStore(Store):
             if negative < 0:
                 yield member.decode(), int(-negative)
 
+    async def refresh_index(
+        self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
+    ) -> None:
+        which = _BOUND_INDEX.get(index, 0)
+        calls = []
+        for key, bound, current in entries:
+            keys = _keys(self._prefix, project, key)
+            calls.append(([keys.index(index), keys.meta], [key, bound, current, which]))
+        if calls:
+            await self._eval("reindex", calls)
+
     # -- permanent fixes ----------------------------------------------------------------------
 
     async def mark_fix(self, project: str, anomaly_key: str, description: str, at_ms: int) -> None:
-        keys = _Keys(self._prefix, project, anomaly_key)
+        keys = _keys(self._prefix, project, anomaly_key)
         args = [at_ms, description, ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS, at_ms]
         await self._eval("fix", [([keys.meta], args)])
 
@@ -287,12 +340,13 @@ class RedisStore(Store):
         await self._client.aclose()
 
 
-def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> Snapshot:
-    c1, c2, c3, c4, first, last, repairs, fix = (int(v) for v in reply[:8])
-    dispositions = dict(zip(DISPOSITION_TYPES, (int(v) for v in reply[8:13]), strict=True))
+def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, list[int]]:
+    """A snapshot from a script's reply, and the extra numbers before its signature."""
+    c1, c2, c3, c4, first, last, repairs, fix = reply[:8]
+    dispositions = dict(zip(DISPOSITION_TYPES, reply[8:13], strict=True))
     dispositions["total"] = sum(dispositions.values())
-    signature = reply[13]
-    return Snapshot(
+    signature = reply[-1]
+    snapshot = Snapshot(
         anomaly_key=anomaly_key,
         counts=(c1, c2, c3, c4),
         first_seen_ms=first if first >= 0 else None,
@@ -302,6 +356,7 @@ def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> Snapshot:
         dispositions=dispositions,
         signature=json.loads(signature) if signature else {},
     )
+    return snapshot, list(reply[13:-1])
 
 
 def day_totals(raw: dict[bytes, bytes], now_ms: int) -> dict[str, int]:

@@ -470,6 +470,21 @@ class SQLiteStore(Store):
                 return
             after = rows[-1]
 
+    async def refresh_index(
+        self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
+    ) -> None:
+        column = _COLUMNS[index]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                f"UPDATE anomalies SET {column} = ? WHERE project = ? AND anomaly_key = ?"
+                f" AND {column} = ?",
+                [(current, project, key, bound) for key, bound, current in entries],
+            )
+
+        if entries:
+            await self._run(self._write, work)
+
     # -- permanent fixes ----------------------------------------------------------------------
 
     async def mark_fix(self, project: str, anomaly_key: str, description: str, at_ms: int) -> None:

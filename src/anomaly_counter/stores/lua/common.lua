@@ -1,6 +1,8 @@
 -- Shared by every anomaly-counter script (prepended to each at load time).
 -- Mirrors anomaly_counter/windows.py: the same tail, rings and error bound; the contract tests
 -- hold both to one brute-force model. All times are integer milliseconds, UTC.
+-- Each redis.call costs a few microseconds, so the scripts read what they need once and
+-- write each hash once.
 
 local WINDOW = {3600000, 86400000, 604800000, 2592000000}
 local GRAIN = {60000, 1440000, 10080000, 43200000}
@@ -13,92 +15,167 @@ local function num(value, default)
   return tonumber(value)
 end
 
--- Count one occurrence at t into the tail (kept to `cap` times) and the four rings.
-local function add_occurrence(meta, tail, rings, t, cap)
-  local newest = num(redis.call('HGET', meta, 'ls'), nil)
-  -- Make room before adding, never after: a sorted set that grew past 128 entries would stay
-  -- in Redis's large encoding (about 6x the memory) even once trimmed back.
-  local evicted = num(redis.call('HGET', meta, 'ev'), nil)
-  local size = redis.call('ZCARD', tail)
-  local function evict(count)
-    local popped = redis.call('ZPOPMIN', tail, count)
-    for i = 2, #popped, 2 do
-      local score = tonumber(popped[i])
-      if evicted == nil or score > evicted then evicted = score end
-    end
-  end
-  if size > cap then evict(size - cap); size = cap end  -- the capacity was lowered since
-  if size == cap then
-    local oldest = redis.call('ZRANGE', tail, 0, 0, 'WITHSCORES')
-    if t <= tonumber(oldest[2]) then
-      if evicted == nil or t > evicted then evicted = t end  -- only the rings keep it
-    else
-      evict(1)
-      redis.call('ZADD', tail, t, redis.call('HINCRBY', meta, 'seq', 1))
-    end
-    redis.call('HSET', meta, 'ev', evicted)
+-- The counting state, packed in one field of the meta hash ('st': first, newest, evicted, seq,
+-- level, tail size, refreshed, four index bounds), so that a call reads and writes it once.
+local function load_state(meta)
+  local f = redis.call('HMGET', meta, 'st', 'fix', 'reg', 'wc')
+  local v = {}
+  if f[1] then
+    for part in string.gmatch(f[1], '[^,]+') do v[#v + 1] = tonumber(part) end
   else
-    redis.call('ZADD', tail, t, redis.call('HINCRBY', meta, 'seq', 1))
+    v = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0}
   end
-  for i = 1, #GRAIN do
-    local g = GRAIN[i]
-    local slot = floor(t / g)
-    local newest_slot = slot
-    if newest ~= nil then newest_slot = floor(newest / g) end
-    if slot > newest_slot - RING then
-      redis.call('HINCRBY', rings[i], slot, 1)
-      if slot > newest_slot then
-        local dead = {}
-        for _, field in ipairs(redis.call('HKEYS', rings[i])) do
-          if tonumber(field) <= slot - RING then dead[#dead + 1] = field end
-        end
-        if #dead > 0 then redis.call('HDEL', rings[i], unpack(dead)) end
+  local function opt(x) if x < 0 then return nil end return x end
+  local sums = {}
+  if f[4] then
+    local c = {}
+    for part in string.gmatch(f[4], '[^,]+') do c[#c + 1] = tonumber(part) end
+    for w = 1, 4 do
+      if c[4 * w - 3] > 0 then
+        sums[w] = {ring = c[4 * w - 3], first = c[4 * w - 2], last = c[4 * w - 1], sum = c[4 * w]}
       end
     end
   end
-  if newest == nil or t > newest then redis.call('HSET', meta, 'ls', t) end
+  return {first = opt(v[1]), newest = opt(v[2]), evicted = opt(v[3]), seq = v[4],
+          level = v[5], size = v[6], refreshed = v[7], bounds = {v[8], v[9], v[10], v[11]},
+          fix = num(f[2], nil), reg = num(f[3], nil), sums = sums, sums_changed = false}
 end
 
--- Occurrences in [at - W, at] for window w (1: 1 h ... 4: 30 d).
-local function count(meta, tail, rings, w, at)
-  local newest = num(redis.call('HGET', meta, 'ls'), nil)
-  if newest == nil then return 0 end
-  local evicted = num(redis.call('HGET', meta, 'ev'), nil)
-  local lo, hi = at - WINDOW[w], at
-  if evicted == nil or lo > evicted then
-    return redis.call('ZCOUNT', tail, lo, hi)
+-- Cached ring sums ('wc'): per window, the ring, the edge slices and the sum of the slices
+-- between them, so that a storm re-reads two slices per window, not sixty.
+local function pack_sums(s)
+  local out = {}
+  for w = 1, 4 do
+    local c = s.sums[w]
+    if c then
+      for _, v in ipairs({c.ring, c.first, c.last, c.sum}) do out[#out + 1] = v end
+    else
+      for _ = 1, 4 do out[#out + 1] = 0 end
+    end
   end
+  return table.concat(out, ',')
+end
+
+local function pack_state(s)
+  local b = s.bounds
+  return string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d', s.first or -1, s.newest or -1,
+    s.evicted or -1, s.seq, s.level, s.size, s.refreshed, b[1], b[2], b[3], b[4])
+end
+
+-- The score an index keeps for a count: a little above it, so that a busy anomaly rewrites its
+-- index entries only now and then. Any upper bound keeps the top-k exact (ranking.py).
+local function index_bound(c)
+  return c + 2 + floor(c / 4)
+end
+
+-- Put an occurrence pushed out of the tail into the four rings.
+local function evict(s, rings, t)
+  if s.evicted == nil or t > s.evicted then s.evicted = t end
+  local newest = s.newest
+  if newest == nil or t > newest then newest = t end
+  for i = 1, #GRAIN do
+    local g = GRAIN[i]
+    local slot, oldest_kept = floor(t / g), floor(newest / g) - RING
+    if slot > oldest_kept then
+      redis.call('HINCRBY', rings[i], slot, 1)
+      for w = 1, 4 do
+        local c = s.sums[w]
+        if c and c.ring == i and slot > c.first and slot < c.last then
+          c.sum = c.sum + 1
+          s.sums_changed = true
+        end
+      end
+      if redis.call('HLEN', rings[i]) > RING then
+        local dead = {}
+        for _, field in ipairs(redis.call('HKEYS', rings[i])) do
+          if tonumber(field) <= oldest_kept then dead[#dead + 1] = field end
+        end
+        if #dead > 0 then
+          redis.call('HDEL', rings[i], unpack(dead))
+          for w = 1, 4 do
+            if s.sums[w] and s.sums[w].ring == i then s.sums[w] = nil; s.sums_changed = true end
+          end
+        end
+      end
+    end
+  end
+end
+
+-- Count one occurrence at t: into the tail (kept to `cap` times), pushing the oldest out into
+-- the rings. Updates s.newest, s.evicted, s.seq and s.size; the caller writes them back.
+local function add_occurrence(s, tail, rings, t, cap)
+  -- Make room before adding, never after: a sorted set that grew past 128 entries would stay
+  -- in Redis's large encoding (about 6x the memory) even once trimmed back.
+  local function pop(n)
+    local popped = redis.call('ZPOPMIN', tail, n)
+    for i = 2, #popped, 2 do evict(s, rings, tonumber(popped[i])) end
+    s.size = s.size - n
+  end
+  if s.size > cap then pop(s.size - cap) end  -- the capacity was lowered since
+  local keep = true
+  if s.size == cap then
+    local oldest = redis.call('ZRANGE', tail, 0, 0, 'WITHSCORES')
+    if t <= tonumber(oldest[2]) then
+      keep = false
+      evict(s, rings, t)  -- older than the whole tail: only the rings keep it
+    else
+      pop(1)
+    end
+  end
+  if keep then
+    s.seq = s.seq + 1
+    s.size = s.size + 1
+    redis.call('ZADD', tail, t, s.seq)
+  end
+  if s.newest == nil or t > s.newest then s.newest = t end
+end
+
+-- Occurrences in [at - W, at] for window w (1: 1 h ... 4: 30 d): the tail's exactly, plus the
+-- pushed-out ones estimated from the finest ring that covers the window's start.
+local function count(s, tail, rings, w, at)
+  if s.newest == nil then return 0 end
+  local lo, hi = at - WINDOW[w], at
+  local exact = redis.call('ZCOUNT', tail, lo, hi)
+  if s.evicted == nil or lo > s.evicted then return exact end
   local r = #GRAIN
   for i = w, #GRAIN do
-    if floor(lo / GRAIN[i]) > floor(newest / GRAIN[i]) - RING then r = i; break end
+    if floor(lo / GRAIN[i]) > floor(s.newest / GRAIN[i]) - RING then r = i; break end
   end
   local g = GRAIN[r]
-  local first, last = floor(lo / g), floor(hi / g)
+  local first, last = floor(lo / g), floor(math.min(hi, s.evicted) / g)
   local half = floor(g / 2)
   if first == last then
     local n = num(redis.call('HGET', rings[r], first), 0)
-    return floor((n * (hi - lo + 1) + half) / g)
+    local stop = hi
+    if hi >= s.evicted then stop = (first + 1) * g - 1 end
+    return exact + floor((n * (stop - lo + 1) + half) / g)
   end
-  local fields = {}
-  for s = first, last do fields[#fields + 1] = s end
-  local values = redis.call('HMGET', rings[r], unpack(fields))
-  local whole = 0
-  for i = 2, #values - 1 do whole = whole + num(values[i], 0) end
-  local numerator = num(values[1], 0) * ((first + 1) * g - lo)
-  local last_count = num(values[#values], 0)
-  if hi >= evicted then
-    -- everything after hi is in the tail: the end slice is exact
-    local after = redis.call('ZCOUNT', tail, '(' .. hi, (last + 1) * g - 1)
-    whole = whole + last_count - after
+  local values, whole
+  local c = s.sums[w]
+  if c and c.ring == r and c.first == first and c.last == last then
+    values = redis.call('HMGET', rings[r], first, last)
+    whole = c.sum
   else
-    numerator = numerator + last_count * (hi - last * g + 1)
+    local fields = {}
+    for slot = first, last do fields[#fields + 1] = slot end
+    values = redis.call('HMGET', rings[r], unpack(fields))
+    whole = 0
+    for i = 2, #values - 1 do whole = whole + num(values[i], 0) end
+    s.sums[w] = {ring = r, first = first, last = last, sum = whole}
+    s.sums_changed = true
   end
-  return whole + floor((numerator + half) / g)
+  local numerator = num(values[1], 0) * ((first + 1) * g - lo)
+  if hi >= s.evicted then
+    whole = whole + num(values[#values], 0)  -- every pushed-out occurrence is at or before hi
+  else
+    numerator = numerator + num(values[#values], 0) * (hi - last * g + 1)
+  end
+  return exact + whole + floor((numerator + half) / g)
 end
 
-local function counts(meta, tail, rings, at)
-  return {count(meta, tail, rings, 1, at), count(meta, tail, rings, 2, at),
-          count(meta, tail, rings, 3, at), count(meta, tail, rings, 4, at)}
+local function counts(s, tail, rings, at)
+  return {count(s, tail, rings, 1, at), count(s, tail, rings, 2, at),
+          count(s, tail, rings, 3, at), count(s, tail, rings, 4, at)}
 end
 
 -- Day-bucketed counters: fields '<day>|<name>'. Totals of the days still retained.
@@ -136,24 +213,30 @@ end
 local DISPOSITIONS = {'auto_repair', 'human_approved', 'manual_resolved', 'cold_start_trust',
                       'timeout_ignored'}
 
--- A snapshot as a flat array: c1h c24h c7d c30d first last repairs fix d1..d5 signature.
-local function snapshot(meta, tail, rings, days, at, now, retention_days, fix_validity)
-  local fields = redis.call('HMGET', meta, 'fs', 'ls', 'fix', 'sig')
-  local c = counts(meta, tail, rings, at)
+-- The reply: {c1h, c24h, c7d, c30d, first, last, repairs, fix, d1..d5, [extra...,] signature}.
+local function reply(s, c, days, now, retention_days, fix_validity, extra, signature)
   local totals = day_totals(days, now, retention_days)
   local repairs = 0
   for name, n in pairs(totals) do
     if string.sub(name, 1, 2) == 't:' then repairs = repairs + n end
   end
-  local fix = num(fields[3], -1)
+  local fix = s.fix or -1
   if fix >= 0 and now - fix >= fix_validity then fix = -1 end
-  local out = {c[1], c[2], c[3], c[4], num(fields[1], -1), num(fields[2], -1), repairs, fix}
+  local out = {c[1], c[2], c[3], c[4], s.first or -1, s.newest or -1, repairs, fix}
   for _, kind in ipairs(DISPOSITIONS) do out[#out + 1] = totals['d:' .. kind] or 0 end
-  out[#out + 1] = fields[4] or ''
+  for _, v in ipairs(extra) do out[#out + 1] = v end
+  out[#out + 1] = signature
   return out
 end
 
 local function level_for(c24, t1, t2, t3)
   if c24 >= t3 then return 3 elseif c24 >= t2 then return 2 elseif c24 >= t1 then return 1 end
   return 0
+end
+
+-- Split a comma-separated argument into numbers.
+local function numbers(text)
+  local out = {}
+  for part in string.gmatch(text, '[^,]+') do out[#out + 1] = tonumber(part) end
+  return out
 end
