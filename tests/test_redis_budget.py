@@ -58,9 +58,15 @@ async def test_record_anomaly_is_one_command(fresh_redis: RedisServer) -> None:
         with Monitor(fresh_redis) as batch:
             await counter.record_many([{"signature": SIG}] * 100)
             await asyncio.sleep(0.05)
+        spread = [{"signature": {"alertname": f"A{i}"}} for i in range(100)]
+        with Monitor(fresh_redis) as spread_batch:
+            await counter.record_many(spread)
+            await asyncio.sleep(0.05)
     assert record.commands == ["EVALSHA"]
     assert read.commands == ["EVALSHA"]
-    assert batch.commands == ["EVALSHA"] * 100  # sent as one pipeline: one round trip
+    assert batch.commands == ["EVALSHA"]  # one anomaly, so one shard: one script call
+    # a batch spread over the project: one call per shard (16), sent as one pipeline
+    assert spread_batch.commands == ["EVALSHA"] * 16
 
 
 async def test_memory_of_one_anomaly_is_bounded(fresh_redis: RedisServer) -> None:

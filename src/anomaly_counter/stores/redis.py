@@ -89,11 +89,12 @@ class _Keys:
     def for_read(self) -> list[str]:
         return [self.meta, self.tail, *self.rings, self.days, self.signature]
 
+    def indexes(self) -> list[str]:
+        return [self.index(w) for w in ("1h", "24h", "7d", "30d")]
+
     def for_record(self) -> list[str]:
-        indexes = [self.index(w) for w in ("1h", "24h", "7d", "30d")]
         return [
-            self.meta, self.tail, *self.rings, self.ids, self.days, self.history, *indexes,
-            self.signature,
+            self.meta, self.tail, *self.rings, self.ids, self.days, self.history, self.signature,
         ]  # fmt: skip
 
 
@@ -203,26 +204,31 @@ class RedisStore(Store):
                 policy.dedup_horizon_ms, policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
             )
         )  # fmt: skip
-        calls = []
-        for request in requests:
+        # One script call per shard: the occurrences of one shard share its hash tag, so a
+        # whole batch costs a few calls, in one round trip, and each call stays in one slot.
+        groups: dict[str, tuple[list[str], list[Any], list[int]]] = {}
+        for position, request in enumerate(requests):
+            keys = _keys(self._prefix, project, request.anomaly_key)
+            group = groups.get(keys.shard)
+            if group is None:
+                group = groups[keys.shard] = (keys.indexes(), [now_ms, policy_arg], [])
             digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
-            args = [
-                request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json,
-                policy_arg,
-            ]  # fmt: skip
-            calls.append((_keys(self._prefix, project, request.anomaly_key).for_record(), args))
-        replies = await self._eval("record", calls)
-        snapshots = []
-        for request, reply in zip(requests, replies, strict=True):
-            snapshot, (duplicate, escalated, regressed, newly) = _snapshot(
-                request.anomaly_key, reply
-            )
-            snapshot.duplicate = bool(duplicate)
-            snapshot.escalated_to = escalated
-            snapshot.regressed = bool(regressed)
-            snapshot.newly_regressed = bool(newly)
-            snapshots.append(snapshot)
-        return snapshots
+            group[0].extend(keys.for_record())
+            group[1].extend((request.anomaly_key, request.at_ms, digest, request.signature_json))
+            group[2].append(position)
+        replies = await self._eval("record", [(k, a) for k, a, _ in groups.values()])
+        snapshots: list[Snapshot | None] = [None] * len(requests)
+        for (_, _, positions), group_replies in zip(groups.values(), replies, strict=True):
+            for position, reply in zip(positions, group_replies, strict=True):
+                snapshot, (duplicate, escalated, regressed, newly) = _snapshot(
+                    requests[position].anomaly_key, reply
+                )
+                snapshot.duplicate = bool(duplicate)
+                snapshot.escalated_to = escalated
+                snapshot.regressed = bool(regressed)
+                snapshot.newly_regressed = bool(newly)
+                snapshots[position] = snapshot
+        return [snapshot for snapshot in snapshots if snapshot is not None]
 
     async def read(
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int

@@ -1,0 +1,259 @@
+"""Recording throughput, commands per occurrence and memory per anomaly, side by side.
+
+Runs against redis-server processes it starts itself on free ports, and a temporary SQLite
+file. Every figure is the median of interleaved rounds (this machine is shared and noisy).
+Prints the machine, then a Markdown table for bench/RESULTS.md.
+
+    python bench/bench_record.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import redis
+import redis.asyncio as aioredis
+import structlog
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_baseline import ReferenceSequence  # noqa: E402
+
+from anomaly_counter import AnomalyCounter, Settings  # noqa: E402
+
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+SERVICES = ["api", "web", "worker", "db", "cache", "gateway", "auth", "search"]
+ALERTS = ["PodCrashLoopBackOff", "HighLatency", "OOMKilled", "DiskPressure", "Error5xx"]
+SIGNATURES = [
+    {"alertname": ALERTS[i % 5], "service": SERVICES[i % 8], "namespace": f"ns-{i % 25}",
+     "reason": f"r{i}", "pod": f"pod-{i}-x7f"}
+    for i in range(1000)
+]  # fmt: skip
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {platform.platform()}, "
+        f"Python {platform.python_version()}, redis-py {redis.__version__}, "
+        f"{server.stdout.split(' sha=')[0]}, {datetime.now(UTC):%Y-%m-%d}"
+    )
+
+
+class Server:
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp()
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        self.client = client
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def rate(n: int, run: Callable[[int], Awaitable[None]]) -> float:
+    start = time.perf_counter()
+    await run(n)
+    return n / (time.perf_counter() - start)
+
+
+async def sequential(record: Callable[[dict[str, str]], Awaitable[object]], n: int) -> None:
+    for i in range(n):
+        await record(SIGNATURES[i % len(SIGNATURES)])
+
+
+async def concurrent(
+    record: Callable[[dict[str, str]], Awaitable[object]], n: int, tasks: int = 100
+) -> None:
+    async def worker(w: int) -> None:
+        for i in range(n // tasks):
+            await record(SIGNATURES[(w * 37 + i) % len(SIGNATURES)])
+
+    await asyncio.gather(*(worker(w) for w in range(tasks)))
+
+
+async def batched(counter: AnomalyCounter, n: int, size: int = 100) -> None:
+    for start in range(0, n, size):
+        await counter.record_many(
+            [{"signature": SIGNATURES[(start + i) % len(SIGNATURES)]} for i in range(size)]
+        )
+
+
+class Monitor:
+    """Counts the commands clients send (not those run inside scripts)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.count = port, 0
+
+    def __enter__(self) -> Monitor:
+        self.stopper = redis.Redis(port=self.port)
+        self.stopper.ping()
+        self.client = redis.Redis(port=self.port)
+        self.monitor = self.client.monitor().__enter__()
+        self.thread = threading.Thread(target=self._collect)
+        self.thread.start()
+        time.sleep(0.1)
+        return self
+
+    def _collect(self) -> None:
+        for entry in self.monitor.listen():
+            if entry["command"] == "ECHO monitor-stop":
+                return
+            if entry.get("client_type") != "lua":
+                self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.1)
+        self.stopper.echo("monitor-stop")
+        self.thread.join()
+        self.monitor.__exit__(None, None, None)
+        self.client.close()
+        self.stopper.close()
+
+
+async def commands_per_record(server: Server) -> tuple[float, float]:
+    async with AnomalyCounter.from_url(server.url, "cmds") as counter:
+        await sequential(counter.record_anomaly, 50)  # warm: scripts loaded, keys exist
+        with Monitor(server.port) as ours:
+            await sequential(counter.record_anomaly, 200)
+    client = aioredis.Redis(port=server.port)
+    baseline = ReferenceSequence(client, "cmds-baseline")
+    await sequential(baseline.record_anomaly, 50)
+    with Monitor(server.port) as theirs:
+        await sequential(baseline.record_anomaly, 200)
+    await client.aclose()
+    return ours.count / 200, theirs.count / 200
+
+
+async def memory_of_one_anomaly(server: Server, total: int) -> tuple[int, float, int]:
+    now = datetime.now(UTC)
+    start = now - timedelta(days=30) + timedelta(minutes=1)
+    step = (now - start) / total
+    signature = {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod"}
+    began = time.perf_counter()
+    async with AnomalyCounter.from_url(server.url, "memory") as counter:
+        for first in range(0, total, 1000):
+            await counter.record_many(
+                [{"signature": signature, "at": start + step * i}
+                 for i in range(first, min(first + 1000, total))]
+            )  # fmt: skip
+        frequency = await counter.get_frequency(AnomalyCounter.hash_signature(signature))
+    elapsed = time.perf_counter() - began
+    keys = [k for k in server.client.keys("ac:{memory*") if b":a:" in k]
+    used = sum(server.client.memory_usage(k, samples=0) or 0 for k in keys)
+    assert frequency is not None
+    return used, total / elapsed, frequency.count_30d
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer occurrences, for a smoke run")
+    parser.add_argument("--rounds", type=int, default=3)
+    options = parser.parse_args()
+    scale = 0.1 if options.quick else 1.0
+    print(f"Machine: {machine()}")
+    server = Server()
+    tmp = tempfile.mkdtemp()
+    results: dict[str, list[float]] = {}
+
+    def note(name: str, value: float) -> None:
+        results.setdefault(name, []).append(value)
+
+    baseline_client = aioredis.Redis(port=server.port)
+    baseline = ReferenceSequence(baseline_client)
+    ours = AnomalyCounter.from_url(server.url, "bench")
+    sqlite_url = f"sqlite:///{tmp}/bench.db"
+    lite = AnomalyCounter.from_url(sqlite_url, "bench", settings=Settings(store_url=sqlite_url))
+    n = int(4000 * scale)
+    for round_ in range(options.rounds):
+        note("baseline sequential", await rate(n // 4, lambda k: sequential(baseline.record_anomaly, k)))
+        note("redis sequential", await rate(n, lambda k: sequential(ours.record_anomaly, k)))
+        note("sqlite sequential", await rate(n, lambda k: sequential(lite.record_anomaly, k)))
+        note("baseline 100 tasks", await rate(n // 2, lambda k: concurrent(baseline.record_anomaly, k)))
+        note("redis 100 tasks", await rate(n * 4, lambda k: concurrent(ours.record_anomaly, k)))
+        note("sqlite 100 tasks", await rate(n, lambda k: concurrent(lite.record_anomaly, k)))
+        note("redis record_many x100", await rate(n * 10, lambda k: batched(ours, k)))
+        note("sqlite record_many x100", await rate(n * 4, lambda k: batched(lite, k)))
+        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in results.items()))
+    await ours.aclose()
+    await lite.aclose()
+    await baseline_client.aclose()
+    median = {name: statistics.median(values) for name, values in results.items()}
+    ours_cmds, baseline_cmds = await commands_per_record(server)
+    used, memory_rate, count_30d = await memory_of_one_anomaly(server, int(1_000_000 * scale))
+    server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    base_seq = median["baseline sequential"]
+    base_conc = median["baseline 100 tasks"]
+    rows = [
+        ("Baseline (reference command sequence), sequential", base_seq, None, None),
+        ("Baseline, 100 concurrent tasks", base_conc, None, None),
+        ("Redis, `record_anomaly` sequential", median["redis sequential"], base_seq, 10),
+        ("Redis, `record_anomaly` 100 concurrent tasks", median["redis 100 tasks"], base_conc, 25),
+        ("Redis, `record_many` batches of 100", median["redis record_many x100"], base_seq, 50),
+        ("SQLite, `record_anomaly` sequential", median["sqlite sequential"], None, None),
+        ("SQLite, `record_anomaly` 100 concurrent tasks", median["sqlite 100 tasks"], None, None),
+        ("SQLite, `record_many` batches of 100", median["sqlite record_many x100"], None, None),
+    ]
+    print()
+    print("| measurement | records/s (median) | vs baseline | target |")
+    print("|---|---:|---:|---:|")
+    for name, value, against, target in rows:
+        ratio = f"{value / against:.1f}x" if against else ""
+        goal = f">= {target}x" if target else ""
+        if name.startswith("SQLite, `record_anomaly` seq"):
+            goal = ">= 3,000/s"
+        print(f"| {name} | {value:,.0f} | {ratio} | {goal} |")
+    print()
+    print(f"Redis commands sent per `record_anomaly`: {ours_cmds:.2f} (baseline: {baseline_cmds:.2f})")
+    print(
+        f"MEMORY USAGE of one anomaly after {int(1_000_000 * scale):,} occurrences over 30 days:"
+        f" {used:,} bytes (count_30d {count_30d:,}; recorded at {memory_rate:,.0f}/s)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
