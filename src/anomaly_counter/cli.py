@@ -1,0 +1,370 @@
+"""The command line: a thin layer over AnomalyCounter.
+
+Global options (before the command): ``--store URL``, ``--project ID``, ``--config FILE``,
+``--json``. Readable tables by default; ``--json`` for scripts. Bad input: one line on stderr
+and exit status 2; a store that cannot be reached: exit status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import structlog
+
+from .counter import AnomalyCounter
+from .errors import AnomalyCounterError, ConfigurationError, StoreUnavailableError
+from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
+from .settings import load_settings
+
+PROG = "anomaly-counter"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"time {text!r} has no time zone (add Z or +00:00)")
+    return moment
+
+
+def _label(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"label {text!r} is not NAME=VALUE")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Count recurring alerts and the repairs that work.")
+    parser.add_argument(
+        "--store", help="store URL (default: settings, else sqlite:///anomaly-counter.db)"
+    )
+    parser.add_argument("--project", help="project id (default: settings, else 'default')")
+    parser.add_argument("--config", help="TOML settings file")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    record = commands.add_parser("record", help="count one occurrence of an alert")
+    record.add_argument("--alert-name", required=True)
+    record.add_argument("--service", default="")
+    record.add_argument("--namespace", default="")
+    record.add_argument("--error-type", default="")
+    record.add_argument("--label", action="append", type=_label, default=[], metavar="NAME=VALUE")
+    record.add_argument("--at", type=_time, help="occurrence time, ISO 8601 with zone")
+    record.add_argument("--id", dest="occurrence_id", help="occurrence id, counted once")
+
+    show = commands.add_parser("show", help="the figures of one anomaly")
+    show.add_argument("key")
+    show.add_argument("--at", type=_time)
+
+    top = commands.add_parser("top", help="the anomalies that recur most")
+    top.add_argument("--window", choices=list(WINDOWS), default="24h")
+    top.add_argument("--limit", type=int, default=20)
+
+    repairs = commands.add_parser("repairs", help="repair success per action, and a ranking")
+    repairs.add_argument("key")
+    repairs.add_argument("--candidates", nargs="+", metavar="ACTION", help="actions to rank")
+
+    repair = commands.add_parser("repair", help="record one repair attempt")
+    repair.add_argument("key")
+    repair.add_argument("action")
+    outcome = repair.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--success", dest="success", action="store_true")
+    outcome.add_argument("--failure", dest="success", action="store_false")
+
+    dispositions = commands.add_parser("dispositions", help="how alerts were disposed of")
+    dispositions.add_argument("key", nargs="?", help="one anomaly (default: the project)")
+    dispositions.add_argument("--limit", type=int, default=20)
+
+    dispose = commands.add_parser("dispose", help="record how one alert was disposed of")
+    dispose.add_argument("key")
+    dispose.add_argument("type", choices=DISPOSITION_TYPES)
+
+    fix = commands.add_parser("fix", help="mark a permanent fix of an anomaly's root cause")
+    fix.add_argument("key")
+    fix.add_argument("description")
+
+    replay = commands.add_parser("replay", help="replay a JSONL stream of alert events")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", type=Path)
+    source.add_argument("--bundled", action="store_true", help="the bundled demo stream")
+    return parser
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _short(moment: str | datetime) -> str:
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _frequency_text(f: AnomalyFrequency) -> str:
+    rows = [
+        ("anomaly", f.anomaly_key),
+        ("alert", f.signature.get("alertname") or f.signature.get("alert_name", "")),
+        (
+            "counts 1h / 24h / 7d / 30d",
+            f"{f.count_1h} / {f.count_24h} / {f.count_7d} / {f.count_30d}",
+        ),
+        ("level", f.escalation_level or "-"),
+        ("first seen / last seen", f"{_short(f.first_seen)} / {_short(f.last_seen)}"),
+        ("repair attempts (30 d)", f.auto_repair_count),
+        ("permanent fix applied", "yes" if f.permanent_fix_applied else "no"),
+        ("dispositions (30 d)", f.total_resolution_count),
+    ]
+    if f.escalated_to:
+        rows.append(("newly escalated to", f.escalated_to))
+    if f.duplicate:
+        rows.append(("duplicate", "already counted; not counted again"))
+    if f.regressed:
+        rows.append(("regressed", "came back after the permanent fix"))
+    return "\n".join(f"{name:<28}{value}" for name, value in rows)
+
+
+def _emit(as_json: bool, data: Any, text: Callable[[], str]) -> None:
+    if as_json:
+        print(json.dumps(data, default=str, ensure_ascii=False, indent=2))
+    else:
+        print(text())
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+async def _record(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    signature: dict[str, Any] = dict(args.label)
+    signature.update(alertname=args.alert_name, service=args.service, namespace=args.namespace)
+    if args.error_type:
+        signature["reason"] = args.error_type
+    f = await counter.record_anomaly(signature, at=args.at, occurrence_id=args.occurrence_id)
+    _emit(args.json, f.to_dict(), lambda: _frequency_text(f))
+
+
+async def _show(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    f = await counter.get_frequency(args.key, at=args.at)
+    if f is None:
+        _fail(f"no occurrence of anomaly {args.key!r} in project {counter.project_id!r}", 1)
+    _emit(args.json, f.to_dict(), lambda: _frequency_text(f))
+
+
+async def _top(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    rows = await counter.top_anomalies(limit=args.limit, window=args.window)
+    _emit(args.json, rows, lambda: _top_text(rows, args.window))
+
+
+def _top_text(rows: list[dict[str, Any]], window: str) -> str:
+    """The top anomalies as a table, ordered by their count in ``window``."""
+    if not rows:
+        return f"no anomaly occurred in the last {window}"
+    return _table(
+        ["anomaly", "alert", "service", "namespace", "1h", "24h", "7d", "30d", "level",
+         "last seen"],
+        [
+            (r["anomaly_key"], r["alert_name"], r["service"], r["namespace"], r["count_1h"],
+             r["count_24h"], r["count_7d"], r["count_30d"], r["escalation_level"] or "-",
+             _short(r["last_seen"]))
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+async def _repairs(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    stats = await counter.get_all_repair_stats(args.key)
+    candidates = args.candidates or list(stats)
+    ranked = await counter.recommend_actions(args.key, candidates) if candidates else []
+    data = {"stats": stats, "recommendations": [r.to_dict() for r in ranked]}
+
+    def text() -> str:
+        if not ranked:
+            return f"no repair attempt on {args.key} in the last 30 days"
+        return _table(
+            ["rank", "action", "tried", "worked", "rate", "skip", "why"],
+            [(r.rank, r.action, r.total, r.success, f"{r.success_rate:.0%}",
+              "yes" if r.skip else "", r.reason) for r in ranked],
+        )  # fmt: skip
+
+    _emit(args.json, data, text)
+
+
+async def _repair(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    await counter.record_repair_attempt(args.key, args.action, args.success)
+    stats = await counter.get_repair_success_rate(args.key, args.action)
+    _emit(args.json, stats, lambda: f"{args.action}: {stats['success']}/{stats['total']} worked")
+
+
+async def _dispositions(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    if args.key:
+        stats = await counter.get_disposition_stats(args.key)
+        _emit(args.json, stats, lambda: _table(["type", "count"], list(stats.items())))
+        return
+    summary, by_anomaly = await counter.get_all_disposition_stats(limit=args.limit)
+
+    def text() -> str:
+        out = _table(["type", "count"], list(summary.items()))
+        if by_anomaly:
+            out += "\n\n" + _table(
+                ["anomaly", "alert", *DISPOSITION_TYPES, "total"],
+                [(r["anomaly_key"], r["alert_name"], *(r[t] for t in DISPOSITION_TYPES),
+                  r["total"]) for r in by_anomaly],
+            )  # fmt: skip
+        return out
+
+    _emit(args.json, {"summary": summary, "by_anomaly": by_anomaly}, text)
+
+
+async def _dispose(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    await counter.record_disposition(args.key, args.type)
+    stats = await counter.get_disposition_stats(args.key)
+    _emit(args.json, stats, lambda: f"{args.type}: {stats[args.type]} of {stats['total']}")
+
+
+async def _fix(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    await counter.mark_permanent_fix_applied(args.key, args.description)
+    _emit(args.json, {"anomaly_key": args.key, "permanent_fix_applied": True},
+          lambda: f"permanent fix recorded for {args.key}")  # fmt: skip
+
+
+async def _replay(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    if args.bundled:
+        text = (resources.files("anomaly_counter") / "data" / "k8s-alerts.jsonl").read_text()
+    else:
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot read {args.file}: {exc.strerror}", 2)
+    events = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                _fail(f"line {number}: not JSON ({exc.msg})", 2)
+    if not events:
+        _fail("the stream is empty", 2)
+    end = max(float(e.get("offset_s", 0)) for e in events)
+    now = datetime.now(UTC)
+    counted = duplicates = 0
+    say = (lambda *_: None) if args.json else print
+    say(f"replaying {len(events)} events ending now, into project {counter.project_id!r}\n")
+    for number, event in enumerate(events, start=1):
+        at = now - timedelta(seconds=end - float(event.get("offset_s", 0)))
+        try:
+            kind, signature = event["type"], event["signature"]
+            key = counter.hash_signature(signature)
+            if kind == "alert":
+                f = await counter.record_anomaly(signature, at=at, occurrence_id=event.get("id"))
+                counted += not f.duplicate
+                duplicates += f.duplicate
+                if f.escalated_to:
+                    say(f"{_short(at)}  {f.escalated_to:<13} {_who(signature)}: "
+                        f"{f.count_24h} in 24h ({LEVEL_MEANINGS[f.escalated_to]})")  # fmt: skip
+                if f.newly_regressed:
+                    say(f"{_short(at)}  REGRESSED     {_who(signature)}: back after its"
+                        " permanent fix")  # fmt: skip
+            elif kind == "repair":
+                await counter.record_repair_attempt(key, event["action"], event["success"], at=at)
+            elif kind == "disposition":
+                await counter.record_disposition(key, event["disposition"], at=at)
+            elif kind == "fix":
+                await counter.mark_permanent_fix_applied(key, event["description"], at=at)
+                say(f"{_short(at)}  FIXED         {_who(signature)}: {event['description']}")
+            else:
+                raise KeyError(kind)
+        except (KeyError, TypeError) as exc:
+            _fail(f"event {number}: missing or unknown field {exc}", 2)
+    rows = await counter.top_anomalies(limit=10, window="24h")
+    week = await counter.top_anomalies(limit=10, window="7d")
+    if args.json:
+        print(json.dumps({"counted": counted, "duplicates": duplicates, "top_24h": rows,
+                          "top_7d": week}, default=str, indent=2))  # fmt: skip
+        return
+    print(f"\n{counted} occurrences counted, {duplicates} re-notifications recognised")
+    print("\nTop anomalies, last 24 hours:\n" + _top_text(rows, "24h"))
+    print("\nTop anomalies, last 7 days:\n" + _top_text(week, "7d"))
+    if week:
+        worst = week[0]["anomaly_key"]
+        ranked = await counter.recommend_actions(
+            worst, list(await counter.get_all_repair_stats(worst)) or ["restart_pod"]
+        )
+        print(f"\nRepairs for {worst} ({week[0]['alert_name']}):")
+        for r in ranked:
+            print(f"  {r.rank}. {r.action}: {r.reason}")
+
+
+def _who(signature: dict[str, Any]) -> str:
+    return "{}/{}/{}".format(
+        signature.get("alertname", "?"),
+        signature.get("namespace", "?"),
+        signature.get("service", "?"),
+    )
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    raise SystemExit(status)
+
+
+_COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[Any, Any, None]]] = {
+    "record": _record,
+    "show": _show,
+    "top": _top,
+    "repairs": _repairs,
+    "repair": _repair,
+    "dispositions": _dispositions,
+    "dispose": _dispose,
+    "fix": _fix,
+    "replay": _replay,
+}
+
+
+async def _run(args: argparse.Namespace) -> None:
+    settings = load_settings(args.config, strict=True)
+    counter = AnomalyCounter.from_url(args.store, args.project, settings=settings)
+    try:
+        await _COMMANDS[args.command](counter, args)
+    finally:
+        await counter.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``anomaly-counter`` command."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    args = build_parser().parse_args(argv)
+    try:
+        asyncio.run(_run(args))
+    except StoreUnavailableError as exc:
+        _fail(f"store unavailable: {exc}", 3)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    except AnomalyCounterError as exc:
+        _fail(str(exc), 2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The command line, run as a user runs it: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import free_port
+
+
+def cli(
+    *args: str, store: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "anomaly_counter.cli", "--store", store, *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/cli.db"
+
+
+def test_record_show_top_as_tables_and_json(store: str) -> None:
+    for _ in range(3):
+        done = cli("record", "--alert-name", "PodCrashLoopBackOff", "--service", "api",
+                   "--namespace", "prod", "--error-type", "OOMKilled", store=store)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert "newly escalated to          REPEAT" in done.stdout
+    record = cli("--json", "record", "--alert-name", "X", "--at", "2026-11-28T01:00:00Z",
+                 store=store)  # fmt: skip
+    assert record.returncode == 0, record.stderr
+    data = json.loads(record.stdout)
+    assert data["count_24h"] >= 0 and data["anomaly_key"]
+    top = cli("--json", "top", "--window", "30d", store=store)
+    rows = json.loads(top.stdout)
+    assert rows[0]["alert_name"] == "PodCrashLoopBackOff" and rows[0]["count_30d"] == 3
+    key = rows[0]["anomaly_key"]
+    shown = cli("show", key, store=store)
+    assert shown.returncode == 0 and "3 / 3 / 3 / 3" in shown.stdout
+    assert "PodCrashLoopBackOff" in cli("top", store=store).stdout
+
+
+def test_repairs_dispositions_and_fix(store: str) -> None:
+    key = "0123456789abcdef"
+    for outcome in ("--failure", "--failure", "--failure"):
+        assert cli("repair", key, "restart_pod", outcome, store=store).returncode == 0
+    assert cli("repair", key, "scale_up", "--success", store=store).returncode == 0
+    ranked = json.loads(cli("--json", "repairs", key, "--candidates", "restart_pod", "scale_up",
+                            "rollback", store=store).stdout)  # fmt: skip
+    assert [r["action"] for r in ranked["recommendations"]] == [
+        "scale_up",
+        "rollback",
+        "restart_pod",
+    ]
+    assert ranked["stats"]["restart_pod"] == {"total": 3, "success": 0, "success_rate": 0.0}
+    assert ranked["recommendations"][2]["skip"] is True
+    assert cli("dispose", key, "timeout_ignored", store=store).returncode == 0
+    summary = json.loads(cli("--json", "dispositions", store=store).stdout)
+    assert summary["summary"]["timeout_ignored"] == 1
+    assert cli("fix", key, "raised the limit", store=store).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["record", "--alert-name", "X", "--at", "yesterday"], "not an ISO 8601 time"),
+        (["record", "--alert-name", "X", "--at", "2026-11-28T01:00:00"], "no time zone"),
+        (["record", "--alert-name", "X", "--at", "2020-01-01T00:00:00Z"], "older than 30 days"),
+        (["record"], "--alert-name"),
+        (["dispose", "k", "forgotten"], "invalid choice"),
+        (["--project", "bad project", "top"], "invalid project id"),
+        (["top", "--limit", "0"], "limit must be"),
+        (["show", "nothing-here"], "no occurrence"),
+        (["replay", "/no/such/file.jsonl"], "cannot read"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(store: str, args: list[str], message: str) -> None:
+    done = cli(*args, store=store)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_store_exits_3() -> None:
+    done = cli("top", store=f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 3 and "store unavailable" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_bad_settings_name_the_setting(store: str) -> None:
+    done = cli("top", store=store, env={"ANOMALY_COUNTER_THRESHOLD_REPEAT": "0"})
+    assert done.returncode == 2 and "threshold_repeat" in done.stderr
+
+
+def test_bundled_replay_prints_escalations_and_top(store: str) -> None:
+    done = cli("replay", "--bundled", store=store)
+    assert done.returncode == 0, done.stderr
+    assert "PERMANENT_FIX" in done.stdout and "REGRESSED" in done.stdout
+    assert "re-notifications recognised" in done.stdout
+    assert "Top anomalies, last 24 hours" in done.stdout
+    again = cli("--json", "replay", "--bundled", store=store)  # the same episodes again
+    assert json.loads(again.stdout)["duplicates"] > 0
+
+
+def test_replay_rejects_a_broken_stream(store: str, tmp_path: Path) -> None:
+    stream = tmp_path / "bad.jsonl"
+    stream.write_text(
+        '{"offset_s": 1, "type": "alert", "signature": {"alertname": "A"}}\nnot json\n'
+    )
+    done = cli("replay", str(stream), store=store)
+    assert done.returncode == 2 and "line 2" in done.stderr
