@@ -7,6 +7,7 @@ with its default separators and ASCII escaping, SHA-256, first 16 hex digits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -32,7 +33,25 @@ def fingerprint_fields(signature: Mapping[str, Any]) -> dict[str, Any]:
 
 def hash_signature(signature: Mapping[str, Any]) -> str:
     """The anomaly key of a signature: 16 hex digits, volatile labels ignored."""
-    canonical = json.dumps(fingerprint_fields(signature), sort_keys=True)
+    fields = fingerprint_fields(signature)
+    values = tuple(fields.values())
+    try:
+        return _key_of(values, tuple(type(v) for v in values))
+    except TypeError:  # a value that cannot be a cache key (the reference accepted any JSON)
+        return _digest(fields)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_of(values: tuple[Any, ...], _types: tuple[type, ...]) -> str:
+    # The types are part of the cache key: 1, 1.0 and True are equal but serialise apart.
+    return _digest(dict(zip(FINGERPRINT_FIELDS, values, strict=True)))
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True)  # the reference's json.dumps(sort_keys=True)
+
+
+def _digest(fields: Mapping[str, Any]) -> str:
+    canonical = _CANONICAL.encode(fields)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

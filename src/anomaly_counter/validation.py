@@ -75,27 +75,34 @@ def disposition(value: object) -> str:
     return str(value)
 
 
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # built once: json.dumps with options is not
+
+
 def signature(value: object) -> tuple[dict[str, Any], str]:
     """A signature: a mapping of label names to JSON scalars, bounded in count and size;
-    returned with its canonical JSON text (the form it is stored in)."""
+    returned with its JSON text (the form it is stored in)."""
     if not isinstance(value, Mapping):
-        raise InvalidInputError(
-            f"signature must be a mapping of labels, got {type(value).__name__}"
-        )
+        kind = type(value).__name__
+        raise InvalidInputError(f"signature must be a mapping of labels, got {kind}")
     if len(value) > MAX_LABELS:
         raise InvalidInputError(f"signature has {len(value)} labels, at most {MAX_LABELS} allowed")
-    clean: dict[str, Any] = {}
-    for name, label in value.items():
-        _text(name, "label name", MAX_LABEL_NAME_CHARS)
-        if label is not None and not isinstance(label, str | int | float | bool):
+    clean = dict(value)
+    for name, label in clean.items():  # one cheap pass; the hot path of every occurrence
+        if type(name) is not str or not 0 < len(name) <= MAX_LABEL_NAME_CHARS:
+            _text(name, "label name", MAX_LABEL_NAME_CHARS)  # raises with the precise reason
+        label_type = type(label)
+        if label_type not in _SCALARS and not isinstance(label, str | int | float):
             raise InvalidInputError(f"label {name!r} must be a string or a number")
-        if isinstance(label, str) and len(label) > MAX_LABEL_VALUE_CHARS:
+        if label_type is str and len(label) > MAX_LABEL_VALUE_CHARS:
             raise InvalidInputError(
                 f"label {name!r} is longer than {MAX_LABEL_VALUE_CHARS} characters"
             )
-        clean[name] = label
-    text = json.dumps(clean, ensure_ascii=False, sort_keys=True)
-    if len(text.encode()) > MAX_SIGNATURE_BYTES:
+    if _CONTROL.search("".join(clean)):
+        bad = next(name for name in clean if _CONTROL.search(name))
+        raise InvalidInputError(f"label name {bad!r} contains control characters")
+    text = _ENCODER.encode(clean)
+    if len(text) > MAX_SIGNATURE_BYTES and len(text.encode()) > MAX_SIGNATURE_BYTES:
         raise InvalidInputError(f"signature is larger than {MAX_SIGNATURE_BYTES} bytes as JSON")
     return clean, text
 

@@ -52,6 +52,7 @@ from .base import (
     repairs_from,
     shard_of,
 )
+from .coalesce import Coalescer
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -65,6 +66,19 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 def _script_source(name: str) -> str:
     lua = resources.files("anomaly_counter.stores") / "lua"
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+_Write = tuple[str, str, int, RecordRequest]
+"""One occurrence to write: project, policy argument, the caller's now, the request."""
+
+
+@functools.lru_cache(maxsize=64)
+def _policy_arg(policy: WritePolicy) -> str:
+    values = (
+        *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS, policy.dedup_horizon_ms,
+        policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
+    )  # fmt: skip
+    return ",".join(str(v) for v in values)
 
 
 def _sha1(source: str) -> str:
@@ -138,6 +152,7 @@ class RedisStore(Store):
             for name in ("record", "read", "repair", "disposition", "fix", "reindex")
         }
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
+        self._writes: Coalescer[_Write, Snapshot] = Coalescer(self._record_now)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> RedisStore:
@@ -197,38 +212,40 @@ class RedisStore(Store):
     async def record(
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
     ) -> list[Snapshot]:
-        policy_arg = ",".join(
-            str(v)
-            for v in (
-                *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS,
-                policy.dedup_horizon_ms, policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
-            )
-        )  # fmt: skip
-        # One script call per shard: the occurrences of one shard share its hash tag, so a
-        # whole batch costs a few calls, in one round trip, and each call stays in one slot.
-        groups: dict[str, tuple[list[str], list[Any], list[int]]] = {}
-        for position, request in enumerate(requests):
+        policy_arg = _policy_arg(policy)
+        results = await self._writes.submit(
+            [(project, policy_arg, now_ms, request) for request in requests]
+        )
+        return list(results)
+
+    async def _record_now(self, items: Sequence[_Write]) -> list[Snapshot]:
+        # One script call per project shard and policy: the occurrences of one shard share its
+        # hash tag, so a whole batch costs a few calls, in one round trip, each in one slot.
+        groups: dict[tuple[str, str], tuple[list[str], list[Any], list[int]]] = {}
+        for position, (project, policy_arg, now_ms, request) in enumerate(items):
             keys = _keys(self._prefix, project, request.anomaly_key)
-            group = groups.get(keys.shard)
+            group = groups.get((keys.shard, policy_arg))
             if group is None:
-                group = groups[keys.shard] = (keys.indexes(), [now_ms, policy_arg], [])
+                group = groups[keys.shard, policy_arg] = (keys.indexes(), [policy_arg], [])
             digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
             group[0].extend(keys.for_record())
-            group[1].extend((request.anomaly_key, request.at_ms, digest, request.signature_json))
+            group[1].extend(
+                (request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json)
+            )
             group[2].append(position)
         replies = await self._eval("record", [(k, a) for k, a, _ in groups.values()])
-        snapshots: list[Snapshot | None] = [None] * len(requests)
+        snapshots: list[Snapshot] = [None] * len(items)  # type: ignore[list-item]
         for (_, _, positions), group_replies in zip(groups.values(), replies, strict=True):
             for position, reply in zip(positions, group_replies, strict=True):
                 snapshot, (duplicate, escalated, regressed, newly) = _snapshot(
-                    requests[position].anomaly_key, reply
+                    items[position][3].anomaly_key, reply
                 )
                 snapshot.duplicate = bool(duplicate)
                 snapshot.escalated_to = escalated
                 snapshot.regressed = bool(regressed)
                 snapshot.newly_regressed = bool(newly)
                 snapshots[position] = snapshot
-        return [snapshot for snapshot in snapshots if snapshot is not None]
+        return snapshots
 
     async def read(
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int

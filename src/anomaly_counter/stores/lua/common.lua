@@ -16,20 +16,24 @@ local function num(value, default)
 end
 
 -- The counting state, packed in one field of the meta hash ('st': first, newest, evicted, seq,
--- level, tail size, refreshed, four index bounds), so that a call reads and writes it once.
+-- level, tail size, refreshed, four index bounds, oldest time in the tail, and per ring the
+-- slice and count of pushed-out occurrences not yet added to it), so that a call reads and
+-- writes it once.
+local STATE = '<' .. string.rep('d', 20)  -- struct formats: one C call to read or write
+local SUMS = '<' .. string.rep('d', 16)
+
 local function load_state(meta)
   local f = redis.call('HMGET', meta, 'st', 'fix', 'reg', 'wc')
-  local v = {}
+  local v
   if f[1] then
-    for part in string.gmatch(f[1], '[^,]+') do v[#v + 1] = tonumber(part) end
+    v = {struct.unpack(STATE, f[1])}
   else
-    v = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0}
+    v = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0}
   end
   local function opt(x) if x < 0 then return nil end return x end
   local sums = {}
   if f[4] then
-    local c = {}
-    for part in string.gmatch(f[4], '[^,]+') do c[#c + 1] = tonumber(part) end
+    local c = {struct.unpack(SUMS, f[4])}
     for w = 1, 4 do
       if c[4 * w - 3] > 0 then
         sums[w] = {ring = c[4 * w - 3], first = c[4 * w - 2], last = c[4 * w - 1], sum = c[4 * w]}
@@ -38,7 +42,17 @@ local function load_state(meta)
   end
   return {first = opt(v[1]), newest = opt(v[2]), evicted = opt(v[3]), seq = v[4],
           level = v[5], size = v[6], refreshed = v[7], bounds = {v[8], v[9], v[10], v[11]},
-          fix = num(f[2], nil), reg = num(f[3], nil), sums = sums, sums_changed = false}
+          oldest = opt(v[12]), fix = num(f[2], nil), reg = num(f[3], nil), sums = sums,
+          sums_changed = false,
+          pending = {{slot = v[13], n = v[14]}, {slot = v[15], n = v[16]},
+                     {slot = v[17], n = v[18]}, {slot = v[19], n = v[20]}}}
+end
+
+local function pack_state(s)
+  local b, q = s.bounds, s.pending
+  return struct.pack(STATE, s.first or -1, s.newest or -1, s.evicted or -1, s.seq, s.level,
+    s.size, s.refreshed, b[1], b[2], b[3], b[4], s.oldest or -1, q[1].slot, q[1].n, q[2].slot,
+    q[2].n, q[3].slot, q[3].n, q[4].slot, q[4].n)
 end
 
 -- Cached ring sums ('wc'): per window, the ring, the edge slices and the sum of the slices
@@ -53,22 +67,45 @@ local function pack_sums(s)
       for _ = 1, 4 do out[#out + 1] = 0 end
     end
   end
-  return table.concat(out, ',')
-end
-
-local function pack_state(s)
-  local b = s.bounds
-  return string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d', s.first or -1, s.newest or -1,
-    s.evicted or -1, s.seq, s.level, s.size, s.refreshed, b[1], b[2], b[3], b[4])
+  return struct.pack(SUMS, unpack(out))
 end
 
 -- The score an index keeps for a count: a little above it, so that a busy anomaly rewrites its
 -- index entries only now and then. Any upper bound keeps the top-k exact (ranking.py).
 local function index_bound(c)
-  return c + 2 + floor(c / 4)
+  return c + 2 + floor(c / 2)
 end
 
 -- Put an occurrence pushed out of the tail into the four rings.
+local function flush_pending(s, rings, i, oldest_kept)
+  local p = s.pending[i]
+  if p.n == 0 then return end
+  local created = redis.call('HINCRBY', rings[i], p.slot, p.n) == p.n
+  for w = 1, 4 do
+    local c = s.sums[w]
+    if c and c.ring == i and p.slot > c.first and p.slot < c.last then
+      c.sum = c.sum + p.n
+      s.sums_changed = true
+    end
+  end
+  p.n = 0
+  if created and redis.call('HLEN', rings[i]) > RING then
+    local dead = {}
+    for _, field in ipairs(redis.call('HKEYS', rings[i])) do
+      if tonumber(field) <= oldest_kept then dead[#dead + 1] = field end
+    end
+    if #dead > 0 then
+      redis.call('HDEL', rings[i], unpack(dead))
+      for w = 1, 4 do
+        if s.sums[w] and s.sums[w].ring == i then s.sums[w] = nil; s.sums_changed = true end
+      end
+    end
+  end
+end
+
+-- Put an occurrence pushed out of the tail into the four rings. Pushed-out occurrences come
+-- oldest first, so most fall in the slice of the one before: each ring keeps the count of its
+-- latest slice in the state and writes it to the hash only when the slice changes.
 local function evict(s, rings, t)
   if s.evicted == nil or t > s.evicted then s.evicted = t end
   local newest = s.newest
@@ -77,25 +114,12 @@ local function evict(s, rings, t)
     local g = GRAIN[i]
     local slot, oldest_kept = floor(t / g), floor(newest / g) - RING
     if slot > oldest_kept then
-      redis.call('HINCRBY', rings[i], slot, 1)
-      for w = 1, 4 do
-        local c = s.sums[w]
-        if c and c.ring == i and slot > c.first and slot < c.last then
-          c.sum = c.sum + 1
-          s.sums_changed = true
-        end
-      end
-      if redis.call('HLEN', rings[i]) > RING then
-        local dead = {}
-        for _, field in ipairs(redis.call('HKEYS', rings[i])) do
-          if tonumber(field) <= oldest_kept then dead[#dead + 1] = field end
-        end
-        if #dead > 0 then
-          redis.call('HDEL', rings[i], unpack(dead))
-          for w = 1, 4 do
-            if s.sums[w] and s.sums[w].ring == i then s.sums[w] = nil; s.sums_changed = true end
-          end
-        end
+      local p = s.pending[i]
+      if p.n > 0 and p.slot == slot then
+        p.n = p.n + 1
+      else
+        flush_pending(s, rings, i, oldest_kept)
+        p.slot, p.n = slot, 1
       end
     end
   end
@@ -111,21 +135,26 @@ local function add_occurrence(s, tail, rings, t, cap)
     for i = 2, #popped, 2 do evict(s, rings, tonumber(popped[i])) end
     s.size = s.size - n
   end
-  if s.size > cap then pop(s.size - cap) end  -- the capacity was lowered since
+  if s.size > cap then  -- the capacity was lowered since
+    pop(s.size - cap)
+    s.oldest = tonumber(redis.call('ZRANGE', tail, 0, 0, 'WITHSCORES')[2])
+  end
   local keep = true
   if s.size == cap then
-    local oldest = redis.call('ZRANGE', tail, 0, 0, 'WITHSCORES')
-    if t <= tonumber(oldest[2]) then
+    local two = redis.call('ZRANGE', tail, 0, 1, 'WITHSCORES')
+    if t <= tonumber(two[2]) then
       keep = false
       evict(s, rings, t)  -- older than the whole tail: only the rings keep it
     else
       pop(1)
+      s.oldest = tonumber(two[4] or t)
     end
   end
   if keep then
     s.seq = s.seq + 1
     s.size = s.size + 1
     redis.call('ZADD', tail, t, s.seq)
+    if s.oldest == nil or t < s.oldest then s.oldest = t end
   end
   if s.newest == nil or t > s.newest then s.newest = t end
 end
@@ -135,7 +164,14 @@ end
 local function count(s, tail, rings, w, at)
   if s.newest == nil then return 0 end
   local lo, hi = at - WINDOW[w], at
-  local exact = redis.call('ZCOUNT', tail, lo, hi)
+  local exact
+  if s.size == 0 or lo > s.newest or hi < s.oldest then
+    exact = 0
+  elseif lo <= s.oldest and hi >= s.newest then
+    exact = s.size  -- the window holds the whole tail
+  else
+    exact = redis.call('ZCOUNT', tail, lo, hi)
+  end
   if s.evicted == nil or lo > s.evicted then return exact end
   local r = #GRAIN
   for i = w, #GRAIN do
@@ -144,8 +180,13 @@ local function count(s, tail, rings, w, at)
   local g = GRAIN[r]
   local first, last = floor(lo / g), floor(math.min(hi, s.evicted) / g)
   local half = floor(g / 2)
+  local p = s.pending[r]
+  local function pending_at(slot)
+    if p.n > 0 and p.slot == slot then return p.n end
+    return 0
+  end
   if first == last then
-    local n = num(redis.call('HGET', rings[r], first), 0)
+    local n = num(redis.call('HGET', rings[r], first), 0) + pending_at(first)
     local stop = hi
     if hi >= s.evicted then stop = (first + 1) * g - 1 end
     return exact + floor((n * (stop - lo + 1) + half) / g)
@@ -161,14 +202,17 @@ local function count(s, tail, rings, w, at)
     values = redis.call('HMGET', rings[r], unpack(fields))
     whole = 0
     for i = 2, #values - 1 do whole = whole + num(values[i], 0) end
-    s.sums[w] = {ring = r, first = first, last = last, sum = whole}
+    s.sums[w] = {ring = r, first = first, last = last, sum = whole}  -- of the hash alone
     s.sums_changed = true
   end
-  local numerator = num(values[1], 0) * ((first + 1) * g - lo)
+  if p.n > 0 and p.slot > first and p.slot < last then whole = whole + p.n end
+  local first_count = num(values[1], 0) + pending_at(first)
+  local last_count = num(values[#values], 0) + pending_at(last)
+  local numerator = first_count * ((first + 1) * g - lo)
   if hi >= s.evicted then
-    whole = whole + num(values[#values], 0)  -- every pushed-out occurrence is at or before hi
+    whole = whole + last_count  -- every pushed-out occurrence is at or before hi
   else
-    numerator = numerator + num(values[#values], 0) * (hi - last * g + 1)
+    numerator = numerator + last_count * (hi - last * g + 1)
   end
   return exact + whole + floor((numerator + half) / g)
 end

@@ -2,19 +2,18 @@
 -- KEYS: index1h index24h index7d index30d, then for each occurrence ten keys:
 --       meta tail ring1h ring24h ring7d ring30d ids days history signature
 --       (all under the shard's hash tag)
--- ARGV: now policy, then for each occurrence: anomaly_key at id_digest('' = none) signature
+-- ARGV: policy, then for each occurrence: anomaly_key at now id_digest('' = none) signature
 --   policy: 't_repeat,t_escalate,t_fix,tail_capacity,ttl_seconds,dedup_horizon_ms,
 --            dedup_max_ids,fix_validity_ms,retention_days'
 -- Returns one reply() per occurrence, each with four extra numbers (duplicate escalated_to
 -- regressed newly_regressed) and no signature (the caller has the one it sent).
-local now = tonumber(ARGV[1])
-local p = numbers(ARGV[2])
+local p = numbers(ARGV[1])
 local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention =
   p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
 local indexes = {KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
 local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
 
-local function record_one(k, member, at, id, signature)
+local function record_one(k, member, at, now, id, signature)
   local meta, tail, ids, days, history = KEYS[k], KEYS[k + 1], KEYS[k + 6], KEYS[k + 7],
                                          KEYS[k + 8]
   local rings = {KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]}
@@ -93,8 +92,9 @@ end
 
 local out = {}
 local k = 5
-for a = 3, #ARGV, 4 do
-  out[#out + 1] = record_one(k, ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3])
+for a = 2, #ARGV, 5 do
+  out[#out + 1] = record_one(k, ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+                             ARGV[a + 3], ARGV[a + 4])
   k = k + 10
 end
 return out
