@@ -17,6 +17,14 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+
+def index_bound(value: int) -> int:
+    """The score an index keeps for a value: a little above it, so that a busy anomaly
+    rewrites its index entries only now and then. Any upper bound keeps the top k exact; a
+    looser one only makes a query look at a few more candidates. (Mirrored in common.lua.)"""
+    return value + 2 + value // 2
+
+
 Evaluate = Callable[[Sequence[str]], Awaitable[Sequence[tuple[int, T] | None]]]
 
 

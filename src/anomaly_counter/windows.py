@@ -25,6 +25,7 @@ All times are integer milliseconds since the epoch, UTC.
 from __future__ import annotations
 
 import struct
+from array import array
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 
@@ -107,22 +108,21 @@ class WindowState:
 
     def to_bytes(self) -> bytes:
         parts = [struct.pack("<qqI", self.evicted_max, self.newest, len(self.tail))]
-        parts.append(struct.pack(f"<{len(self.tail)}q", *self.tail))
+        parts.append(array("q", self.tail).tobytes())
         for ring in self.rings:
-            flat = [v for item in sorted(ring.items()) for v in item]
-            parts.append(struct.pack("<I", len(ring)) + struct.pack(f"<{len(flat)}q", *flat))
+            flat = array("q", [v for item in sorted(ring.items()) for v in item])
+            parts.append(struct.pack("<I", len(ring)) + flat.tobytes())
         return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data: bytes, capacity: int) -> WindowState:
         evicted_max, newest, n = struct.unpack_from("<qqI", data, 0)
-        offset = 20
-        tail = list(struct.unpack_from(f"<{n}q", data, offset))
-        offset += 8 * n
+        offset = 20 + 8 * n
+        tail = array("q", data[20:offset]).tolist()
         rings = []
         for _ in WINDOW_MS:
             (m,) = struct.unpack_from("<I", data, offset)
-            flat = struct.unpack_from(f"<{2 * m}q", data, offset + 4)
+            flat = array("q", data[offset + 4 : offset + 4 + 16 * m]).tolist()
             offset += 4 + 16 * m
             rings.append(dict(zip(flat[::2], flat[1::2], strict=True)))
         state = cls(capacity, tail, evicted_max, newest, rings)

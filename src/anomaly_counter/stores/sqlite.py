@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigurationError, StoreUnavailableError
 from ..model import EscalationLevel
 from ..policy import Thresholds, crossing, level_for
+from ..ranking import index_bound
 from ..windows import WindowState
 from .base import (
     ANOMALY_TTL_SECONDS,
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS anomalies (
     score_7d INTEGER NOT NULL DEFAULT 0,
     score_30d INTEGER NOT NULL DEFAULT 0,
     score_dispositions INTEGER NOT NULL DEFAULT 0,
+    has_days INTEGER NOT NULL DEFAULT 0,  -- any repair or disposition counted yet
     touched INTEGER NOT NULL,
     PRIMARY KEY (project, anomaly_key)
 ) WITHOUT ROWID;
@@ -99,8 +101,10 @@ CREATE TABLE IF NOT EXISTS repair_history (
 """
 
 _COLUMNS = {name: f"score_{name}" for name in INDEXES}
+_WINDOW_COLUMNS = ("score_1h", "score_24h", "score_7d", "score_30d")
 _PAGE = 200
-_HOUSEKEEPING_EVERY_MS = 3_600_000
+_HOUR_MS = 3_600_000
+_HOUSEKEEPING_EVERY_MS = _HOUR_MS
 
 
 class SQLiteStore(Store):
@@ -179,19 +183,15 @@ class SQLiteStore(Store):
         key, at = request.anomaly_key, request.at_ms
         row = db.execute(
             "SELECT first_seen, last_seen, level, state, fix_at, regressed_at, ids_count,"
-            " signature FROM anomalies WHERE project = ? AND anomaly_key = ?",
+            " has_days, touched, score_1h, score_24h, score_7d, score_30d"
+            " FROM anomalies WHERE project = ? AND anomaly_key = ?",
             (project, key),
         ).fetchone()
-        first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, signature = row or (
-            None,
-            None,
-            0,
-            None,
-            None,
-            None,
-            0,
-            None,
-        )
+        is_new = row is None
+        if row is None:
+            row = (None, None, 0, None, None, None, 0, 0, None, 0, 0, 0, 0)
+        first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, has_days = row[:8]
+        row_touched, bounds = row[8], row[9:]
         if request.occurrence_id is not None:
             digest = id_digest(request.occurrence_id)
             seen = db.execute(
@@ -225,38 +225,48 @@ class SQLiteStore(Store):
         newly_regressed = regressed and regressed_at is None
         first_seen = at if first_seen is None else min(first_seen, at)
         last_seen = at if last_seen is None else max(last_seen, at)
-        db.execute(
-            "INSERT INTO anomalies (project, anomaly_key, signature, first_seen, last_seen, level,"
-            " state, regressed_at, ids_count, score_1h, score_24h, score_7d, score_30d, touched)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (project, anomaly_key) DO UPDATE SET"
-            " signature = coalesce(anomalies.signature, excluded.signature),"
-            " first_seen = excluded.first_seen, last_seen = excluded.last_seen,"
-            " level = excluded.level, state = excluded.state,"
-            " regressed_at = excluded.regressed_at, ids_count = excluded.ids_count,"
-            " score_1h = excluded.score_1h, score_24h = excluded.score_24h,"
-            " score_7d = excluded.score_7d, score_30d = excluded.score_30d,"
-            " touched = excluded.touched",
-            (
-                project,
-                key,
-                signature or request.signature_json,
-                first_seen,
-                last_seen,
-                int(new_level),
-                state.to_bytes(),
-                at if newly_regressed else regressed_at,
-                ids_count,
-                *counts_newest,
-                now_ms,
-            ),
+        # Index scores move only when a count passes them, and `touched` by the hour, so most
+        # writes leave the indexes' pages alone (fewer pages to the WAL per commit).
+        touched = now_ms - now_ms % _HOUR_MS
+        values: dict[str, Any] = {
+            "first_seen": first_seen, "last_seen": last_seen, "level": int(new_level),
+            "state": state.to_bytes(), "regressed_at": at if newly_regressed else regressed_at,
+            "ids_count": ids_count,
+        }  # fmt: skip
+        for column, count, bound in zip(_WINDOW_COLUMNS, counts_newest, bounds, strict=True):
+            if count > bound:
+                values[column] = index_bound(count)
+        if row_touched != touched:
+            values["touched"] = touched
+        if is_new:
+            values.update(project=project, anomaly_key=key, signature=request.signature_json)
+            values.update({c: values.get(c, 0) for c in _WINDOW_COLUMNS}, touched=touched)
+            db.execute(
+                f"INSERT INTO anomalies ({', '.join(values)})"
+                f" VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
+            )
+        else:
+            # Only the columns that changed: SQLite rewrites an index whenever an UPDATE
+            # assigns one of its columns, so most writes leave the five indexes alone.
+            db.execute(
+                f"UPDATE anomalies SET {', '.join(f'{c} = ?' for c in values)}"
+                " WHERE project = ? AND anomaly_key = ?",
+                (*values.values(), project, key),
+            )
+        days = self._day_totals(db, project, key, now_ms) if has_days else {}
+        return Snapshot(
+            anomaly_key=key,
+            counts=counts_at,
+            first_seen_ms=first_seen,
+            last_seen_ms=last_seen,
+            repair_total=sum(n for name, n in days.items() if name.startswith("t:")),
+            fix_at_ms=fix_at if fix_at is not None and now_ms - fix_at < FIX_VALIDITY_MS else None,
+            dispositions=dispositions_from(days),
+            escalated_to=int(escalated or 0),
+            regressed=regressed,
+            newly_regressed=newly_regressed,
         )
-        snapshot = self._snapshot(db, project, key, at, now_ms, state=state, counts=counts_at)
-        assert snapshot is not None
-        snapshot.escalated_to = int(escalated or 0)
-        snapshot.regressed = regressed
-        snapshot.newly_regressed = newly_regressed
-        return snapshot
 
     def _remember_id(
         self,
@@ -360,10 +370,12 @@ class SQLiteStore(Store):
         )
 
     def _touch(self, db: sqlite3.Connection, project: str, key: str, now_ms: int) -> None:
+        """Keep the anomaly (and note it has day counters) after a repair or disposition."""
         db.execute(
-            "INSERT INTO anomalies (project, anomaly_key, touched) VALUES (?, ?, ?)"
-            " ON CONFLICT (project, anomaly_key) DO UPDATE SET touched = excluded.touched",
-            (project, key, now_ms),
+            "INSERT INTO anomalies (project, anomaly_key, has_days, touched) VALUES (?, ?, 1, ?)"
+            " ON CONFLICT (project, anomaly_key) DO UPDATE SET has_days = 1,"
+            " touched = excluded.touched",
+            (project, key, now_ms - now_ms % _HOUR_MS),
         )
 
     async def record_repair(

@@ -71,7 +71,7 @@ local function pack_sums(s)
 end
 
 -- The score an index keeps for a count: a little above it, so that a busy anomaly rewrites its
--- index entries only now and then. Any upper bound keeps the top-k exact (ranking.py).
+-- index entries only now and then. Any upper bound keeps the top-k exact (ranking.index_bound).
 local function index_bound(c)
   return c + 2 + floor(c / 2)
 end
