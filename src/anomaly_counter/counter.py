@@ -3,6 +3,7 @@ store snapshots into public types, and degrades instead of raising when the stor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -215,8 +216,8 @@ class AnomalyCounter:
     async def record_many(
         self, occurrences: Iterable[Occurrence | Mapping[str, Any]]
     ) -> list[AnomalyFrequency]:
-        """Count a batch in order, in one round trip; all input is validated before any of it
-        is stored. Items are ``Occurrence`` or mappings with ``signature``, ``at``,
+        """Count a batch in order, pipelined; all input is validated before any of it is
+        stored. Items are ``Occurrence`` or mappings with ``signature``, ``at``,
         ``occurrence_id``."""
         now = self._clock()
         requests = []
@@ -227,13 +228,29 @@ class AnomalyCounter:
                 raise type(exc)(f"occurrence {index}: {exc}") from exc
         if not requests:
             return []
-        snapshots = await self._guard(
-            "record",
-            self.store.record(self.project_id, requests, self._policy, _ms(now)),
-            None,
-        )
-        if snapshots is None:
-            return [self._degraded(r.anomaly_key, _time(r.at_ms)) for r in requests]
+        size = self.store.pipeline_chunk or len(requests)
+        chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
+        # Chunks go out together (the store pipelines them), and each chunk's answers are
+        # turned into results while the store still works on the next.
+        writes = [
+            asyncio.ensure_future(self.store.record(self.project_id, chunk, self._policy, now_ms))
+            for chunk, now_ms in zip(chunks, [_ms(now)] * len(chunks), strict=True)
+        ]
+        frequencies: list[AnomalyFrequency] = []
+        for position, (chunk, write) in enumerate(zip(chunks, writes, strict=True)):
+            snapshots = await self._guard("record", write, None)
+            if snapshots is None:  # degraded: what was not stored is answered as such
+                for late in writes[position + 1 :]:
+                    late.cancel()
+                await asyncio.gather(*writes[position + 1 :], return_exceptions=True)
+                rest = [r for c in chunks[position:] for r in c]
+                return frequencies + [self._degraded(r.anomaly_key, _time(r.at_ms)) for r in rest]
+            frequencies.extend(self._results(chunk, snapshots))
+        return frequencies
+
+    def _results(
+        self, requests: Sequence[RecordRequest], snapshots: Sequence[Snapshot]
+    ) -> list[AnomalyFrequency]:
         frequencies = []
         for request, snapshot in zip(requests, snapshots, strict=True):
             frequency = self._frequency(snapshot, _time(request.at_ms))

@@ -76,6 +76,10 @@ class Snapshot:
 class Store(ABC):
     """Storage for anomaly-counter. Every method takes the project id it acts for."""
 
+    pipeline_chunk: int | None = None
+    """Occurrences per ``record`` call when a large batch is split so that the caller's work
+    overlaps the store's (None: one call for the whole batch)."""
+
     @abstractmethod
     async def record(
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int

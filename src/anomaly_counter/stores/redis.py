@@ -144,6 +144,8 @@ def _shard_index_key(prefix: str, project: str, shard: int, name: str) -> str:
 class RedisStore(Store):
     """Store on one Redis server (``redis://``, ``rediss://``, ``unix://``)."""
 
+    pipeline_chunk = 50
+
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._client = client
         self._prefix = settings.key_prefix
