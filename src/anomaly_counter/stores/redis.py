@@ -31,7 +31,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, StoreUnavailableError
@@ -182,22 +182,12 @@ class RedisStore(Store):
     async def _eval(self, name: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run one script for each (keys, args), in one round trip.
 
-        redis-py's pipelined scripts ask SCRIPT EXISTS first, a second round trip on every
-        batch; instead EVALSHA goes straight out, and only on NOSCRIPT (a restarted or flushed
-        server; those calls did not run) is the script loaded and those calls sent again.
+        EVALSHA goes straight out; only on NOSCRIPT (a restarted or flushed server: those
+        calls did not run) is the script loaded and those calls sent again.
         """
         sha = self._shas[name]
-        if len(calls) == 1:
-            keys, args = calls[0]
-            try:
-                return [await self._call(self._client.evalsha(sha, len(keys), *keys, *args))]
-            except NoScriptError:
-                await self._call(self._client.script_load(self._sources[name]))
-                return [await self._call(self._client.evalsha(sha, len(keys), *keys, *args))]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            replies: list[Any] = await self._call(pipe.execute(raise_on_error=False))
+        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        replies: list[Any] = await self._call(self._round_trip(commands))
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             await self._call(self._client.script_load(self._sources[name]))
@@ -208,6 +198,33 @@ class RedisStore(Store):
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    async def _round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send commands on one pooled connection and read their replies (errors as values).
+
+        The hot path skips redis-py's per-command machinery (retry wrapper, response
+        callbacks, metrics), which costs more than the round trip itself; connections,
+        authentication and timeouts stay redis-py's.
+        """
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(
+                [hiredis.pack_command(command) for command in commands], check_health=False
+            )
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            # a reply may still be on its way: this connection can no longer be trusted
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     # -- occurrences --------------------------------------------------------------------------
 
