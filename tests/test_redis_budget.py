@@ -66,10 +66,10 @@ async def test_record_anomaly_is_one_command(fresh_redis: RedisServer) -> None:
             await asyncio.sleep(0.05)
     assert record.commands == ["EVALSHA"]
     assert read.commands == ["EVALSHA"]
-    # a batch goes in chunks of 50, pipelined together; a chunk makes one script call per
-    # shard it touches: one anomaly is one shard, a batch spread over the project all 16
-    assert batch.commands == ["EVALSHA"] * 2
-    assert spread_batch.commands == ["EVALSHA"] * 32
+    # one anomaly's occurrences stay in one chunk, and one chunk makes one script call per
+    # shard it touches; a batch spread over the project goes in two chunks of 50, pipelined
+    assert batch.commands == ["EVALSHA"]
+    assert set(spread_batch.commands) == {"EVALSHA"} and 16 <= len(spread_batch.commands) <= 32
 
 
 async def test_memory_of_one_anomaly_is_bounded(fresh_redis: RedisServer) -> None:

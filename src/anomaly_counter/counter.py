@@ -228,25 +228,33 @@ class AnomalyCounter:
                 raise type(exc)(f"occurrence {index}: {exc}") from exc
         if not requests:
             return []
-        size = self.store.pipeline_chunk or len(requests)
-        chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
+        chunks = _chunks(requests, self.store.pipeline_chunk or len(requests))
         # Chunks go out together (the store pipelines them), and each chunk's answers are
         # turned into results while the store still works on the next.
-        writes = [
-            asyncio.ensure_future(self.store.record(self.project_id, chunk, self._policy, now_ms))
-            for chunk, now_ms in zip(chunks, [_ms(now)] * len(chunks), strict=True)
+        now_ms = _ms(now)
+        writes: list[Awaitable[list[Snapshot]]] = [
+            self.store.record(self.project_id, [requests[i] for i in chunk], self._policy, now_ms)
+            for chunk in chunks
         ]
-        frequencies: list[AnomalyFrequency] = []
+        if len(writes) > 1:  # a task each, so that all are sent before the first is awaited
+            writes = [asyncio.ensure_future(write) for write in writes]
+        frequencies: list[AnomalyFrequency | None] = [None] * len(requests)
         for position, (chunk, write) in enumerate(zip(chunks, writes, strict=True)):
             snapshots = await self._guard("record", write, None)
             if snapshots is None:  # degraded: what was not stored is answered as such
-                for late in writes[position + 1 :]:
-                    late.cancel()
-                await asyncio.gather(*writes[position + 1 :], return_exceptions=True)
-                rest = [r for c in chunks[position:] for r in c]
-                return frequencies + [self._degraded(r.anomaly_key, _time(r.at_ms)) for r in rest]
-            frequencies.extend(self._results(chunk, snapshots))
-        return frequencies
+                late = [asyncio.ensure_future(write) for write in writes[position + 1 :]]
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                for i in (i for c in chunks[position:] for i in c):
+                    frequencies[i] = self._degraded(
+                        requests[i].anomaly_key, _time(requests[i].at_ms)
+                    )
+                break
+            results = self._results([requests[i] for i in chunk], snapshots)
+            for i, frequency in zip(chunk, results, strict=True):
+                frequencies[i] = frequency
+        return [f for f in frequencies if f is not None]
 
     def _results(
         self, requests: Sequence[RecordRequest], snapshots: Sequence[Snapshot]
@@ -472,6 +480,22 @@ class AnomalyCounter:
     async def ping(self) -> None:
         """Raise StoreUnavailableError when the store cannot be reached."""
         await self.store.ping()
+
+
+def _chunks(requests: Sequence[RecordRequest], size: int) -> list[list[int]]:
+    """Positions of the requests in chunks of about ``size``, all occurrences of one anomaly
+    in the same chunk: chunks may run in any order, but one anomaly's occurrences never do."""
+    if len(requests) <= size:
+        return [list(range(len(requests)))]
+    by_anomaly: dict[str, list[int]] = {}
+    for position, request in enumerate(requests):
+        by_anomaly.setdefault(request.anomaly_key, []).append(position)
+    chunks: list[list[int]] = [[]]
+    for positions in by_anomaly.values():
+        if chunks[-1] and len(chunks[-1]) + len(positions) > size:
+            chunks.append([])
+        chunks[-1].extend(positions)
+    return chunks
 
 
 _counter: AnomalyCounter | None = None

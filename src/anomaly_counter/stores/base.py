@@ -84,7 +84,7 @@ class Store(ABC):
     async def record(
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
     ) -> list[Snapshot]:
-        """Count occurrences in order (several in one round trip), each atomically."""
+        """Count occurrences in order (pipelined where the store can), each atomically."""
 
     @abstractmethod
     async def read(

@@ -253,18 +253,11 @@ class SQLiteStore(Store):
             # assigns one of its columns, so most writes leave the five indexes alone.
             db.execute(_update_sql(tuple(values)), (*values.values(), project, key))
         days = self._day_totals(db, project, key, now_ms) if has_days else {}
-        return Snapshot(
-            anomaly_key=key,
-            counts=counts_at,
-            first_seen_ms=first_seen,
-            last_seen_ms=last_seen,
-            repair_total=sum(n for name, n in days.items() if name.startswith("t:")),
-            fix_at_ms=fix_at if fix_at is not None and now_ms - fix_at < FIX_VALIDITY_MS else None,
-            dispositions=dispositions_from(days),
-            escalated_to=int(escalated or 0),
-            regressed=regressed,
-            newly_regressed=newly_regressed,
-        )
+        snapshot = _make_snapshot(key, counts_at, first_seen, last_seen, fix_at, days, now_ms)
+        snapshot.escalated_to = int(escalated or 0)
+        snapshot.regressed = regressed
+        snapshot.newly_regressed = newly_regressed
+        return snapshot
 
     def _remember_id(
         self,
@@ -319,16 +312,9 @@ class SQLiteStore(Store):
                 state = WindowState.from_bytes(blob, 1 << 30)
             counts = state.counts(at) if state is not None else (0, 0, 0, 0)
         days = self._day_totals(db, project, key, now_ms)
-        return Snapshot(
-            anomaly_key=key,
-            counts=counts,
-            first_seen_ms=first_seen,
-            last_seen_ms=last_seen,
-            repair_total=sum(n for name, n in days.items() if name.startswith("t:")),
-            fix_at_ms=fix_at if fix_at is not None and now_ms - fix_at < FIX_VALIDITY_MS else None,
-            dispositions=dispositions_from(days),
-            signature=json.loads(signature) if signature else {},
-        )
+        snapshot = _make_snapshot(key, counts, first_seen, last_seen, fix_at, days, now_ms)
+        snapshot.signature = json.loads(signature) if signature else {}
+        return snapshot
 
     async def read(
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
@@ -549,3 +535,23 @@ def _insert_sql(columns: tuple[str, ...]) -> str:
 def _update_sql(columns: tuple[str, ...]) -> str:
     assignments = ", ".join(f"{column} = ?" for column in columns)
     return f"UPDATE anomalies SET {assignments} WHERE project = ? AND anomaly_key = ?"
+
+
+def _make_snapshot(
+    key: str,
+    counts: tuple[int, int, int, int],
+    first_seen: int | None,
+    last_seen: int | None,
+    fix_at: int | None,
+    days: dict[str, int],
+    now_ms: int,
+) -> Snapshot:
+    return Snapshot(
+        anomaly_key=key,
+        counts=counts,
+        first_seen_ms=first_seen,
+        last_seen_ms=last_seen,
+        repair_total=sum(n for name, n in days.items() if name.startswith("t:")),
+        fix_at_ms=fix_at if fix_at is not None and now_ms - fix_at < FIX_VALIDITY_MS else None,
+        dispositions=dispositions_from(days),
+    )
