@@ -210,8 +210,13 @@ class AnomalyCounter:
         level this occurrence newly crossed into; exactly one occurrence reports each crossing.
         A repeated ``occurrence_id`` is not counted again (``duplicate``).
         """
-        (frequency,) = await self.record_many([Occurrence(signature, at, occurrence_id)])
-        return frequency
+        now = self._clock()
+        request = self._request(Occurrence(signature, at, occurrence_id), now)
+        write = self.store.record(self.project_id, [request], self._policy, _ms(now))
+        snapshots = await self._guard("record", write, None)
+        if snapshots is None:
+            return self._degraded(request.anomaly_key, _time(request.at_ms))
+        return self._results([request], snapshots)[0]
 
     async def record_many(
         self, occurrences: Iterable[Occurrence | Mapping[str, Any]]

@@ -96,20 +96,15 @@ class _Keys:
             base + s for s in ("m", "t", "i", "d", "h", "s")
         )
         self.rings = [f"{base}r{i}" for i in range(4)]
+        # The key lists the scripts take, built once (instances are cached, see _keys).
+        self.read_keys = (self.meta, self.tail, *self.rings, self.days, self.signature)
+        self.window_indexes = tuple(self.index(w) for w in ("1h", "24h", "7d", "30d"))
+        self.record_keys = (
+            self.meta, self.tail, *self.rings, self.ids, self.days, self.history, self.signature,
+        )  # fmt: skip
 
     def index(self, name: str) -> str:
         return self.shard + name
-
-    def for_read(self) -> list[str]:
-        return [self.meta, self.tail, *self.rings, self.days, self.signature]
-
-    def indexes(self) -> list[str]:
-        return [self.index(w) for w in ("1h", "24h", "7d", "30d")]
-
-    def for_record(self) -> list[str]:
-        return [
-            self.meta, self.tail, *self.rings, self.ids, self.days, self.history, self.signature,
-        ]  # fmt: skip
 
 
 _PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
@@ -155,6 +150,7 @@ class RedisStore(Store):
         }
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
         self._writes: Coalescer[_Write, Snapshot] = Coalescer(self._record_now)
+        self._idle: list[AbstractConnection] = []
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> RedisStore:
@@ -179,7 +175,9 @@ class RedisStore(Store):
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"redis store: {exc}") from exc
 
-    async def _eval(self, name: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _eval(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
         """Run one script for each (keys, args), in one round trip.
 
         EVALSHA goes straight out; only on NOSCRIPT (a restarted or flushed server: those
@@ -187,7 +185,7 @@ class RedisStore(Store):
         """
         sha = self._shas[name]
         commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
-        replies: list[Any] = await self._call(self._round_trip(commands))
+        replies = await self._round_trip(commands)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             await self._call(self._client.script_load(self._sources[name]))
@@ -207,7 +205,15 @@ class RedisStore(Store):
         authentication and timeouts stay redis-py's.
         """
         pool = self._client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        # Connections of the hot path are kept here between calls: taking one from redis-py's
+        # pool and giving it back costs a lock and bookkeeping on every round trip.
+        if self._idle:
+            connection = self._idle.pop()
+        else:
+            try:
+                connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailableError(f"redis store: {exc}") from exc
         try:
             await connection.send_packed_command(
                 [hiredis.pack_command(command) for command in commands], check_health=False
@@ -218,13 +224,15 @@ class RedisStore(Store):
                     replies.append(await connection.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
-            return replies
-        except BaseException:
+        except BaseException as exc:
             # a reply may still be on its way: this connection can no longer be trusted
             await connection.disconnect()
-            raise
-        finally:
             await pool.release(connection)
+            if isinstance(exc, _UNAVAILABLE):
+                raise StoreUnavailableError(f"redis store: {exc}") from exc
+            raise
+        self._idle.append(connection)
+        return replies
 
     # -- occurrences --------------------------------------------------------------------------
 
@@ -245,9 +253,13 @@ class RedisStore(Store):
             keys = _keys(self._prefix, project, request.anomaly_key)
             group = groups.get((keys.shard, policy_arg))
             if group is None:
-                group = groups[keys.shard, policy_arg] = (keys.indexes(), [policy_arg], [])
+                group = groups[keys.shard, policy_arg] = (
+                    list(keys.window_indexes),
+                    [policy_arg],
+                    [],
+                )
             digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
-            group[0].extend(keys.for_record())
+            group[0].extend(keys.record_keys)
             group[1].extend(
                 (request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json)
             )
@@ -270,7 +282,7 @@ class RedisStore(Store):
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
     ) -> list[Snapshot | None]:
         args: list[Any] = [at_ms, now_ms, RETENTION_DAYS, FIX_VALIDITY_MS]
-        calls = [(_keys(self._prefix, project, key).for_read(), args) for key in anomaly_keys]
+        calls = [(_keys(self._prefix, project, key).read_keys, args) for key in anomaly_keys]
         replies = await self._eval("read", calls)
         return [
             _snapshot(key, reply)[0] if reply is not None else None
@@ -379,6 +391,9 @@ class RedisStore(Store):
         await self._call(self._client.ping())
 
     async def aclose(self) -> None:
+        pool = self._client.connection_pool
+        while self._idle:
+            await pool.release(self._idle.pop())
         await self._client.aclose()
 
 
