@@ -33,6 +33,7 @@ logger = structlog.get_logger("anomaly_counter")
 T = TypeVar("T")
 Clock = Callable[[], datetime]
 _WINDOW_INDEX = {name: i for i, name in enumerate(WINDOWS)}
+_LABELS = tuple(level.label for level in EscalationLevel)  # by level number
 
 
 def _utcnow() -> datetime:
@@ -161,14 +162,14 @@ class AnomalyCounter:
             last_seen=_time(last) if last is not None else at,
             auto_repair_count=snapshot.repair_total,
             permanent_fix_applied=snapshot.fix_at_ms is not None,
-            escalation_level=level_for(c24h, self.thresholds).label,
+            escalation_level=_LABELS[level_for(c24h, self.thresholds)],
             human_approved_count=d["human_approved"],
             manual_resolved_count=d["manual_resolved"],
             cold_start_trust_count=d["cold_start_trust"],
             total_resolution_count=d["total"],
             auto_repair_disposition_count=d["auto_repair"],
             timeout_ignored_count=d["timeout_ignored"],
-            escalated_to=EscalationLevel(snapshot.escalated_to).label,
+            escalated_to=_LABELS[snapshot.escalated_to],
             regressed=snapshot.regressed,
             newly_regressed=snapshot.newly_regressed,
             duplicate=snapshot.duplicate,

@@ -33,18 +33,26 @@ def fingerprint_fields(signature: Mapping[str, Any]) -> dict[str, Any]:
 
 def hash_signature(signature: Mapping[str, Any]) -> str:
     """The anomaly key of a signature: 16 hex digits, volatile labels ignored."""
-    fields = fingerprint_fields(signature)
-    values = tuple(fields.values())
-    try:
-        return _key_of(values, tuple(type(v) for v in values))
-    except TypeError:  # a value that cannot be a cache key (the reference accepted any JSON)
-        return _digest(fields)
+    get = signature.get
+    alert = get("alert_name", get("alertname", ""))
+    service = get("service", get("job", ""))
+    namespace = get("namespace", "")
+    error = get("error_type", get("reason", ""))
+    if (
+        type(alert) is str
+        and type(service) is str
+        and type(namespace) is str
+        and (type(error) is str)
+    ):
+        return _key_of_strings(alert, service, namespace, error)  # the usual case, cached
+    return _digest(fingerprint_fields(signature))
 
 
 @functools.lru_cache(maxsize=65_536)
-def _key_of(values: tuple[Any, ...], _types: tuple[type, ...]) -> str:
-    # The types are part of the cache key: 1, 1.0 and True are equal but serialise apart.
-    return _digest(dict(zip(FINGERPRINT_FIELDS, values, strict=True)))
+def _key_of_strings(alert: str, service: str, namespace: str, error: str) -> str:
+    return _digest(
+        {"alert_name": alert, "service": service, "namespace": namespace, "error_type": error}
+    )
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True)  # the reference's json.dumps(sort_keys=True)

@@ -21,7 +21,7 @@ class Coalescer(Generic[Item, Result]):
         self,
         send: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
         lanes: int = 2,
-        max_batch: int = 64,
+        max_batch: int = 50,
     ) -> None:
         self._send = send
         self._lanes = lanes
