@@ -16,11 +16,12 @@ local function num(value, default)
 end
 
 -- The counting state, packed in one field of the meta hash ('st': first, newest, evicted, seq,
--- level, tail size, refreshed, four index bounds, oldest time in the tail, and per ring the
+-- level, tail size, refreshed, four index bounds, a time no later than any in the tail (its
+-- oldest while nothing was pushed out, else the last one pushed out), and per ring the
 -- slice and count of pushed-out occurrences not yet added to it), so that a call reads and
 -- writes it once.
 local STATE = '<' .. string.rep('d', 20)  -- struct formats: one C call to read or write
-local SUMS = '<' .. string.rep('d', 16)
+local SUMS = '<' .. string.rep('d', 24)
 
 local function load_state(meta)
   local f = redis.call('HMGET', meta, 'st', 'fix', 'reg', 'wc')
@@ -35,8 +36,10 @@ local function load_state(meta)
   if f[4] then
     local c = {struct.unpack(SUMS, f[4])}
     for w = 1, 4 do
-      if c[4 * w - 3] > 0 then
-        sums[w] = {ring = c[4 * w - 3], first = c[4 * w - 2], last = c[4 * w - 1], sum = c[4 * w]}
+      local o = 6 * (w - 1)
+      if c[o + 1] > 0 then
+        sums[w] = {ring = c[o + 1], first = c[o + 2], last = c[o + 3], sum = c[o + 4],
+                   nfirst = c[o + 5], nlast = c[o + 6]}
       end
     end
   end
@@ -55,16 +58,19 @@ local function pack_state(s)
     q[2].n, q[3].slot, q[3].n, q[4].slot, q[4].n)
 end
 
--- Cached ring sums ('wc'): per window, the ring, the edge slices and the sum of the slices
--- between them, so that a storm re-reads two slices per window, not sixty.
+-- Cached ring sums ('wc'): per window, the ring, the edge slices, the sum of the slices between
+-- them and the counts of the two edge slices (all of the hash alone, pending counts apart), so
+-- that a storm counts its windows without reading the rings at all.
 local function pack_sums(s)
   local out = {}
   for w = 1, 4 do
     local c = s.sums[w]
     if c then
-      for _, v in ipairs({c.ring, c.first, c.last, c.sum}) do out[#out + 1] = v end
+      for _, v in ipairs({c.ring, c.first, c.last, c.sum, c.nfirst, c.nlast}) do
+        out[#out + 1] = v
+      end
     else
-      for _ = 1, 4 do out[#out + 1] = 0 end
+      for _ = 1, 6 do out[#out + 1] = 0 end
     end
   end
   return struct.pack(SUMS, unpack(out))
@@ -83,8 +89,14 @@ local function flush_pending(s, rings, i, oldest_kept)
   local created = redis.call('HINCRBY', rings[i], p.slot, p.n) == p.n
   for w = 1, 4 do
     local c = s.sums[w]
-    if c and c.ring == i and p.slot > c.first and p.slot < c.last then
-      c.sum = c.sum + p.n
+    if c and c.ring == i and p.slot >= c.first and p.slot <= c.last then
+      if p.slot == c.first then
+        c.nfirst = c.nfirst + p.n
+      elseif p.slot == c.last then
+        c.nlast = c.nlast + p.n
+      else
+        c.sum = c.sum + p.n
+      end
       s.sums_changed = true
     end
   end
@@ -128,29 +140,27 @@ end
 -- Count one occurrence at t: into the tail (kept to `cap` times), pushing the oldest out into
 -- the rings. Updates s.newest, s.evicted, s.seq and s.size; the caller writes them back.
 local function add_occurrence(s, tail, rings, t, cap)
-  -- Make room before adding, never after: a sorted set that grew past 128 entries would stay
-  -- in Redis's large encoding (about 6x the memory) even once trimmed back.
-  local function pop(n)
-    local popped = redis.call('ZPOPMIN', tail, n)
-    for i = 2, #popped, 2 do evict(s, rings, tonumber(popped[i])) end
-    s.size = s.size - n
-  end
   if s.size > cap then  -- the capacity was lowered since
-    pop(s.size - cap)
-    s.oldest = tonumber(redis.call('ZRANGE', tail, 0, 0, 'WITHSCORES')[2])
+    local popped = redis.call('ZPOPMIN', tail, s.size - cap)
+    for i = 2, #popped, 2 do evict(s, rings, tonumber(popped[i])) end
+    s.size = cap
+    s.oldest = tonumber(popped[#popped])
   end
-  local keep = true
   if s.size == cap then
-    local two = redis.call('ZRANGE', tail, 0, 1, 'WITHSCORES')
-    if t <= tonumber(two[2]) then
-      keep = false
-      evict(s, rings, t)  -- older than the whole tail: only the rings keep it
+    -- Make room before adding, never after: a sorted set that grew past 128 entries would stay
+    -- in Redis's large encoding (about 6x the memory) even once trimmed back.
+    local popped = redis.call('ZPOPMIN', tail, 1)
+    local oldest = tonumber(popped[2])
+    if t > oldest then
+      evict(s, rings, oldest)
+      s.seq = s.seq + 1
+      redis.call('ZADD', tail, t, s.seq)
     else
-      pop(1)
-      s.oldest = tonumber(two[4] or t)
+      redis.call('ZADD', tail, oldest, popped[1])  -- t is older than the whole tail: put it back
+      evict(s, rings, t)
     end
-  end
-  if keep then
+    s.oldest = oldest  -- every time left in the tail is at or after it
+  else
     s.seq = s.seq + 1
     s.size = s.size + 1
     redis.call('ZADD', tail, t, s.seq)
@@ -191,23 +201,22 @@ local function count(s, tail, rings, w, at)
     if hi >= s.evicted then stop = (first + 1) * g - 1 end
     return exact + floor((n * (stop - lo + 1) + half) / g)
   end
-  local values, whole
   local c = s.sums[w]
-  if c and c.ring == r and c.first == first and c.last == last then
-    values = redis.call('HMGET', rings[r], first, last)
-    whole = c.sum
-  else
+  if not (c and c.ring == r and c.first == first and c.last == last) then
     local fields = {}
     for slot = first, last do fields[#fields + 1] = slot end
-    values = redis.call('HMGET', rings[r], unpack(fields))
-    whole = 0
-    for i = 2, #values - 1 do whole = whole + num(values[i], 0) end
-    s.sums[w] = {ring = r, first = first, last = last, sum = whole}  -- of the hash alone
+    local values = redis.call('HMGET', rings[r], unpack(fields))
+    local between = 0
+    for i = 2, #values - 1 do between = between + num(values[i], 0) end
+    c = {ring = r, first = first, last = last, sum = between, nfirst = num(values[1], 0),
+         nlast = num(values[#values], 0)}
+    s.sums[w] = c
     s.sums_changed = true
   end
+  local whole = c.sum
   if p.n > 0 and p.slot > first and p.slot < last then whole = whole + p.n end
-  local first_count = num(values[1], 0) + pending_at(first)
-  local last_count = num(values[#values], 0) + pending_at(last)
+  local first_count = c.nfirst + pending_at(first)
+  local last_count = c.nlast + pending_at(last)
   local numerator = first_count * ((first + 1) * g - lo)
   if hi >= s.evicted then
     whole = whole + last_count  -- every pushed-out occurrence is at or before hi
