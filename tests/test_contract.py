@@ -359,3 +359,20 @@ async def test_concurrent_writers_one_counter(make_counter: CounterFactory) -> N
     assert sorted(r.count_24h for r in results) == list(range(1, 51))
     levels = [r.escalated_to for r in results if r.escalated_to]
     assert sorted(levels) == ["ESCALATE", "PERMANENT_FIX", "REPEAT"]
+
+
+async def test_a_smaller_tail_capacity_keeps_counting(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    from anomaly_counter import Thresholds
+
+    roomy = make_counter(thresholds=Thresholds(10, 20, 100))  # keeps 200 times exactly
+    start = clock.now - timedelta(hours=10)
+    await roomy.record_many(
+        [{"signature": SIG, "at": start + timedelta(minutes=3 * i)} for i in range(150)]
+    )
+    tight = make_counter()  # the default keeps 128: the next write pushes the rest out
+    frequency = await tight.record_anomaly(SIG)
+    assert (frequency.count_1h, frequency.count_24h, frequency.count_30d) == (1, 151, 151)
+    again = await tight.get_frequency(KEY, at=start + timedelta(minutes=3 * 149))
+    assert again is not None and again.count_24h == 150
