@@ -15,65 +15,58 @@ local function num(value, default)
   return tonumber(value)
 end
 
--- The counting state, packed in one field of the meta hash ('st': first, newest, evicted, seq,
--- level, tail size, refreshed, four index bounds, a time no later than any in the tail (its
--- oldest while nothing was pushed out, else the last one pushed out), and per ring the
--- slice and count of pushed-out occurrences not yet added to it), so that a call reads and
--- writes it once.
-local STATE = '<' .. string.rep('d', 20)  -- struct formats: one C call to read or write
-local SUMS = '<' .. string.rep('d', 24)
+-- The whole state of an anomaly but its signature, packed in one field of the meta hash ('st'),
+-- so that a call reads it with one HGET and one C call, and writes it with one HSET:
+--   1-12  first, newest, evicted, seq, level, tail size, refreshed, four index bounds, and a
+--         time no later than any in the tail (its oldest while nothing was pushed out, else
+--         the last one pushed out);
+--  13-20  per ring, the slice and count of pushed-out occurrences not yet added to it;
+--  21-44  per window, cached ring sums: the ring, the edge slices, the sum of the slices
+--         between them and the counts of the two edge slices (of the hash alone), so that a
+--         storm counts its windows without reading the rings;
+--  45-46  the permanent fix's time and the first regression after it.
+local STATE = '<' .. string.rep('d', 46)
+local NEW_STATE = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0,
+                   0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                   -1, -1}
 
 local function load_state(meta)
-  local f = redis.call('HMGET', meta, 'st', 'fix', 'reg', 'wc')
-  local v
-  if f[1] then
-    v = {struct.unpack(STATE, f[1])}
-  else
-    v = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0}
-  end
+  local packed = redis.call('HGET', meta, 'st')
+  local v = NEW_STATE
+  if packed then v = {struct.unpack(STATE, packed)} end
   local function opt(x) if x < 0 then return nil end return x end
   local sums = {}
-  if f[4] then
-    local c = {struct.unpack(SUMS, f[4])}
-    for w = 1, 4 do
-      local o = 6 * (w - 1)
-      if c[o + 1] > 0 then
-        sums[w] = {ring = c[o + 1], first = c[o + 2], last = c[o + 3], sum = c[o + 4],
-                   nfirst = c[o + 5], nlast = c[o + 6]}
-      end
+  for w = 1, 4 do
+    local o = 20 + 6 * (w - 1)
+    if v[o + 1] > 0 then
+      sums[w] = {ring = v[o + 1], first = v[o + 2], last = v[o + 3], sum = v[o + 4],
+                 nfirst = v[o + 5], nlast = v[o + 6]}
     end
   end
   return {first = opt(v[1]), newest = opt(v[2]), evicted = opt(v[3]), seq = v[4],
           level = v[5], size = v[6], refreshed = v[7], bounds = {v[8], v[9], v[10], v[11]},
-          oldest = opt(v[12]), fix = num(f[2], nil), reg = num(f[3], nil), sums = sums,
-          sums_changed = false,
+          oldest = opt(v[12]),
           pending = {{slot = v[13], n = v[14]}, {slot = v[15], n = v[16]},
-                     {slot = v[17], n = v[18]}, {slot = v[19], n = v[20]}}}
+                     {slot = v[17], n = v[18]}, {slot = v[19], n = v[20]}},
+          sums = sums, fix = opt(v[45]), reg = opt(v[46])}
 end
 
 local function pack_state(s)
   local b, q = s.bounds, s.pending
-  return struct.pack(STATE, s.first or -1, s.newest or -1, s.evicted or -1, s.seq, s.level,
-    s.size, s.refreshed, b[1], b[2], b[3], b[4], s.oldest or -1, q[1].slot, q[1].n, q[2].slot,
-    q[2].n, q[3].slot, q[3].n, q[4].slot, q[4].n)
-end
-
--- Cached ring sums ('wc'): per window, the ring, the edge slices, the sum of the slices between
--- them and the counts of the two edge slices (all of the hash alone, pending counts apart), so
--- that a storm counts its windows without reading the rings at all.
-local function pack_sums(s)
-  local out = {}
+  local out = {s.first or -1, s.newest or -1, s.evicted or -1, s.seq, s.level, s.size,
+               s.refreshed, b[1], b[2], b[3], b[4], s.oldest or -1, q[1].slot, q[1].n,
+               q[2].slot, q[2].n, q[3].slot, q[3].n, q[4].slot, q[4].n}
   for w = 1, 4 do
     local c = s.sums[w]
     if c then
-      for _, v in ipairs({c.ring, c.first, c.last, c.sum, c.nfirst, c.nlast}) do
-        out[#out + 1] = v
-      end
+      out[#out + 1], out[#out + 2], out[#out + 3] = c.ring, c.first, c.last
+      out[#out + 1], out[#out + 2], out[#out + 3] = c.sum, c.nfirst, c.nlast
     else
       for _ = 1, 6 do out[#out + 1] = 0 end
     end
   end
-  return struct.pack(SUMS, unpack(out))
+  out[45], out[46] = s.fix or -1, s.reg or -1
+  return struct.pack(STATE, unpack(out))
 end
 
 -- The score an index keeps for a count: a little above it, so that a busy anomaly rewrites its
@@ -97,7 +90,6 @@ local function flush_pending(s, rings, i, oldest_kept)
       else
         c.sum = c.sum + p.n
       end
-      s.sums_changed = true
     end
   end
   p.n = 0
@@ -109,7 +101,7 @@ local function flush_pending(s, rings, i, oldest_kept)
     if #dead > 0 then
       redis.call('HDEL', rings[i], unpack(dead))
       for w = 1, 4 do
-        if s.sums[w] and s.sums[w].ring == i then s.sums[w] = nil; s.sums_changed = true end
+        if s.sums[w] and s.sums[w].ring == i then s.sums[w] = nil end
       end
     end
   end
@@ -211,7 +203,6 @@ local function count(s, tail, rings, w, at)
     c = {ring = r, first = first, last = last, sum = between, nfirst = num(values[1], 0),
          nlast = num(values[#values], 0)}
     s.sums[w] = c
-    s.sums_changed = true
   end
   local whole = c.sum
   if p.n > 0 and p.slot > first and p.slot < last then whole = whole + p.n end

@@ -66,17 +66,13 @@ local function record_one(k, member, at, now, id, signature)
     regressed = 1
     if s.reg == nil then
       newly = 1
-      redis.call('HSET', meta, 'reg', at)
+      s.reg = at
     end
   end
 
   local refresh = now - s.refreshed >= REFRESH_EVERY
   if refresh then s.refreshed = now end
-  if s.sums_changed then
-    redis.call('HSET', meta, 'st', pack_state(s), 'wc', pack_sums(s))
-  else
-    redis.call('HSET', meta, 'st', pack_state(s))
-  end
+  redis.call('HSET', meta, 'st', pack_state(s))
   if refresh then
     local meta_ttl = ttl
     if s.fix ~= nil then meta_ttl = math.max(ttl, floor((s.fix + fix_validity - now) / 1000)) end
