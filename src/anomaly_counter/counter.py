@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import structlog
 
@@ -178,7 +178,8 @@ class AnomalyCounter:
 
     # -- occurrences --------------------------------------------------------------------------
 
-    def _request(self, occurrence: Occurrence | Mapping[str, Any], now: datetime) -> RecordRequest:
+    def _check(self, occurrence: Occurrence | Mapping[str, Any], now: datetime) -> _Checked:
+        """Everything about an occurrence that can be wrong, checked; cheap, no encoding."""
         if isinstance(occurrence, Mapping):
             unknown = set(occurrence) - {"signature", "at", "occurrence_id"}
             if unknown:
@@ -188,15 +189,28 @@ class AnomalyCounter:
                 at=occurrence.get("at"),
                 occurrence_id=occurrence.get("occurrence_id"),
             )
-        signature, signature_json = validation.signature(occurrence.signature)
-        at = validation.occurrence_time(occurrence.at, now)
-        return RecordRequest(
-            anomaly_key=hash_signature(signature),
-            signature=signature,
-            signature_json=signature_json,
-            at_ms=_ms(at),
-            occurrence_id=validation.occurrence_id(occurrence.occurrence_id),
+        signature = validation.signature(occurrence.signature)
+        return _Checked(
+            hash_signature(signature),
+            signature,
+            _ms(validation.occurrence_time(occurrence.at, now)),
+            validation.occurrence_id(occurrence.occurrence_id),
         )
+
+    @staticmethod
+    def _prepare(checked: _Checked) -> RecordRequest:
+        """A checked occurrence, ready to store (this part cannot fail)."""
+        key, signature, at_ms, occurrence_id = checked
+        return RecordRequest(
+            anomaly_key=key,
+            signature=signature,
+            signature_json=validation.signature_json(signature),
+            at_ms=at_ms,
+            occurrence_id=occurrence_id,
+        )
+
+    def _request(self, occurrence: Occurrence | Mapping[str, Any], now: datetime) -> RecordRequest:
+        return self._prepare(self._check(occurrence, now))
 
     async def record_anomaly(
         self,
@@ -226,25 +240,32 @@ class AnomalyCounter:
         stored. Items are ``Occurrence`` or mappings with ``signature``, ``at``,
         ``occurrence_id``."""
         now = self._clock()
-        requests = []
+        checked = []
         for index, occurrence in enumerate(occurrences):
             try:
-                requests.append(self._request(occurrence, now))
+                checked.append(self._check(occurrence, now))
             except InvalidInputError as exc:
                 raise type(exc)(f"occurrence {index}: {exc}") from exc
-        if not requests:
+        if not checked:
             return []
-        chunks = _chunks(requests, self.store.pipeline_chunk or len(requests))
-        # Chunks go out together (the store pipelines them), and each chunk's answers are
-        # turned into results while the store still works on the next.
+        # All is checked: now each chunk is prepared and sent while the store works on the
+        # ones before it, and each chunk's answers are turned into results while the store
+        # works on the ones after it.
+        chunks = _chunks(
+            [c.anomaly_key for c in checked], self.store.pipeline_chunk or len(checked)
+        )
         now_ms = _ms(now)
-        writes: list[Awaitable[list[Snapshot]]] = [
-            self.store.record(self.project_id, [requests[i] for i in chunk], self._policy, now_ms)
-            for chunk in chunks
-        ]
-        if len(writes) > 1:  # a task each, so that all are sent before the first is awaited
-            writes = [asyncio.ensure_future(write) for write in writes]
-        frequencies: list[AnomalyFrequency | None] = [None] * len(requests)
+        requests: list[list[RecordRequest]] = []
+        writes: list[Awaitable[list[Snapshot]]] = []
+        for chunk in chunks:
+            requests.append([self._prepare(checked[i]) for i in chunk])
+            pending = self.store.record(self.project_id, requests[-1], self._policy, now_ms)
+            if len(chunks) > 1:
+                writes.append(asyncio.ensure_future(pending))
+                await asyncio.sleep(0)  # let it go out before the next is prepared
+            else:
+                writes.append(pending)
+        frequencies: list[AnomalyFrequency | None] = [None] * len(checked)
         for position, (chunk, write) in enumerate(zip(chunks, writes, strict=True)):
             snapshots = await self._guard("record", write, None)
             if snapshots is None:  # degraded: what was not stored is answered as such
@@ -253,11 +274,9 @@ class AnomalyCounter:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
                 for i in (i for c in chunks[position:] for i in c):
-                    frequencies[i] = self._degraded(
-                        requests[i].anomaly_key, _time(requests[i].at_ms)
-                    )
+                    frequencies[i] = self._degraded(checked[i].anomaly_key, _time(checked[i].at_ms))
                 break
-            results = self._results([requests[i] for i in chunk], snapshots)
+            results = self._results(requests[position], snapshots)
             for i, frequency in zip(chunk, results, strict=True):
                 frequencies[i] = frequency
         return [f for f in frequencies if f is not None]
@@ -488,14 +507,21 @@ class AnomalyCounter:
         await self.store.ping()
 
 
-def _chunks(requests: Sequence[RecordRequest], size: int) -> list[list[int]]:
-    """Positions of the requests in chunks of about ``size``, all occurrences of one anomaly
-    in the same chunk: chunks may run in any order, but one anomaly's occurrences never do."""
-    if len(requests) <= size:
-        return [list(range(len(requests)))]
+class _Checked(NamedTuple):
+    anomaly_key: str
+    signature: dict[str, Any]
+    at_ms: int
+    occurrence_id: str | None
+
+
+def _chunks(anomaly_keys: Sequence[str], size: int) -> list[list[int]]:
+    """Positions in chunks of about ``size``, all occurrences of one anomaly in the same
+    chunk: chunks may run in any order, but one anomaly's occurrences never do."""
+    if len(anomaly_keys) <= size:
+        return [list(range(len(anomaly_keys)))]
     by_anomaly: dict[str, list[int]] = {}
-    for position, request in enumerate(requests):
-        by_anomaly.setdefault(request.anomaly_key, []).append(position)
+    for position, key in enumerate(anomaly_keys):
+        by_anomaly.setdefault(key, []).append(position)
     chunks: list[list[int]] = [[]]
     for positions in by_anomaly.values():
         if chunks[-1] and len(chunks[-1]) + len(positions) > size:

@@ -79,32 +79,40 @@ _SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # built once: json.dumps with options is not
 
 
-def signature(value: object) -> tuple[dict[str, Any], str]:
-    """A signature: a mapping of label names to JSON scalars, bounded in count and size;
-    returned with its JSON text (the form it is stored in)."""
+def signature(value: object) -> dict[str, Any]:
+    """A signature: a mapping of label names to JSON scalars, bounded in count and size."""
     if not isinstance(value, Mapping):
         kind = type(value).__name__
         raise InvalidInputError(f"signature must be a mapping of labels, got {kind}")
     if len(value) > MAX_LABELS:
         raise InvalidInputError(f"signature has {len(value)} labels, at most {MAX_LABELS} allowed")
     clean = dict(value)
-    for name, label in clean.items():  # one cheap pass; the hot path of every occurrence
+    bound = 2  # an upper bound of the JSON size: one pass, no encoding on the hot path
+    for name, label in clean.items():
         if type(name) is not str or not 0 < len(name) <= MAX_LABEL_NAME_CHARS:
             _text(name, "label name", MAX_LABEL_NAME_CHARS)  # raises with the precise reason
         label_type = type(label)
-        if label_type not in _SCALARS and not isinstance(label, str | int | float):
+        if label_type is str:
+            if len(label) > MAX_LABEL_VALUE_CHARS:
+                raise InvalidInputError(
+                    f"label {name!r} is longer than {MAX_LABEL_VALUE_CHARS} characters"
+                )
+            bound += 6 * (len(name) + len(label)) + 8  # \u escapes, quotes, separators
+        elif label_type in _SCALARS or isinstance(label, int | float):
+            bound += 6 * len(name) + 40
+        else:
             raise InvalidInputError(f"label {name!r} must be a string or a number")
-        if label_type is str and len(label) > MAX_LABEL_VALUE_CHARS:
-            raise InvalidInputError(
-                f"label {name!r} is longer than {MAX_LABEL_VALUE_CHARS} characters"
-            )
     if _CONTROL.search("".join(clean)):
         bad = next(name for name in clean if _CONTROL.search(name))
         raise InvalidInputError(f"label name {bad!r} contains control characters")
-    text = _ENCODER.encode(clean)
-    if len(text) > MAX_SIGNATURE_BYTES and len(text.encode()) > MAX_SIGNATURE_BYTES:
+    if bound > MAX_SIGNATURE_BYTES and len(signature_json(clean).encode()) > MAX_SIGNATURE_BYTES:
         raise InvalidInputError(f"signature is larger than {MAX_SIGNATURE_BYTES} bytes as JSON")
-    return clean, text
+    return clean
+
+
+def signature_json(clean: Mapping[str, Any]) -> str:
+    """The JSON text a signature is stored as."""
+    return _ENCODER.encode(clean)
 
 
 def occurrence_time(at: datetime | None, now: datetime) -> datetime:
