@@ -91,3 +91,19 @@ async def test_memory_of_one_anomaly_is_bounded(fresh_redis: RedisServer) -> Non
         used = {k.decode(): client.memory_usage(k, samples=0) or 0 for k in keys}
     assert 5 <= len(keys) <= 7, used  # meta, tail, signature, rings in use
     assert sum(used.values()) <= 16 * 1024, used
+
+
+async def test_scripts_are_loaded_again_after_a_flush(fresh_redis: RedisServer) -> None:
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        await counter.record_anomaly(SIG)
+        with fresh_redis.client() as client:
+            client.script_flush()
+        assert (await counter.record_anomaly(SIG)).count_24h == 2
+        with fresh_redis.client() as client:
+            client.script_flush()
+        spread = [{"signature": {"alertname": f"A{i % 30}"}} for i in range(120)]
+        results = await counter.record_many(spread)  # three chunks, pipelined
+        assert [r.count_24h for r in results] == [i // 30 + 1 for i in range(120)]
+        with fresh_redis.client() as client:
+            client.script_flush()
+        assert (await counter.get_frequency(AnomalyCounter.hash_signature(SIG))).count_24h == 2  # type: ignore[union-attr]

@@ -3,8 +3,7 @@ store snapshots into public types, and degrades instead of raising when the stor
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -129,16 +128,20 @@ class AnomalyCounter:
         try:
             return await call
         except StoreUnavailableError as exc:
-            if self.settings.strict:
-                raise
-            logger.warning(
-                "anomaly_counter_store_unavailable",
-                operation=op,
-                project=self.project_id,
-                error=str(exc),
-                **context,
-            )
+            self._unavailable(op, exc, **context)
             return fallback
+
+    def _unavailable(self, op: str, exc: StoreUnavailableError, **context: Any) -> None:
+        """Raise when strict; else log the outage, and the caller answers ``degraded``."""
+        if self.settings.strict:
+            raise exc
+        logger.warning(
+            "anomaly_counter_store_unavailable",
+            operation=op,
+            project=self.project_id,
+            error=str(exc),
+            **context,
+        )
 
     def _degraded(self, key: str, at: datetime) -> AnomalyFrequency:
         return AnomalyFrequency(
@@ -248,37 +251,31 @@ class AnomalyCounter:
                 raise type(exc)(f"occurrence {index}: {exc}") from exc
         if not checked:
             return []
-        # All is checked: now each chunk is prepared and sent while the store works on the
-        # ones before it, and each chunk's answers are turned into results while the store
-        # works on the ones after it.
-        chunks = _chunks(
-            [c.anomaly_key for c in checked], self.store.pipeline_chunk or len(checked)
-        )
-        now_ms = _ms(now)
+        # All is checked: now each chunk is prepared just before it is sent, and each chunk's
+        # answers are turned into results while the store works on the next ones.
+        size = self.store.pipeline_chunk or len(checked)
+        chunks = _chunks([c.anomaly_key for c in checked], size)
         requests: list[list[RecordRequest]] = []
-        writes: list[Awaitable[list[Snapshot]]] = []
-        for chunk in chunks:
-            requests.append([self._prepare(checked[i]) for i in chunk])
-            pending = self.store.record(self.project_id, requests[-1], self._policy, now_ms)
-            if len(chunks) > 1:
-                writes.append(asyncio.ensure_future(pending))
-                await asyncio.sleep(0)  # let it go out before the next is prepared
-            else:
-                writes.append(pending)
+
+        def prepared() -> Iterator[list[RecordRequest]]:
+            for chunk in chunks:
+                requests.append([self._prepare(checked[i]) for i in chunk])
+                yield requests[-1]
+
         frequencies: list[AnomalyFrequency | None] = [None] * len(checked)
-        for position, (chunk, write) in enumerate(zip(chunks, writes, strict=True)):
-            snapshots = await self._guard("record", write, None)
-            if snapshots is None:  # degraded: what was not stored is answered as such
-                late = [asyncio.ensure_future(write) for write in writes[position + 1 :]]
-                for task in late:
-                    task.cancel()
-                await asyncio.gather(*late, return_exceptions=True)
-                for i in (i for c in chunks[position:] for i in c):
-                    frequencies[i] = self._degraded(checked[i].anomaly_key, _time(checked[i].at_ms))
-                break
-            results = self._results(requests[position], snapshots)
-            for i, frequency in zip(chunk, results, strict=True):
-                frequencies[i] = frequency
+        answers = self.store.record_chunks(self.project_id, prepared(), self._policy, _ms(now))
+        done = 0
+        try:
+            async for snapshots in answers:
+                for i, frequency in zip(
+                    chunks[done], self._results(requests[done], snapshots), strict=True
+                ):
+                    frequencies[i] = frequency
+                done += 1
+        except StoreUnavailableError as exc:
+            self._unavailable("record", exc)
+            for i in (i for chunk in chunks[done:] for i in chunk):
+                frequencies[i] = self._degraded(checked[i].anomaly_key, _time(checked[i].at_ms))
         return [f for f in frequencies if f is not None]
 
     def _results(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -85,6 +85,18 @@ class Store(ABC):
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
     ) -> list[Snapshot]:
         """Count occurrences in order (pipelined where the store can), each atomically."""
+
+    async def record_chunks(
+        self,
+        project: str,
+        chunks: Iterable[Sequence[RecordRequest]],
+        policy: WritePolicy,
+        now_ms: int,
+    ) -> AsyncIterator[list[Snapshot]]:
+        """``record`` for each chunk, answers in order. Stores that can pipeline send the next
+        chunks while the caller handles the answers of the first."""
+        for chunk in chunks:
+            yield await self.record(project, chunk, policy, now_ms)
 
     @abstractmethod
     async def read(

@@ -21,7 +21,7 @@ import functools
 import hashlib
 import heapq
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,53 @@ def _policy_arg(policy: WritePolicy) -> str:
         policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
     )  # fmt: skip
     return ",".join(str(v) for v in values)
+
+
+_Group = tuple[list[str], list[Any], list[int]]
+"""One script call of a record batch: its keys, its arguments, the positions it answers."""
+
+
+def _record_groups(prefix: str, items: Sequence[_Write]) -> list[_Group]:
+    """One script call per project shard and policy: the occurrences of one shard share its
+    hash tag, so a whole batch costs a few calls, each in one slot."""
+    groups: dict[tuple[str, str], _Group] = {}
+    for position, (project, policy_arg, now_ms, request) in enumerate(items):
+        keys = _keys(prefix, project, request.anomaly_key)
+        group = groups.get((keys.shard, policy_arg))
+        if group is None:
+            group = groups[keys.shard, policy_arg] = (list(keys.window_indexes), [policy_arg], [])
+        digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
+        group[0].extend(keys.record_keys)
+        group[1].extend(
+            (request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json)
+        )
+        group[2].append(position)
+    return list(groups.values())
+
+
+def _record_snapshots(
+    items: Sequence[_Write], groups: Sequence[_Group], replies: Sequence[Any]
+) -> list[Snapshot]:
+    snapshots: list[Snapshot] = [None] * len(items)  # type: ignore[list-item]
+    for (_, _, positions), group_replies in zip(groups, replies, strict=True):
+        for position, reply in zip(positions, group_replies, strict=True):
+            snapshot, (duplicate, escalated, regressed, newly) = _snapshot(
+                items[position][3].anomaly_key, reply
+            )
+            snapshot.duplicate = bool(duplicate)
+            snapshot.escalated_to = escalated
+            snapshot.regressed = bool(regressed)
+            snapshot.newly_regressed = bool(newly)
+            snapshots[position] = snapshot
+    return snapshots
+
+
+async def _read(connection: AbstractConnection) -> Any:
+    """One reply; an error reply is returned as its exception, not raised."""
+    try:
+        return await connection.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 def _sha1(source: str) -> str:
@@ -204,35 +251,36 @@ class RedisStore(Store):
         callbacks, metrics), which costs more than the round trip itself; connections,
         authentication and timeouts stay redis-py's.
         """
-        pool = self._client.connection_pool
-        # Connections of the hot path are kept here between calls: taking one from redis-py's
-        # pool and giving it back costs a lock and bookkeeping on every round trip.
-        if self._idle:
-            connection = self._idle.pop()
-        else:
-            try:
-                connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            except _UNAVAILABLE as exc:
-                raise StoreUnavailableError(f"redis store: {exc}") from exc
+        connection = await self._connection()
         try:
             await connection.send_packed_command(
                 [hiredis.pack_command(command) for command in commands], check_health=False
             )
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            replies = [await _read(connection) for _ in commands]
         except BaseException as exc:
-            # a reply may still be on its way: this connection can no longer be trusted
-            await connection.disconnect()
-            await pool.release(connection)
+            await self._discard(connection)
             if isinstance(exc, _UNAVAILABLE):
                 raise StoreUnavailableError(f"redis store: {exc}") from exc
             raise
         self._idle.append(connection)
         return replies
+
+    async def _connection(self) -> AbstractConnection:
+        # Connections of the hot path are kept here between calls: taking one from redis-py's
+        # pool and giving it back costs a lock and bookkeeping on every round trip.
+        if self._idle:
+            return self._idle.pop()
+        try:
+            connection: AbstractConnection = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"redis store: {exc}") from exc
+        return connection
+
+    async def _discard(self, connection: AbstractConnection) -> None:
+        """A connection that failed mid-way: a reply may still be on its way, so it is closed
+        (the pool opens a new one when it is next needed)."""
+        await connection.disconnect()
+        await self._client.connection_pool.release(connection)
 
     # -- occurrences --------------------------------------------------------------------------
 
@@ -246,37 +294,62 @@ class RedisStore(Store):
         return list(results)
 
     async def _record_now(self, items: Sequence[_Write]) -> list[Snapshot]:
-        # One script call per project shard and policy: the occurrences of one shard share its
-        # hash tag, so a whole batch costs a few calls, in one round trip, each in one slot.
-        groups: dict[tuple[str, str], tuple[list[str], list[Any], list[int]]] = {}
-        for position, (project, policy_arg, now_ms, request) in enumerate(items):
-            keys = _keys(self._prefix, project, request.anomaly_key)
-            group = groups.get((keys.shard, policy_arg))
-            if group is None:
-                group = groups[keys.shard, policy_arg] = (
-                    list(keys.window_indexes),
-                    [policy_arg],
-                    [],
+        groups = _record_groups(self._prefix, items)
+        replies = await self._eval("record", [(keys, args) for keys, args, _ in groups])
+        return _record_snapshots(items, groups, replies)
+
+    async def record_chunks(
+        self,
+        project: str,
+        chunks: Iterable[Sequence[RecordRequest]],
+        policy: WritePolicy,
+        now_ms: int,
+    ) -> AsyncIterator[list[Snapshot]]:
+        # Every chunk goes out on one connection before any answer is read: the server works
+        # through them in order while the caller reads and handles the first answers. (Two
+        # connections would not do: the server interleaves them, and the first chunk's answers
+        # would come back last.)
+        policy_arg = _policy_arg(policy)
+        sha = self._shas["record"]
+        connection = await self._connection()
+        held = True  # until given back
+        sent: list[tuple[list[_Write], list[_Group]]] = []
+        try:
+            for chunk in chunks:
+                items = [(project, policy_arg, now_ms, request) for request in chunk]
+                groups = _record_groups(self._prefix, items)
+                commands = [("EVALSHA", sha, len(k), *k, *a) for k, a, _ in groups]
+                await connection.send_packed_command(
+                    [hiredis.pack_command(command) for command in commands], check_health=False
                 )
-            digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
-            group[0].extend(keys.record_keys)
-            group[1].extend(
-                (request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json)
-            )
-            group[2].append(position)
-        replies = await self._eval("record", [(k, a) for k, a, _ in groups.values()])
-        snapshots: list[Snapshot] = [None] * len(items)  # type: ignore[list-item]
-        for (_, _, positions), group_replies in zip(groups.values(), replies, strict=True):
-            for position, reply in zip(positions, group_replies, strict=True):
-                snapshot, (duplicate, escalated, regressed, newly) = _snapshot(
-                    items[position][3].anomaly_key, reply
-                )
-                snapshot.duplicate = bool(duplicate)
-                snapshot.escalated_to = escalated
-                snapshot.regressed = bool(regressed)
-                snapshot.newly_regressed = bool(newly)
-                snapshots[position] = snapshot
-        return snapshots
+                sent.append((items, groups))
+            for index, (items, groups) in enumerate(sent):
+                replies = [await _read(connection) for _ in groups]
+                if any(isinstance(reply, NoScriptError) for reply in replies):
+                    # A restarted or flushed server: read what is still coming, then run again
+                    # the calls that did not run.
+                    later = [[await _read(connection) for _ in g] for _, g in sent[index + 1 :]]
+                    self._idle.append(connection)
+                    held = False
+                    rest = zip(sent[index:], [replies, *later], strict=True)
+                    for (rest_items, rest_groups), rest_replies in rest:
+                        await self._rerun_missing(rest_groups, rest_replies)
+                        yield _record_snapshots(rest_items, rest_groups, rest_replies)
+                    return
+                yield _record_snapshots(items, groups, replies)
+        except BaseException as exc:
+            if held:
+                await self._discard(connection)
+            if isinstance(exc, _UNAVAILABLE):
+                raise StoreUnavailableError(f"redis store: {exc}") from exc
+            raise
+        self._idle.append(connection)
+
+    async def _rerun_missing(self, groups: Sequence[_Group], replies: list[Any]) -> None:
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        again = await self._eval("record", [(groups[i][0], groups[i][1]) for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
 
     async def read(
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
