@@ -2,9 +2,10 @@
 
 Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
 
-    {prefix}:{P.s}:a:A:m        meta hash: first/last seen, level, fix, signature
+    {prefix}:{P.s}:a:A:m        meta hash: the packed state ('st', see common.lua), fix text
+    {prefix}:{P.s}:a:A:s        the signature of its first occurrence (string)
     {prefix}:{P.s}:a:A:t        tail: the latest occurrence times (sorted set)
-    {prefix}:{P.s}:a:A:r0..r3   rings: counts per 1/60 of each window (hashes)
+    {prefix}:{P.s}:a:A:r0..r3   rings: pushed-out occurrences per 1/60 of each window (hashes)
     {prefix}:{P.s}:a:A:i        occurrence ids seen (sorted set by arrival)
     {prefix}:{P.s}:a:A:d        day counters: repairs and dispositions (hash)
     {prefix}:{P.s}:a:A:h        last 100 repair attempts (list)
