@@ -59,7 +59,11 @@ offsets = st.one_of(
     st.integers(MONTH - 3 * 3_600_000, MONTH),  # a recent storm
     st.integers(MONTH - 90_000, MONTH),  # a storm in the last minute and a half
 )
-streams = st.lists(offsets, min_size=1, max_size=700)
+# Small streams (exact counts) and storms well past the tail's 128 (the bucketed counts).
+streams = st.one_of(
+    st.lists(offsets, min_size=1, max_size=60),
+    st.lists(offsets, min_size=200, max_size=700),
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -112,7 +116,7 @@ def test_serialised_state_round_trips() -> None:
 
 # The same streams through both stores, so the Lua mirror is held to the same model.
 @settings(
-    max_examples=12,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -2,9 +2,9 @@
 
 Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
 
-    {prefix}:{P.s}:a:A:m        meta hash: the packed state ('st', see common.lua), fix text
+    {prefix}:{P.s}:a:A:m        meta hash: the packed state ('st') and tail ('tl', the latest
+                                occurrence times; see common.lua), the fix's text
     {prefix}:{P.s}:a:A:s        the signature of its first occurrence (string)
-    {prefix}:{P.s}:a:A:t        tail: the latest occurrence times (sorted set)
     {prefix}:{P.s}:a:A:r0..r3   rings: pushed-out occurrences per 1/60 of each window (hashes)
     {prefix}:{P.s}:a:A:i        occurrence ids seen (sorted set by arrival)
     {prefix}:{P.s}:a:A:d        day counters: repairs and dispositions (hash)
@@ -140,15 +140,15 @@ class _Keys:
         tag = f"{{{encode_part(project)}.{shard_of(anomaly_key, SHARDS)}}}"
         self.shard = f"{prefix}:{tag}:x:"
         base = f"{prefix}:{tag}:a:{encode_part(anomaly_key)}:"
-        self.meta, self.tail, self.ids, self.days, self.history, self.signature = (
-            base + s for s in ("m", "t", "i", "d", "h", "s")
+        self.meta, self.ids, self.days, self.history, self.signature = (
+            base + s for s in ("m", "i", "d", "h", "s")
         )
         self.rings = [f"{base}r{i}" for i in range(4)]
         # The key lists the scripts take, built once (instances are cached, see _keys).
-        self.read_keys = (self.meta, self.tail, *self.rings, self.days, self.signature)
+        self.read_keys = (self.meta, *self.rings, self.days, self.signature)
         self.window_indexes = tuple(self.index(w) for w in ("1h", "24h", "7d", "30d"))
         self.record_keys = (
-            self.meta, self.tail, *self.rings, self.ids, self.days, self.history, self.signature,
+            self.meta, *self.rings, self.ids, self.days, self.history, self.signature,
         )  # fmt: skip
 
     def index(self, name: str) -> str:

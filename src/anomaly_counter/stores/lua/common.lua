@@ -17,9 +17,8 @@ end
 
 -- The whole state of an anomaly but its signature, packed in one field of the meta hash ('st'),
 -- so that a call reads it with one HGET and one C call, and writes it with one HSET:
---   1-12  first, newest, evicted, seq, level, tail size, refreshed, four index bounds, and a
---         time no later than any in the tail (its oldest while nothing was pushed out, else
---         the last one pushed out);
+--   1-12  first, newest, evicted, (unused), level, tail size, refreshed, four index bounds,
+--         and the oldest time in the tail;
 --  13-20  per ring, the slice and count of pushed-out occurrences not yet added to it;
 --  21-44  per window, cached ring sums: the ring, the edge slices, the sum of the slices
 --         between them and the counts of the two edge slices (of the hash alone), so that a
@@ -31,9 +30,9 @@ local NEW_STATE = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 
                    -1, -1}
 
 local function load_state(meta)
-  local packed = redis.call('HGET', meta, 'st')
+  local fields = redis.call('HMGET', meta, 'st', 'tl')
   local v = NEW_STATE
-  if packed then v = {struct.unpack(STATE, packed)} end
+  if fields[1] then v = {struct.unpack(STATE, fields[1])} end
   local function opt(x) if x < 0 then return nil end return x end
   local sums = {}
   for w = 1, 4 do
@@ -48,7 +47,7 @@ local function load_state(meta)
           oldest = opt(v[12]),
           pending = {{slot = v[13], n = v[14]}, {slot = v[15], n = v[16]},
                      {slot = v[17], n = v[18]}, {slot = v[19], n = v[20]}},
-          sums = sums, fix = opt(v[45]), reg = opt(v[46])}
+          sums = sums, fix = opt(v[45]), reg = opt(v[46]), tail = fields[2] or ''}
 end
 
 local function pack_state(s)
@@ -129,41 +128,63 @@ local function evict(s, rings, t)
   end
 end
 
+-- The tail ('tl' in the meta hash): the latest occurrence times as packed doubles, ascending.
+-- A string rather than a sorted set: one field read and written with the state, binary search
+-- for counts, and half the memory.
+local function tail_at(tail, i)  -- the i-th time, from 1
+  return (struct.unpack('<d', tail, 8 * i - 7))
+end
+
+local function first_after(tail, x, strictly)  -- the position of the first time >= x (> x)
+  local lo, hi = 1, #tail / 8 + 1
+  while lo < hi do
+    local mid = floor((lo + hi) / 2)
+    local value = tail_at(tail, mid)
+    if value < x or (strictly and value == x) then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+
 -- Count one occurrence at t: into the tail (kept to `cap` times), pushing the oldest out into
--- the rings. Updates s.newest, s.evicted, s.seq and s.size; the caller writes them back.
-local function add_occurrence(s, tail, rings, t, cap)
-  if s.size > cap then  -- the capacity was lowered since
-    local popped = redis.call('ZPOPMIN', tail, s.size - cap)
-    for i = 2, #popped, 2 do evict(s, rings, tonumber(popped[i])) end
-    s.size = cap
-    s.oldest = tonumber(popped[#popped])
+-- the rings. Updates s.tail, s.size, s.oldest, s.newest and s.evicted.
+local function add_occurrence(s, rings, t, cap)
+  local tail = s.tail
+  local size = #tail / 8
+  if size > cap then  -- the capacity was lowered since
+    for i = 1, size - cap do evict(s, rings, tail_at(tail, i)) end
+    tail = string.sub(tail, 8 * (size - cap) + 1)
+    size = cap
   end
-  if s.size == cap then
-    -- Make room before adding, never after: a sorted set that grew past 128 entries would stay
-    -- in Redis's large encoding (about 6x the memory) even once trimmed back.
-    local popped = redis.call('ZPOPMIN', tail, 1)
-    local oldest = tonumber(popped[2])
-    if t > oldest then
-      evict(s, rings, oldest)
-      s.seq = s.seq + 1
-      redis.call('ZADD', tail, t, s.seq)
+  local keep = true
+  if size == cap then
+    local oldest = tail_at(tail, 1)
+    if t <= oldest then
+      keep = false
+      evict(s, rings, t)  -- older than the whole tail: only the rings keep it
     else
-      redis.call('ZADD', tail, oldest, popped[1])  -- t is older than the whole tail: put it back
-      evict(s, rings, t)
+      evict(s, rings, oldest)
+      tail = string.sub(tail, 9)
+      size = size - 1
     end
-    s.oldest = oldest  -- every time left in the tail is at or after it
-  else
-    s.seq = s.seq + 1
-    s.size = s.size + 1
-    redis.call('ZADD', tail, t, s.seq)
-    if s.oldest == nil or t < s.oldest then s.oldest = t end
   end
+  if keep then
+    local packed = struct.pack('<d', t)
+    if size == 0 or t >= tail_at(tail, size) then
+      tail = tail .. packed  -- in order: the usual case
+    else
+      local at = 8 * (first_after(tail, t, true) - 1)
+      tail = string.sub(tail, 1, at) .. packed .. string.sub(tail, at + 1)
+    end
+    size = size + 1
+  end
+  s.tail, s.size = tail, size
+  if size > 0 then s.oldest = tail_at(tail, 1) end
   if s.newest == nil or t > s.newest then s.newest = t end
 end
 
 -- Occurrences in [at - W, at] for window w (1: 1 h ... 4: 30 d): the tail's exactly, plus the
 -- pushed-out ones estimated from the finest ring that covers the window's start.
-local function count(s, tail, rings, w, at)
+local function count(s, rings, w, at)
   if s.newest == nil then return 0 end
   local lo, hi = at - WINDOW[w], at
   local exact
@@ -172,7 +193,7 @@ local function count(s, tail, rings, w, at)
   elseif lo <= s.oldest and hi >= s.newest then
     exact = s.size  -- the window holds the whole tail
   else
-    exact = redis.call('ZCOUNT', tail, lo, hi)
+    exact = first_after(s.tail, hi, true) - first_after(s.tail, lo, false)
   end
   if s.evicted == nil or lo > s.evicted then return exact end
   local r = #GRAIN
@@ -217,9 +238,9 @@ local function count(s, tail, rings, w, at)
   return exact + whole + floor((numerator + half) / g)
 end
 
-local function counts(s, tail, rings, at)
-  return {count(s, tail, rings, 1, at), count(s, tail, rings, 2, at),
-          count(s, tail, rings, 3, at), count(s, tail, rings, 4, at)}
+local function counts(s, rings, at)
+  return {count(s, rings, 1, at), count(s, rings, 2, at), count(s, rings, 3, at),
+          count(s, rings, 4, at)}
 end
 
 -- Day-bucketed counters: fields '<day>|<name>'. Totals of the days still retained.

@@ -1,6 +1,6 @@
 -- Count occurrences of anomalies of one project shard, in order, atomically, in one call.
 -- KEYS: index1h index24h index7d index30d, then for each occurrence ten keys:
---       meta tail ring1h ring24h ring7d ring30d ids days history signature
+--       meta ring1h ring24h ring7d ring30d ids days history signature
 --       (all under the shard's hash tag)
 -- ARGV: policy, then for each occurrence: anomaly_key at now id_digest('' = none) signature
 --   policy: 't_repeat,t_escalate,t_fix,tail_capacity,ttl_seconds,dedup_horizon_ms,
@@ -14,9 +14,8 @@ local indexes = {KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
 local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
 
 local function record_one(k, member, at, now, id, signature)
-  local meta, tail, ids, days, history = KEYS[k], KEYS[k + 1], KEYS[k + 6], KEYS[k + 7],
-                                         KEYS[k + 8]
-  local rings = {KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]}
+  local meta, ids, days, history = KEYS[k], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7]
+  local rings = {KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]}
   local s = load_state(meta)
 
   if id ~= '' then
@@ -24,7 +23,7 @@ local function record_one(k, member, at, now, id, signature)
     if seen and tonumber(seen) >= now - horizon then
       -- seen again: the horizon runs from the last delivery (a long firing episode stays one)
       redis.call('ZADD', ids, now, id)
-      return reply(s, counts(s, tail, rings, at), days, now, retention, fix_validity,
+      return reply(s, counts(s, rings, at), days, now, retention, fix_validity,
                    {1, 0, 0, 0}, '')
     end
     redis.call('ZADD', ids, now, id)
@@ -37,15 +36,15 @@ local function record_one(k, member, at, now, id, signature)
 
   if s.first == nil then
     s.first = at
-    redis.call('SET', KEYS[k + 9], signature)
+    redis.call('SET', KEYS[k + 8], signature)
   elseif at < s.first then
     s.first = at
   end
-  add_occurrence(s, tail, rings, at, cap)
+  add_occurrence(s, rings, at, cap)
 
-  local now_counts = counts(s, tail, rings, s.newest)
+  local now_counts = counts(s, rings, s.newest)
   local at_counts = now_counts
-  if at ~= s.newest then at_counts = counts(s, tail, rings, at) end
+  if at ~= s.newest then at_counts = counts(s, rings, at) end
 
   -- Escalation is judged on the current 24 h count, so a late occurrence can complete a
   -- crossing but a cooled-off anomaly is not re-announced by one.
@@ -72,13 +71,13 @@ local function record_one(k, member, at, now, id, signature)
 
   local refresh = now - s.refreshed >= REFRESH_EVERY
   if refresh then s.refreshed = now end
-  redis.call('HSET', meta, 'st', pack_state(s))
+  redis.call('HSET', meta, 'st', pack_state(s), 'tl', s.tail)
   if refresh then
     local meta_ttl = ttl
     if s.fix ~= nil then meta_ttl = math.max(ttl, floor((s.fix + fix_validity - now) / 1000)) end
     redis.call('EXPIRE', meta, meta_ttl)
-    for _, key in ipairs({tail, rings[1], rings[2], rings[3], rings[4], days, history,
-                          indexes[1], indexes[2], indexes[3], indexes[4], KEYS[k + 9]}) do
+    for _, key in ipairs({rings[1], rings[2], rings[3], rings[4], days, history,
+                          indexes[1], indexes[2], indexes[3], indexes[4], KEYS[k + 8]}) do
       redis.call('EXPIRE', key, ttl)
     end
   end
@@ -91,6 +90,6 @@ local k = 5
 for a = 2, #ARGV, 5 do
   out[#out + 1] = record_one(k, ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
                              ARGV[a + 3], ARGV[a + 4])
-  k = k + 10
+  k = k + 9
 end
 return out
