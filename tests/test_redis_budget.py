@@ -107,3 +107,32 @@ async def test_scripts_are_loaded_again_after_a_flush(fresh_redis: RedisServer) 
         with fresh_redis.client() as client:
             client.script_flush()
         assert (await counter.get_frequency(AnomalyCounter.hash_signature(SIG))).count_24h == 2  # type: ignore[union-attr]
+
+
+async def test_project_figures_scan_nothing_and_cost_what_they_return(
+    fresh_redis: RedisServer,
+) -> None:
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        batch = [{"signature": {"alertname": f"A{i}"}} for i in range(2000)]
+        batch += [{"signature": {"alertname": f"A{i}"}} for i in range(10) for _ in range(i)]
+        await counter.record_many(batch)
+        for i in range(10):
+            for _ in range(i):
+                await counter.record_disposition(
+                    AnomalyCounter.hash_signature({"alertname": f"A{i}"}), "human_approved"
+                )
+        await counter.top_anomalies(limit=5)  # loads the scripts
+        await counter.get_all_disposition_stats(limit=5)
+        with Monitor(fresh_redis) as top:
+            rows = await counter.top_anomalies(limit=5)
+            await asyncio.sleep(0.05)
+        with Monitor(fresh_redis) as summary:
+            _, by_anomaly = await counter.get_all_disposition_stats(limit=5)
+            await asyncio.sleep(0.05)
+    assert [r["alert_name"] for r in rows] == ["A9", "A8", "A7", "A6", "A5"]
+    assert [r["alert_name"] for r in by_anomaly] == ["A9", "A8", "A7", "A6", "A5"]
+    for monitor in (top, summary):
+        assert not {"SCAN", "KEYS"} & set(monitor.commands)
+        # 2,000 anomalies in the project; a query reads one page of each of the 16 shards, one
+        # batch of 16 candidates, and lowers at most those 16 stale index entries
+        assert len(monitor.commands) <= 16 + 16 + 16 + 16, monitor.commands
