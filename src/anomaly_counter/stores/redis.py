@@ -69,17 +69,17 @@ def _script_source(name: str) -> str:
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-_Write = tuple[str, str, int, RecordRequest]
-"""One occurrence to write: project, policy argument, the caller's now, the request."""
+_Policy = tuple[int, ...]
+_Write = tuple[str, _Policy, int, RecordRequest]
+"""One occurrence to write: project, policy arguments, the caller's now, the request."""
 
 
 @functools.lru_cache(maxsize=64)
-def _policy_arg(policy: WritePolicy) -> str:
-    values = (
+def _policy_args(policy: WritePolicy) -> _Policy:
+    return (
         *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS, policy.dedup_horizon_ms,
         policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
     )  # fmt: skip
-    return ",".join(str(v) for v in values)
 
 
 _Group = tuple[list[str], list[Any], list[int]]
@@ -89,12 +89,12 @@ _Group = tuple[list[str], list[Any], list[int]]
 def _record_groups(prefix: str, items: Sequence[_Write]) -> list[_Group]:
     """One script call per project shard and policy: the occurrences of one shard share its
     hash tag, so a whole batch costs a few calls, each in one slot."""
-    groups: dict[tuple[str, str], _Group] = {}
-    for position, (project, policy_arg, now_ms, request) in enumerate(items):
+    groups: dict[tuple[str, _Policy], _Group] = {}
+    for position, (project, policy, now_ms, request) in enumerate(items):
         keys = _keys(prefix, project, request.anomaly_key)
-        group = groups.get((keys.shard, policy_arg))
+        group = groups.get((keys.shard, policy))
         if group is None:
-            group = groups[keys.shard, policy_arg] = (list(keys.window_indexes), [policy_arg], [])
+            group = groups[keys.shard, policy] = (list(keys.window_indexes), list(policy), [])
         digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
         group[0].extend(keys.record_keys)
         group[1].extend(
@@ -288,9 +288,9 @@ class RedisStore(Store):
     async def record(
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
     ) -> list[Snapshot]:
-        policy_arg = _policy_arg(policy)
+        policy_args = _policy_args(policy)
         results = await self._writes.submit(
-            [(project, policy_arg, now_ms, request) for request in requests]
+            [(project, policy_args, now_ms, request) for request in requests]
         )
         return list(results)
 
@@ -310,14 +310,14 @@ class RedisStore(Store):
         # through them in order while the caller reads and handles the first answers. (Two
         # connections would not do: the server interleaves them, and the first chunk's answers
         # would come back last.)
-        policy_arg = _policy_arg(policy)
+        policy_args = _policy_args(policy)
         sha = self._shas["record"]
         connection = await self._connection()
         held = True  # until given back
         sent: list[tuple[list[_Write], list[_Group]]] = []
         try:
             for chunk in chunks:
-                items = [(project, policy_arg, now_ms, request) for request in chunk]
+                items = [(project, policy_args, now_ms, request) for request in chunk]
                 groups = _record_groups(self._prefix, items)
                 commands = [("EVALSHA", sha, len(k), *k, *a) for k, a, _ in groups]
                 await connection.send_packed_command(
@@ -370,7 +370,8 @@ class RedisStore(Store):
     ) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
         args = [action, int(success), at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
-        await self._eval("repair", [([keys.days, keys.history], [*args, REPAIR_HISTORY_LENGTH])])
+        script_keys = [keys.days, keys.history, keys.meta]
+        await self._eval("repair", [(script_keys, [*args, REPAIR_HISTORY_LENGTH])])
 
     async def _day_totals(self, key: str, now_ms: int) -> dict[str, int]:
         raw = await self._call(self._client.hgetall(key))
@@ -392,7 +393,7 @@ class RedisStore(Store):
         self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
     ) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
-        script_keys = [keys.days, keys.index("dispositions"), keys.index("summary")]
+        script_keys = [keys.days, keys.index("dispositions"), keys.index("summary"), keys.meta]
         args = [anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
         await self._eval("disposition", [(script_keys, args)])
 

@@ -17,8 +17,8 @@ end
 
 -- The whole state of an anomaly but its signature, packed in one field of the meta hash ('st'),
 -- so that a call reads it with one HGET and one C call, and writes it with one HSET:
---   1-12  first, newest, evicted, (unused), level, tail size, refreshed, four index bounds,
---         and the oldest time in the tail;
+--   1-12  first, newest, evicted, whether it has day counters (repairs or dispositions),
+--         level, tail size, refreshed, four index bounds, and the oldest time in the tail;
 --  13-20  per ring, the slice and count of pushed-out occurrences not yet added to it;
 --  21-44  per window, cached ring sums: the ring, the edge slices, the sum of the slices
 --         between them and the counts of the two edge slices (of the hash alone), so that a
@@ -42,7 +42,7 @@ local function load_state(meta)
                  nfirst = v[o + 5], nlast = v[o + 6]}
     end
   end
-  return {first = opt(v[1]), newest = opt(v[2]), evicted = opt(v[3]), seq = v[4],
+  return {first = opt(v[1]), newest = opt(v[2]), evicted = opt(v[3]), has_days = v[4] > 0,
           level = v[5], size = v[6], refreshed = v[7], bounds = {v[8], v[9], v[10], v[11]},
           oldest = opt(v[12]),
           pending = {{slot = v[13], n = v[14]}, {slot = v[15], n = v[16]},
@@ -52,7 +52,8 @@ end
 
 local function pack_state(s)
   local b, q = s.bounds, s.pending
-  local out = {s.first or -1, s.newest or -1, s.evicted or -1, s.seq, s.level, s.size,
+  local out = {s.first or -1, s.newest or -1, s.evicted or -1, s.has_days and 1 or 0, s.level,
+               s.size,
                s.refreshed, b[1], b[2], b[3], b[4], s.oldest or -1, q[1].slot, q[1].n,
                q[2].slot, q[2].n, q[3].slot, q[3].n, q[4].slot, q[4].n}
   for w = 1, 4 do
@@ -258,6 +259,16 @@ local function day_totals(key, now, retention_days)
   return totals
 end
 
+-- Note in the anomaly's state that it has day counters, so that replies read them.
+local function mark_days(meta, ttl)
+  local s = load_state(meta)
+  if not s.has_days then
+    s.has_days = true
+    redis.call('HSET', meta, 'st', pack_state(s))
+    if redis.call('TTL', meta) < 0 then redis.call('EXPIRE', meta, ttl) end
+  end
+end
+
 -- Add n to a day counter, and drop expired days (at most once a day per key).
 local function day_add(key, at, now, retention_days, name, n)
   redis.call('HINCRBY', key, floor(at / DAY) .. '|' .. name, n)
@@ -280,7 +291,8 @@ local DISPOSITIONS = {'auto_repair', 'human_approved', 'manual_resolved', 'cold_
 
 -- The reply: {c1h, c24h, c7d, c30d, first, last, repairs, fix, d1..d5, [extra...,] signature}.
 local function reply(s, c, days, now, retention_days, fix_validity, extra, signature)
-  local totals = day_totals(days, now, retention_days)
+  local totals = {}
+  if s.has_days then totals = day_totals(days, now, retention_days) end
   local repairs = 0
   for name, n in pairs(totals) do
     if string.sub(name, 1, 2) == 't:' then repairs = repairs + n end
@@ -299,9 +311,5 @@ local function level_for(c24, t1, t2, t3)
   return 0
 end
 
--- Split a comma-separated argument into numbers.
-local function numbers(text)
-  local out = {}
-  for part in string.gmatch(text, '[^,]+') do out[#out + 1] = tonumber(part) end
   return out
 end

@@ -1,5 +1,5 @@
 -- Count one disposition for the anomaly and for its project's shard summary.
--- KEYS: days index_dispositions shard_summary
+-- KEYS: days index_dispositions shard_summary meta
 -- ARGV: anomaly_key type at now ttl_seconds retention_days
 local member, kind = ARGV[1], ARGV[2]
 local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
@@ -11,5 +11,6 @@ for name, n in pairs(day_totals(KEYS[1], now, retention)) do
   if string.sub(name, 1, 2) == 'd:' then total = total + n end
 end
 redis.call('ZADD', KEYS[2], total, member)
-for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ttl) end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+mark_days(KEYS[4], ttl)
 return total

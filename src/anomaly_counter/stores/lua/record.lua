@@ -2,12 +2,13 @@
 -- KEYS: index1h index24h index7d index30d, then for each occurrence ten keys:
 --       meta ring1h ring24h ring7d ring30d ids days history signature
 --       (all under the shard's hash tag)
--- ARGV: policy, then for each occurrence: anomaly_key at now id_digest('' = none) signature
---   policy: 't_repeat,t_escalate,t_fix,tail_capacity,ttl_seconds,dedup_horizon_ms,
---            dedup_max_ids,fix_validity_ms,retention_days'
+-- ARGV: the policy (t_repeat t_escalate t_fix tail_capacity ttl_seconds dedup_horizon_ms
+--       dedup_max_ids fix_validity_ms retention_days), then for each occurrence:
+--       anomaly_key at now id_digest('' = none) signature
 -- Returns one reply() per occurrence, each with four extra numbers (duplicate escalated_to
 -- regressed newly_regressed) and no signature (the caller has the one it sent).
-local p = numbers(ARGV[1])
+local p = {}
+for i = 1, 9 do p[i] = tonumber(ARGV[i]) end
 local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention =
   p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
 local indexes = {KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
@@ -87,7 +88,7 @@ end
 
 local out = {}
 local k = 5
-for a = 2, #ARGV, 5 do
+for a = 10, #ARGV, 5 do
   out[#out + 1] = record_one(k, ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
                              ARGV[a + 3], ARGV[a + 4])
   k = k + 9

@@ -1,5 +1,5 @@
 -- Count one repair attempt and keep it in the last-100 history.
--- KEYS: days history
+-- KEYS: days history meta
 -- ARGV: action success(0|1) at now ttl_seconds retention_days history_length
 local action, success = ARGV[1], ARGV[2] == '1'
 local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
@@ -10,4 +10,5 @@ redis.call('LPUSH', KEYS[2], cjson.encode({action = action, success = success, a
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
+mark_days(KEYS[3], ttl)
 return 1
