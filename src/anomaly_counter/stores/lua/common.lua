@@ -310,6 +310,3 @@ local function level_for(c24, t1, t2, t3)
   if c24 >= t3 then return 3 elseif c24 >= t2 then return 2 elseif c24 >= t1 then return 1 end
   return 0
 end
-
-  return out
-end
