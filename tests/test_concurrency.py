@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,3 +70,29 @@ def test_fifty_sqlite_writers_in_five_processes(tmp_path: Path) -> None:
         assert process.exitcode == 0
     assert sorted(count for count, _ in results) == list(range(1, WRITERS * EACH + 1))
     assert sorted(level for _, level in results if level) == ["ESCALATE", "PERMANENT_FIX", "REPEAT"]
+
+
+def test_one_sqlite_counter_shared_by_threads(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/threads.db"
+    counter = AnomalyCounter.from_url(url, "team-a", settings=Settings(store_url=url))
+    moment = datetime.now(UTC)
+    levels: list[str] = []
+
+    def worker() -> None:
+        async def main() -> None:
+            for _ in range(50):
+                f = await counter.record_anomaly(SIG, at=moment)
+                if f.escalated_to:
+                    levels.append(f.escalated_to)
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    final = asyncio.run(counter.get_frequency(AnomalyCounter.hash_signature(SIG), at=moment))
+    asyncio.run(counter.aclose())
+    assert final is not None and final.count_24h == 200
+    assert sorted(levels) == ["ESCALATE", "PERMANENT_FIX", "REPEAT"]

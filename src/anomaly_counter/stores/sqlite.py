@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -118,6 +119,7 @@ class SQLiteStore(Store):
         self._settings = settings
         self._busy_timeout = settings.store_timeout
         self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
         self._last_housekeeping = 0
 
     @classmethod
@@ -152,7 +154,10 @@ class SQLiteStore(Store):
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return fn(*args)
+            # one connection: callers on other threads (other event loops) take turns, so
+            # that no statement lands inside another caller's transaction
+            with self._lock:
+                return fn(*args)
         except (sqlite3.OperationalError, OSError) as exc:
             raise StoreUnavailableError(f"sqlite store {self._path}: {exc}") from exc
 
