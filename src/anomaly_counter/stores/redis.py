@@ -2,8 +2,9 @@
 
 Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
 
-    {prefix}:{P.s}:a:A:m        meta hash: the packed state ('st') and tail ('tl', the latest
-                                occurrence times; see common.lua), the fix's text
+    {prefix}:{P.s}:a:A:m        meta hash: the packed state ('st', see common.lua), the fix's
+                                text
+    {prefix}:{P.s}:a:A:t        the tail: the latest occurrence times, packed (string)
     {prefix}:{P.s}:a:A:s        the signature of its first occurrence (string)
     {prefix}:{P.s}:a:A:r0..r3   rings: pushed-out occurrences per 1/60 of each window (hashes)
     {prefix}:{P.s}:a:A:i        occurrence ids seen (sorted set by arrival)
@@ -11,13 +12,15 @@ Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
     {prefix}:{P.s}:a:A:h        last 100 repair attempts (list)
     {prefix}:{P.s}:x:<index>    the shard's project indexes (sorted sets) and summary (hash)
 
-``s`` is the anomaly's shard (0..15) within its project. Everything one script touches shares
-the hash tag ``{P.s}``, so the scripts run unchanged on Redis Cluster, and a project spreads
-over 16 slots instead of piling onto one.
+``s`` is the anomaly's shard (0..15) within its project. All of an anomaly's keys and its
+shard's indexes share the hash tag ``{P.s}``, so the scripts run unchanged on Redis Cluster when
+each call holds the occurrences of one slot, and a project spreads over 16 slots instead of
+piling onto one. The scripts are given an anomaly's meta key and name the others from it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import heapq
@@ -86,17 +89,20 @@ _Group = tuple[list[str], list[Any], list[int]]
 """One script call of a record batch: its keys, its arguments, the positions it answers."""
 
 
-def _record_groups(prefix: str, items: Sequence[_Write]) -> list[_Group]:
-    """One script call per project shard and policy: the occurrences of one shard share its
-    hash tag, so a whole batch costs a few calls, each in one slot."""
+def _record_groups(prefix: str, items: Sequence[_Write], by_slot: bool = False) -> list[_Group]:
+    """The script calls of a record batch: one per policy (occurrences of different projects
+    may differ), and on a cluster also one per slot (project shard), since a call's keys must
+    live in one slot. On one server a batch of any mix of anomalies is one call: the server
+    pays per call and per key name as well as per occurrence."""
     groups: dict[tuple[str, _Policy], _Group] = {}
     for position, (project, policy, now_ms, request) in enumerate(items):
         keys = _keys(prefix, project, request.anomaly_key)
-        group = groups.get((keys.shard, policy))
+        slot = keys.shard if by_slot else ""
+        group = groups.get((slot, policy))
         if group is None:
-            group = groups[keys.shard, policy] = (list(keys.window_indexes), list(policy), [])
+            group = groups[slot, policy] = ([], list(policy), [])
         digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
-        group[0].extend(keys.record_keys)
+        group[0].append(keys.meta)
         group[1].extend(
             (request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json)
         )
@@ -143,13 +149,7 @@ class _Keys:
         self.meta, self.ids, self.days, self.history, self.signature = (
             base + s for s in ("m", "i", "d", "h", "s")
         )
-        self.rings = [f"{base}r{i}" for i in range(4)]
-        # The key lists the scripts take, built once (instances are cached, see _keys).
-        self.read_keys = (self.meta, *self.rings, self.days, self.signature)
-        self.window_indexes = tuple(self.index(w) for w in ("1h", "24h", "7d", "30d"))
-        self.record_keys = (
-            self.meta, *self.rings, self.ids, self.days, self.history, self.signature,
-        )  # fmt: skip
+        self.read_keys = (self.meta,)  # the scripts name the others from this one
 
     def index(self, name: str) -> str:
         return self.shard + name
@@ -192,6 +192,7 @@ class RedisStore(Store):
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._client = client
         self._prefix = settings.key_prefix
+        self._timeout = settings.store_timeout
         self._sources = {
             name: _script_source(name)
             for name in ("record", "read", "repair", "disposition", "fix", "reindex")
@@ -254,9 +255,7 @@ class RedisStore(Store):
         """
         connection = await self._connection()
         try:
-            await connection.send_packed_command(
-                [hiredis.pack_command(command) for command in commands], check_health=False
-            )
+            await self._send(connection, [hiredis.pack_command(c) for c in commands])
             replies = [await _read(connection) for _ in commands]
         except BaseException as exc:
             await self._discard(connection)
@@ -265,6 +264,24 @@ class RedisStore(Store):
             raise
         self._idle.append(connection)
         return replies
+
+    async def _send(self, connection: AbstractConnection, packed: list[bytes]) -> None:
+        """Write packed commands. redis-py's send_packed_command wraps every write in
+        asyncio.wait_for, which on Python 3.11 starts a task per write: more than the rest of a
+        call costs. Here the bytes go to the transport at once, and only a write the socket
+        could not take whole waits, under the store timeout."""
+        if not connection.is_connected:
+            await connection.connect()  # type: ignore[no-untyped-call]
+        writer = connection._writer  # redis-py 8.1 (pinned): the connection's StreamWriter
+        assert writer is not None
+        writer.writelines(packed)
+        if writer.transport.get_write_buffer_size():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await writer.drain()
+            except TimeoutError:
+                await connection.disconnect(nowait=True)
+                raise RedisTimeoutError("timeout writing to the redis store") from None
 
     async def _connection(self) -> AbstractConnection:
         # Connections of the hot path are kept here between calls: taking one from redis-py's
@@ -320,9 +337,7 @@ class RedisStore(Store):
                 items = [(project, policy_args, now_ms, request) for request in chunk]
                 groups = _record_groups(self._prefix, items)
                 commands = [("EVALSHA", sha, len(k), *k, *a) for k, a, _ in groups]
-                await connection.send_packed_command(
-                    [hiredis.pack_command(command) for command in commands], check_health=False
-                )
+                await self._send(connection, [hiredis.pack_command(c) for c in commands])
                 sent.append((items, groups))
             for index, (items, groups) in enumerate(sent):
                 replies = [await _read(connection) for _ in groups]

@@ -1,8 +1,13 @@
 -- Shared by every anomaly-counter script (prepended to each at load time).
 -- Mirrors anomaly_counter/windows.py: the same tail, rings and error bound; the contract tests
 -- hold both to one brute-force model. All times are integer milliseconds, UTC.
--- Each redis.call costs a few microseconds, so the scripts read what they need once and
--- write each hash once.
+--
+-- Written for the server's one thread, where every microsecond of a script is a microsecond of
+-- every client's wait. Measured on Redis 7: each redis.call costs about 1 us; each table made
+-- costs about as much as a few dozen VM instructions; and Redis's Lua hashes every byte of
+-- every string it makes (a 1 KB string costs about 1 us). So the state is one flat array of
+-- numbers, unpacked and packed by one C call each; key names are made only when used; and the
+-- tail is changed in place rather than copied.
 
 local WINDOW = {3600000, 86400000, 604800000, 2592000000}
 local GRAIN = {60000, 1440000, 10080000, 43200000}
@@ -15,58 +20,62 @@ local function num(value, default)
   return tonumber(value)
 end
 
--- The whole state of an anomaly but its signature, packed in one field of the meta hash ('st'),
--- so that a call reads it with one HGET and one C call, and writes it with one HSET:
---   1-12  first, newest, evicted, whether it has day counters (repairs or dispositions),
---         level, tail size, refreshed, four index bounds, and the oldest time in the tail;
---  13-20  per ring, the slice and count of pushed-out occurrences not yet added to it;
---  21-44  per window, cached ring sums: the ring, the edge slices, the sum of the slices
---         between them and the counts of the two edge slices (of the hash alone), so that a
---         storm counts its windows without reading the rings;
---  45-46  the permanent fix's time and the first regression after it.
-local STATE = '<' .. string.rep('d', 46)
+-- The state of an anomaly, packed in one field of its meta hash ('st'): 47 numbers, -1 for
+-- "none" where a time may be missing. Positions:
+local FIRST, NEWEST, EVICTED, HAS_DAYS, LEVEL, SIZE, REFRESHED = 1, 2, 3, 4, 5, 6, 7
+local BOUND = 7      -- BOUND + w: the score the window's project index holds (w = 1..4)
+local OLDEST = 12    -- the oldest time in the tail
+local PENDING = 11   -- PENDING + 2r, + 2r + 1: slice and count of pushed-out occurrences not
+                     -- yet added to ring r (r = 1..4)
+local SUMS = 15      -- SUMS + 6w .. + 6w + 5: window w's cached ring sums: the ring, the edge
+                     -- slices, the sum between them, the counts of the two edge slices (of the
+                     -- hash alone), so that a storm counts its windows without reading rings
+local FIX, REGRESSED = 45, 46  -- the permanent fix's time, the first regression after it
+local HEAD = 47      -- the slot of the oldest time in the tail's circular buffer
+local STORED = 47
+-- ... and, not stored, for the call: the anomaly's key names without their last letter, its
+-- tail's key, and the tail as read (false: not read yet).
+local BASE, TAIL_KEY, BUFFER = 48, 49, 50
+
+local STATE = '<' .. string.rep('d', STORED)
 local NEW_STATE = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0,
                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                   -1, -1}
+                   -1, -1, 0}
 
+-- The state of the anomaly whose meta key is `meta` ('...:m'). Its other keys share the name
+-- but the last letter: 't' tail, 'r0'..'r3' rings, 'i' ids, 'd' days, 'h' history,
+-- 's' signature (see key_of).
 local function load_state(meta)
-  local fields = redis.call('HMGET', meta, 'st', 'tl')
-  local v = NEW_STATE
-  if fields[1] then v = {struct.unpack(STATE, fields[1])} end
-  local function opt(x) if x < 0 then return nil end return x end
-  local sums = {}
-  for w = 1, 4 do
-    local o = 20 + 6 * (w - 1)
-    if v[o + 1] > 0 then
-      sums[w] = {ring = v[o + 1], first = v[o + 2], last = v[o + 3], sum = v[o + 4],
-                 nfirst = v[o + 5], nlast = v[o + 6]}
-    end
+  local packed = redis.call('HGET', meta, 'st')
+  local s
+  if packed then
+    s = {struct.unpack(STATE, packed)}  -- the 48th value, unpack's next position, is replaced
+  else
+    s = {unpack(NEW_STATE)}
   end
-  return {first = opt(v[1]), newest = opt(v[2]), evicted = opt(v[3]), has_days = v[4] > 0,
-          level = v[5], size = v[6], refreshed = v[7], bounds = {v[8], v[9], v[10], v[11]},
-          oldest = opt(v[12]),
-          pending = {{slot = v[13], n = v[14]}, {slot = v[15], n = v[16]},
-                     {slot = v[17], n = v[18]}, {slot = v[19], n = v[20]}},
-          sums = sums, fix = opt(v[45]), reg = opt(v[46]), tail = fields[2] or ''}
+  local base = string.sub(meta, 1, -2)
+  s[BASE], s[TAIL_KEY], s[BUFFER] = base, base .. 't', false
+  return s
 end
 
 local function pack_state(s)
-  local b, q = s.bounds, s.pending
-  local out = {s.first or -1, s.newest or -1, s.evicted or -1, s.has_days and 1 or 0, s.level,
-               s.size,
-               s.refreshed, b[1], b[2], b[3], b[4], s.oldest or -1, q[1].slot, q[1].n,
-               q[2].slot, q[2].n, q[3].slot, q[3].n, q[4].slot, q[4].n}
-  for w = 1, 4 do
-    local c = s.sums[w]
-    if c then
-      out[#out + 1], out[#out + 2], out[#out + 3] = c.ring, c.first, c.last
-      out[#out + 1], out[#out + 2], out[#out + 3] = c.sum, c.nfirst, c.nlast
-    else
-      for _ = 1, 6 do out[#out + 1] = 0 end
-    end
-  end
-  out[45], out[46] = s.fix or -1, s.reg or -1
-  return struct.pack(STATE, unpack(out))
+  return struct.pack(STATE, unpack(s, 1, STORED))
+end
+
+local function key_of(s, suffix)
+  return s[BASE] .. suffix
+end
+
+local RING_SUFFIX = {'r0', 'r1', 'r2', 'r3'}
+local function ring_key(s, r)
+  return s[BASE] .. RING_SUFFIX[r]
+end
+
+-- The key of a project index (INDEX_NAMES) of the shard the meta key belongs to: everything up
+-- to the hash tag's end is the shard's prefix (key prefixes and encoded parts hold no '}').
+local INDEX_NAMES = {'1h', '24h', '7d', '30d'}
+local function index_key(meta, w)
+  return string.sub(meta, 1, string.find(meta, '}', 1, true)) .. ':x:' .. INDEX_NAMES[w]
 end
 
 -- The score an index keeps for a count: a little above it, so that a busy anomaly rewrites its
@@ -75,33 +84,35 @@ local function index_bound(c)
   return c + 2 + floor(c / 2)
 end
 
--- Put an occurrence pushed out of the tail into the four rings.
-local function flush_pending(s, rings, i, oldest_kept)
-  local p = s.pending[i]
-  if p.n == 0 then return end
-  local created = redis.call('HINCRBY', rings[i], p.slot, p.n) == p.n
+-- Add ring r's pending count to its hash, and keep the cached sums that cover it current.
+local function flush_pending(s, r, oldest_kept)
+  local n = s[PENDING + 2 * r + 1]
+  if n == 0 then return end
+  local slot = s[PENDING + 2 * r]
+  local ring = ring_key(s, r)
+  local created = redis.call('HINCRBY', ring, slot, n) == n
   for w = 1, 4 do
-    local c = s.sums[w]
-    if c and c.ring == i and p.slot >= c.first and p.slot <= c.last then
-      if p.slot == c.first then
-        c.nfirst = c.nfirst + p.n
-      elseif p.slot == c.last then
-        c.nlast = c.nlast + p.n
+    local o = SUMS + 6 * w
+    if s[o] == r and slot >= s[o + 1] and slot <= s[o + 2] then
+      if slot == s[o + 1] then
+        s[o + 4] = s[o + 4] + n
+      elseif slot == s[o + 2] then
+        s[o + 5] = s[o + 5] + n
       else
-        c.sum = c.sum + p.n
+        s[o + 3] = s[o + 3] + n
       end
     end
   end
-  p.n = 0
-  if created and redis.call('HLEN', rings[i]) > RING then
+  s[PENDING + 2 * r + 1] = 0
+  if created and redis.call('HLEN', ring) > RING then
     local dead = {}
-    for _, field in ipairs(redis.call('HKEYS', rings[i])) do
+    for _, field in ipairs(redis.call('HKEYS', ring)) do
       if tonumber(field) <= oldest_kept then dead[#dead + 1] = field end
     end
     if #dead > 0 then
-      redis.call('HDEL', rings[i], unpack(dead))
+      redis.call('HDEL', ring, unpack(dead))
       for w = 1, 4 do
-        if s.sums[w] and s.sums[w].ring == i then s.sums[w] = nil end
+        if s[SUMS + 6 * w] == r then s[SUMS + 6 * w] = 0 end  -- forget the cached sums
       end
     end
   end
@@ -110,128 +121,175 @@ end
 -- Put an occurrence pushed out of the tail into the four rings. Pushed-out occurrences come
 -- oldest first, so most fall in the slice of the one before: each ring keeps the count of its
 -- latest slice in the state and writes it to the hash only when the slice changes.
-local function evict(s, rings, t)
-  if s.evicted == nil or t > s.evicted then s.evicted = t end
-  local newest = s.newest
-  if newest == nil or t > newest then newest = t end
-  for i = 1, #GRAIN do
-    local g = GRAIN[i]
+local function evict(s, t)
+  if t > s[EVICTED] then s[EVICTED] = t end
+  local newest = s[NEWEST]
+  if t > newest then newest = t end
+  for r = 1, 4 do
+    local g = GRAIN[r]
     local slot, oldest_kept = floor(t / g), floor(newest / g) - RING
     if slot > oldest_kept then
-      local p = s.pending[i]
-      if p.n > 0 and p.slot == slot then
-        p.n = p.n + 1
+      local n = s[PENDING + 2 * r + 1]
+      if n > 0 and s[PENDING + 2 * r] == slot then
+        s[PENDING + 2 * r + 1] = n + 1
       else
-        flush_pending(s, rings, i, oldest_kept)
-        p.slot, p.n = slot, 1
+        flush_pending(s, r, oldest_kept)
+        s[PENDING + 2 * r], s[PENDING + 2 * r + 1] = slot, 1
       end
     end
   end
 end
 
--- The tail ('tl' in the meta hash): the latest occurrence times as packed doubles, ascending.
--- A string rather than a sorted set: one field read and written with the state, binary search
--- for counts, and half the memory.
-local function tail_at(tail, i)  -- the i-th time, from 1
-  return (struct.unpack('<d', tail, 8 * i - 7))
+-- The tail: the latest occurrence times (at most `cap`), as packed doubles in the anomaly's
+-- string key '...:t', used as a circular buffer: slot (head + j - 1) % size holds the j-th
+-- oldest, and the string is always exactly `size` slots long. An occurrence in order into a full
+-- tail overwrites the oldest's slot in place (SETRANGE) and reads the next oldest (GETRANGE):
+-- 16 bytes cross into Lua instead of the whole tail. Anything else (a late occurrence, a
+-- changed capacity) reads the whole tail and writes it back in order.
+local DOUBLE = '<d'
+
+local function tail_buffer(s)  -- the buffer as stored, read at most once per state
+  if not s[BUFFER] then
+    local buffer = redis.call('GET', s[TAIL_KEY]) or ''
+    if #buffer ~= 8 * s[SIZE] then
+      -- Lost (say, evicted by a maxmemory policy): its times read as 1970, in no window.
+      buffer = string.sub(buffer .. string.rep('\0', 8 * s[SIZE]), 1, 8 * s[SIZE])
+    end
+    s[BUFFER] = buffer
+  end
+  return s[BUFFER]
 end
 
-local function first_after(tail, x, strictly)  -- the position of the first time >= x (> x)
-  local lo, hi = 1, #tail / 8 + 1
+local function tail_at(s, j)  -- the j-th oldest time, from 1
+  local slot = (s[HEAD] + j - 1) % s[SIZE]
+  return (struct.unpack(DOUBLE, tail_buffer(s), 8 * slot + 1))
+end
+
+local function first_after(s, x, strictly)  -- the position of the first time >= x (> x)
+  local lo, hi = 1, s[SIZE] + 1
   while lo < hi do
     local mid = floor((lo + hi) / 2)
-    local value = tail_at(tail, mid)
+    local value = tail_at(s, mid)
     if value < x or (strictly and value == x) then lo = mid + 1 else hi = mid end
   end
   return lo
 end
 
--- Count one occurrence at t: into the tail (kept to `cap` times), pushing the oldest out into
--- the rings. Updates s.tail, s.size, s.oldest, s.newest and s.evicted.
-local function add_occurrence(s, rings, t, cap)
-  local tail = s.tail
-  local size = #tail / 8
+-- The general case: the whole tail, in order, changed in Lua and written back.
+local function add_out_of_order(s, t, cap)
+  local buffer, head, size = tail_buffer(s), s[HEAD], s[SIZE]
+  local tail = buffer
+  if head > 0 then tail = string.sub(buffer, 8 * head + 1) .. string.sub(buffer, 1, 8 * head) end
+  local function at(i) return (struct.unpack(DOUBLE, tail, 8 * i - 7)) end
   if size > cap then  -- the capacity was lowered since
-    for i = 1, size - cap do evict(s, rings, tail_at(tail, i)) end
+    for i = 1, size - cap do evict(s, at(i)) end
     tail = string.sub(tail, 8 * (size - cap) + 1)
     size = cap
   end
   local keep = true
   if size == cap then
-    local oldest = tail_at(tail, 1)
+    local oldest = at(1)
     if t <= oldest then
       keep = false
-      evict(s, rings, t)  -- older than the whole tail: only the rings keep it
+      evict(s, t)  -- older than the whole tail: only the rings keep it
     else
-      evict(s, rings, oldest)
+      evict(s, oldest)
       tail = string.sub(tail, 9)
       size = size - 1
     end
   end
   if keep then
-    local packed = struct.pack('<d', t)
-    if size == 0 or t >= tail_at(tail, size) then
-      tail = tail .. packed  -- in order: the usual case
-    else
-      local at = 8 * (first_after(tail, t, true) - 1)
-      tail = string.sub(tail, 1, at) .. packed .. string.sub(tail, at + 1)
+    local lo, hi = 1, size + 1  -- the position of the first time > t
+    while lo < hi do
+      local mid = floor((lo + hi) / 2)
+      if at(mid) <= t then lo = mid + 1 else hi = mid end
     end
+    local cut = 8 * (lo - 1)
+    tail = string.sub(tail, 1, cut) .. struct.pack(DOUBLE, t) .. string.sub(tail, cut + 1)
     size = size + 1
   end
-  s.tail, s.size = tail, size
-  if size > 0 then s.oldest = tail_at(tail, 1) end
-  if s.newest == nil or t > s.newest then s.newest = t end
+  redis.call('SET', s[TAIL_KEY], tail, 'KEEPTTL')
+  s[BUFFER], s[HEAD], s[SIZE] = tail, 0, size
+  if size > 0 then s[OLDEST] = at(1) end
+end
+
+-- Count one occurrence at t: into the tail (kept to `cap` times), pushing the oldest out into
+-- the rings.
+local function add_occurrence(s, t, cap)
+  local size = s[SIZE]
+  if size > 0 and t < s[NEWEST] or size > cap or size < cap and s[HEAD] ~= 0 then
+    add_out_of_order(s, t, cap)
+  elseif size < cap then  -- in order, room left: append
+    redis.call('SETRANGE', s[TAIL_KEY], 8 * size, struct.pack(DOUBLE, t))
+    if size == 0 then s[OLDEST] = t end
+    s[SIZE], s[BUFFER] = size + 1, false
+  else  -- in order, full: the newest takes the oldest's slot
+    evict(s, s[OLDEST])
+    local head = s[HEAD]
+    redis.call('SETRANGE', s[TAIL_KEY], 8 * head, struct.pack(DOUBLE, t))
+    head = (head + 1) % size
+    s[HEAD], s[BUFFER] = head, false
+    local oldest = redis.call('GETRANGE', s[TAIL_KEY], 8 * head, 8 * head + 7)
+    if #oldest == 8 then
+      s[OLDEST] = (struct.unpack(DOUBLE, oldest))
+    else  -- the tail was lost (see tail_buffer): it starts again from this occurrence
+      redis.call('SET', s[TAIL_KEY], struct.pack(DOUBLE, t), 'KEEPTTL')
+      s[SIZE], s[HEAD], s[OLDEST] = 1, 0, t
+    end
+  end
+  if t > s[NEWEST] then s[NEWEST] = t end
 end
 
 -- Occurrences in [at - W, at] for window w (1: 1 h ... 4: 30 d): the tail's exactly, plus the
 -- pushed-out ones estimated from the finest ring that covers the window's start.
-local function count(s, rings, w, at)
-  if s.newest == nil then return 0 end
+local function count(s, w, at)
+  local newest = s[NEWEST]
+  if newest < 0 then return 0 end
   local lo, hi = at - WINDOW[w], at
+  local size, oldest, evicted = s[SIZE], s[OLDEST], s[EVICTED]
   local exact
-  if s.size == 0 or lo > s.newest or hi < s.oldest then
+  if size == 0 or lo > newest or hi < oldest then
     exact = 0
-  elseif lo <= s.oldest and hi >= s.newest then
-    exact = s.size  -- the window holds the whole tail
+  elseif lo <= oldest and hi >= newest then
+    exact = size  -- the window holds the whole tail
   else
-    exact = first_after(s.tail, hi, true) - first_after(s.tail, lo, false)
+    exact = first_after(s, hi, true) - first_after(s, lo, false)
   end
-  if s.evicted == nil or lo > s.evicted then return exact end
-  local r = #GRAIN
-  for i = w, #GRAIN do
-    if floor(lo / GRAIN[i]) > floor(s.newest / GRAIN[i]) - RING then r = i; break end
+  if evicted < 0 or lo > evicted then return exact end
+  local r = 4
+  for i = w, 4 do
+    if floor(lo / GRAIN[i]) > floor(newest / GRAIN[i]) - RING then r = i; break end
   end
   local g = GRAIN[r]
-  local first, last = floor(lo / g), floor(math.min(hi, s.evicted) / g)
+  local first, last = floor(lo / g), floor(math.min(hi, evicted) / g)
   local half = floor(g / 2)
-  local p = s.pending[r]
-  local function pending_at(slot)
-    if p.n > 0 and p.slot == slot then return p.n end
-    return 0
-  end
+  local pending_slot, pending = s[PENDING + 2 * r], s[PENDING + 2 * r + 1]
+  local pending_first, pending_last = 0, 0
+  if pending > 0 and pending_slot == first then pending_first = pending end
+  if pending > 0 and pending_slot == last then pending_last = pending end
   if first == last then
-    local n = num(redis.call('HGET', rings[r], first), 0) + pending_at(first)
+    local n = num(redis.call('HGET', ring_key(s, r), first), 0) + pending_first
     local stop = hi
-    if hi >= s.evicted then stop = (first + 1) * g - 1 end
+    if hi >= evicted then stop = (first + 1) * g - 1 end
     return exact + floor((n * (stop - lo + 1) + half) / g)
   end
-  local c = s.sums[w]
-  if not (c and c.ring == r and c.first == first and c.last == last) then
+  local o = SUMS + 6 * w
+  if not (s[o] == r and s[o + 1] == first and s[o + 2] == last) then
     local fields = {}
     for slot = first, last do fields[#fields + 1] = slot end
-    local values = redis.call('HMGET', rings[r], unpack(fields))
+    local values = redis.call('HMGET', ring_key(s, r), unpack(fields))
     local between = 0
     for i = 2, #values - 1 do between = between + num(values[i], 0) end
-    c = {ring = r, first = first, last = last, sum = between, nfirst = num(values[1], 0),
-         nlast = num(values[#values], 0)}
-    s.sums[w] = c
+    s[o], s[o + 1], s[o + 2] = r, first, last
+    s[o + 3], s[o + 4], s[o + 5] = between, num(values[1], 0), num(values[#values], 0)
   end
-  local whole = c.sum
-  if p.n > 0 and p.slot > first and p.slot < last then whole = whole + p.n end
-  local first_count = c.nfirst + pending_at(first)
-  local last_count = c.nlast + pending_at(last)
-  local numerator = first_count * ((first + 1) * g - lo)
-  if hi >= s.evicted then
+  local whole = s[o + 3]
+  if pending > 0 and pending_slot > first and pending_slot < last then
+    whole = whole + pending
+  end
+  local numerator = (s[o + 4] + pending_first) * ((first + 1) * g - lo)
+  local last_count = s[o + 5] + pending_last
+  if hi >= evicted then
     whole = whole + last_count  -- every pushed-out occurrence is at or before hi
   else
     numerator = numerator + last_count * (hi - last * g + 1)
@@ -239,9 +297,8 @@ local function count(s, rings, w, at)
   return exact + whole + floor((numerator + half) / g)
 end
 
-local function counts(s, rings, at)
-  return {count(s, rings, 1, at), count(s, rings, 2, at), count(s, rings, 3, at),
-          count(s, rings, 4, at)}
+local function counts(s, at)
+  return {count(s, 1, at), count(s, 2, at), count(s, 3, at), count(s, 4, at)}
 end
 
 -- Day-bucketed counters: fields '<day>|<name>'. Totals of the days still retained.
@@ -262,8 +319,8 @@ end
 -- Note in the anomaly's state that it has day counters, so that replies read them.
 local function mark_days(meta, ttl)
   local s = load_state(meta)
-  if not s.has_days then
-    s.has_days = true
+  if s[HAS_DAYS] == 0 then
+    s[HAS_DAYS] = 1
     redis.call('HSET', meta, 'st', pack_state(s))
     if redis.call('TTL', meta) < 0 then redis.call('EXPIRE', meta, ttl) end
   end
@@ -290,18 +347,19 @@ local DISPOSITIONS = {'auto_repair', 'human_approved', 'manual_resolved', 'cold_
                       'timeout_ignored'}
 
 -- The reply: {c1h, c24h, c7d, c30d, first, last, repairs, fix, d1..d5, [extra...,] signature}.
-local function reply(s, c, days, now, retention_days, fix_validity, extra, signature)
-  local totals = {}
-  if s.has_days then totals = day_totals(days, now, retention_days) end
-  local repairs = 0
-  for name, n in pairs(totals) do
-    if string.sub(name, 1, 2) == 't:' then repairs = repairs + n end
-  end
-  local fix = s.fix or -1
+local function reply(s, c, now, retention_days, fix_validity, signature, ...)
+  local fix = s[FIX]
   if fix >= 0 and now - fix >= fix_validity then fix = -1 end
-  local out = {c[1], c[2], c[3], c[4], s.first or -1, s.newest or -1, repairs, fix}
-  for _, kind in ipairs(DISPOSITIONS) do out[#out + 1] = totals['d:' .. kind] or 0 end
-  for _, v in ipairs(extra) do out[#out + 1] = v end
+  local out = {c[1], c[2], c[3], c[4], s[FIRST], s[NEWEST], 0, fix, 0, 0, 0, 0, 0, ...}
+  if s[HAS_DAYS] > 0 then
+    local totals = day_totals(key_of(s, 'd'), now, retention_days)
+    local repairs = 0
+    for name, n in pairs(totals) do
+      if string.sub(name, 1, 2) == 't:' then repairs = repairs + n end
+    end
+    out[7] = repairs
+    for i, kind in ipairs(DISPOSITIONS) do out[8 + i] = totals['d:' .. kind] or 0 end
+  end
   out[#out + 1] = signature
   return out
 end

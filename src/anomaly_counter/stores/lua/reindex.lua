@@ -12,7 +12,7 @@ end
 local which = tonumber(ARGV[4])
 if which > 0 and redis.call('HEXISTS', KEYS[2], 'st') == 1 then
   local s = load_state(KEYS[2])
-  s.bounds[which] = tonumber(ARGV[3])
+  s[BOUND + which] = tonumber(ARGV[3])
   redis.call('HSET', KEYS[2], 'st', pack_state(s))
 end
 return 1
