@@ -376,3 +376,43 @@ async def test_a_smaller_tail_capacity_keeps_counting(
     assert (frequency.count_1h, frequency.count_24h, frequency.count_30d) == (1, 151, 151)
     again = await tight.get_frequency(KEY, at=start + timedelta(minutes=3 * 149))
     assert again is not None and again.count_24h == 150
+
+
+async def test_resolutions_keep_the_latest_of_a_known_anomaly(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    await counter.record_resolution(KEY, at=clock.now)  # unknown anomaly: nothing kept
+    assert await counter.get_frequency(KEY) is None
+    await counter.record_anomaly(SIG, at=clock.now - timedelta(hours=2))
+    assert (await counter.get_frequency(KEY)).last_resolved is None  # type: ignore[union-attr]
+    await counter.record_resolution(KEY, at=clock.now - timedelta(hours=1))
+    await counter.record_resolution(KEY, at=clock.now - timedelta(hours=1, minutes=30))
+    frequency = await counter.get_frequency(KEY)
+    assert frequency is not None and frequency.last_resolved == clock.now - timedelta(hours=1)
+    assert frequency.count_24h == 1  # a resolution counts nothing
+    assert frequency.to_dict()["last_resolved"] == (clock.now - timedelta(hours=1)).isoformat()
+    other = await make_counter("team-b").get_frequency(KEY)
+    assert other is None
+
+
+async def test_tokens_are_kept_as_digests_by_id(make_counter: CounterFactory) -> None:
+    from anomaly_counter.tokens import new_token, parse_token, token_matches
+
+    store = make_counter().store
+    text_a, record_a = new_token("team-a", 1_000, label="alertmanager")
+    text_b, record_b = new_token("team-b", 2_000)
+    for record in (record_a, record_b):
+        await store.save_token(record)
+    parsed = parse_token(text_a)
+    assert parsed is not None and parsed[0] == record_a.token_id
+    found = await store.get_token(parsed[0])
+    assert found == record_a and token_matches(found, parsed[1])
+    assert text_a.split("_")[-1] not in repr(found)  # the secret itself is never stored
+    assert not token_matches(found, parse_token(text_b)[1])  # type: ignore[index]
+    assert await store.list_tokens() == [record_a, record_b]
+    assert await store.list_tokens("team-b") == [record_b]
+    assert await store.revoke_token(record_a.token_id)
+    assert not await store.revoke_token(record_a.token_id)
+    assert await store.get_token(record_a.token_id) is None
+    assert parse_token("act_nothex_short") is None

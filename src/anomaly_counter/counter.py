@@ -177,6 +177,7 @@ class AnomalyCounter:
             newly_regressed=snapshot.newly_regressed,
             duplicate=snapshot.duplicate,
             signature=snapshot.signature,
+            last_resolved=_time(snapshot.resolved_ms) if snapshot.resolved_ms is not None else None,
         )
 
     # -- occurrences --------------------------------------------------------------------------
@@ -495,6 +496,19 @@ class AnomalyCounter:
         await self._guard(
             "mark_permanent_fix_applied",
             self.store.mark_fix(self.project_id, key, text, _ms(moment)),
+            None,
+            anomaly_key=key,
+        )
+
+    async def record_resolution(self, anomaly_key: str, *, at: datetime | None = None) -> None:
+        """Note that an episode of a known anomaly was resolved at ``at``: its latest
+        resolution is kept (``last_resolved`` of reads). Counts nothing."""
+        key = validation.anomaly_key(anomaly_key)
+        now = self._clock()
+        moment = validation.occurrence_time(at, now)
+        await self._guard(
+            "record_resolution",
+            self.store.resolve(self.project_id, key, _ms(moment)),
             None,
             anomaly_key=key,
         )

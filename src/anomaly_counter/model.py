@@ -83,12 +83,14 @@ class AnomalyFrequency:
     duplicate: bool = False
     degraded: bool = False
     signature: dict[str, Any] = field(default_factory=dict)
+    last_resolved: datetime | None = None  # the latest resolution of an episode (reads only)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (ISO times): the reference's keys and ours."""
         out = asdict(self)
         out["first_seen"] = self.first_seen.isoformat()
         out["last_seen"] = self.last_seen.isoformat()
+        out["last_resolved"] = self.last_resolved.isoformat() if self.last_resolved else None
         return out
 
     def count(self, window: str) -> int:

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigurationError
 from ..model import DISPOSITION_TYPES, empty_disposition_counts
+from ..tokens import TokenRecord
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -71,6 +72,7 @@ class Snapshot:
     regressed: bool = False
     newly_regressed: bool = False
     duplicate: bool = False
+    resolved_ms: int | None = None  # the latest resolution of one of its episodes (reads only)
 
 
 class Store(ABC):
@@ -149,6 +151,26 @@ class Store(ABC):
     async def mark_fix(
         self, project: str, anomaly_key: str, description: str, at_ms: int
     ) -> None: ...
+
+    @abstractmethod
+    async def resolve(self, project: str, anomaly_key: str, at_ms: int) -> None:
+        """Keep the latest time an episode of this anomaly was resolved (a known anomaly)."""
+
+    # -- API tokens (kept as digests; see anomaly_counter.tokens) ---------------------------
+
+    @abstractmethod
+    async def save_token(self, record: TokenRecord) -> None: ...
+
+    @abstractmethod
+    async def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    @abstractmethod
+    async def list_tokens(self, project: str | None = None) -> list[TokenRecord]:
+        """Every token (of one project, or of all), oldest first."""
+
+    @abstractmethod
+    async def revoke_token(self, token_id: str) -> bool:
+        """Forget a token; False when there was none with this id."""
 
     @abstractmethod
     async def ping(self) -> None:

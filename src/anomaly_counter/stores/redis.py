@@ -21,6 +21,7 @@ piling onto one. The scripts are given an anomaly's meta key and name the others
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -40,6 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, StoreUnavailableError
 from ..model import DISPOSITION_TYPES
+from ..tokens import TokenRecord
 from .base import (
     ANOMALY_TTL_SECONDS,
     FIX_VALIDITY_MS,
@@ -193,9 +195,10 @@ class RedisStore(Store):
         self._client = client
         self._prefix = settings.key_prefix
         self._timeout = settings.store_timeout
+        self._tokens = f"{self._prefix}:tokens"
         self._sources = {
             name: _script_source(name)
-            for name in ("record", "read", "repair", "disposition", "fix", "reindex")
+            for name in ("record", "read", "repair", "disposition", "fix", "reindex", "resolve")
         }
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
         self._writes: Coalescer[_Write, Snapshot] = Coalescer(self._record_now)
@@ -373,10 +376,15 @@ class RedisStore(Store):
         args: list[Any] = [at_ms, now_ms, RETENTION_DAYS, FIX_VALIDITY_MS]
         calls = [(_keys(self._prefix, project, key).read_keys, args) for key in anomaly_keys]
         replies = await self._eval("read", calls)
-        return [
-            _snapshot(key, reply)[0] if reply is not None else None
-            for key, reply in zip(anomaly_keys, replies, strict=True)
-        ]
+        snapshots: list[Snapshot | None] = []
+        for key, reply in zip(anomaly_keys, replies, strict=True):
+            if reply is None:
+                snapshots.append(None)
+                continue
+            snapshot, (resolved,) = _snapshot(key, reply)
+            snapshot.resolved_ms = resolved if resolved >= 0 else None
+            snapshots.append(snapshot)
+        return snapshots
 
     # -- repairs and dispositions -------------------------------------------------------------
 
@@ -477,6 +485,28 @@ class RedisStore(Store):
         args = [at_ms, description, ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS, at_ms]
         await self._eval("fix", [([keys.meta], args)])
 
+    async def resolve(self, project: str, anomaly_key: str, at_ms: int) -> None:
+        keys = _keys(self._prefix, project, anomaly_key)
+        await self._eval("resolve", [([keys.meta], [at_ms])])
+
+    # -- API tokens: one hash, field per token id (few, looked up by id) ------------------------
+
+    async def save_token(self, record: TokenRecord) -> None:
+        await self._call(self._client.hset(self._tokens, record.token_id, _token_json(record)))
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        raw = await self._call(self._client.hget(self._tokens, token_id))
+        return _token_from_json(raw) if raw is not None else None
+
+    async def list_tokens(self, project: str | None = None) -> list[TokenRecord]:
+        raw = await self._call(self._client.hvals(self._tokens))
+        records = [_token_from_json(value) for value in raw]
+        chosen = [r for r in records if project is None or r.project == project]
+        return sorted(chosen, key=lambda r: (r.created_ms, r.token_id))
+
+    async def revoke_token(self, token_id: str) -> bool:
+        return bool(await self._call(self._client.hdel(self._tokens, token_id)))
+
     async def ping(self) -> None:
         await self._call(self._client.ping())
 
@@ -504,6 +534,14 @@ def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, list[in
         signature=json.loads(signature) if signature else {},
     )
     return snapshot, list(reply[13:-1])
+
+
+def _token_json(record: TokenRecord) -> str:
+    return json.dumps(dataclasses.asdict(record))
+
+
+def _token_from_json(raw: bytes) -> TokenRecord:
+    return TokenRecord(**json.loads(raw))
 
 
 def day_totals(raw: dict[bytes, bytes], now_ms: int) -> dict[str, int]:

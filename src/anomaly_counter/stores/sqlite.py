@@ -24,6 +24,7 @@ from ..errors import ConfigurationError, StoreUnavailableError
 from ..model import EscalationLevel
 from ..policy import Thresholds, crossing, level_for
 from ..ranking import index_bound
+from ..tokens import TokenRecord
 from ..windows import WindowState
 from .base import (
     ANOMALY_TTL_SECONDS,
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS anomalies (
     score_dispositions INTEGER NOT NULL DEFAULT 0,
     has_days INTEGER NOT NULL DEFAULT 0,  -- any repair or disposition counted yet
     touched INTEGER NOT NULL,
+    resolved_at INTEGER,  -- the latest resolution of one of its episodes
     PRIMARY KEY (project, anomaly_key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS anomalies_1h ON anomalies (project, score_1h DESC, anomaly_key);
@@ -92,6 +94,13 @@ CREATE TABLE IF NOT EXISTS day_counts (
     name TEXT NOT NULL,
     n INTEGER NOT NULL,
     PRIMARY KEY (project, anomaly_key, day, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    label TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS repair_history (
     project TEXT NOT NULL,
@@ -149,6 +158,9 @@ class SQLiteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(anomalies)")}
+            if "resolved_at" not in columns:  # a file made by version 0.1
+                db.execute("ALTER TABLE anomalies ADD COLUMN resolved_at INTEGER")
             self._db = db
         return self._db
 
@@ -305,13 +317,13 @@ class SQLiteStore(Store):
         counts: tuple[int, int, int, int] | None = None,
     ) -> Snapshot | None:
         row = db.execute(
-            "SELECT first_seen, last_seen, state, fix_at, signature FROM anomalies"
+            "SELECT first_seen, last_seen, state, fix_at, signature, resolved_at FROM anomalies"
             " WHERE project = ? AND anomaly_key = ?",
             (project, key),
         ).fetchone()
         if row is None:
             return None
-        first_seen, last_seen, blob, fix_at, signature = row
+        first_seen, last_seen, blob, fix_at, signature, resolved_at = row
         if counts is None:
             if state is None and blob is not None:
                 state = WindowState.from_bytes(blob, 1 << 30)
@@ -319,6 +331,7 @@ class SQLiteStore(Store):
         days = self._day_totals(db, project, key, now_ms)
         snapshot = _make_snapshot(key, counts, first_seen, last_seen, fix_at, days, now_ms)
         snapshot.signature = json.loads(signature) if signature else {}
+        snapshot.resolved_ms = resolved_at
         return snapshot
 
     async def read(
@@ -499,6 +512,52 @@ class SQLiteStore(Store):
             )
 
         await self._run(self._write, work)
+
+    async def resolve(self, project: str, anomaly_key: str, at_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE anomalies SET resolved_at = MAX(COALESCE(resolved_at, -1), ?)"
+                " WHERE project = ? AND anomaly_key = ?",
+                (at_ms, project, anomaly_key),
+            )
+
+        await self._run(self._write, work)
+
+    # -- API tokens ---------------------------------------------------------------------------
+
+    async def save_token(self, record: TokenRecord) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO tokens (token_id, project, digest, created_ms, label)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (record.token_id, record.project, record.digest, record.created_ms, record.label),
+            )
+
+        await self._run(self._write, work)
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        tokens = await self._tokens("WHERE token_id = ?", (token_id,))
+        return tokens[0] if tokens else None
+
+    async def list_tokens(self, project: str | None = None) -> list[TokenRecord]:
+        if project is None:
+            return await self._tokens("", ())
+        return await self._tokens("WHERE project = ?", (project,))
+
+    async def _tokens(self, where: str, args: tuple[str, ...]) -> list[TokenRecord]:
+        sql = (
+            "SELECT token_id, project, digest, created_ms, label FROM tokens"
+            f" {where} ORDER BY created_ms, token_id"
+        )
+        rows = await self._run(lambda: self._connection().execute(sql, args).fetchall())
+        return [TokenRecord(*row) for row in rows]
+
+    async def revoke_token(self, token_id: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            cursor = db.execute("DELETE FROM tokens WHERE token_id = ?", (token_id,))
+            return cursor.rowcount > 0
+
+        return await self._run(self._write, work)
 
     # -- life cycle ---------------------------------------------------------------------------
 

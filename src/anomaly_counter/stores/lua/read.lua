@@ -5,5 +5,6 @@ local meta = KEYS[1]
 if redis.call('EXISTS', meta, string.sub(meta, 1, -2) .. 'd') == 0 then return nil end
 local s = load_state(meta)
 local c = counts(s, tonumber(ARGV[1]))
+local resolved = num(redis.call('HGET', meta, 'rs'), -1)  -- the one extra number
 return reply(s, c, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-             redis.call('GET', key_of(s, 's')) or '')
+             redis.call('GET', key_of(s, 's')) or '', resolved)
