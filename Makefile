@@ -9,7 +9,7 @@ DEMO_DB ?= .run/demo.db
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,service]'
 	touch $(STAMP)
 
 install: $(STAMP)

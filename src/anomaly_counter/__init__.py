@@ -1,5 +1,7 @@
 """anomaly-counter: which alerts keep coming back, how often, and whether their fixes work."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .counter import AnomalyCounter, get_anomaly_counter, reset_anomaly_counter
 from .errors import (
     AnomalyCounterError,
@@ -18,6 +20,11 @@ from .model import (
 )
 from .policy import ActionRecommendation, Thresholds
 from .settings import Settings, load_settings
+
+try:
+    __version__ = version("anomaly-counter")
+except PackageNotFoundError:  # run from a source tree that was not installed
+    __version__ = "0.0.0"
 from .signature import derive_key_from_incident, hash_signature
 
 __all__ = [

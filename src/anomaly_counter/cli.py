@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -20,10 +22,12 @@ from typing import Any, NoReturn
 
 import structlog
 
+from . import __version__
 from .counter import AnomalyCounter
 from .errors import AnomalyCounterError, ConfigurationError, StoreUnavailableError
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
-from .settings import load_settings
+from .settings import Settings, load_settings
+from .tokens import new_token
 
 PROG = "anomaly-counter"
 
@@ -105,6 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path)
     source.add_argument("--bundled", action="store_true", help="the bundled demo stream")
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="listen address (default: settings, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: settings, else 8080)")
+    serve.add_argument(
+        "--demo-token", action="store_true", help="create and print a token for --project"
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+
+    token = commands.add_parser("token", help="API tokens of projects")
+    token_commands = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    create = token_commands.add_parser("create", help="a new token, printed once")
+    create.add_argument("--label", default="", help="what the token is for")
+    listing = token_commands.add_parser("list", help="tokens (never their secrets)")
+    listing.add_argument("--all", action="store_true", help="of every project")
+    revoke = token_commands.add_parser("revoke", help="forget a token")
+    revoke.add_argument("token_id")
     return parser
 
 
@@ -330,6 +351,60 @@ def _fail(message: str, status: int) -> NoReturn:
     raise SystemExit(status)
 
 
+async def _token(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    store, project = counter.store, counter.project_id
+    if args.token_command == "create":
+        text, record = new_token(project, int(time.time() * 1000), args.label)
+        await store.save_token(record)
+        data = {"token": text, "token_id": record.token_id, "project": project}
+        _emit(args.json, data, lambda: f"{text}\n(token {record.token_id} of project {project};"
+              " it is shown only now)")  # fmt: skip
+    elif args.token_command == "list":
+        records = await store.list_tokens(None if args.all else project)
+        rows = [
+            {"token_id": r.token_id, "project": r.project, "label": r.label,
+             "created": datetime.fromtimestamp(r.created_ms / 1000, UTC).isoformat()}
+            for r in records
+        ]  # fmt: skip
+        _emit(args.json, rows, lambda: _table(
+            ["token", "project", "label", "created"],
+            [(r["token_id"], r["project"], r["label"], _short(r["created"])) for r in rows],
+        ) if rows else "no tokens")  # fmt: skip
+    elif not await store.revoke_token(args.token_id):
+        _fail(f"no token {args.token_id!r}", 1)
+    else:
+        _emit(args.json, {"revoked": args.token_id}, lambda: f"revoked {args.token_id}")
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .service.app import create_app
+
+    chosen = replace(
+        settings,
+        **{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None},
+    )
+    if args.store:
+        chosen = replace(chosen, store_url=args.store)
+    app = create_app(chosen)
+    if args.demo_token:
+        project = args.project or chosen.project
+        text, record = new_token(project, int(time.time() * 1000), "demo")
+        await app.state.service.store.save_token(record)
+    url = f"http://{chosen.host}:{chosen.port}"
+    print(f"anomaly-counter {__version__} on {chosen.store_url}: {url}  (API docs: {url}/docs)")
+    if args.demo_token:
+        print(f"a token of project {project!r}: {text}")
+        print(f"  curl -H 'Authorization: Bearer {text}' {url}/v1/projects/{project}/anomalies")
+        print(f"  Alertmanager receiver: {url}/v1/projects/{project}/alertmanager")
+    sys.stdout.flush()
+    config = uvicorn.Config(
+        app, host=chosen.host, port=chosen.port, access_log=args.access_log, log_level="info"
+    )
+    await uvicorn.Server(config).serve()
+
+
 _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "record": _record,
     "show": _show,
@@ -340,11 +415,15 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "dispose": _dispose,
     "fix": _fix,
     "replay": _replay,
+    "token": _token,
 }
 
 
 async def _run(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, strict=True)
+    if args.command == "serve":
+        await _serve(settings, args)
+        return
     counter = AnomalyCounter.from_url(args.store, args.project, settings=settings)
     try:
         await _COMMANDS[args.command](counter, args)
@@ -354,8 +433,9 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``anomaly-counter`` command."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     args = build_parser().parse_args(argv)
+    level = logging.INFO if args.command == "serve" else logging.WARNING
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     try:
         asyncio.run(_run(args))
     except StoreUnavailableError as exc:

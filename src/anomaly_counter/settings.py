@@ -12,6 +12,15 @@ TOML layout::
     permanent_fix = 10
     [projects.payments.thresholds]   # per-project overrides
     repeat = 2
+    [projects.payments.notify]       # where the project's notices go (any of the three)
+    telegram = { bot_token = "123:abc", chat_id = "-100200300" }
+    slack = { webhook_url = "https://hooks.slack.com/services/T/B/X" }
+    webhook = { url = "https://example.net/hook", secret = "s3cret" }
+    [alertmanager.labels]            # which labels fill the four fingerprint fields
+    service = ["app", "service", "job"]   # the first label present wins
+
+The service's own settings (``host``, ``port``, ``public_url``, ...) are scalars like
+``store_url``; every scalar can also come from ``ANOMALY_COUNTER_<NAME>``.
 """
 
 from __future__ import annotations
@@ -24,12 +33,32 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
+from .notify.channels import Channel, SlackChannel, TelegramChannel, WebhookChannel
 from .policy import Thresholds
 from .validation import PROJECT_ID
 
 ENV_PREFIX = "ANOMALY_COUNTER_"
 DEFAULT_STORE_URL = "sqlite:///anomaly-counter.db"
 MIN_DEDUP_HORIZON_DAYS = 7
+DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertLabels:
+    """The Alertmanager labels that fill each fingerprint field, first present wins."""
+
+    alert_name: tuple[str, ...] = ("alertname",)
+    service: tuple[str, ...] = ("service", "job")
+    namespace: tuple[str, ...] = ("namespace",)
+    error_type: tuple[str, ...] = ("reason", "error_type")
+
+    def fields(self) -> dict[str, tuple[str, ...]]:
+        return {
+            "alert_name": self.alert_name,
+            "service": self.service,
+            "namespace": self.namespace,
+            "error_type": self.error_type,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +74,19 @@ class Settings:
     dedup_horizon_days: int = 7
     dedup_max_ids: int = 10_000
     key_prefix: str = "ac"
+    # the service
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""  # the base of links in notices (default: http://host:port)
+    max_body_bytes: int = 1_048_576
+    alert_labels: AlertLabels = field(default_factory=AlertLabels)
+    repair_actions: tuple[str, ...] = ("restart_pod", "scale_up", "rollback")
+    # notices
+    project_channels: Mapping[str, tuple[Channel, ...]] = field(default_factory=dict)
+    telegram_api_url: str = DEFAULT_TELEGRAM_API_URL
+    notify_attempts: int = 5
+    notify_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
+    notify_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.store_timeout > 0:
@@ -59,11 +101,35 @@ class Settings:
         for project in self.project_thresholds:
             if not PROJECT_ID.fullmatch(project):
                 raise ConfigurationError(f"projects: invalid project id {project!r}")
+        if not 0 < self.port < 65536:
+            raise ConfigurationError(f"port must be from 1 to 65535, got {self.port}")
+        if self.max_body_bytes < 1024:
+            raise ConfigurationError(
+                f"max_body_bytes must be at least 1024, got {self.max_body_bytes}"
+            )
+        if self.notify_attempts < 1:
+            raise ConfigurationError(
+                f"notify_attempts must be positive, got {self.notify_attempts}"
+            )
+        for name in ("notify_backoff", "notify_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)}")
+        for project in self.project_channels:
+            if not PROJECT_ID.fullmatch(project):
+                raise ConfigurationError(f"projects: invalid project id {project!r}")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}:% "):
             raise ConfigurationError(
                 f"key_prefix must be non-empty without '{{', '}}', ':', '%' or spaces,"
                 f" got {self.key_prefix!r}"
             )
+
+    @property
+    def base_url(self) -> str:
+        """Where the service is reached, for links: ``public_url`` or http://host:port."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def channels_for(self, project: str) -> tuple[Channel, ...]:
+        return self.project_channels.get(project, ())
 
     def thresholds_for(self, project: str) -> Thresholds:
         """The thresholds of a project: its override, else the global ones."""
@@ -78,6 +144,14 @@ _SCALARS: dict[str, type] = {
     "dedup_horizon_days": int,
     "dedup_max_ids": int,
     "key_prefix": str,
+    "host": str,
+    "port": int,
+    "public_url": str,
+    "max_body_bytes": int,
+    "telegram_api_url": str,
+    "notify_attempts": int,
+    "notify_backoff": float,
+    "notify_timeout": float,
 }
 _THRESHOLD_NAMES = ("repeat", "escalate", "permanent_fix")
 
@@ -115,6 +189,71 @@ def _thresholds(name: str, table: object, base: Thresholds) -> Thresholds:
     return replace(base, **values)
 
 
+def _names(name: str, raw: object) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw or not all(isinstance(x, str) and x for x in raw):
+        raise ConfigurationError(f"setting {name} must be a non-empty list of names")
+    return tuple(raw)
+
+
+def _alert_labels(raw: object) -> AlertLabels:
+    if not isinstance(raw, Mapping) or set(raw) - {"labels"}:
+        raise ConfigurationError(
+            "setting alertmanager must hold only a [alertmanager.labels] table"
+        )
+    table = raw.get("labels", {})
+    if not isinstance(table, Mapping):
+        raise ConfigurationError("setting alertmanager.labels must be a table")
+    known = AlertLabels().fields()
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigurationError(
+            f"setting alertmanager.labels has unknown keys: {', '.join(sorted(unknown))}"
+            f" (known: {', '.join(known)})"
+        )
+    return AlertLabels(
+        **{field_: _names(f"alertmanager.labels.{field_}", v) for field_, v in table.items()}
+    )
+
+
+_CHANNEL_KEYS: dict[str, tuple[set[str], set[str]]] = {  # (required, optional)
+    "telegram": ({"bot_token", "chat_id"}, {"api_url"}),
+    "slack": ({"webhook_url"}, set()),
+    "webhook": ({"url"}, {"secret"}),
+}
+
+
+def _channels(name: str, table: object, telegram_api_url: str) -> tuple[Channel, ...]:
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f"setting {name} must be a table")
+    channels: list[Channel] = []
+    for kind, entries in table.items():
+        if kind not in _CHANNEL_KEYS:
+            raise ConfigurationError(
+                f"setting {name}.{kind}: unknown channel (known: {', '.join(_CHANNEL_KEYS)})"
+            )
+        for entry in entries if isinstance(entries, list) else [entries]:
+            required, optional = _CHANNEL_KEYS[kind]
+            if not isinstance(entry, Mapping):
+                raise ConfigurationError(f"setting {name}.{kind} must be a table")
+            missing, unknown = required - set(entry), set(entry) - required - optional
+            if missing or unknown:
+                raise ConfigurationError(
+                    f"setting {name}.{kind} needs {', '.join(sorted(required))}"
+                    + (f"; unknown keys: {', '.join(sorted(unknown))}" if unknown else "")
+                )
+            text = {k: _convert(f"{name}.{kind}.{k}", v, str) for k, v in entry.items()}
+            if kind == "telegram":
+                text.setdefault("api_url", telegram_api_url)
+                channels.append(TelegramChannel(**text))
+            elif kind == "slack":
+                channels.append(SlackChannel(**text))
+            else:
+                channels.append(WebhookChannel(**text))
+    return tuple(channels)
+
+
 def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -125,7 +264,8 @@ def load_settings(
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     thresholds = Thresholds()
-    per_project: dict[str, Thresholds] = {}
+    per_project: dict[str, Any] = {}
+    notify: dict[str, Any] = {}
     path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
     if path:
         try:
@@ -139,8 +279,22 @@ def load_settings(
                 thresholds = _thresholds("thresholds", raw, thresholds)
             elif key == "projects" and isinstance(raw, Mapping):
                 for project, table in raw.items():
-                    sub = table.get("thresholds", {}) if isinstance(table, Mapping) else table
-                    per_project[project] = sub
+                    if not isinstance(table, Mapping):
+                        raise ConfigurationError(f"setting projects.{project} must be a table")
+                    unknown = set(table) - {"thresholds", "notify"}
+                    if unknown:
+                        raise ConfigurationError(
+                            f"setting projects.{project} has unknown keys:"
+                            f" {', '.join(sorted(unknown))}"
+                        )
+                    if "thresholds" in table:
+                        per_project[project] = table["thresholds"]
+                    if "notify" in table:
+                        notify[project] = table["notify"]
+            elif key == "alertmanager":
+                values["alert_labels"] = _alert_labels(raw)
+            elif key == "repair_actions":
+                values["repair_actions"] = _names("repair_actions", raw)
             else:
                 raise ConfigurationError(f"unknown setting {key!r} in {path}")
     for key, kind in _SCALARS.items():
@@ -159,6 +313,12 @@ def load_settings(
         project: _thresholds(f"projects.{project}.thresholds", table, thresholds)
         for project, table in per_project.items()
     }
+    telegram_api_url = values.get("telegram_api_url", DEFAULT_TELEGRAM_API_URL)
+    if notify:
+        values["project_channels"] = {
+            project: _channels(f"projects.{project}.notify", table, telegram_api_url)
+            for project, table in notify.items()
+        }
     known = {f.name for f in fields(Settings)}
     for key, raw in overrides.items():
         if key not in known:

@@ -1,0 +1,1 @@
+"""Notices of escalations and regressions, sent to the channels a project reads."""

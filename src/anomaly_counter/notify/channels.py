@@ -1,0 +1,106 @@
+"""Where notices go: the HTTP request each channel makes of a notice (no I/O here).
+
+Channels come from settings (``[projects.<id>.notify]`` in the TOML file). Their base URLs are
+settings too, so a test or an air-gapped site points them at a server of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .notice import Notice
+
+SIGNATURE_HEADER = "X-Anomaly-Counter-Signature"
+"""``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``, as Stripe-style webhooks do: the
+time in the signed text lets a receiver refuse replays."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class Channel(Protocol):
+    @property
+    def name(self) -> str:
+        """The channel's kind, the label of its metrics: telegram, slack, webhook."""
+        ...
+
+    def request(self, notice: Notice) -> Request: ...
+
+
+def _json(payload: object) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramChannel:
+    """Telegram Bot API ``sendMessage`` to one chat."""
+
+    bot_token: str
+    chat_id: str
+    api_url: str = "https://api.telegram.org"
+
+    @property
+    def name(self) -> str:
+        return "telegram"
+
+    def request(self, notice: Notice) -> Request:
+        body = {
+            "chat_id": self.chat_id,
+            "text": notice.html(),
+            "parse_mode": "HTML",
+            "disable_web_page_preview": True,
+        }
+        url = f"{self.api_url.rstrip('/')}/bot{self.bot_token}/sendMessage"
+        return Request(url, _json(body), dict(_JSON))
+
+
+@dataclass(frozen=True, slots=True)
+class SlackChannel:
+    """A Slack incoming webhook."""
+
+    webhook_url: str
+
+    @property
+    def name(self) -> str:
+        return "slack"
+
+    def request(self, notice: Notice) -> Request:
+        return Request(self.webhook_url, _json({"text": notice.markdown()}), dict(_JSON))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookChannel:
+    """A generic JSON webhook, signed with HMAC-SHA256 when it has a secret."""
+
+    url: str
+    secret: str = ""
+
+    @property
+    def name(self) -> str:
+        return "webhook"
+
+    def request(self, notice: Notice) -> Request:
+        body = _json(notice.payload())
+        headers = dict(_JSON)
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body, int(time.time()))
+        return Request(self.url, body, headers)
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The signature header's value for a body sent at ``timestamp`` (unix seconds)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"

@@ -1,0 +1,58 @@
+"""Bearer tokens per project: 401 without a valid token, 403 with another project's.
+
+The check runs before anything of the project is read, so a foreign token learns nothing, not
+even whether an anomaly exists. Look-ups are cached for a few seconds: a revoked token stops
+working within ``CACHE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import HTTPException, status
+
+from ..stores.base import Store
+from ..tokens import TokenRecord, parse_token, token_matches
+
+CACHE_SECONDS = 5.0
+_CACHE_SIZE = 10_000
+
+
+class Authenticator:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+
+    async def _record(self, token_id: str) -> TokenRecord | None:
+        now = time.monotonic()
+        cached = self._cache.get(token_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await self._store.get_token(token_id)
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[token_id] = (now + CACHE_SECONDS, record)
+        return record
+
+    async def project_of(self, authorization: str | None) -> str:
+        """The project a request's ``Authorization: Bearer <token>`` belongs to."""
+        if not authorization:
+            raise _unauthorized("missing bearer token (Authorization: Bearer <token>)")
+        scheme, _, text = authorization.partition(" ")
+        parsed = parse_token(text.strip()) if scheme.lower() == "bearer" else None
+        if parsed is None:
+            raise _unauthorized("malformed bearer token")
+        record = await self._record(parsed[0])
+        if record is None or not token_matches(record, parsed[1]):
+            raise _unauthorized("unknown or revoked token")
+        return record.project
+
+    async def check(self, authorization: str | None, project: str) -> None:
+        if await self.project_of(authorization) != project:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is not for this project")
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
+    )

@@ -1,0 +1,104 @@
+"""Prometheus metrics of one service process, in a registry of its own.
+
+Labels are bounded: project, outcome, level, channel, operation, method, route template and
+status; never an anomaly key, a label value from an alert, or a raw path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..model import AnomalyFrequency
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.occurrences = Counter(
+            "anomaly_counter_occurrences",
+            "Occurrences received, by outcome: new (counted), duplicate (an id already counted),"
+            " degraded (the store could not take it: answered 503), rejected (refused input)",
+            ["project", "outcome"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "anomaly_counter_escalations",
+            "Occurrences that took an anomaly into a higher level",
+            ["project", "level"],
+            registry=r,
+        )
+        self.regressions = Counter(
+            "anomaly_counter_regressions",
+            "Anomalies that came back after a permanent fix (first occurrence after it)",
+            ["project"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "anomaly_counter_notifications",
+            "Notices delivered or given up on, by channel",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "anomaly_counter_store_seconds",
+            "Time of store calls made for requests, by operation",
+            ["operation"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "anomaly_counter_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "anomaly_counter_http_request_seconds",
+            "HTTP request latency by method and route template",
+            ["method", "route"],
+            buckets=_FAST,
+            registry=r,
+        )
+
+    def counted(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
+        duplicates = sum(1 for f in frequencies if f.duplicate)
+        if duplicates:
+            self.occurrences.labels(project, "duplicate").inc(duplicates)
+        if len(frequencies) > duplicates:
+            self.occurrences.labels(project, "new").inc(len(frequencies) - duplicates)
+        for f in frequencies:
+            if f.escalated_to:
+                self.escalations.labels(project, f.escalated_to).inc()
+            if f.newly_regressed:
+                self.regressions.labels(project).inc()
+
+    def refused(self, project: str, outcome: str, n: int = 1) -> None:
+        if n:
+            self.occurrences.labels(project, outcome).inc(n)
+
+    @asynccontextmanager
+    async def timing(self, operation: str) -> AsyncIterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.store_seconds.labels(operation).observe(time.perf_counter() - began)
+
+    # the dispatcher's outcomes
+    def notice_sent(self, channel: str) -> None:
+        self.notifications.labels(channel, "sent").inc()
+
+    def notice_failed(self, channel: str) -> None:
+        self.notifications.labels(channel, "failed").inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

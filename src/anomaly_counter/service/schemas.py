@@ -1,0 +1,173 @@
+"""Request and response bodies of the HTTP API (its OpenAPI schema comes from these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..model import AnomalyFrequency
+
+Label = str | int | float | bool | None
+Disposition = Literal[
+    "auto_repair", "human_approved", "manual_resolved", "cold_start_trust", "timeout_ignored"
+]
+MAX_BATCH = 10_000
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What is wrong, in one sentence.")
+
+
+class OccurrenceIn(_In):
+    signature: dict[str, Label] = Field(
+        description="The alert's labels; alertname (or alert_name), service (or job), namespace"
+        " and reason (or error_type) make its fingerprint.",
+        examples=[{"alertname": "OOMKilled", "service": "api", "namespace": "prod"}],
+    )
+    at: datetime | None = Field(None, description="When it happened (with a time zone); now")
+    occurrence_id: str | None = Field(
+        None, description="The same id for the same anomaly is counted once (7 days at least)"
+    )
+
+
+class BatchIn(_In):
+    occurrences: list[OccurrenceIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class FrequencyOut(BaseModel):
+    anomaly_key: str
+    count_1h: int
+    count_24h: int
+    count_7d: int
+    count_30d: int
+    first_seen: datetime
+    last_seen: datetime
+    auto_repair_count: int
+    permanent_fix_applied: bool
+    escalation_level: str | None
+    human_approved_count: int
+    manual_resolved_count: int
+    cold_start_trust_count: int
+    total_resolution_count: int
+    auto_repair_disposition_count: int
+    timeout_ignored_count: int
+    escalated_to: str | None = Field(description="The level this occurrence newly crossed into")
+    regressed: bool
+    newly_regressed: bool
+    duplicate: bool
+    degraded: bool
+    signature: dict[str, Any]
+    last_resolved: datetime | None
+
+    @classmethod
+    def of(cls, frequency: AnomalyFrequency) -> FrequencyOut:
+        return cls.model_validate(frequency.to_dict())
+
+
+class BatchOut(BaseModel):
+    results: list[FrequencyOut]
+
+
+class AlertmanagerOut(BaseModel):
+    received: int = Field(description="Alerts in the payload")
+    counted: int = Field(description="New occurrences (firing episodes not seen before)")
+    duplicates: int = Field(description="Re-notifications of episodes already counted")
+    resolved: int = Field(description="Episodes whose resolution was noted")
+    too_old: int = Field(description="Alerts that started more than 30 days ago (not counted)")
+
+
+class TopRow(FrequencyOut):
+    alert_name: str | int | float | bool | None
+    service: str | int | float | bool | None
+    namespace: str | int | float | bool | None
+    error_type: str | int | float | bool | None
+    window: str
+    count: int
+
+
+class TopOut(BaseModel):
+    window: str
+    anomalies: list[TopRow]
+
+
+class RepairIn(_In):
+    action: str = Field(examples=["restart_pod"])
+    success: bool
+    at: datetime | None = None
+
+
+class ActionStats(BaseModel):
+    total: int
+    success: int
+    success_rate: float
+
+
+class RepairAttempt(BaseModel):
+    action: str
+    success: bool
+    timestamp: datetime
+
+
+class RepairsOut(BaseModel):
+    actions: dict[str, ActionStats] = Field(description="Every attempt of the last 30 days")
+    history: list[RepairAttempt] = Field(description="The last 100 attempts, newest first")
+
+
+class SkipOut(ActionStats):
+    action: str
+    skip: bool = Field(description="Tried at least twice and succeeds less than the floor")
+    min_success_rate: float
+
+
+class Recommendation(BaseModel):
+    action: str
+    rank: int
+    score: float
+    total: int
+    success: int
+    success_rate: float
+    skip: bool
+    reason: str
+
+
+class RecommendationsOut(BaseModel):
+    recommendations: list[Recommendation]
+
+
+class DispositionIn(_In):
+    type: Disposition
+    at: datetime | None = None
+
+
+class DispositionCounts(BaseModel):
+    auto_repair: int
+    human_approved: int
+    manual_resolved: int
+    cold_start_trust: int
+    timeout_ignored: int
+    total: int
+
+
+class DispositionRow(DispositionCounts):
+    anomaly_key: str
+    alert_name: str | int | float | bool | None
+
+
+class DispositionSummaryOut(BaseModel):
+    summary: DispositionCounts
+    by_anomaly: list[DispositionRow]
+
+
+class FixIn(_In):
+    description: str = Field(examples=["memory limit raised and leak fixed in v2.3.1"])
+    at: datetime | None = None
+
+
+class Done(BaseModel):
+    ok: Literal[True] = True

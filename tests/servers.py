@@ -1,0 +1,148 @@
+"""Real servers for the service tests: our service on uvicorn in a thread, and a small HTTP
+server standing in for the chat APIs (Telegram, Slack, a webhook) that records what it gets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import uvicorn
+
+from anomaly_counter import Settings
+from anomaly_counter.service.app import create_app
+from anomaly_counter.stores.base import store_from_url
+from anomaly_counter.tokens import new_token
+
+from .conftest import free_port
+
+
+class ServiceServer:
+    """The service on a free port, served by uvicorn in a thread of its own (its own loop)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServiceServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the service did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def token(self, project: str) -> str:
+        """A new token of a project, stored through a store of this thread's own."""
+        return make_token(self.settings, project)
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
+
+
+def make_token(settings: Settings, project: str) -> str:
+    async def create() -> str:
+        store = store_from_url(settings.store_url, settings)
+        try:
+            text, record = new_token(project, int(time.time() * 1000))
+            await store.save_token(record)
+            return text
+        finally:
+            await store.aclose()
+
+    result: list[str] = []
+    # a loop of its own: the caller may be inside one already
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(create())))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class ChatServer:
+    """Answers each request with the next status of ``plan`` (then 200), and records it."""
+
+    plan: list[int] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer.lock:
+                    outer.received.append(Received(self.path, dict(self.headers), body))
+                    status = outer.plan.pop(0) if outer.plan else 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"ok": true}')
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.received) >= count:
+                    return list(self.received)
+            time.sleep(0.02)
+        with self.lock:
+            return list(self.received)
+
+
+async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
+    """Poll an async check until it returns a truthy value (or ``within`` seconds pass)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.05)
