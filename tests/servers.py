@@ -96,6 +96,7 @@ class ChatServer:
 
     plan: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
+    hold: threading.Event | None = None  # when set: answer only once it is set
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -104,6 +105,8 @@ class ChatServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if outer.hold is not None:
+                    outer.hold.wait(30)
                 with outer.lock:
                     outer.received.append(Received(self.path, dict(self.headers), body))
                     status = outer.plan.pop(0) if outer.plan else 200

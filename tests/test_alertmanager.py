@@ -1,0 +1,256 @@
+"""The Alertmanager receiver: crafted payloads over HTTP, then end to end with real
+Alertmanager processes that re-send, resolve and re-fire on second-scale intervals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from anomaly_counter import AnomalyCounter, Settings
+
+from .conftest import free_port, require_binary
+from .servers import ServiceServer, eventually
+
+LABELS = {"alertname": "DiskPressure", "job": "db", "namespace": "prod", "instance": "node-1"}
+KEY = AnomalyCounter.hash_signature(
+    {"alertname": "DiskPressure", "service": "db", "namespace": "prod"}
+)
+RECEIVER = "/v1/projects/team-a/alertmanager"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _alert(status: str, starts: datetime, ends: datetime | None = None, **labels: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "status": status,
+        "labels": {**LABELS, **labels},
+        "annotations": {"summary": "disk almost full"},
+        "startsAt": _iso(starts),
+        "endsAt": _iso(ends) if ends else "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus/graph",
+        "fingerprint": "c0ffee" + "".join(sorted(labels.values()))[:10],
+        "someFutureField": {"ignored": True},
+    }
+
+
+def _payload(*alerts: dict) -> dict:  # type: ignore[type-arg]
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="DiskPressure"}',
+        "truncatedAlerts": 0,
+        "status": alerts[0]["status"],
+        "receiver": "counter",
+        "groupLabels": {"alertname": "DiskPressure"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": list(alerts),
+        "notification_reason": "repeat",  # a newer release's field
+    }
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceServer]:
+    with ServiceServer(Settings(store_url=f"sqlite:///{tmp_path}/am.db")) as server:
+        yield server
+
+
+async def test_episodes_are_counted_once_and_resolutions_kept(service: ServiceServer) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = now - timedelta(minutes=30)
+    async with service.client(service.token("team-a")) as http:
+        r = await http.post(RECEIVER, json=_payload(_alert("firing", first)))
+        assert r.json() == {
+            "received": 1, "counted": 1, "duplicates": 0, "resolved": 0, "too_old": 0,
+        }  # fmt: skip
+        for _ in range(3):  # repeats, and a second Alertmanager of an HA pair
+            r = await http.post(RECEIVER, json=_payload(_alert("firing", first)))
+            assert r.json()["duplicates"] == 1 and r.json()["counted"] == 0
+        resolved = _alert("resolved", first, now - timedelta(minutes=5))
+        r = await http.post(RECEIVER, json=_payload(resolved))
+        assert r.json()["resolved"] == 1 and r.json()["counted"] == 0
+        anomaly = (await http.get(f"/v1/projects/team-a/anomalies/{KEY}")).json()
+        assert anomaly["count_24h"] == 1
+        assert datetime.fromisoformat(anomaly["first_seen"]) == first  # at its startsAt
+        assert datetime.fromisoformat(anomaly["last_resolved"]) == now - timedelta(minutes=5)
+        assert anomaly["signature"]["instance"] == "node-1"  # the other labels are kept
+        refire = _alert("firing", now - timedelta(minutes=1))
+        other = _alert("firing", first, alertname="HighLatency")
+        r = await http.post(RECEIVER, json=_payload(refire, other))
+        assert r.json()["counted"] == 2
+        anomaly = (await http.get(f"/v1/projects/team-a/anomalies/{KEY}")).json()
+        assert anomaly["count_24h"] == 2
+        old = _alert("firing", now - timedelta(days=40))
+        r = await http.post(RECEIVER, json=_payload(old))
+        assert r.status_code == 200 and r.json()["too_old"] == 1
+
+
+async def test_payloads_that_stay_wrong_get_a_4xx(service: ServiceServer) -> None:
+    now = datetime.now(UTC)
+    async with service.client(service.token("team-a")) as http:
+        wrong_version = {**_payload(_alert("firing", now)), "version": "3"}
+        no_alerts = {k: v for k, v in _payload(_alert("firing", now)).items() if k != "alerts"}
+        bad_time = _payload({**_alert("firing", now), "startsAt": "yesterday"})
+        for body in (wrong_version, no_alerts, bad_time, [1, 2]):
+            r = await http.post(RECEIVER, json=body)
+            assert r.status_code == 422, body
+        many_labels = {f"label_{i}": "v" * 300 for i in range(100)}
+        r = await http.post(RECEIVER, json=_payload(_alert("firing", now, **many_labels)))
+        assert r.status_code == 200 and r.json()["counted"] == 1  # kept within the bounds
+
+
+async def test_a_custom_label_mapping(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('[alertmanager.labels]\nservice = ["app", "job"]\n')
+    from anomaly_counter import load_settings
+
+    settings = load_settings(config, store_url=f"sqlite:///{tmp_path}/m.db")
+    with ServiceServer(settings) as server:
+        async with server.client(server.token("team-a")) as http:
+            alert = _alert("firing", datetime.now(UTC), app="checkout")
+            await http.post(RECEIVER, json=_payload(alert))
+            key = AnomalyCounter.hash_signature(
+                {"alertname": "DiskPressure", "service": "checkout", "namespace": "prod"}
+            )
+            assert (await http.get(f"/v1/projects/team-a/anomalies/{key}")).status_code == 200
+
+
+# -- end to end with the real Alertmanager ------------------------------------------------------
+
+
+class Alertmanager:
+    def __init__(self, receiver_url: str, token: str) -> None:
+        self.binary = require_binary("prometheus-alertmanager")
+        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="alertmanager-")
+        config = {
+            "route": {
+                "receiver": "counter",
+                "group_by": ["alertname"],
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1s",
+            },
+            "receivers": [
+                {
+                    "name": "counter",
+                    "webhook_configs": [
+                        {
+                            "url": receiver_url,
+                            "send_resolved": True,
+                            "http_config": {
+                                "authorization": {"type": "Bearer", "credentials": token}
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+        self.config = Path(self.directory) / "alertmanager.yml"
+        self.config.write_text(json.dumps(config))  # JSON is YAML
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Alertmanager:
+        self.process = subprocess.Popen(
+            [self.binary, f"--config.file={self.config}", f"--storage.path={self.directory}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
+             "--log.level=warn"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError(self.process.stderr.read().decode())  # type: ignore[union-attr]
+            time.sleep(0.1)
+        raise RuntimeError("alertmanager did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+
+    def push(self, labels: dict[str, str], starts: datetime, ends: datetime | None = None) -> None:
+        alert: dict[str, Any] = {"labels": labels, "startsAt": _iso(starts)}
+        if ends is not None:
+            alert["endsAt"] = _iso(ends)
+        r = httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5)
+        assert r.status_code == 200, r.text
+
+
+async def test_end_to_end_with_two_real_alertmanagers(service: ServiceServer) -> None:
+    token = service.token("team-a")
+    receiver = f"{service.url}{RECEIVER}"
+    other = {**LABELS, "alertname": "HighLatency"}
+    other_key = AnomalyCounter.hash_signature(
+        {"alertname": "HighLatency", "service": "db", "namespace": "prod"}
+    )
+    async with service.client(token) as http:
+
+        async def anomaly(key: str) -> dict[str, Any]:
+            r = await http.get(f"/v1/projects/team-a/anomalies/{key}")
+            return r.json() if r.status_code == 200 else {}
+
+        async def duplicates() -> float:
+            text = (await http.get("/metrics")).text
+            for line in text.splitlines():
+                if line.startswith("anomaly_counter_occurrences_total") and "duplicate" in line:
+                    return float(line.rsplit(" ", 1)[1])
+            return 0.0
+
+        with Alertmanager(receiver, token) as one, Alertmanager(receiver, token) as two:
+            started = datetime.now(UTC) - timedelta(seconds=30)
+            for am in (one, two):  # an HA pair: both get every alert, both notify
+                am.push(LABELS, started)
+                am.push(other, started)
+            # repeats every second, from both: many deliveries, one episode each
+            assert await eventually(lambda: _at_least(duplicates, 6), within=30)
+            assert (await anomaly(KEY))["count_24h"] == 1
+            assert (await anomaly(other_key))["count_24h"] == 1
+
+            resolved_at = datetime.now(UTC)
+            for am in (one, two):
+                am.push(LABELS, started, resolved_at)
+
+            async def resolved() -> bool:
+                return bool((await anomaly(KEY)).get("last_resolved"))
+
+            assert await eventually(resolved, within=30)
+            assert (await anomaly(KEY))["count_24h"] == 1  # resolving counts nothing
+
+            refired = datetime.now(UTC)
+            for am in (one, two):
+                am.push(LABELS, refired)  # fires again: a new episode
+
+            async def counted_twice() -> bool:
+                return (await anomaly(KEY)).get("count_24h") == 2
+
+            assert await eventually(counted_twice, within=30)
+            seen = await duplicates()
+            assert await eventually(lambda: _at_least(duplicates, seen + 4), within=30)
+            assert (await anomaly(KEY))["count_24h"] == 2  # still, after more repeats
+            assert (await anomaly(other_key))["count_24h"] == 1
+
+
+async def _at_least(read: Any, n: float) -> bool:
+    return bool(await read() >= n)
