@@ -195,3 +195,45 @@ async def test_an_unreachable_store_is_a_503_and_not_ready(tmp_path: Path) -> No
             token = "act_0123456789abcdef_" + "a" * 32
             r = await http.get(_v1("/anomalies"), headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 503 and r.headers["retry-after"] == "5"
+
+
+_BODIES = {
+    "/occurrences": {"signature": SIG},
+    "/occurrences/batch": {"occurrences": [{"signature": SIG}]},
+    "/alertmanager": {"version": "4", "status": "firing", "alerts": []},
+    "/repairs": {"action": "restart_pod", "success": True},
+    "/dispositions": {"type": "auto_repair"},
+    "/fix": {"description": "fixed"},
+}
+
+
+async def test_a_foreign_token_learns_nothing_on_any_route(service: ServiceServer) -> None:
+    """Every /v1 operation of the schema, with another project's token: 403, and the same
+    answer whether the anomaly exists or not. Nothing changes in the project."""
+    mine, theirs = service.token("team-a"), service.token("team-b")
+    async with service.client(mine) as http:
+        await http.post(_v1("/occurrences"), json={"signature": SIG})
+        before = (await http.get(_v1(f"/anomalies/{KEY}"))).json()
+        spec = (await http.get("/openapi.json")).json()
+    operations = [
+        (method.upper(), path)
+        for path, methods in spec["paths"].items()
+        if path.startswith("/v1/")
+        for method in methods
+    ]
+    assert len(operations) >= 13
+    async with service.client(theirs) as http:
+        for method, template in operations:
+            answers = []
+            for key in (KEY, "0000000000000000"):
+                path = template.format(project="team-a", anomaly_key=key, action="restart_pod")
+                suffix = next((s for s in _BODIES if path.endswith(s)), None)
+                body = _BODIES[suffix] if method == "POST" and suffix else None
+                assert method == "GET" or body is not None, f"add a body for {method} {template}"
+                r = await http.request(method, path, json=body)
+                answers.append((r.status_code, r.text))
+            assert answers[0] == answers[1], (method, template)
+            assert answers[0][0] == 403, (method, template, answers[0])
+    async with service.client(mine) as http:
+        after = (await http.get(_v1(f"/anomalies/{KEY}"))).json()
+    assert after == before

@@ -79,6 +79,7 @@ class Settings:
     port: int = 8080
     public_url: str = ""  # the base of links in notices (default: http://host:port)
     max_body_bytes: int = 1_048_576
+    max_alertmanager_body_bytes: int = 33_554_432  # a large alert group must not be refused
     alert_labels: AlertLabels = field(default_factory=AlertLabels)
     repair_actions: tuple[str, ...] = ("restart_pod", "scale_up", "rollback")
     # notices
@@ -148,6 +149,7 @@ _SCALARS: dict[str, type] = {
     "port": int,
     "public_url": str,
     "max_body_bytes": int,
+    "max_alertmanager_body_bytes": int,
     "telegram_api_url": str,
     "notify_attempts": int,
     "notify_backoff": float,

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..model import RETENTION_SECONDS
 from ..settings import AlertLabels
 from ..validation import MAX_FUTURE, MAX_LABEL_NAME_CHARS, MAX_LABELS, MAX_SIGNATURE_BYTES
+from .schemas import IsoTime
 
 MAX_ALERTS = 10_000
 _MAX_FIELD_CHARS = 256  # of the four fingerprint fields, so that they always fit
@@ -30,8 +31,8 @@ class AlertmanagerAlert(BaseModel):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime
-    endsAt: datetime | None = None
+    startsAt: IsoTime
+    endsAt: IsoTime | None = None
     generatorURL: str = ""
     fingerprint: str = ""
 
@@ -45,7 +46,7 @@ class AlertmanagerPayload(BaseModel):
     status: Literal["firing", "resolved"]
     alerts: list[AlertmanagerAlert] = Field(max_length=MAX_ALERTS)
     groupKey: str = ""
-    truncatedAlerts: int = 0
+    truncatedAlerts: StrictInt = 0  # strict: JSON false is not 0
     receiver: str = ""
     groupLabels: dict[str, str] = Field(default_factory=dict)
     commonLabels: dict[str, str] = Field(default_factory=dict)

@@ -10,6 +10,7 @@ from dataclasses import replace
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Match
 
 from .. import __version__
 from ..counter import AnomalyCounter
@@ -95,6 +96,20 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.service = service
     app.include_router(router)
 
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's Allow names the methods of the first route matching the path only; one
+        # path served by several routes (GET and POST .../repairs) must list them all.
+        allowed: set[str] = set()
+        for route in app.router.routes:
+            if route.matches(request.scope)[0] is not Match.NONE:  # the path matches
+                allowed |= getattr(route, "methods", None) or set()
+        return JSONResponse(
+            {"detail": "Method Not Allowed"},
+            status_code=405,
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
+
     @app.exception_handler(InvalidInputError)
     async def invalid(_: Request, exc: InvalidInputError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -133,6 +148,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         """Prometheus text format."""
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
 
-    app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=service.settings.max_body_bytes,
+        alertmanager_limit=service.settings.max_alertmanager_body_bytes,
+    )
     app.add_middleware(HttpMetrics, metrics=service.metrics)
     return app

@@ -19,17 +19,20 @@ async def _reply(send: Send, status: int, detail: str) -> None:
 
 
 class BodyLimit:
-    """Answers 413 to a body over ``limit`` bytes, declared or streamed, before any handler
-    sees it (the body is read once here, and handed on as it came)."""
+    """Answers 413 to a body over its limit, declared or streamed, before any handler sees it
+    (the body is read once here, and handed on as it came). Alertmanager webhooks get a limit
+    of their own: a 4xx makes Alertmanager drop a notification, so a large alert group must
+    fit."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, alertmanager_limit: int) -> None:
+        self.app, self.default, self.alertmanager = app, limit, alertmanager_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        too_big = f"request body is larger than {self.limit} bytes"
+        limit = self.alertmanager if scope["path"].endswith("/alertmanager") else self.default
+        too_big = f"request body is larger than {limit} bytes"
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -37,7 +40,7 @@ class BodyLimit:
                 except ValueError:
                     await _reply(send, 400, "invalid Content-Length")
                     return
-                if declared > self.limit:
+                if declared > limit:
                     await _reply(send, 413, too_big)
                     return
         chunks, size, more = [], 0, True
@@ -47,7 +50,7 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
+            if size > limit:
                 await _reply(send, 413, too_big)
                 return
             chunks.append(chunk)

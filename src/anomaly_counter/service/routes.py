@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..counter import AnomalyCounter
@@ -68,7 +70,49 @@ async def _project(
 
 
 Checked = Annotated[Project, Depends(_project)]
-router = APIRouter(prefix="/v1/projects/{project}", responses=ERRORS)
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    known = _QUERY_NAMES.get(id(route))  # routes live as long as the app: id() is stable
+    if known is not None:
+        return known
+    names: set[str] = set()
+    pending = [route.dependant]
+    while pending:  # the route's parameters and those of its dependencies
+        dependant = pending.pop()
+        names.update(p.alias for p in dependant.query_params)
+        pending.extend(dependant.dependencies)
+    _QUERY_NAMES[id(route)] = known = frozenset(names)
+    return known
+
+
+async def _no_unknown_query(request: Request) -> None:
+    """Unknown query parameters are refused, as unknown body fields are: a misspelt
+    ``limt=5`` would otherwise be silently ignored."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params) - _query_names(route))
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": "Unknown query parameter",
+                    "input": request.query_params[name],
+                }
+                for name in unknown
+            ]
+        )
+
+
+router = APIRouter(
+    prefix="/v1/projects/{project}", responses=ERRORS, dependencies=[Depends(_no_unknown_query)]
+)
 
 
 def _occurrence(body: s.OccurrenceIn) -> Occurrence:

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from ..model import AnomalyFrequency
 
 Label = str | int | float | bool | None
+
+
+def _text_time(value: object) -> object:
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("a time is an ISO 8601 string with a time zone, such as 2026-11-28T07:00:00Z")
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_text_time)]
+"""A time from JSON: an ISO 8601 string (pydantic alone would also take a number as a Unix
+time, which the schema does not promise)."""
 Disposition = Literal[
     "auto_repair", "human_approved", "manual_resolved", "cold_start_trust", "timeout_ignored"
 ]
-MAX_BATCH = 10_000
+MAX_BATCH = 1_000  # with max_body_bytes: a longer batch is a 422, not a 413
 
 
 class _In(BaseModel):
@@ -30,7 +41,7 @@ class OccurrenceIn(_In):
         " and reason (or error_type) make its fingerprint.",
         examples=[{"alertname": "OOMKilled", "service": "api", "namespace": "prod"}],
     )
-    at: datetime | None = Field(None, description="When it happened (with a time zone); now")
+    at: IsoTime | None = Field(None, description="When it happened (with a time zone); now")
     occurrence_id: str | None = Field(
         None, description="The same id for the same anomaly is counted once (7 days at least)"
     )
@@ -98,8 +109,8 @@ class TopOut(BaseModel):
 
 class RepairIn(_In):
     action: str = Field(examples=["restart_pod"])
-    success: bool
-    at: datetime | None = None
+    success: StrictBool  # "yes" or 1 is not a boolean
+    at: IsoTime | None = None
 
 
 class ActionStats(BaseModel):
@@ -142,7 +153,7 @@ class RecommendationsOut(BaseModel):
 
 class DispositionIn(_In):
     type: Disposition
-    at: datetime | None = None
+    at: IsoTime | None = None
 
 
 class DispositionCounts(BaseModel):
@@ -166,7 +177,7 @@ class DispositionSummaryOut(BaseModel):
 
 class FixIn(_In):
     description: str = Field(examples=["memory limit raised and leak fixed in v2.3.1"])
-    at: datetime | None = None
+    at: IsoTime | None = None
 
 
 class Done(BaseModel):
