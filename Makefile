@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DB ?= .run/demo.db
+PORT ?= 8080
 
 .PHONY: run test lint bench install clean
 
@@ -15,10 +16,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job: replay the bundled stream of a small Kubernetes cluster's alerts through the
-# counter on the embedded SQLite store, printing escalations as they happen, then the top table.
+# counter on the embedded SQLite store, printing escalations as they happen and the top table;
+# then serve the HTTP API on 127.0.0.1:$(PORT) with a token for the demo project (Ctrl-C stops).
 run: $(STAMP)
 	mkdir -p $(dir $(DEMO_DB)) && rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
 	$(BIN)/anomaly-counter --store sqlite:///$(DEMO_DB) --project demo replay --bundled
+	$(BIN)/anomaly-counter --store sqlite:///$(DEMO_DB) --project demo serve --port $(PORT) --demo-token
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,55 @@ def test_replay_rejects_a_broken_stream(store: str, tmp_path: Path) -> None:
     )
     done = cli("replay", str(stream), store=store)
     assert done.returncode == 2 and "line 2" in done.stderr
+
+
+def test_tokens_are_printed_once_listed_without_secrets_and_revoked(store: str) -> None:
+    made = cli("--project", "team-a", "--json", "token", "create", "--label", "alertmanager",
+               store=store)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = json.loads(made.stdout)
+    assert token["token"].startswith("act_") and token["project"] == "team-a"
+    cli("--project", "team-b", "token", "create", store=store)
+    listed = cli("--project", "team-a", "token", "list", store=store)
+    assert token["token_id"] in listed.stdout and "alertmanager" in listed.stdout
+    assert token["token"] not in listed.stdout  # the secret is never shown again
+    everyone = json.loads(cli("--json", "token", "list", "--all", store=store).stdout)
+    assert sorted(t["project"] for t in everyone) == ["team-a", "team-b"]
+    assert cli("token", "revoke", token["token_id"], store=store).returncode == 0
+    again = cli("token", "revoke", token["token_id"], store=store)
+    assert again.returncode == 1 and "no token" in again.stderr
+    bad = cli("--project", "bad project!", "token", "create", store=store)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_serve_answers_over_http_and_stops_cleanly(store: str) -> None:
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "anomaly_counter.cli", "--store", store, "--project", "demo",
+               "serve", "--port", str(port), "--demo-token"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(2)]
+        assert f"http://127.0.0.1:{port}" in lines[0] and "/docs" in lines[0]
+        token = lines[1].rsplit(" ", 1)[1].strip()
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        r = httpx.post(
+            f"{url}/v1/projects/demo/occurrences",
+            json={"signature": {"alertname": "OOMKilled"}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 200 and r.json()["count_1h"] == 1
+    finally:
+        process.terminate()
+        status = process.wait(15)
+    # a graceful stop (uvicorn re-raises the SIGTERM it handled, so the status says SIGTERM)
+    assert status in (0, -15)
+    assert process.stderr is not None and "Application shutdown complete" in process.stderr.read()
