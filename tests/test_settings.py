@@ -80,3 +80,53 @@ def test_process_wide_accessor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     reset_anomaly_counter()
     assert get_anomaly_counter() is not counter
     reset_anomaly_counter()
+
+
+def test_service_settings_channels_and_label_mapping(tmp_path: Path) -> None:
+    from anomaly_counter.notify.channels import SlackChannel, TelegramChannel, WebhookChannel
+
+    config = tmp_path / "service.toml"
+    config.write_text(
+        'public_url = "https://counter.example.net/"\nport = 9000\n'
+        'repair_actions = ["restart_pod", "drain_node"]\n'
+        '[alertmanager.labels]\nservice = ["app", "job"]\n'
+        '[projects.payments.notify]\ntelegram = { bot_token = "1:a", chat_id = "-5" }\n'
+        'slack = { webhook_url = "https://hooks.slack.com/x" }\n'
+        '[[projects.payments.notify.webhook]]\nurl = "https://a.example/h"\nsecret = "s"\n'
+        '[[projects.payments.notify.webhook]]\nurl = "https://b.example/h"\n'
+    )
+    env = {"ANOMALY_COUNTER_TELEGRAM_API_URL": "http://127.0.0.1:1", "ANOMALY_COUNTER_HOST": "::"}
+    settings = load_settings(config, environ=env)
+    assert settings.base_url == "https://counter.example.net" and settings.port == 9000
+    assert settings.host == "::" and settings.repair_actions == ("restart_pod", "drain_node")
+    assert settings.alert_labels.service == ("app", "job")
+    assert settings.alert_labels.alert_name == ("alertname",)
+    assert settings.channels_for("payments") == (
+        TelegramChannel("1:a", "-5", api_url="http://127.0.0.1:1"),
+        SlackChannel("https://hooks.slack.com/x"),
+        WebhookChannel("https://a.example/h", "s"),
+        WebhookChannel("https://b.example/h"),
+    )
+    assert settings.channels_for("other") == ()
+    assert load_settings(environ={}).base_url == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[projects.p.notify]\npager = { url = "x" }\n', "projects.p.notify.pager"),
+        ('[projects.p.notify]\nslack = { url = "x" }\n', "needs webhook_url"),
+        ('[projects.p.notify]\nwebhook = { url = "x", token = "y" }\n', "unknown keys: token"),
+        ("[projects.p]\nnotfy = {}\n", "projects.p has unknown keys: notfy"),
+        ('[alertmanager.labels]\nteam = ["x"]\n', "alertmanager.labels has unknown keys"),
+        ("[alertmanager.labels]\nservice = []\n", "alertmanager.labels.service"),
+        ("port = 70000\n", "port"),
+        ("notify_attempts = 0\n", "notify_attempts"),
+        ('[projects."bad id"]\nnotify = {}\n', "invalid project id"),
+    ],
+)
+def test_bad_service_settings_name_the_setting(tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigurationError, match=named.replace(".", r"\.")):
+        load_settings(config, environ={})
