@@ -19,7 +19,7 @@ from anomaly_counter.notify.channels import (
     WebhookChannel,
 )
 
-from .conftest import SIG, RedisServer, free_port
+from .conftest import SIG, free_port
 from .servers import ChatServer, ServiceServer, eventually
 
 KEY = AnomalyCounter.hash_signature(SIG)
@@ -162,9 +162,9 @@ async def test_delivery_never_slows_ingestion(store_url: str, chat: ChatServer) 
 
 
 async def test_two_service_processes_tell_each_crossing_once(
-    fresh_redis: RedisServer, chat: ChatServer
+    store_url: str, chat: ChatServer
 ) -> None:
-    settings = _settings(fresh_redis.url, chat)
+    settings = _settings(store_url, chat)
     with ServiceServer(settings) as one, ServiceServer(settings) as two:
         token = one.token("team-a")
         await asyncio.gather(*(_record(server, token, 10) for server in (one, two, one, two)))
