@@ -254,3 +254,33 @@ async def test_end_to_end_with_two_real_alertmanagers(service: ServiceServer) ->
 
 async def _at_least(read: Any, n: float) -> bool:
     return bool(await read() >= n)
+
+
+async def test_a_store_outage_is_a_503_that_alertmanager_retries(tmp_path: Path) -> None:
+    """While the store is down the receiver answers 503 (Alertmanager retries it); the retry
+    after recovery counts each episode once."""
+    from .conftest import RedisServer
+
+    redis_server = RedisServer(free_port(), str(tmp_path))
+    redis_server.start()
+    settings = Settings(store_url=redis_server.url, store_timeout=0.5)
+    try:
+        with ServiceServer(settings) as server:
+            async with server.client(server.token("team-a")) as http:
+                started = datetime.now(UTC) - timedelta(minutes=1)
+                payload = _payload(_alert("firing", started))
+                assert (await http.get("/v1/projects/team-a/anomalies")).status_code == 200
+                redis_server.stop()  # the token stays cached: the write itself meets the outage
+                r = await http.post(RECEIVER, json=payload)
+                assert r.status_code == 503 and r.headers["retry-after"] == "5"
+                redis_server.start()
+                r = await http.post(RECEIVER, json=payload)  # Alertmanager's retry
+                assert r.status_code == 200 and r.json()["counted"] == 1
+                r = await http.post(RECEIVER, json=payload)  # and its next repeat
+                assert r.json()["duplicates"] == 1
+                metrics = (await http.get("/metrics")).text
+        assert (
+            'anomaly_counter_occurrences_total{outcome="degraded",project="team-a"} 1.0' in metrics
+        )
+    finally:
+        redis_server.stop()
