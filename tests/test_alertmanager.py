@@ -72,7 +72,8 @@ async def test_episodes_are_counted_once_and_resolutions_kept(service: ServiceSe
     async with service.client(service.token("team-a")) as http:
         r = await http.post(RECEIVER, json=_payload(_alert("firing", first)))
         assert r.json() == {
-            "received": 1, "counted": 1, "duplicates": 0, "resolved": 0, "too_old": 0,
+            "received": 1, "counted": 1, "spooled": 0, "duplicates": 0, "resolved": 0,
+            "too_old": 0,
         }  # fmt: skip
         for _ in range(3):  # repeats, and a second Alertmanager of an HA pair
             r = await http.post(RECEIVER, json=_payload(_alert("firing", first)))

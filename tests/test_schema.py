@@ -5,6 +5,7 @@ is refused."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from anomaly_counter import Settings
 
 from .servers import ServiceServer
 
-EXAMPLES = 25
+EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "25"))
 _ANSWERED: set[str] = set()  # operations the project's token got past authentication
 
 

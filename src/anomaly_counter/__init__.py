@@ -20,6 +20,7 @@ from .model import (
 )
 from .policy import ActionRecommendation, Thresholds
 from .settings import Settings, load_settings
+from .spool import SpoolFullError
 
 try:
     __version__ = version("anomaly-counter")
@@ -40,6 +41,7 @@ __all__ = [
     "Occurrence",
     "OccurrenceTimeError",
     "Settings",
+    "SpoolFullError",
     "StoreUnavailableError",
     "Thresholds",
     "UnknownDispositionError",

@@ -3,6 +3,8 @@ store snapshots into public types, and degrades instead of raising when the stor
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,8 +25,10 @@ from .model import (
 )
 from .policy import ActionRecommendation, level_for, recommend, should_skip, success_rate
 from .ranking import Evaluate, select_top
+from .replay import Replayer
 from .settings import Settings, load_settings
 from .signature import derive_key_from_incident, fingerprint_fields, hash_signature
+from .spool import Spool
 from .stores.base import RecordRequest, Snapshot, Store, WritePolicy, store_from_url
 from .windows import tail_capacity
 
@@ -62,11 +66,20 @@ class AnomalyCounter:
         *,
         settings: Settings | None = None,
         clock: Clock = _utcnow,
+        spool: Spool | None = None,
+        replay: bool = True,
     ) -> None:
         self.project_id = validation.project_id(project_id)
         self.settings = settings or Settings()
         self.store = store
         self._clock = clock
+        self.spool = spool
+        """Where occurrences go while the store cannot take them (None: they are answered
+        ``degraded``, or refused with ``strict``)."""
+        # A counter that owns its spool replays it; the service runs one replayer for all.
+        self._replayer: Replayer | None = None
+        if spool is not None and replay:
+            self._replayer = Replayer(spool, self._counter_for)
         thresholds = self.settings.thresholds_for(self.project_id)
         self.thresholds = thresholds
         self._policy = WritePolicy(
@@ -100,12 +113,20 @@ class AnomalyCounter:
         chosen = replace(base, **options) if options else base
         if url is not None:
             chosen = replace(chosen, store_url=url)
+        spool = Spool(chosen.spool_dir, chosen.spool_max_bytes) if chosen.spool_dir else None
         return cls(
             store_from_url(chosen.store_url, chosen),
             chosen.project if project_id is None else project_id,
             settings=chosen,
             clock=clock,
+            spool=spool,
         )
+
+    def _counter_for(self, project: str) -> AnomalyCounter:
+        """The counter of a project on the same store (the spool's records name theirs)."""
+        if project == self.project_id:
+            return self
+        return AnomalyCounter(self.store, project, settings=self.settings, clock=self._clock)
 
     async def __aenter__(self) -> AnomalyCounter:
         return self
@@ -119,7 +140,11 @@ class AnomalyCounter:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the store's connections."""
+        """Stop replaying, close the spool and the store's connections."""
+        if self._replayer is not None:
+            await self._replayer.stop()
+        if self.spool is not None:
+            self.spool.close()
         await self.store.aclose()
 
     # -- degradation --------------------------------------------------------------------------
@@ -231,11 +256,91 @@ class AnomalyCounter:
         """
         now = self._clock()
         request = self._request(Occurrence(signature, at, occurrence_id), now)
+        if self.spool is not None:
+            if self.spool.depth:  # a backlog: join it, so that the order is kept
+                return (await self._to_spool([request], now))[0]
+            try:
+                stored = await self.store.record(self.project_id, [request], self._policy, _ms(now))
+            except StoreUnavailableError as exc:
+                logger.warning("anomaly_counter_spooling", project=self.project_id, error=str(exc))
+                return (await self._to_spool([request], now))[0]
+            return self._results([request], stored)[0]
         write = self.store.record(self.project_id, [request], self._policy, _ms(now))
         snapshots = await self._guard("record", write, None)
         if snapshots is None:
             return self._degraded(request.anomaly_key, _time(request.at_ms))
         return self._results([request], snapshots)[0]
+
+    async def _to_spool(
+        self, requests: Sequence[RecordRequest], now: datetime
+    ) -> list[AnomalyFrequency]:
+        """Keep occurrences in the durable spool (fsynced before this returns); each gets an
+        occurrence id if it has none, so that its replay counts once. Raises SpoolFullError."""
+        assert self.spool is not None
+        accepted = _ms(now)
+        payloads = [
+            {
+                "project": self.project_id,
+                "signature": r.signature,
+                "at_ms": r.at_ms,
+                "occurrence_id": r.occurrence_id or f"spool:{uuid.uuid4().hex}",
+                "accepted_ms": accepted,
+            }
+            for r in requests
+        ]
+        await asyncio.to_thread(self.spool.append, payloads)
+        if self._replayer is not None:
+            self._replayer.start()
+        frequencies = []
+        for r in requests:
+            frequency = self._degraded(r.anomaly_key, _time(r.at_ms))
+            frequency.spooled = True
+            frequency.signature = r.signature
+            frequencies.append(frequency)
+        return frequencies
+
+    async def replay(self, records: Sequence[Mapping[str, Any]]) -> list[AnomalyFrequency]:
+        """Store spooled records of this project, in order, as they were accepted (checked
+        then: they are not checked again, so an old one is still counted at its time).
+        Raises StoreUnavailableError; a record stored twice counts once (its id)."""
+        now = self._clock()
+        frequencies: list[AnomalyFrequency] = []
+        occurrences: list[Mapping[str, Any]] = []
+        for record in records:  # resolutions keep their place among the occurrences
+            if record.get("kind") == "resolve":
+                frequencies += await self._replay_occurrences(occurrences, now)
+                occurrences = []
+                await self.store.resolve(self.project_id, record["anomaly_key"], record["at_ms"])
+            else:
+                occurrences.append(record)
+        return frequencies + await self._replay_occurrences(occurrences, now)
+
+    async def _replay_occurrences(
+        self, records: Sequence[Mapping[str, Any]], now: datetime
+    ) -> list[AnomalyFrequency]:
+        if not records:
+            return []
+        requests = []
+        for record in records:
+            signature = dict(record["signature"])
+            requests.append(
+                RecordRequest(
+                    anomaly_key=hash_signature(signature),
+                    signature=signature,
+                    signature_json=validation.signature_json(signature),
+                    at_ms=int(record["at_ms"]),
+                    occurrence_id=str(record["occurrence_id"]),
+                )
+            )
+        size = self.store.pipeline_chunk or len(requests)
+        chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
+        frequencies: list[AnomalyFrequency] = []
+        answers = self.store.record_chunks(self.project_id, chunks, self._policy, _ms(now))
+        done = 0
+        async for snapshots in answers:
+            frequencies += self._results(chunks[done], snapshots)
+            done += 1
+        return frequencies
 
     async def record_many(
         self, occurrences: Iterable[Occurrence | Mapping[str, Any]]
@@ -252,6 +357,8 @@ class AnomalyCounter:
                 raise type(exc)(f"occurrence {index}: {exc}") from exc
         if not checked:
             return []
+        if self.spool is not None and self.spool.depth:  # a backlog: join it, keep the order
+            return await self._to_spool([self._prepare(c) for c in checked], now)
         # All is checked: now each chunk is prepared just before it is sent, and each chunk's
         # answers are turned into results while the store works on the next ones.
         size = self.store.pipeline_chunk or len(checked)
@@ -274,8 +381,15 @@ class AnomalyCounter:
                     frequencies[i] = frequency
                 done += 1
         except StoreUnavailableError as exc:
+            left = [i for chunk in chunks[done:] for i in chunk]
+            if self.spool is not None:
+                logger.warning("anomaly_counter_spooling", project=self.project_id, error=str(exc))
+                spooled = await self._to_spool([self._prepare(checked[i]) for i in left], now)
+                for i, frequency in zip(left, spooled, strict=True):
+                    frequencies[i] = frequency
+                return [f for f in frequencies if f is not None]
             self._unavailable("record", exc)
-            for i in (i for chunk in chunks[done:] for i in chunk):
+            for i in left:
                 frequencies[i] = self._degraded(checked[i].anomaly_key, _time(checked[i].at_ms))
         return [f for f in frequencies if f is not None]
 
@@ -502,10 +616,26 @@ class AnomalyCounter:
 
     async def record_resolution(self, anomaly_key: str, *, at: datetime | None = None) -> None:
         """Note that an episode of a known anomaly was resolved at ``at``: its latest
-        resolution is kept (``last_resolved`` of reads). Counts nothing."""
+        resolution is kept (``last_resolved`` of reads). Counts nothing. While the store is
+        down it goes to the spool, after the occurrences already there."""
         key = validation.anomaly_key(anomaly_key)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
+        if self.spool is not None:
+            if not self.spool.depth:
+                try:
+                    await self.store.resolve(self.project_id, key, _ms(moment))
+                    return
+                except StoreUnavailableError as exc:
+                    logger.warning(
+                        "anomaly_counter_spooling", project=self.project_id, error=str(exc)
+                    )
+            record = {"kind": "resolve", "project": self.project_id, "anomaly_key": key,
+                      "at_ms": _ms(moment), "accepted_ms": _ms(now)}  # fmt: skip
+            await asyncio.to_thread(self.spool.append, [record])
+            if self._replayer is not None:
+                self._replayer.start()
+            return
         await self._guard(
             "record_resolution",
             self.store.resolve(self.project_id, key, _ms(moment)),

@@ -84,6 +84,7 @@ class AnomalyFrequency:
     degraded: bool = False
     signature: dict[str, Any] = field(default_factory=dict)
     last_resolved: datetime | None = None  # the latest resolution of an episode (reads only)
+    spooled: bool = False  # kept in the durable spool, to be counted when the store is back
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (ISO times): the reference's keys and ours."""

@@ -88,6 +88,9 @@ class Settings:
     notify_attempts: int = 5
     notify_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
     notify_timeout: float = 5.0
+    # the durable spool ("" : none)
+    spool_dir: str = ""
+    spool_max_bytes: int = 268_435_456
 
     def __post_init__(self) -> None:
         if not self.store_timeout > 0:
@@ -154,6 +157,8 @@ _SCALARS: dict[str, type] = {
     "notify_attempts": int,
     "notify_backoff": float,
     "notify_timeout": float,
+    "spool_dir": str,
+    "spool_max_bytes": int,
 }
 _THRESHOLD_NAMES = ("repeat", "escalate", "permanent_fix")
 

@@ -15,6 +15,7 @@ replayed; ``SpoolStats.lost`` says how many records were lost.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import struct
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AnomalyCounterError
+from .errors import AnomalyCounterError, ConfigurationError
 
 MAGIC = b"ACS1"
 _HEADER = struct.Struct("<4sII")
@@ -104,6 +105,14 @@ class Spool:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        self._owner = open(self.directory / "lock", "a")  # noqa: SIM115 (held while open)
+        try:
+            fcntl.flock(self._owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._owner.close()
+            raise ConfigurationError(
+                f"setting spool_dir: {self.directory} is in use by another process"
+            ) from None
         self._lock = threading.Lock()
         self.lost = 0
         self._checkpoint = self._read_checkpoint()
@@ -241,6 +250,11 @@ class Spool:
             self._depth = max(0, self._depth - count)
             self._oldest_ms = None  # found again by stats() when asked
 
+    @property
+    def depth(self) -> int:
+        """Records waiting to be replayed (cheap: no I/O)."""
+        return self._depth
+
     def stats(self) -> SpoolStats:
         oldest = self._oldest_ms
         if oldest is None and self._depth:
@@ -252,4 +266,6 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            self._active.close()
+            if not self._active.closed:
+                self._active.close()
+                self._owner.close()  # releases the directory

@@ -17,7 +17,9 @@ from ..counter import AnomalyCounter
 from ..errors import InvalidInputError, StoreUnavailableError
 from ..model import AnomalyFrequency, Occurrence
 from ..notify.dispatcher import Dispatcher
+from ..replay import Replayer
 from ..settings import Settings
+from ..spool import Spool, SpoolFullError
 from ..stores.base import Store, store_from_url
 from .auth import Authenticator
 from .metrics import CONTENT_TYPE, Metrics
@@ -38,13 +40,26 @@ class Service:
         self.auth = Authenticator(self.store)
         self._counters: dict[str, AnomalyCounter] = {}
         self.dispatcher = Dispatcher(self.settings, self.counter, self.metrics)
+        self.spool: Spool | None = None
+        self.replayer: Replayer | None = None
+        if self.settings.spool_dir:
+            self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
+            self.replayer = Replayer(self.spool, self.counter, self._replayed)
+            self.metrics.watch_spool(self.spool)
 
     def counter(self, project: str) -> AnomalyCounter:
         counter = self._counters.get(project)
         if counter is None:
-            counter = AnomalyCounter(self.store, project, settings=self.settings)
+            counter = AnomalyCounter(
+                self.store, project, settings=self.settings, spool=self.spool, replay=False
+            )
             self._counters[project] = counter
         return counter
+
+    def _replayed(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
+        self.metrics.spool_replayed.inc(len(frequencies))
+        self.metrics.counted(project, frequencies)
+        self.dispatcher.watch(project, frequencies)
 
     async def record(
         self, project: str, occurrences: Sequence[Occurrence]
@@ -68,7 +83,12 @@ class Service:
         except StoreUnavailableError:
             self.metrics.refused(project, "degraded", len(occurrences))
             raise
-        self.metrics.counted(project, frequencies)
+        except SpoolFullError:
+            self.metrics.refused(project, "refused", len(occurrences))
+            raise
+        spooled = sum(1 for f in frequencies if f.spooled)
+        self.metrics.refused(project, "spooled", spooled)
+        self.metrics.counted(project, [f for f in frequencies if not f.spooled])
         self.dispatcher.watch(project, frequencies)
         return frequencies
 
@@ -81,10 +101,16 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await service.dispatcher.start()
+        if service.replayer is not None:
+            service.replayer.start()  # what a previous run left in the spool goes in first
         try:
             yield
         finally:
+            if service.replayer is not None:
+                await service.replayer.stop()
             await service.dispatcher.stop()
+            if service.spool is not None:
+                service.spool.close()
             await service.store.aclose()
 
     app = FastAPI(
@@ -114,6 +140,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def invalid(_: Request, exc: InvalidInputError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    @app.exception_handler(SpoolFullError)
+    async def spool_full(_: Request, exc: SpoolFullError) -> JSONResponse:
+        logger.error("spool_full", error=str(exc))
+        return JSONResponse(
+            {"detail": f"the store cannot be reached and {exc}; retry later"},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
     @app.exception_handler(StoreUnavailableError)
     async def unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
         logger.warning("store_unavailable", error=str(exc))
@@ -135,12 +170,23 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         responses={503: {"description": "The store cannot be reached"}},
     )
     async def readyz() -> Response:
-        """Ready when the store answers."""
+        """Ready when the store answers, or when the spool can take what it cannot (the
+        answer says so)."""
+        waiting = service.spool.depth if service.spool is not None else 0
         try:
             async with service.metrics.timing("ping"):
                 await service.store.ping()
         except StoreUnavailableError as exc:
-            return PlainTextResponse(f"store unavailable: {exc}", status_code=503)
+            if service.spool is None:
+                return PlainTextResponse(f"store unavailable: {exc}", status_code=503)
+            stats = service.spool.stats()
+            if stats.size_bytes >= service.spool.max_bytes:
+                return PlainTextResponse(f"store unavailable and spool full: {exc}", 503)
+            return PlainTextResponse(
+                f"on spool: store unavailable ({exc}); {stats.depth} occurrences waiting"
+            )
+        if waiting:
+            return PlainTextResponse(f"ok; replaying the spool: {waiting} occurrences waiting")
         return PlainTextResponse("ok")
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)

@@ -2,7 +2,8 @@
 
 The check runs before anything of the project is read, so a foreign token learns nothing, not
 even whether an anomaly exists. Look-ups are cached for a few seconds: a revoked token stops
-working within ``CACHE_SECONDS``.
+working within ``CACHE_SECONDS``. While the store cannot be reached, tokens this process has
+already seen are taken as last read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 
 from fastapi import HTTPException, status
 
+from ..errors import StoreUnavailableError
 from ..stores.base import Store
 from ..tokens import TokenRecord, parse_token, token_matches
 
@@ -28,7 +30,14 @@ class Authenticator:
         cached = self._cache.get(token_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = await self._store.get_token(token_id)
+        try:
+            record = await self._store.get_token(token_id)
+        except StoreUnavailableError:
+            # While the store is down, a token this process has seen keeps working (as it was
+            # when last read), so that occurrences can still be accepted into the spool.
+            if cached is not None:
+                return cached[1]
+            raise
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.clear()
         self._cache[token_id] = (now + CACHE_SECONDS, record)

@@ -10,10 +10,11 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..model import AnomalyFrequency
+from ..spool import Spool
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -26,7 +27,9 @@ class Metrics:
         self.occurrences = Counter(
             "anomaly_counter_occurrences",
             "Occurrences received, by outcome: new (counted), duplicate (an id already counted),"
-            " degraded (the store could not take it: answered 503), rejected (refused input)",
+            " spooled (kept in the spool while the store is down), degraded (the store could"
+            " not take it and there is no spool: 503), refused (the spool is full: 503),"
+            " rejected (refused input)",
             ["project", "outcome"],
             registry=r,
         )
@@ -55,6 +58,11 @@ class Metrics:
             buckets=_FAST,
             registry=r,
         )
+        self.spool_replayed = Counter(
+            "anomaly_counter_spool_replayed",
+            "Occurrences stored from the spool (its rate is the replay rate)",
+            registry=r,
+        )
         self.http_requests = Counter(
             "anomaly_counter_http_requests",
             "HTTP requests by method, route template and status",
@@ -68,6 +76,27 @@ class Metrics:
             buckets=_FAST,
             registry=r,
         )
+
+    def watch_spool(self, spool: Spool) -> None:
+        """Spool gauges, read when scraped."""
+        r = self.registry
+        depth = Gauge("anomaly_counter_spool_depth", "Occurrences waiting in the spool", registry=r)
+        depth.set_function(lambda: spool.depth)
+        size = Gauge("anomaly_counter_spool_bytes", "Bytes the spool holds", registry=r)
+        size.set_function(lambda: spool.stats().size_bytes)
+        age = Gauge(
+            "anomaly_counter_spool_oldest_age_seconds",
+            "Age of the oldest occurrence waiting in the spool (0: none)",
+            registry=r,
+        )
+
+        def oldest() -> float:
+            oldest_ms = spool.stats().oldest_ms
+            return 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+
+        age.set_function(oldest)
+        lost = Gauge("anomaly_counter_spool_lost", "Damaged spool records skipped", registry=r)
+        lost.set_function(lambda: spool.lost)
 
     def counted(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
         duplicates = sum(1 for f in frequencies if f.duplicate)

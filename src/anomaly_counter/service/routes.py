@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -119,17 +119,30 @@ def _occurrence(body: s.OccurrenceIn) -> Occurrence:
     return Occurrence(body.signature, body.at, body.occurrence_id)
 
 
-@router.post("/occurrences", tags=["occurrences"], response_model=s.FrequencyOut)
-async def record_occurrence(body: s.OccurrenceIn, p: Checked) -> s.FrequencyOut:
+_SPOOLED: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Kept in the durable spool (the store is down): counted when it is back"}
+}
+
+
+@router.post(
+    "/occurrences", tags=["occurrences"], response_model=s.FrequencyOut, responses=_SPOOLED
+)
+async def record_occurrence(body: s.OccurrenceIn, p: Checked, response: Response) -> s.FrequencyOut:
     """Count one occurrence; the answer has its windows and whether it crossed a level."""
     (frequency,) = await p.service.record(p.id, [_occurrence(body)])
+    if frequency.spooled:
+        response.status_code = 202
     return s.FrequencyOut.of(frequency)
 
 
-@router.post("/occurrences/batch", tags=["occurrences"], response_model=s.BatchOut)
-async def record_batch(body: s.BatchIn, p: Checked) -> s.BatchOut:
+@router.post(
+    "/occurrences/batch", tags=["occurrences"], response_model=s.BatchOut, responses=_SPOOLED
+)
+async def record_batch(body: s.BatchIn, p: Checked, response: Response) -> s.BatchOut:
     """Count a batch in order; nothing of it is stored when one item is wrong."""
     frequencies = await p.service.record(p.id, [_occurrence(o) for o in body.occurrences])
+    if any(f.spooled for f in frequencies):
+        response.status_code = 202
     return s.BatchOut(results=[s.FrequencyOut.of(f) for f in frequencies])
 
 
@@ -158,9 +171,11 @@ async def alertmanager(body: AlertmanagerPayload, p: Checked) -> s.AlertmanagerO
             )
             resolved += 1
     duplicates = sum(1 for f in frequencies if f.duplicate)
+    spooled = sum(1 for f in frequencies if f.spooled)
     return s.AlertmanagerOut(
         received=len(body.alerts),
-        counted=len(frequencies) - duplicates,
+        counted=len(frequencies) - duplicates - spooled,
+        spooled=spooled,
         duplicates=duplicates,
         resolved=resolved,
         too_old=too_old,

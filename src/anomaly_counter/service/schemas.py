@@ -75,6 +75,7 @@ class FrequencyOut(BaseModel):
     degraded: bool
     signature: dict[str, Any]
     last_resolved: datetime | None
+    spooled: bool = Field(False, description="Kept in the spool: counted when the store is back")
 
     @classmethod
     def of(cls, frequency: AnomalyFrequency) -> FrequencyOut:
@@ -88,6 +89,9 @@ class BatchOut(BaseModel):
 class AlertmanagerOut(BaseModel):
     received: int = Field(description="Alerts in the payload")
     counted: int = Field(description="New occurrences (firing episodes not seen before)")
+    spooled: int = Field(
+        0, description="Kept in the durable spool while the store is down (counted later)"
+    )
     duplicates: int = Field(description="Re-notifications of episodes already counted")
     resolved: int = Field(description="Episodes whose resolution was noted")
     too_old: int = Field(description="Alerts that started more than 30 days ago (not counted)")

@@ -1,0 +1,100 @@
+"""Drains the spool into the store, in order, as soon as the store answers again.
+
+One batch at a time: read from the checkpoint, store it (each project's records through its
+counter, in order), then move the checkpoint. A crash between storing and moving the checkpoint
+replays the batch again, which counts nothing twice (every spooled record has an occurrence
+id). While the store is down the replayer waits, with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .errors import StoreUnavailableError
+from .spool import Spool
+
+if TYPE_CHECKING:
+    from .counter import AnomalyCounter
+    from .model import AnomalyFrequency
+
+logger = structlog.get_logger("anomaly_counter.replay")
+Replayed = Callable[[str, "list[AnomalyFrequency]"], None]
+
+
+class Replayer:
+    def __init__(
+        self,
+        spool: Spool,
+        counter_for: Callable[[str], AnomalyCounter],
+        on_replayed: Replayed | None = None,
+        *,
+        batch: int = 500,
+        idle_seconds: float = 0.2,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.spool = spool
+        self._counter_for = counter_for
+        self._on_replayed = on_replayed
+        self._batch = batch
+        self._idle = idle_seconds
+        self._max_backoff = max_backoff
+        self._task: asyncio.Task[None] | None = None
+        self.replayed = 0  # records stored from the spool since start
+
+    def start(self) -> None:
+        """Run in the background (on the running loop) until ``stop``."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self.spool.depth:
+                await asyncio.sleep(self._idle)
+                continue
+            try:
+                await self.drain_once()
+                failures = 0
+            except StoreUnavailableError as exc:
+                failures += 1
+                delay = min(self._max_backoff, 0.1 * 2**failures)
+                logger.info("spool_replay_waiting", error=str(exc), retry_in=round(delay, 2))
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+            except Exception:  # a bug must not stop the replay for good
+                logger.exception("spool_replay_failed")
+                await asyncio.sleep(self._max_backoff)
+
+    async def drain_once(self) -> int:
+        """Store one batch of the oldest records and move past them; the number stored."""
+        records, position = await asyncio.to_thread(self.spool.peek, self._batch)
+        if not records:
+            return 0
+        for project, group in _runs(records):
+            frequencies = await self._counter_for(project).replay(group)
+            if self._on_replayed is not None:
+                self._on_replayed(project, frequencies)
+        await asyncio.to_thread(self.spool.commit, position, len(records))
+        self.replayed += len(records)
+        return len(records)
+
+
+def _runs(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive records of one project, in order."""
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    for record in records:
+        if runs and runs[-1][0] == record["project"]:
+            runs[-1][1].append(record)
+        else:
+            runs.append((record["project"], [record]))
+    return runs
