@@ -34,6 +34,7 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python bench/bench_record.py
 	$(BIN)/python bench/bench_service.py
+	$(BIN)/python bench/bench_spool.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

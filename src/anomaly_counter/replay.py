@@ -33,9 +33,9 @@ class Replayer:
         counter_for: Callable[[str], AnomalyCounter],
         on_replayed: Replayed | None = None,
         *,
-        batch: int = 500,
+        batch: int = 2_000,
         idle_seconds: float = 0.2,
-        max_backoff: float = 5.0,
+        max_backoff: float = 1.0,
     ) -> None:
         self.spool = spool
         self._counter_for = counter_for
