@@ -219,11 +219,16 @@ class AnomalyCounter:
                 occurrence_id=occurrence.get("occurrence_id"),
             )
         signature = validation.signature(occurrence.signature)
+        occurrence_id = validation.occurrence_id(occurrence.occurrence_id)
+        if occurrence_id is None and self.spool is not None:
+            # With a spool, a write whose answer was lost is retried through it: an id made
+            # now, before the first attempt, makes the retry count once if the first landed.
+            occurrence_id = f"auto:{uuid.uuid4().hex}"
         return _Checked(
             hash_signature(signature),
             signature,
             _ms(validation.occurrence_time(occurrence.at, now)),
-            validation.occurrence_id(occurrence.occurrence_id),
+            occurrence_id,
         )
 
     @staticmethod
@@ -384,7 +389,10 @@ class AnomalyCounter:
             left = [i for chunk in chunks[done:] for i in chunk]
             if self.spool is not None:
                 logger.warning("anomaly_counter_spooling", project=self.project_id, error=str(exc))
-                spooled = await self._to_spool([self._prepare(checked[i]) for i in left], now)
+                # the very requests sent (same ids), then those not prepared yet
+                waiting = [r for sent in requests[done:] for r in sent]
+                waiting += [self._prepare(checked[i]) for i in left[len(waiting) :]]
+                spooled = await self._to_spool(waiting, now)
                 for i, frequency in zip(left, spooled, strict=True):
                     frequencies[i] = frequency
                 return [f for f in frequencies if f is not None]
