@@ -1,0 +1,296 @@
+"""Fault tests on real processes over loopback. Each asserts that the occurrences counted equal
+the occurrences acknowledged, exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from anomaly_counter import AnomalyCounter, Settings
+
+from .conftest import SIG, RedisServer, free_port
+from .servers import eventually, make_token
+
+KEY = AnomalyCounter.hash_signature(SIG)
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(
+        free_port(), str(tmp_path), extra=["--appendonly", "yes", "--appendfsync", "always"]
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _counted(counter: AnomalyCounter) -> int:
+    frequency = await counter.get_frequency(KEY)
+    if frequency is None or frequency.degraded:
+        return -1
+    return frequency.count_24h
+
+
+class Load:
+    """Writers recording as fast as they can; counts what was acknowledged and how long each
+    acknowledgement took."""
+
+    def __init__(self, counter: AnomalyCounter, writers: int = 8) -> None:
+        self.counter, self.writers = counter, writers
+        self.acknowledged = 0
+        self.slowest = 0.0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _write(self) -> None:
+        while not self._stop.is_set():
+            began = time.perf_counter()
+            if random.random() < 0.2:
+                await self.counter.record_many([{"signature": SIG}] * 5)
+                n = 5
+            else:
+                await self.counter.record_anomaly(SIG)
+                n = 1
+            self.slowest = max(self.slowest, time.perf_counter() - began)
+            self.acknowledged += n
+            await asyncio.sleep(0.002)
+
+    def __enter__(self) -> Load:
+        self._tasks = [asyncio.create_task(self._write()) for _ in range(self.writers)]
+        return self
+
+    async def finish(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def _settings(redis: RedisServer, tmp_path: Path, timeout: float = 0.3) -> Settings:
+    return Settings(store_url=redis.url, store_timeout=timeout, spool_dir=str(tmp_path / "spool"))
+
+
+async def test_redis_killed_under_load_and_restarted(
+    durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    counter = AnomalyCounter.from_url(settings=_settings(durable_redis, tmp_path))
+    try:
+        with Load(counter) as load:
+            await asyncio.sleep(0.5)
+            assert durable_redis.process is not None
+            durable_redis.process.kill()  # SIGKILL: no goodbye
+            durable_redis.process.wait()
+            await asyncio.sleep(1.0)
+            durable_redis.start()  # its AOF (fsync always) has every write it acknowledged
+            await asyncio.sleep(0.5)
+            await load.finish()
+        assert load.acknowledged > 100
+
+        async def exact() -> bool:
+            return await _counted(counter) == load.acknowledged
+
+        assert await eventually(exact, within=30), (await _counted(counter), load.acknowledged)
+    finally:
+        await counter.aclose()
+
+
+async def test_redis_frozen_under_load(durable_redis: RedisServer, tmp_path: Path) -> None:
+    """SIGSTOP for 10 s: acknowledgements keep coming within the store timeout (from the
+    spool); the writes the frozen server takes up when it thaws count once."""
+    timeout = 0.3
+    counter = AnomalyCounter.from_url(settings=_settings(durable_redis, tmp_path, timeout))
+    try:
+        with Load(counter) as load:
+            await asyncio.sleep(0.5)
+            assert durable_redis.process is not None
+            os.kill(durable_redis.process.pid, signal.SIGSTOP)
+            await asyncio.sleep(10)
+            os.kill(durable_redis.process.pid, signal.SIGCONT)
+            await asyncio.sleep(0.5)
+            await load.finish()
+        # a call waits at most the store timeout, then an fsync of the spool (and the loop)
+        assert load.slowest < timeout + 1.0, load.slowest
+
+        async def exact() -> bool:
+            return await _counted(counter) == load.acknowledged
+
+        assert await eventually(exact, within=30), (await _counted(counter), load.acknowledged)
+    finally:
+        await counter.aclose()
+
+
+class LossyProxy:
+    """A TCP proxy owned by the test: forwards commands to Redis, and now and then closes the
+    connection after the server answered, without passing the answer on (a write that landed
+    but whose reply was lost), or in the middle of a reply."""
+
+    def __init__(self, target_port: int, loss: float) -> None:
+        self.target_port, self.loss, self.port = target_port, loss, free_port()
+        self.cut = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
+
+        async def forward_commands() -> None:
+            while data := await reader.read(65536):
+                upstream_writer.write(data)
+                await upstream_writer.drain()
+            upstream_writer.close()
+
+        async def forward_replies() -> None:
+            while data := await upstream_reader.read(65536):
+                if random.random() < self.loss:
+                    self.cut += 1
+                    if random.random() < 0.5:
+                        writer.write(data[: len(data) // 2])  # cut in the middle of a reply
+                    writer.close()
+                    upstream_writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await asyncio.gather(forward_commands(), forward_replies(), return_exceptions=True)
+
+    async def stop(self) -> None:
+        self.server.close()
+
+
+async def test_replies_lost_on_the_way(durable_redis: RedisServer, tmp_path: Path) -> None:
+    proxy = LossyProxy(durable_redis.port, loss=0.05)
+    await proxy.start()
+    settings = Settings(
+        store_url=f"redis://127.0.0.1:{proxy.port}/0",
+        store_timeout=0.5,
+        spool_dir=str(tmp_path / "spool"),
+    )
+    counter = AnomalyCounter.from_url(settings=settings)
+    direct = AnomalyCounter.from_url(durable_redis.url)
+    try:
+        with Load(counter, writers=4) as load:
+            await asyncio.sleep(3)
+            await load.finish()
+        assert proxy.cut > 3 and load.acknowledged > 100
+        proxy.loss = 0.0
+
+        async def exact() -> bool:
+            return await _counted(direct) == load.acknowledged
+
+        assert await eventually(exact, within=30), (await _counted(direct), load.acknowledged)
+    finally:
+        await counter.aclose()
+        await direct.aclose()
+        await proxy.stop()
+
+
+async def test_the_service_killed_while_replaying_resumes(
+    durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    store, spool = durable_redis.url, tmp_path / "spool"
+    token = make_token(Settings(store_url=store), "team-a")
+
+    def serve(port: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "ANOMALY_COUNTER_SPOOL_DIR": str(spool),
+               "ANOMALY_COUNTER_STORE_TIMEOUT": "0.3"}  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "anomaly_counter.cli", "--store", store, "serve",
+             "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    async def up(http: httpx.AsyncClient) -> None:
+        for _ in range(200):
+            try:
+                if (await http.get("/healthz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the service did not start")
+
+    port = free_port()
+    service = serve(port)
+    headers = {"Authorization": f"Bearer {token}"}
+    path = "/v1/projects/team-a/occurrences/batch"
+    acknowledged = 0
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
+            await up(http)
+            assert (await http.get("/v1/projects/team-a/anomalies")).status_code == 200
+            durable_redis.stop()
+            for _ in range(30):
+                r = await http.post(path, json={"occurrences": [{"signature": SIG}] * 1000})
+                assert r.status_code == 202, r.text
+                acknowledged += 1000
+            durable_redis.start()  # the replay begins...
+        direct = AnomalyCounter.from_url(store, "team-a")
+        try:
+            for _ in range(2000):
+                if await _counted(direct) > 0:
+                    break
+                await asyncio.sleep(0.005)
+            service.send_signal(signal.SIGKILL)  # ...and the service dies in the middle of it
+            service.wait()
+            partial = await _counted(direct)
+            assert 0 < partial < acknowledged, partial  # it was indeed killed mid-way
+            port = free_port()
+            service = serve(port)  # a new process, on the same spool
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                await up(http)
+
+            async def exact() -> bool:
+                return await _counted(direct) == acknowledged
+
+            assert await eventually(exact, within=60), (await _counted(direct), acknowledged)
+        finally:
+            await direct.aclose()
+    finally:
+        service.terminate()
+        service.wait(15)
+
+
+async def test_alertmanager_resending_through_an_outage_counts_each_episode_once(
+    durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from .servers import ServiceServer
+    from .test_alertmanager import KEY as AM_KEY
+    from .test_alertmanager import RECEIVER, _alert, _payload
+
+    with ServiceServer(_settings(durable_redis, tmp_path)) as server:
+        async with server.client(server.token("team-a")) as http:
+            assert (await http.get("/v1/projects/team-a/anomalies")).status_code == 200
+            started = datetime.now(UTC) - timedelta(minutes=2)
+            durable_redis.stop()
+            for _ in range(4):  # the group interval and repeat interval go by; an HA pair
+                r = await http.post(RECEIVER, json=_payload(_alert("firing", started)))
+                assert r.status_code == 200 and r.json()["spooled"] == 1, r.text
+            resolved = _alert("resolved", started, datetime.now(UTC))
+            r = await http.post(RECEIVER, json=_payload(resolved))
+            assert r.status_code == 200
+            durable_redis.start()
+
+            async def once() -> bool:
+                r = await http.get(f"/v1/projects/team-a/anomalies/{AM_KEY}")
+                body = r.json() if r.status_code == 200 else {}
+                return body.get("count_24h") == 1 and body.get("last_resolved") is not None
+
+            assert await eventually(once, within=20)
+            r = await http.post(RECEIVER, json=_payload(_alert("firing", started)))
+            assert r.json()["duplicates"] == 1  # and after the replay, still the same episode
