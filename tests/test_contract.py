@@ -416,3 +416,19 @@ async def test_tokens_are_kept_as_digests_by_id(make_counter: CounterFactory) ->
     assert not await store.revoke_token(record_a.token_id)
     assert await store.get_token(record_a.token_id) is None
     assert parse_token("act_nothex_short") is None
+
+
+async def test_a_retried_repair_or_disposition_counts_once(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    store, now = counter.store, int(clock.now.timestamp() * 1000)
+    for write_id in ("w1", "w1", "w2"):  # the second is a retry of the first
+        await store.record_repair("team-a", KEY, "restart_pod", True, now, now, write_id)
+        await store.record_disposition("team-a", KEY, "auto_repair", now, now, f"d-{write_id}")
+    await store.record_repair("team-a", KEY, "restart_pod", False, now, now)  # no id: counted
+    assert (await counter.get_all_repair_stats(KEY))["restart_pod"]["total"] == 3
+    assert (await counter.get_disposition_stats(KEY))["auto_repair"] == 2
+    other = make_counter("team-b")  # ids are per anomaly and project
+    await other.store.record_repair("team-b", KEY, "restart_pod", True, now, now, "w1")
+    assert (await other.get_all_repair_stats(KEY))["restart_pod"]["total"] == 1

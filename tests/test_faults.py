@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
-from anomaly_counter import AnomalyCounter, Settings
+from anomaly_counter import AnomalyCounter, Settings, StoreUnavailableError
 
 from .conftest import SIG, RedisServer, free_port
 from .servers import eventually, make_token
@@ -182,9 +183,23 @@ async def test_replies_lost_on_the_way(durable_redis: RedisServer, tmp_path: Pat
     )
     counter = AnomalyCounter.from_url(settings=settings)
     direct = AnomalyCounter.from_url(durable_redis.url)
+    strict = AnomalyCounter.from_url(settings=replace(settings, spool_dir="", strict=True))
+    repairs = 0
+
+    async def repair() -> None:  # retried with the same write id: never applied twice
+        nonlocal repairs
+        for _ in range(60):
+            try:
+                await strict.record_repair_attempt(KEY, "restart_pod", True)
+                repairs += 1
+            except StoreUnavailableError:
+                pass  # not acknowledged: it may or may not be counted, so none is attempted
+            await asyncio.sleep(0.01)
+
     try:
         with Load(counter, writers=4) as load:
-            await asyncio.sleep(3)
+            await repair()
+            await asyncio.sleep(1)
             await load.finish()
         assert proxy.cut > 3 and load.acknowledged > 100
         proxy.loss = 0.0
@@ -193,9 +208,12 @@ async def test_replies_lost_on_the_way(durable_redis: RedisServer, tmp_path: Pat
             return await _counted(direct) == load.acknowledged
 
         assert await eventually(exact, within=30), (await _counted(direct), load.acknowledged)
+        stats = await direct.get_all_repair_stats(KEY)
+        assert stats["restart_pod"]["total"] == repairs
     finally:
         await counter.aclose()
         await direct.aclose()
+        await strict.aclose()
         await proxy.stop()
 
 

@@ -4,6 +4,7 @@ store snapshots into public types, and degrades instead of raising when the stor
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -37,6 +38,7 @@ T = TypeVar("T")
 Clock = Callable[[], datetime]
 _WINDOW_INDEX = {name: i for i, name in enumerate(WINDOWS)}
 _LABELS = tuple(level.label for level in EscalationLevel)  # by level number
+_RETRY_BASE_SECONDS = 0.05
 
 
 def _utcnow() -> datetime:
@@ -148,6 +150,22 @@ class AnomalyCounter:
         await self.store.aclose()
 
     # -- degradation --------------------------------------------------------------------------
+
+    async def _retried(self, op: str, write: Callable[[], Awaitable[None]], **context: Any) -> None:
+        """A write, tried ``write_attempts`` times with exponential backoff and full jitter
+        while the store cannot be reached. Safe: each write carries an id (or is idempotent),
+        so one that landed although its answer was lost is not applied again."""
+        delay = _RETRY_BASE_SECONDS
+        for attempt in range(1, self.settings.write_attempts + 1):
+            try:
+                await write()
+                return
+            except StoreUnavailableError as exc:
+                if attempt == self.settings.write_attempts:
+                    self._unavailable(op, exc, **context)
+                    return
+                await asyncio.sleep(random.uniform(0, delay))
+                delay *= 2
 
     async def _guard(self, op: str, call: Awaitable[T], fallback: T, **context: Any) -> T:
         try:
@@ -484,10 +502,12 @@ class AnomalyCounter:
             raise InvalidInputError(f"success must be true or false, got {success!r}")
         now = self._clock()
         moment = validation.occurrence_time(at, now)
-        await self._guard(
+        write_id = uuid.uuid4().hex
+        await self._retried(
             "record_repair_attempt",
-            self.store.record_repair(self.project_id, key, name, success, _ms(moment), _ms(now)),
-            None,
+            lambda: self.store.record_repair(
+                self.project_id, key, name, success, _ms(moment), _ms(now), write_id
+            ),
             anomaly_key=key,
         )
 
@@ -553,10 +573,12 @@ class AnomalyCounter:
         kind = validation.disposition(disposition_type)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
-        await self._guard(
+        write_id = uuid.uuid4().hex
+        await self._retried(
             "record_disposition",
-            self.store.record_disposition(self.project_id, key, kind, _ms(moment), _ms(now)),
-            None,
+            lambda: self.store.record_disposition(
+                self.project_id, key, kind, _ms(moment), _ms(now), write_id
+            ),
             anomaly_key=key,
         )
 
@@ -615,10 +637,9 @@ class AnomalyCounter:
         text = validation.description(fix_description)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
-        await self._guard(
+        await self._retried(  # setting the same fix again changes nothing: safe to retry
             "mark_permanent_fix_applied",
-            self.store.mark_fix(self.project_id, key, text, _ms(moment)),
-            None,
+            lambda: self.store.mark_fix(self.project_id, key, text, _ms(moment)),
             anomaly_key=key,
         )
 

@@ -71,6 +71,7 @@ class Settings:
     project_thresholds: Mapping[str, Thresholds] = field(default_factory=dict)
     strict: bool = False
     store_timeout: float = 2.0
+    write_attempts: int = 3  # repairs, dispositions, fixes: tries while the store is away
     dedup_horizon_days: int = 7
     dedup_max_ids: int = 10_000
     key_prefix: str = "ac"
@@ -111,6 +112,8 @@ class Settings:
             raise ConfigurationError(
                 f"max_body_bytes must be at least 1024, got {self.max_body_bytes}"
             )
+        if self.write_attempts < 1:
+            raise ConfigurationError(f"write_attempts must be positive, got {self.write_attempts}")
         if self.notify_attempts < 1:
             raise ConfigurationError(
                 f"notify_attempts must be positive, got {self.notify_attempts}"
@@ -145,6 +148,7 @@ _SCALARS: dict[str, type] = {
     "project": str,
     "strict": bool,
     "store_timeout": float,
+    "write_attempts": int,
     "dedup_horizon_days": int,
     "dedup_max_ids": int,
     "key_prefix": str,

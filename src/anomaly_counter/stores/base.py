@@ -108,8 +108,17 @@ class Store(ABC):
 
     @abstractmethod
     async def record_repair(
-        self, project: str, anomaly_key: str, action: str, success: bool, at_ms: int, now_ms: int
-    ) -> None: ...
+        self,
+        project: str,
+        anomaly_key: str,
+        action: str,
+        success: bool,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
+    ) -> None:
+        """Count one attempt; a write id already applied to this anomaly (a retry) is not
+        counted again."""
 
     @abstractmethod
     async def repair_stats(
@@ -123,8 +132,15 @@ class Store(ABC):
 
     @abstractmethod
     async def record_disposition(
-        self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
-    ) -> None: ...
+        self,
+        project: str,
+        anomaly_key: str,
+        disposition: str,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
+    ) -> None:
+        """Count one disposition; a write id already applied (a retry) is not counted again."""
 
     @abstractmethod
     async def disposition_stats(

@@ -389,12 +389,20 @@ class RedisStore(Store):
     # -- repairs and dispositions -------------------------------------------------------------
 
     async def record_repair(
-        self, project: str, anomaly_key: str, action: str, success: bool, at_ms: int, now_ms: int
+        self,
+        project: str,
+        anomaly_key: str,
+        action: str,
+        success: bool,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
     ) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
         args = [action, int(success), at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
         script_keys = [keys.days, keys.history, keys.meta]
-        await self._eval("repair", [(script_keys, [*args, REPAIR_HISTORY_LENGTH])])
+        digest = id_digest(write_id) if write_id else ""
+        await self._eval("repair", [(script_keys, [*args, REPAIR_HISTORY_LENGTH, digest])])
 
     async def _day_totals(self, key: str, now_ms: int) -> dict[str, int]:
         raw = await self._call(self._client.hgetall(key))
@@ -413,12 +421,19 @@ class RedisStore(Store):
         return [{"action": e["action"], "success": e["success"], "at_ms": e["at"]} for e in entries]
 
     async def record_disposition(
-        self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
+        self,
+        project: str,
+        anomaly_key: str,
+        disposition: str,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
     ) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
         script_keys = [keys.days, keys.index("dispositions"), keys.index("summary"), keys.meta]
         args = [anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
-        await self._eval("disposition", [(script_keys, args)])
+        digest = id_digest(write_id) if write_id else ""
+        await self._eval("disposition", [(script_keys, [*args, digest])])
 
     async def disposition_stats(
         self, project: str, anomaly_key: str, now_ms: int

@@ -380,10 +380,32 @@ class SQLiteStore(Store):
             (project, key, now_ms - now_ms % _HOUR_MS),
         )
 
+    def _first_write(
+        self, db: sqlite3.Connection, project: str, key: str, write_id: str, now_ms: int
+    ) -> bool:
+        """True the first time a write id reaches this anomaly (kept with occurrence ids)."""
+        if not write_id:
+            return True
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO occurrence_ids (project, anomaly_key, digest, seen_at)"
+            " VALUES (?, ?, ?, ?)",
+            (project, key, id_digest(write_id), now_ms),
+        )
+        return cursor.rowcount > 0
+
     async def record_repair(
-        self, project: str, anomaly_key: str, action: str, success: bool, at_ms: int, now_ms: int
+        self,
+        project: str,
+        anomaly_key: str,
+        action: str,
+        success: bool,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
+            if not self._first_write(db, project, anomaly_key, write_id, now_ms):
+                return
             names = [f"t:{action}", f"s:{action}"] if success else [f"t:{action}"]
             self._bump(db, project, anomaly_key, day_of(at_ms), names)
             self._prune_days(db, project, anomaly_key, now_ms)
@@ -424,9 +446,17 @@ class SQLiteStore(Store):
         return await self._run(work)
 
     async def record_disposition(
-        self, project: str, anomaly_key: str, disposition: str, at_ms: int, now_ms: int
+        self,
+        project: str,
+        anomaly_key: str,
+        disposition: str,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
+            if not self._first_write(db, project, anomaly_key, write_id, now_ms):
+                return
             day = day_of(at_ms)
             self._bump(db, project, anomaly_key, day, [f"d:{disposition}"])
             self._bump(db, project, "", day, [f"d:{disposition}"])

@@ -316,6 +316,17 @@ local function day_totals(key, now, retention_days)
   return totals
 end
 
+-- True the first time a write with this id (a digest, '' for none) reaches the anomaly whose
+-- meta key is given; remembered with the occurrence ids, so a retried write applies once.
+local function first_write(meta, write_id, now, ttl)
+  if write_id == '' then return true end
+  local ids = string.sub(meta, 1, -2) .. 'i'
+  if redis.call('ZSCORE', ids, write_id) then return false end
+  redis.call('ZADD', ids, now, write_id)
+  if redis.call('TTL', ids) < ttl then redis.call('EXPIRE', ids, ttl) end
+  return true
+end
+
 -- Note in the anomaly's state that it has day counters, so that replies read them.
 local function mark_days(meta, ttl)
   local s = load_state(meta)

@@ -1,9 +1,11 @@
 -- Count one disposition for the anomaly and for its project's shard summary.
 -- KEYS: days index_dispositions shard_summary meta
--- ARGV: anomaly_key type at now ttl_seconds retention_days
+-- ARGV: anomaly_key type at now ttl_seconds retention_days write_id
+-- Returns the anomaly's disposition total, or -1 for a write already applied (a retry).
 local member, kind = ARGV[1], ARGV[2]
 local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
                                 tonumber(ARGV[6])
+if not first_write(KEYS[4], ARGV[7], now, ttl) then return -1 end
 day_add(KEYS[1], at, now, retention, 'd:' .. kind, 1)
 day_add(KEYS[3], at, now, retention, 'd:' .. kind, 1)
 local total = 0

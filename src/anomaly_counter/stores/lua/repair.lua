@@ -1,9 +1,11 @@
 -- Count one repair attempt and keep it in the last-100 history.
 -- KEYS: days history meta
--- ARGV: action success(0|1) at now ttl_seconds retention_days history_length
+-- ARGV: action success(0|1) at now ttl_seconds retention_days history_length write_id
+-- Returns 0 for a write already applied (a retry), else 1.
 local action, success = ARGV[1], ARGV[2] == '1'
 local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
                                 tonumber(ARGV[6])
+if not first_write(KEYS[3], ARGV[8], now, ttl) then return 0 end
 day_add(KEYS[1], at, now, retention, 't:' .. action, 1)
 if success then day_add(KEYS[1], at, now, retention, 's:' .. action, 1) end
 redis.call('LPUSH', KEYS[2], cjson.encode({action = action, success = success, at = at}))
