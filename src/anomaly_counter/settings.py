@@ -72,6 +72,7 @@ class Settings:
     strict: bool = False
     store_timeout: float = 2.0
     write_attempts: int = 3  # repairs, dispositions, fixes: tries while the store is away
+    min_replicas: int = 0  # Redis: replicas that must have an occurrence before it is counted
     dedup_horizon_days: int = 7
     dedup_max_ids: int = 10_000
     key_prefix: str = "ac"
@@ -112,6 +113,8 @@ class Settings:
             raise ConfigurationError(
                 f"max_body_bytes must be at least 1024, got {self.max_body_bytes}"
             )
+        if self.min_replicas < 0:
+            raise ConfigurationError(f"min_replicas must not be negative, got {self.min_replicas}")
         if self.write_attempts < 1:
             raise ConfigurationError(f"write_attempts must be positive, got {self.write_attempts}")
         if self.notify_attempts < 1:
@@ -149,6 +152,7 @@ _SCALARS: dict[str, type] = {
     "strict": bool,
     "store_timeout": float,
     "write_attempts": int,
+    "min_replicas": int,
     "dedup_horizon_days": int,
     "dedup_max_ids": int,
     "key_prefix": str,

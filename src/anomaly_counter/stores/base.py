@@ -239,11 +239,13 @@ _SCHEMES: dict[str, str] = {
     "redis": "anomaly_counter.stores.redis:RedisStore",
     "rediss": "anomaly_counter.stores.redis:RedisStore",
     "unix": "anomaly_counter.stores.redis:RedisStore",
+    "redis+sentinel": "anomaly_counter.stores.redis:RedisStore",
 }
 
 
 def store_from_url(url: str, settings: Settings) -> Store:
-    """The store a URL names: ``sqlite:///path``, ``redis://``, ``rediss://``, ``unix://``."""
+    """The store a URL names: ``sqlite:///path``, ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://host:port,host:port/master_name[/db]``."""
     scheme = urlsplit(url).scheme
     target = _SCHEMES.get(scheme)
     if target is None:

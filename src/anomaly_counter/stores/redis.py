@@ -29,11 +29,13 @@ import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -67,6 +69,7 @@ SHARDS = 16
 _BOUND_INDEX = {"1h": 1, "24h": 2, "7d": 3, "30d": 4}
 _PAGE = 100
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_WRITES = frozenset({"record", "repair", "disposition", "fix", "resolve"})
 
 
 def _script_source(name: str) -> str:
@@ -195,6 +198,15 @@ class RedisStore(Store):
         self._client = client
         self._prefix = settings.key_prefix
         self._timeout = settings.store_timeout
+        # With min_replicas, each write waits (WAIT, same round trip) until that many replicas
+        # have it: an acknowledged write then survives a failover to one of them.
+        self._min_replicas = settings.min_replicas
+        self._wait: list[tuple[Any, ...]] = (
+            # half the store timeout: the answer must come back before the socket gives up
+            [("WAIT", settings.min_replicas, max(1, int(settings.store_timeout * 500)))]
+            if settings.min_replicas
+            else []
+        )
         self._tokens = f"{self._prefix}:tokens"
         self._sources = {
             name: _script_source(name)
@@ -206,15 +218,18 @@ class RedisStore(Store):
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> RedisStore:
+        options: dict[str, Any] = {
+            "socket_timeout": settings.store_timeout,
+            "socket_connect_timeout": settings.store_timeout,
+            # No silent retries: a retried write could count twice (redis-py #261).
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_timeout": False,
+        }
         try:
-            client = aioredis.Redis.from_url(
-                url,
-                socket_timeout=settings.store_timeout,
-                socket_connect_timeout=settings.store_timeout,
-                # No silent retries: a retried write could count twice (redis-py #261).
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-            )
+            if url.startswith("redis+sentinel://"):
+                client = _sentinel_client(url, options)
+            else:
+                client = aioredis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigurationError(f"setting store_url: {exc}") from exc
         pool = client.connection_pool
@@ -237,9 +252,12 @@ class RedisStore(Store):
         """
         sha = self._shas[name]
         commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
-        replies = await self._round_trip(commands)
+        wait = self._wait if name in _WRITES else []
+        replies = await self._round_trip(commands + wait)
+        waited = replies.pop() if wait else None
+        self._check_replicated(waited, replies)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
+        if missing:  # those did not run: run again (with a WAIT of their own)
             await self._call(self._client.script_load(self._sources[name]))
             again = await self._eval(name, [calls[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
@@ -340,21 +358,31 @@ class RedisStore(Store):
                 items = [(project, policy_args, now_ms, request) for request in chunk]
                 groups = _record_groups(self._prefix, items)
                 commands = [("EVALSHA", sha, len(k), *k, *a) for k, a, _ in groups]
+                commands += self._wait
                 await self._send(connection, [hiredis.pack_command(c) for c in commands])
                 sent.append((items, groups))
             for index, (items, groups) in enumerate(sent):
                 replies = [await _read(connection) for _ in groups]
+                waited = await _read(connection) if self._wait else None
                 if any(isinstance(reply, NoScriptError) for reply in replies):
                     # A restarted or flushed server: read what is still coming, then run again
                     # the calls that did not run.
-                    later = [[await _read(connection) for _ in g] for _, g in sent[index + 1 :]]
+                    later = []
+                    for _, later_groups in sent[index + 1 :]:
+                        later_replies = [await _read(connection) for _ in later_groups]
+                        later.append(
+                            (later_replies, await _read(connection) if self._wait else None)
+                        )
                     self._idle.append(connection)
                     held = False
-                    rest = zip(sent[index:], [replies, *later], strict=True)
-                    for (rest_items, rest_groups), rest_replies in rest:
+                    rest = zip(sent[index:], [(replies, waited), *later], strict=True)
+                    for (rest_items, rest_groups), (rest_replies, rest_waited) in rest:
+                        self._check_replicated(rest_waited, rest_replies)
                         await self._rerun_missing(rest_groups, rest_replies)
                         yield _record_snapshots(rest_items, rest_groups, rest_replies)
                     return
+                # raises before the chunk counts as stored, so the caller retries it
+                self._check_replicated(waited, replies)
                 yield _record_snapshots(items, groups, replies)
         except BaseException as exc:
             if held:
@@ -363,6 +391,11 @@ class RedisStore(Store):
                 raise StoreUnavailableError(f"redis store: {exc}") from exc
             raise
         self._idle.append(connection)
+
+    def _check_replicated(self, waited: Any, replies: Sequence[Any]) -> None:
+        """With min_replicas: raise unless the writes that ran reached enough replicas."""
+        if waited is not None and not all(isinstance(r, NoScriptError) for r in replies):
+            _replicated(waited, self._min_replicas)
 
     async def _rerun_missing(self, groups: Sequence[_Group], replies: list[Any]) -> None:
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -549,6 +582,39 @@ def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, list[in
         signature=json.loads(signature) if signature else {},
     )
     return snapshot, list(reply[13:-1])
+
+
+def _replicated(reply: Any, wanted: int) -> None:
+    """Raise unless WAIT says ``wanted`` replicas have the writes before it."""
+    if isinstance(reply, Exception) or int(reply) < wanted:
+        raise StoreUnavailableError(
+            f"redis store: the write reached {reply} of {wanted} replicas in time"
+        )
+
+
+def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    """A client of the master that Sentinel names, ``redis+sentinel://[:password@]host:port,
+    host:port/master_name[/db]``: after a failover its connections find the new master."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    names = [p for p in parts.path.split("/") if p]
+    if not hosts or not names or len(names) > 2:
+        raise ValueError(f"{url!r} is not redis+sentinel://host:port[,host:port...]/master[/db]")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ValueError(f"sentinel address {host!r} is not host:port")
+        sentinels.append((name.strip("[]"), int(port)))
+    db = int(names[1]) if len(names) == 2 and names[1].isdigit() else 0
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        sentinel_kwargs={"socket_timeout": options["socket_timeout"]},
+        password=unquote(parts.password) if parts.password else None,
+        **options,
+    )
+    client: aioredis.Redis = sentinel.master_for(names[0], db=db)
+    return client
 
 
 def _token_json(record: TokenRecord) -> str:
