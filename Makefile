@@ -21,7 +21,7 @@ install: $(STAMP)
 run: $(STAMP)
 	mkdir -p $(dir $(DEMO_DB)) && rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
 	$(BIN)/anomaly-counter --store sqlite:///$(DEMO_DB) --project demo replay --bundled
-	$(BIN)/anomaly-counter --store sqlite:///$(DEMO_DB) --project demo serve --port $(PORT) --demo-token
+	ANOMALY_COUNTER_SPOOL_DIR=$(dir $(DEMO_DB))spool $(BIN)/anomaly-counter --store sqlite:///$(DEMO_DB) --project demo serve --port $(PORT) --demo-token
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -49,9 +49,10 @@ class Service:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         self.token = json.loads(made.stdout)["token"]
+        self.workdir = tempfile.mkdtemp()  # its spool goes here (serve spools by default)
         self.process = subprocess.Popen(
             [*CLI, "--store", store_url, "serve", "--port", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir,
         )  # fmt: skip
         for _ in range(200):
             try:

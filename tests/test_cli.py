@@ -140,18 +140,21 @@ def test_tokens_are_printed_once_listed_without_secrets_and_revoked(store: str) 
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
-def test_serve_answers_over_http_and_stops_cleanly(store: str) -> None:
+def test_serve_answers_over_http_and_stops_cleanly(store: str, tmp_path: Path) -> None:
     import httpx
 
     port = free_port()
     command = [sys.executable, "-m", "anomaly_counter.cli", "--store", store, "--project", "demo",
                "serve", "--port", str(port), "--demo-token"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
     try:
         assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(2)]
+        lines = [process.stdout.readline() for _ in range(3)]
         assert f"http://127.0.0.1:{port}" in lines[0] and "/docs" in lines[0]
-        token = lines[1].rsplit(" ", 1)[1].strip()
+        assert lines[1].strip() == "spool: anomaly-counter-spool"  # on by default
+        token = lines[2].rsplit(" ", 1)[1].strip()
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:

@@ -122,6 +122,8 @@ def test_service_settings_channels_and_label_mapping(tmp_path: Path) -> None:
         ("[alertmanager.labels]\nservice = []\n", "alertmanager.labels.service"),
         ("port = 70000\n", "port"),
         ("notify_attempts = 0\n", "notify_attempts"),
+        ("min_replicas = -1\n", "min_replicas"),
+        ("write_attempts = 0\n", "write_attempts"),
         ('[projects."bad id"]\nnotify = {}\n', "invalid project id"),
     ],
 )
@@ -130,3 +132,20 @@ def test_bad_service_settings_name_the_setting(tmp_path: Path, text: str, named:
     config.write_text(text)
     with pytest.raises(ConfigurationError, match=named.replace(".", r"\.")):
         load_settings(config, environ={})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://127.0.0.1:26379",  # no master name
+        "redis+sentinel:///mymaster",  # no sentinels
+        "redis+sentinel://127.0.0.1/mymaster",  # no port
+        "redis+sentinel://127.0.0.1:26379/mymaster/0/extra",
+    ],
+)
+def test_bad_sentinel_urls_are_configuration_errors(url: str) -> None:
+    from anomaly_counter import Settings
+    from anomaly_counter.stores.base import store_from_url
+
+    with pytest.raises(ConfigurationError, match="store_url"):
+        store_from_url(url, Settings(store_url=url))

@@ -30,6 +30,7 @@ from .settings import Settings, load_settings
 from .tokens import new_token
 
 PROG = "anomaly-counter"
+DEFAULT_SERVICE_SPOOL = "anomaly-counter-spool"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo-token", action="store_true", help="create and print a token for --project"
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--no-spool",
+        action="store_true",
+        help=f"answer 503 while the store is down instead of spooling (default spool:"
+        f" settings' spool_dir, else ./{DEFAULT_SERVICE_SPOOL})",
+    )
 
     token = commands.add_parser("token", help="API tokens of projects")
     token_commands = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
@@ -387,6 +394,10 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     )
     if args.store:
         chosen = replace(chosen, store_url=args.store)
+    if args.no_spool:
+        chosen = replace(chosen, spool_dir="")
+    elif not chosen.spool_dir:  # the service never drops what it acknowledged
+        chosen = replace(chosen, spool_dir=DEFAULT_SERVICE_SPOOL)
     app = create_app(chosen)
     if args.demo_token:
         project = args.project or chosen.project
@@ -394,6 +405,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
         await app.state.service.store.save_token(record)
     url = f"http://{chosen.host}:{chosen.port}"
     print(f"anomaly-counter {__version__} on {chosen.store_url}: {url}  (API docs: {url}/docs)")
+    print(f"spool: {chosen.spool_dir or 'none (503 while the store is down)'}")
     if args.demo_token:
         print(f"a token of project {project!r}: {text}")
         print(f"  curl -H 'Authorization: Bearer {text}' {url}/v1/projects/{project}/anomalies")
