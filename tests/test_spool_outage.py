@@ -173,3 +173,56 @@ async def test_the_service_accepts_into_its_spool_and_says_so(
             metrics = (await http.get("/metrics")).text
             assert "anomaly_counter_spool_replayed_total 4.0" in metrics
             assert (await http.get("/readyz")).text == "ok"
+
+
+async def test_the_service_answers_503_when_its_spool_is_full_and_reports_losses(
+    durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    settings = _settings(durable_redis, tmp_path, spool_max_bytes=2048)
+    with ServiceServer(settings) as server:
+        async with server.client(server.token("team-a")) as http:
+            assert (await http.get("/v1/projects/team-a/anomalies")).status_code == 200
+            durable_redis.stop()
+            statuses = []
+            for _ in range(30):
+                r = await http.post("/v1/projects/team-a/occurrences", json={"signature": SIG})
+                statuses.append(r.status_code)
+            accepted = statuses.count(202)
+            assert accepted > 3 and statuses.count(503) == 30 - accepted
+            assert (await http.get("/readyz")).status_code == 503  # down, and no room left
+            metrics = (await http.get("/metrics")).text
+            assert f'outcome="refused",project="team-a"}} {30 - accepted}.0' in metrics
+            durable_redis.start()
+
+            async def counted() -> bool:
+                r = await http.get(f"/v1/projects/team-a/anomalies/{KEY}")
+                return r.status_code == 200 and r.json()["count_24h"] == accepted
+
+            assert await eventually(counted, within=20)
+    # a damaged spool: opened again, it replays what is intact and says what it lost
+    spool_dir = Path(settings.spool_dir)
+    with ServiceServer(settings) as server:
+        async with server.client(server.token("team-a")) as http:
+            assert (await http.get("/v1/projects/team-a/anomalies")).status_code == 200
+            durable_redis.stop()
+            for _ in range(3):
+                r = await http.post("/v1/projects/team-a/occurrences", json={"signature": SIG})
+                assert r.status_code == 202
+    _flip_a_bit_of_the_last_record(spool_dir)
+    durable_redis.start()
+    with ServiceServer(settings) as server:
+        async with server.client(server.token("team-a")) as http:
+
+            async def replayed() -> bool:
+                r = await http.get(f"/v1/projects/team-a/anomalies/{KEY}")
+                return r.json()["count_24h"] == accepted + 2
+
+            assert await eventually(replayed, within=20)
+            assert "anomaly_counter_spool_lost 1.0" in (await http.get("/metrics")).text
+
+
+def _flip_a_bit_of_the_last_record(spool_dir: Path) -> None:
+    segment = max(spool_dir.glob("segment-*.log"))
+    data = bytearray(segment.read_bytes())
+    data[-20] ^= 0x01
+    segment.write_bytes(bytes(data))

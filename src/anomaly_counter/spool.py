@@ -119,6 +119,7 @@ class Spool:
         self._sizes: dict[int, int] = {}  # bytes of each segment on disk
         self._depth = 0
         self._oldest_ms: int | None = None
+        self._refusing = False
         self._recover()
         self._active_number = max(self._sizes, default=self._checkpoint.segment)
         self._sizes.setdefault(self._active_number, 0)
@@ -187,6 +188,7 @@ class Spool:
         records = b"".join(encode(p) for p in payloads)
         with self._lock:
             if self._waiting_bytes() + len(records) > self.max_bytes:
+                self._refusing = True
                 raise SpoolFullError(
                     f"the spool is full ({self._waiting_bytes():,} of {self.max_bytes:,} bytes)"
                 )
@@ -196,6 +198,7 @@ class Spool:
             self._active.flush()
             os.fsync(self._active.fileno())
             self._sizes[self._active_number] += len(records)
+            self._refusing = False
             if self._depth == 0:
                 self._oldest_ms = payloads[0].get("accepted_ms")
             self._depth += len(payloads)
@@ -248,7 +251,13 @@ class Spool:
                 self._path(number).unlink(missing_ok=True)
                 del self._sizes[number]
             self._depth = max(0, self._depth - count)
+            self._refusing = False
             self._oldest_ms = None  # found again by stats() when asked
+
+    @property
+    def full(self) -> bool:
+        """It refused its last record, and nothing was replayed since."""
+        return self._refusing
 
     @property
     def depth(self) -> int:

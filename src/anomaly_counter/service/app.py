@@ -180,7 +180,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             if service.spool is None:
                 return PlainTextResponse(f"store unavailable: {exc}", status_code=503)
             stats = service.spool.stats()
-            if stats.size_bytes >= service.spool.max_bytes:
+            if service.spool.full:
                 return PlainTextResponse(f"store unavailable and spool full: {exc}", 503)
             return PlainTextResponse(
                 f"on spool: store unavailable ({exc}); {stats.depth} occurrences waiting"
