@@ -106,6 +106,44 @@ async def test_redis_killed_under_load_and_restarted(
         await counter.aclose()
 
 
+async def test_redis_without_persistence_killed_under_load(tmp_path: Path) -> None:
+    """A Redis that keeps nothing on disk loses, on restart, all it had acknowledged: no client
+    can bring that back (use AOF or replicas). What the spool acknowledged during the outage,
+    and everything after, is counted exactly once."""
+    server = RedisServer(free_port(), str(tmp_path))  # no AOF, no snapshots
+    server.start()
+    counter = AnomalyCounter.from_url(settings=_settings(server, tmp_path))
+    try:
+        with Load(counter) as load:
+            await asyncio.sleep(0.5)
+            assert server.process is not None
+            server.process.kill()
+            server.process.wait()
+            before_the_kill = load.acknowledged  # acknowledged by the store, now gone
+            await asyncio.sleep(1.0)
+            server.start()
+            await asyncio.sleep(0.5)
+            await load.finish()
+        assert counter.spool is not None
+
+        async def exact() -> bool:
+            # Every write acknowledged after the kill is counted, exactly once, except those
+            # the store itself had answered just before dying (answers still in the socket
+            # when the kill came): at most one call per writer, 5 occurrences each. Never more.
+            since = load.acknowledged - before_the_kill
+            counted = await _counted(counter)
+            return since - load.writers * 5 <= counted <= since and not counter.spool.depth
+
+        assert await eventually(exact, within=30), (
+            await _counted(counter),
+            load.acknowledged,
+            before_the_kill,
+        )
+    finally:
+        await counter.aclose()
+        server.stop()
+
+
 async def test_redis_frozen_under_load(durable_redis: RedisServer, tmp_path: Path) -> None:
     """SIGSTOP for 10 s: acknowledgements keep coming within the store timeout (from the
     spool); the writes the frozen server takes up when it thaws count once."""
@@ -312,3 +350,54 @@ async def test_alertmanager_resending_through_an_outage_counts_each_episode_once
             assert await eventually(once, within=20)
             r = await http.post(RECEIVER, json=_payload(_alert("firing", started)))
             assert r.json()["duplicates"] == 1  # and after the replay, still the same episode
+
+
+async def test_a_real_alertmanager_resending_through_an_outage(
+    durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from .servers import ServiceServer
+    from .test_alertmanager import KEY as AM_KEY
+    from .test_alertmanager import LABELS, RECEIVER, Alertmanager
+
+    other = {**LABELS, "alertname": "HighLatency"}
+    other_key = AnomalyCounter.hash_signature(
+        {"alertname": "HighLatency", "service": "db", "namespace": "prod"}
+    )
+    with ServiceServer(_settings(durable_redis, tmp_path)) as server:
+        token = server.token("team-a")
+        async with server.client(token) as http:
+
+            async def count(key: str) -> int:
+                r = await http.get(f"/v1/projects/team-a/anomalies/{key}")
+                return int(r.json()["count_24h"]) if r.status_code == 200 else 0
+
+            async def spooled() -> float:
+                for line in (await http.get("/metrics")).text.splitlines():
+                    if line.startswith("anomaly_counter_occurrences_total") and "spooled" in line:
+                        return float(line.rsplit(" ", 1)[1])
+                return 0.0
+
+            with Alertmanager(f"{server.url}{RECEIVER}", token) as am:
+                am.push(LABELS, datetime.now(UTC) - timedelta(seconds=30))
+
+                async def first() -> bool:
+                    return await count(AM_KEY) == 1
+
+                assert await eventually(first, within=30)
+                durable_redis.stop()
+                am.push(other, datetime.now(UTC) - timedelta(seconds=10))
+
+                async def resent() -> bool:  # the new alert, and repeats of both, spooled
+                    return await spooled() >= 4
+
+                assert await eventually(resent, within=30)
+                durable_redis.start()
+
+                async def once_each() -> bool:
+                    return await count(other_key) == 1 and await count(AM_KEY) == 1
+
+                assert await eventually(once_each, within=30)
+                await asyncio.sleep(2.5)  # more repeats, now straight to the store
+                assert await count(other_key) == 1 and await count(AM_KEY) == 1
