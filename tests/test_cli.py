@@ -174,3 +174,27 @@ def test_serve_answers_over_http_and_stops_cleanly(store: str, tmp_path: Path) -
     # a graceful stop (uvicorn re-raises the SIGTERM it handled, so the status says SIGTERM)
     assert status in (0, -15)
     assert process.stderr is not None and "Application shutdown complete" in process.stderr.read()
+
+
+def test_record_spools_while_the_store_is_down_and_the_next_run_replays(tmp_path: Path) -> None:
+    from anomaly_counter import AnomalyCounter
+
+    from .conftest import RedisServer
+
+    server = RedisServer(free_port(), str(tmp_path), extra=["--appendonly", "yes"])
+    server.start()
+    env = {"ANOMALY_COUNTER_SPOOL_DIR": str(tmp_path / "spool"),
+           "ANOMALY_COUNTER_STORE_TIMEOUT": "0.3"}  # fmt: skip
+    key = AnomalyCounter.hash_signature({"alertname": "DiskFull"})
+    try:
+        server.stop()
+        for _ in range(2):
+            done = cli("record", "--alert-name", "DiskFull", store=server.url, env=env)
+            assert done.returncode == 0, done.stderr
+            assert "kept in the spool" in done.stdout
+        server.start()
+        shown = cli("--json", "show", key, store=server.url, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["count_1h"] == 2
+    finally:
+        server.stop()

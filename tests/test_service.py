@@ -74,14 +74,14 @@ async def test_every_capability_over_http(service: ServiceServer) -> None:
             _v1(f"/anomalies/{KEY}/repairs/restart_pod/skip"), params={"min_success_rate": 0.5}
         )
         assert skip.json()["skip"] is True and skip.json()["total"] == 5
-        ranked = await http.get(
+        ranked = await http.post(
             _v1(f"/anomalies/{KEY}/recommendations"),
-            params={"candidates": ["restart_pod", "scale_up"]},
+            json={"candidates": ["restart_pod", "scale_up"]},
         )
         assert [r["action"] for r in ranked.json()["recommendations"]] == [
             "scale_up", "restart_pod",
         ]  # fmt: skip
-        default = await http.get(_v1(f"/anomalies/{KEY}/recommendations"))
+        default = await http.post(_v1(f"/anomalies/{KEY}/recommendations"), json={})
         assert {r["action"] for r in default.json()["recommendations"]} >= {"restart_pod"}
 
         for kind in ("auto_repair", "human_approved", "human_approved"):
@@ -204,6 +204,7 @@ _BODIES = {
     "/repairs": {"action": "restart_pod", "success": True},
     "/dispositions": {"type": "auto_repair"},
     "/fix": {"description": "fixed"},
+    "/recommendations": {"candidates": ["restart_pod"]},
 }
 
 

@@ -168,6 +168,8 @@ def _frequency_text(f: AnomalyFrequency) -> str:
     ]
     if f.escalated_to:
         rows.append(("newly escalated to", f.escalated_to))
+    if f.spooled:
+        rows.append(("spooled", "the store is down: kept in the spool, counted when it is back"))
     if f.duplicate:
         rows.append(("duplicate", "already counted; not counted again"))
     if f.regressed:
@@ -438,6 +440,7 @@ async def _run(args: argparse.Namespace) -> None:
         return
     counter = AnomalyCounter.from_url(args.store, args.project, settings=settings)
     try:
+        await counter.flush_spool()  # what an earlier run spooled goes in first
         await _COMMANDS[args.command](counter, args)
     finally:
         await counter.aclose()

@@ -141,6 +141,20 @@ class AnomalyCounter:
     ) -> None:
         await self.aclose()
 
+    async def flush_spool(self) -> int:
+        """Replay the spool now, while the store answers (a short-lived process, such as the
+        CLI, has no time for the background replayer). The number of records stored."""
+        if self.spool is None:
+            return 0
+        replayer = self._replayer or Replayer(self.spool, self._counter_for)
+        stored = 0
+        try:
+            while self.spool.depth:
+                stored += await replayer.drain_once()
+        except StoreUnavailableError:
+            pass  # still down: they stay in the spool for the next process
+        return stored
+
     async def aclose(self) -> None:
         """Stop replaying, close the spool and the store's connections."""
         if self._replayer is not None:

@@ -240,24 +240,24 @@ async def should_skip_action(
     return s.SkipOut(**stats, skip=skip, min_success_rate=min_success_rate)
 
 
-@router.get(
+@router.post(
     "/anomalies/{anomaly_key}/recommendations",
     tags=["repairs"],
     response_model=s.RecommendationsOut,
 )
 async def recommendations(
-    anomaly_key: AnomalyKey,
-    p: Checked,
-    candidates: Annotated[list[str] | None, Query(max_length=100)] = None,
-    min_success_rate: Annotated[float, Query(ge=0, le=1)] = 0.2,
+    anomaly_key: AnomalyKey, body: s.RecommendIn, p: Checked
 ) -> s.RecommendationsOut:
     """Candidate actions (default: those tried, and the configured ones) ranked by the lower
-    confidence bound of their success rate, each with its evidence."""
+    confidence bound of their success rate, each with its evidence. A POST because the
+    candidates are a typed list (a query string cannot tell ``false`` from ``"false"``); it
+    changes nothing."""
+    candidates = body.candidates
     if not candidates:
         tried = await p.timed("read", p.counter.get_all_repair_stats(anomaly_key))
         candidates = list(dict.fromkeys([*tried, *p.service.settings.repair_actions]))
     ranked = await p.timed(
-        "read", p.counter.recommend_actions(anomaly_key, candidates, min_success_rate)
+        "read", p.counter.recommend_actions(anomaly_key, candidates, body.min_success_rate)
     )
     return s.RecommendationsOut(recommendations=[r.to_dict() for r in ranked])
 

@@ -140,6 +140,13 @@ class SkipOut(ActionStats):
     min_success_rate: float
 
 
+class RecommendIn(_In):
+    candidates: list[str] | None = Field(
+        None, max_length=100, description="Actions to rank (default: tried and configured)"
+    )
+    min_success_rate: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.2
+
+
 class Recommendation(BaseModel):
     action: str
     rank: int
