@@ -349,6 +349,21 @@ class RedisStore(Store):
         # connections would not do: the server interleaves them, and the first chunk's answers
         # would come back last.)
         policy_args = _policy_args(policy)
+        if self._wait:
+            # With min_replicas nothing of a batch counts as stored before the replicas have
+            # all of it: the chunks go out in one round trip with one WAIT after them, and
+            # answers are handed out only once it says so (else the whole batch is retried).
+            batch = []
+            for chunk in chunks:
+                items = [(project, policy_args, now_ms, request) for request in chunk]
+                batch.append((items, _record_groups(self._prefix, items)))
+            calls = [(keys, args) for _, groups in batch for keys, args, _ in groups]
+            replies = await self._eval("record", calls)
+            offset = 0
+            for items, groups in batch:
+                yield _record_snapshots(items, groups, replies[offset : offset + len(groups)])
+                offset += len(groups)
+            return
         sha = self._shas["record"]
         connection = await self._connection()
         held = True  # until given back
@@ -358,31 +373,21 @@ class RedisStore(Store):
                 items = [(project, policy_args, now_ms, request) for request in chunk]
                 groups = _record_groups(self._prefix, items)
                 commands = [("EVALSHA", sha, len(k), *k, *a) for k, a, _ in groups]
-                commands += self._wait
                 await self._send(connection, [hiredis.pack_command(c) for c in commands])
                 sent.append((items, groups))
             for index, (items, groups) in enumerate(sent):
                 replies = [await _read(connection) for _ in groups]
-                waited = await _read(connection) if self._wait else None
                 if any(isinstance(reply, NoScriptError) for reply in replies):
                     # A restarted or flushed server: read what is still coming, then run again
                     # the calls that did not run.
-                    later = []
-                    for _, later_groups in sent[index + 1 :]:
-                        later_replies = [await _read(connection) for _ in later_groups]
-                        later.append(
-                            (later_replies, await _read(connection) if self._wait else None)
-                        )
+                    later = [[await _read(connection) for _ in g] for _, g in sent[index + 1 :]]
                     self._idle.append(connection)
                     held = False
-                    rest = zip(sent[index:], [(replies, waited), *later], strict=True)
-                    for (rest_items, rest_groups), (rest_replies, rest_waited) in rest:
-                        self._check_replicated(rest_waited, rest_replies)
+                    rest = zip(sent[index:], [replies, *later], strict=True)
+                    for (rest_items, rest_groups), rest_replies in rest:
                         await self._rerun_missing(rest_groups, rest_replies)
                         yield _record_snapshots(rest_items, rest_groups, rest_replies)
                     return
-                # raises before the chunk counts as stored, so the caller retries it
-                self._check_replicated(waited, replies)
                 yield _record_snapshots(items, groups, replies)
         except BaseException as exc:
             if held:
