@@ -170,9 +170,17 @@ async def test_the_service_accepts_into_its_spool_and_says_so(
                 return r.status_code == 200 and r.json()["count_24h"] == 5
 
             assert await eventually(counted, within=20)
-            metrics = (await http.get("/metrics")).text
-            assert "anomaly_counter_spool_replayed_total 4.0" in metrics
-            assert (await http.get("/readyz")).text == "ok"
+
+            async def replayed_total() -> bool:
+                metrics = (await http.get("/metrics")).text
+                return "anomaly_counter_spool_replayed_total 4.0" in metrics
+
+            assert await eventually(replayed_total, within=10)
+
+            async def ready() -> bool:
+                return (await http.get("/readyz")).text == "ok"
+
+            assert await eventually(ready, within=10)
 
 
 async def test_the_service_answers_503_when_its_spool_is_full_and_reports_losses(

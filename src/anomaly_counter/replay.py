@@ -80,12 +80,15 @@ class Replayer:
         records, position = await asyncio.to_thread(self.spool.peek, self._batch)
         if not records:
             return 0
-        for project, group in _runs(records):
-            frequencies = await self._counter_for(project).replay(group)
-            if self._on_replayed is not None:
-                self._on_replayed(project, frequencies)
+        stored = [
+            (project, await self._counter_for(project).replay(group))
+            for project, group in _runs(records)
+        ]
         await asyncio.to_thread(self.spool.commit, position, len(records))
         self.replayed += len(records)
+        if self._on_replayed is not None:  # after the commit: figures match the spool's
+            for project, frequencies in stored:
+                self._on_replayed(project, frequencies)
         return len(records)
 
 
