@@ -325,9 +325,7 @@ class AnomalyCounter:
             }
             for r in requests
         ]
-        await asyncio.to_thread(self.spool.append, payloads)
-        if self._replayer is not None:
-            self._replayer.start()
+        await self._spool_append(payloads)
         frequencies = []
         for r in requests:
             frequency = self._degraded(r.anomaly_key, _time(r.at_ms))
@@ -335,6 +333,13 @@ class AnomalyCounter:
             frequency.signature = r.signature
             frequencies.append(frequency)
         return frequencies
+
+    async def _spool_append(self, payloads: list[dict[str, Any]]) -> None:
+        """Append (fsync off the event loop) and make sure this counter's replayer runs."""
+        assert self.spool is not None
+        await asyncio.to_thread(self.spool.append, payloads)
+        if self._replayer is not None:
+            self._replayer.start()
 
     async def replay(self, records: Sequence[Mapping[str, Any]]) -> list[AnomalyFrequency]:
         """Store spooled records of this project, in order, as they were accepted (checked
@@ -675,9 +680,7 @@ class AnomalyCounter:
                     )
             record = {"kind": "resolve", "project": self.project_id, "anomaly_key": key,
                       "at_ms": _ms(moment), "accepted_ms": _ms(now)}  # fmt: skip
-            await asyncio.to_thread(self.spool.append, [record])
-            if self._replayer is not None:
-                self._replayer.start()
+            await self._spool_append([record])
             return
         await self._guard(
             "record_resolution",

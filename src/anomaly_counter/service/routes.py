@@ -6,6 +6,7 @@ library's named errors become 400 (wrong input) and 503 (store unreachable) in `
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -162,14 +163,15 @@ async def alertmanager(body: AlertmanagerPayload, p: Checked) -> s.AlertmanagerO
         occurrences = [Occurrence(e.signature, e.at, e.occurrence_id) for e in found]
         frequencies = await p.service.record(p.id, occurrences)
     p.service.metrics.refused(p.id, "rejected", too_old)
-    resolved = 0
-    for episode, frequency in zip(found, frequencies, strict=True):
-        if episode.resolved_at is not None:
-            await p.timed(
-                "resolve",
-                p.counter.record_resolution(frequency.anomaly_key, at=episode.resolved_at),
-            )
-            resolved += 1
+    # a group's resolutions at once, not one round trip after another
+    resolutions = [
+        p.counter.record_resolution(frequency.anomaly_key, at=episode.resolved_at)
+        for episode, frequency in zip(found, frequencies, strict=True)
+        if episode.resolved_at is not None
+    ]
+    if resolutions:
+        await p.timed("resolve", asyncio.gather(*resolutions))
+    resolved = len(resolutions)
     duplicates = sum(1 for f in frequencies if f.duplicate)
     spooled = sum(1 for f in frequencies if f.spooled)
     return s.AlertmanagerOut(

@@ -151,10 +151,8 @@ class _Keys:
         tag = f"{{{encode_part(project)}.{shard_of(anomaly_key, SHARDS)}}}"
         self.shard = f"{prefix}:{tag}:x:"
         base = f"{prefix}:{tag}:a:{encode_part(anomaly_key)}:"
-        self.meta, self.ids, self.days, self.history, self.signature = (
-            base + s for s in ("m", "i", "d", "h", "s")
-        )
-        self.read_keys = (self.meta,)  # the scripts name the others from this one
+        # the scripts take the meta key and name the anomaly's other keys from it
+        self.meta, self.days, self.history = (base + s for s in ("m", "d", "h"))
 
     def index(self, name: str) -> str:
         return self.shard + name
@@ -412,7 +410,7 @@ class RedisStore(Store):
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
     ) -> list[Snapshot | None]:
         args: list[Any] = [at_ms, now_ms, RETENTION_DAYS, FIX_VALIDITY_MS]
-        calls = [(_keys(self._prefix, project, key).read_keys, args) for key in anomaly_keys]
+        calls = [([_keys(self._prefix, project, key).meta], args) for key in anomaly_keys]
         replies = await self._eval("read", calls)
         snapshots: list[Snapshot | None] = []
         for key, reply in zip(anomaly_keys, replies, strict=True):
