@@ -37,6 +37,23 @@ def require_binary(name: str) -> str:
     return path
 
 
+def wait_for_ping(port: int, within: float = 10) -> None:
+    """Wait until the redis-server on this port answers."""
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + within
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+    finally:
+        client.close()
+
+
 @dataclass
 class RedisServer:
     """A redis-server process owned by a test fixture."""
@@ -58,17 +75,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
+        wait_for_ping(self.port)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -96,6 +103,22 @@ def fresh_redis(redis_server: RedisServer) -> RedisServer:
     return redis_server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Three primaries with a replica each, shared by the tests that only read and write."""
+    from .cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def fresh_cluster(redis_cluster: Any) -> Any:
+    redis_cluster.flush()
+    return redis_cluster
+
+
 class Clock:
     """A settable clock, so tests can move through days in milliseconds."""
 
@@ -115,10 +138,12 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "cluster"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/counter.db"
+    if request.param == "cluster":
+        return str(request.getfixturevalue("fresh_cluster").url)
     server: RedisServer = request.getfixturevalue("fresh_redis")
     return server.url
 

@@ -347,7 +347,10 @@ async def test_alertmanager_resending_through_an_outage_counts_each_episode_once
             async def once() -> bool:
                 r = await http.get(f"/v1/projects/team-a/anomalies/{AM_KEY}")
                 body = r.json() if r.status_code == 200 else {}
-                return body.get("count_24h") == 1 and body.get("last_resolved") is not None
+                drained = (await http.get("/readyz")).text == "ok"  # the spool is empty
+                return (
+                    body.get("count_24h") == 1 and body.get("last_resolved") is not None and drained
+                )
 
             assert await eventually(once, within=20)
             r = await http.post(RECEIVER, json=_payload(_alert("firing", started)))

@@ -240,12 +240,15 @@ _SCHEMES: dict[str, str] = {
     "rediss": "anomaly_counter.stores.redis:RedisStore",
     "unix": "anomaly_counter.stores.redis:RedisStore",
     "redis+sentinel": "anomaly_counter.stores.redis:RedisStore",
+    "redis+cluster": "anomaly_counter.stores.redis_cluster:RedisClusterStore",
+    "rediss+cluster": "anomaly_counter.stores.redis_cluster:RedisClusterStore",
 }
 
 
 def store_from_url(url: str, settings: Settings) -> Store:
     """The store a URL names: ``sqlite:///path``, ``redis://``, ``rediss://``, ``unix://``,
-    ``redis+sentinel://host:port,host:port/master_name[/db]``."""
+    ``redis+sentinel://host:port,host:port/master_name[/db]``,
+    ``redis+cluster://host:port,host:port,...``."""
     scheme = urlsplit(url).scheme
     target = _SCHEMES.get(scheme)
     if target is None:

@@ -20,7 +20,6 @@ piling onto one. The scripts are given an anomaly's meta key and name the others
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -33,12 +32,11 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, StoreUnavailableError
@@ -61,13 +59,15 @@ from .base import (
     shard_of,
 )
 from .coalesce import Coalescer
+from .redis_link import UNAVAILABLE, Link, hiredis_packing, read_reply
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
 SHARDS = 16
+_CHUNKS_PER_ROUND = 20
 _BOUND_INDEX = {"1h": 1, "24h": 2, "7d": 3, "30d": 4}
-_PAGE = 100
+_FIRST_PAGE, _LAST_PAGE = 8, 512  # index entries read from a shard at a time
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _WRITES = frozenset({"record", "repair", "disposition", "fix", "resolve"})
 
@@ -132,14 +132,6 @@ def _record_snapshots(
     return snapshots
 
 
-async def _read(connection: AbstractConnection) -> Any:
-    """One reply; an error reply is returned as its exception, not raised."""
-    try:
-        return await connection.read_response()
-    except ResponseError as exc:
-        return exc
-
-
 def _sha1(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()
 
@@ -158,26 +150,6 @@ class _Keys:
         return self.shard + name
 
 
-_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
-
-
-def _hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
-    """The connection class with commands packed by hiredis, in C: redis-py's asyncio
-    connections pack in Python, which costs more than the whole server-side script."""
-    if base in _PACKING:
-        return _PACKING[base]
-
-    class HiredisPacking(base):  # type: ignore[valid-type,misc]
-        def pack_command(self, *args: Any) -> list[bytes]:
-            if isinstance(args[0], str) and " " in args[0]:
-                args = (*args[0].split(), *args[1:])
-            return [hiredis.pack_command(args)]
-
-    HiredisPacking.__name__ = f"HiredisPacking{base.__name__}"
-    _PACKING[base] = HiredisPacking
-    return HiredisPacking
-
-
 @functools.lru_cache(maxsize=65_536)
 def _keys(prefix: str, project: str, anomaly_key: str) -> _Keys:
     return _Keys(prefix, project, anomaly_key)
@@ -187,13 +159,16 @@ def _shard_index_key(prefix: str, project: str, shard: int, name: str) -> str:
     return f"{prefix}:{{{encode_part(project)}.{shard}}}:x:{name}"
 
 
-class RedisStore(Store):
-    """Store on one Redis server (``redis://``, ``rediss://``, ``unix://``)."""
+class RedisScripts(Store):
+    """What the Redis stores share: the keys, the scripts and the replies. How commands reach
+    the server(s) is the subclass's: ``_run``."""
 
     pipeline_chunk = 50
+    # A record call's keys must live in one slot on a cluster; on one server a batch of any
+    # mix of anomalies is one call (the server pays per call and per key name).
+    _calls_by_slot = False
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
-        self._client = client
+    def __init__(self, settings: Settings) -> None:
         self._prefix = settings.key_prefix
         self._timeout = settings.store_timeout
         # With min_replicas, each write waits (WAIT, same round trip) until that many replicas
@@ -212,33 +187,11 @@ class RedisStore(Store):
         }
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
         self._writes: Coalescer[_Write, Snapshot] = Coalescer(self._record_now)
-        self._idle: list[AbstractConnection] = []
 
-    @classmethod
-    def from_url(cls, url: str, settings: Settings) -> RedisStore:
-        options: dict[str, Any] = {
-            "socket_timeout": settings.store_timeout,
-            "socket_connect_timeout": settings.store_timeout,
-            # No silent retries: a retried write could count twice (redis-py #261).
-            "retry": Retry(NoBackoff(), 0),
-            "retry_on_timeout": False,
-        }
-        try:
-            if url.startswith("redis+sentinel://"):
-                client = _sentinel_client(url, options)
-            else:
-                client = aioredis.Redis.from_url(url, **options)
-        except ValueError as exc:
-            raise ConfigurationError(f"setting store_url: {exc}") from exc
-        pool = client.connection_pool
-        pool.connection_class = _hiredis_packing(pool.connection_class)
-        return cls(client, settings)
-
-    async def _call(self, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"redis store: {exc}") from exc
+    async def _run(self, commands: Sequence[tuple[Any, ...]], replicate: bool) -> list[Any]:
+        """Replies to commands (errors as values), in as few round trips as may be. Writes
+        (``replicate``) are followed by the WAIT of min_replicas, and raise unless it is met."""
+        raise NotImplementedError
 
     async def _eval(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
@@ -250,74 +203,24 @@ class RedisStore(Store):
         """
         sha = self._shas[name]
         commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
-        wait = self._wait if name in _WRITES else []
-        replies = await self._round_trip(commands + wait)
-        waited = replies.pop() if wait else None
-        self._check_replicated(waited, replies)
+        replies = await self._run(commands, replicate=name in _WRITES)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # those did not run: run again (with a WAIT of their own)
-            await self._call(self._client.script_load(self._sources[name]))
+            await self._query(("SCRIPT", "LOAD", self._sources[name]))
             again = await self._eval(name, [calls[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        _raise_errors(replies)
         return replies
 
-    async def _round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send commands on one pooled connection and read their replies (errors as values).
+    async def _query(self, command: tuple[Any, ...]) -> Any:
+        """The reply to one command that writes no counts (raised if an error)."""
+        return (await self._queries([command]))[0]
 
-        The hot path skips redis-py's per-command machinery (retry wrapper, response
-        callbacks, metrics), which costs more than the round trip itself; connections,
-        authentication and timeouts stay redis-py's.
-        """
-        connection = await self._connection()
-        try:
-            await self._send(connection, [hiredis.pack_command(c) for c in commands])
-            replies = [await _read(connection) for _ in commands]
-        except BaseException as exc:
-            await self._discard(connection)
-            if isinstance(exc, _UNAVAILABLE):
-                raise StoreUnavailableError(f"redis store: {exc}") from exc
-            raise
-        self._idle.append(connection)
+    async def _queries(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        replies = await self._run(commands, replicate=False)
+        _raise_errors(replies)
         return replies
-
-    async def _send(self, connection: AbstractConnection, packed: list[bytes]) -> None:
-        """Write packed commands. redis-py's send_packed_command wraps every write in
-        asyncio.wait_for, which on Python 3.11 starts a task per write: more than the rest of a
-        call costs. Here the bytes go to the transport at once, and only a write the socket
-        could not take whole waits, under the store timeout."""
-        if not connection.is_connected:
-            await connection.connect()  # type: ignore[no-untyped-call]
-        writer = connection._writer  # redis-py 8.1 (pinned): the connection's StreamWriter
-        assert writer is not None
-        writer.writelines(packed)
-        if writer.transport.get_write_buffer_size():
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await writer.drain()
-            except TimeoutError:
-                await connection.disconnect(nowait=True)
-                raise RedisTimeoutError("timeout writing to the redis store") from None
-
-    async def _connection(self) -> AbstractConnection:
-        # Connections of the hot path are kept here between calls: taking one from redis-py's
-        # pool and giving it back costs a lock and bookkeeping on every round trip.
-        if self._idle:
-            return self._idle.pop()
-        try:
-            connection: AbstractConnection = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"redis store: {exc}") from exc
-        return connection
-
-    async def _discard(self, connection: AbstractConnection) -> None:
-        """A connection that failed mid-way: a reply may still be on its way, so it is closed
-        (the pool opens a new one when it is next needed)."""
-        await connection.disconnect()
-        await self._client.connection_pool.release(connection)
 
     # -- occurrences --------------------------------------------------------------------------
 
@@ -331,7 +234,7 @@ class RedisStore(Store):
         return list(results)
 
     async def _record_now(self, items: Sequence[_Write]) -> list[Snapshot]:
-        groups = _record_groups(self._prefix, items)
+        groups = _record_groups(self._prefix, items, self._calls_by_slot)
         replies = await self._eval("record", [(keys, args) for keys, args, _ in groups])
         return _record_snapshots(items, groups, replies)
 
@@ -342,63 +245,37 @@ class RedisStore(Store):
         policy: WritePolicy,
         now_ms: int,
     ) -> AsyncIterator[list[Snapshot]]:
-        # Every chunk goes out on one connection before any answer is read: the server works
-        # through them in order while the caller reads and handles the first answers. (Two
-        # connections would not do: the server interleaves them, and the first chunk's answers
-        # would come back last.)
+        """Chunks in rounds of up to _CHUNKS_PER_ROUND, each round one ``_run``. With
+        min_replicas nothing of a round counts as stored before the replicas have all of it:
+        answers are handed out only once its WAITs say so (else the whole round is retried)."""
         policy_args = _policy_args(policy)
-        if self._wait:
-            # With min_replicas nothing of a batch counts as stored before the replicas have
-            # all of it: the chunks go out in one round trip with one WAIT after them, and
-            # answers are handed out only once it says so (else the whole batch is retried).
-            batch = []
-            for chunk in chunks:
-                items = [(project, policy_args, now_ms, request) for request in chunk]
-                batch.append((items, _record_groups(self._prefix, items)))
-            calls = [(keys, args) for _, groups in batch for keys, args, _ in groups]
-            replies = await self._eval("record", calls)
-            offset = 0
-            for items, groups in batch:
-                yield _record_snapshots(items, groups, replies[offset : offset + len(groups)])
-                offset += len(groups)
-            return
-        sha = self._shas["record"]
-        connection = await self._connection()
-        held = True  # until given back
-        sent: list[tuple[list[_Write], list[_Group]]] = []
-        try:
-            for chunk in chunks:
-                items = [(project, policy_args, now_ms, request) for request in chunk]
-                groups = _record_groups(self._prefix, items)
-                commands = [("EVALSHA", sha, len(k), *k, *a) for k, a, _ in groups]
-                await self._send(connection, [hiredis.pack_command(c) for c in commands])
-                sent.append((items, groups))
-            for index, (items, groups) in enumerate(sent):
-                replies = [await _read(connection) for _ in groups]
-                if any(isinstance(reply, NoScriptError) for reply in replies):
-                    # A restarted or flushed server: read what is still coming, then run again
-                    # the calls that did not run.
-                    later = [[await _read(connection) for _ in g] for _, g in sent[index + 1 :]]
-                    self._idle.append(connection)
-                    held = False
-                    rest = zip(sent[index:], [replies, *later], strict=True)
-                    for (rest_items, rest_groups), rest_replies in rest:
-                        await self._rerun_missing(rest_groups, rest_replies)
-                        yield _record_snapshots(rest_items, rest_groups, rest_replies)
-                    return
-                yield _record_snapshots(items, groups, replies)
-        except BaseException as exc:
-            if held:
-                await self._discard(connection)
-            if isinstance(exc, _UNAVAILABLE):
-                raise StoreUnavailableError(f"redis store: {exc}") from exc
-            raise
-        self._idle.append(connection)
+        batch: list[tuple[list[_Write], list[_Group]]] = []
+        for chunk in chunks:
+            items = [(project, policy_args, now_ms, request) for request in chunk]
+            batch.append((items, _record_groups(self._prefix, items, self._calls_by_slot)))
+            if len(batch) == _CHUNKS_PER_ROUND:
+                for snapshots in await self._record_round(batch):
+                    yield snapshots
+                batch = []
+        if batch:
+            for snapshots in await self._record_round(batch):
+                yield snapshots
+
+    async def _record_round(
+        self, batch: Sequence[tuple[list[_Write], list[_Group]]]
+    ) -> list[list[Snapshot]]:
+        calls = [(keys, args) for _, groups in batch for keys, args, _ in groups]
+        replies = await self._eval("record", calls)
+        answers, offset = [], 0
+        for items, groups in batch:
+            answers.append(_record_snapshots(items, groups, replies[offset : offset + len(groups)]))
+            offset += len(groups)
+        return answers
 
     def _check_replicated(self, waited: Any, replies: Sequence[Any]) -> None:
         """With min_replicas: raise unless the writes that ran reached enough replicas."""
         if waited is not None and not all(isinstance(r, NoScriptError) for r in replies):
-            _replicated(waited, self._min_replicas)
+            replicated(waited, self._min_replicas)
 
     async def _rerun_missing(self, groups: Sequence[_Group], replies: list[Any]) -> None:
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -441,8 +318,7 @@ class RedisStore(Store):
         await self._eval("repair", [(script_keys, [*args, REPAIR_HISTORY_LENGTH, digest])])
 
     async def _day_totals(self, key: str, now_ms: int) -> dict[str, int]:
-        raw = await self._call(self._client.hgetall(key))
-        return day_totals(raw, now_ms)
+        return day_totals(_pairs(await self._query(("HGETALL", key))), now_ms)
 
     async def repair_stats(
         self, project: str, anomaly_key: str, now_ms: int
@@ -452,7 +328,7 @@ class RedisStore(Store):
 
     async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
         key = _keys(self._prefix, project, anomaly_key).history
-        raw = await self._call(self._client.lrange(key, 0, -1))
+        raw = await self._query(("LRANGE", key, 0, -1))
         entries = [json.loads(item) for item in raw]
         return [{"action": e["action"], "success": e["success"], "at_ms": e["at"]} for e in entries]
 
@@ -478,24 +354,23 @@ class RedisStore(Store):
         return dispositions_from(days)
 
     async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for shard in range(SHARDS):
-                pipe.hgetall(_shard_index_key(self._prefix, project, shard, "summary"))
-            replies = await self._call(pipe.execute())
+        keys = [_shard_index_key(self._prefix, project, s, "summary") for s in range(SHARDS)]
+        replies = await self._queries([("HGETALL", key) for key in keys])
         totals: dict[str, int] = {}
         for raw in replies:
-            for name, n in day_totals(raw, now_ms).items():
+            for name, n in day_totals(_pairs(raw), now_ms).items():
                 totals[name] = totals.get(name, 0) + n
         return dispositions_from(totals)
 
     # -- index --------------------------------------------------------------------------------
 
     async def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
+        # A query of the top k reads about k entries in all (the threshold algorithm stops soon
+        # after): pages start small and double, so the cost follows the result, not the index.
         keys = [_shard_index_key(self._prefix, project, s, index) for s in range(SHARDS)]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.zrevrange(key, 0, _PAGE - 1, withscores=True)
-            pages: list[list[tuple[bytes, float]]] = await self._call(pipe.execute())
+        first = [_page_command(key, 0, _FIRST_PAGE) for key in keys]
+        pages = [_scored(raw) for raw in await self._queries(first)]
+        sizes = [_FIRST_PAGE] * SHARDS
         offsets = [len(page) for page in pages]
         heap: list[tuple[float, bytes, int, int]] = []
         for shard, page in enumerate(pages):
@@ -505,12 +380,10 @@ class RedisStore(Store):
         while heap:
             negative, member, shard, position = heapq.heappop(heap)
             page = pages[shard]
-            if position + 1 == len(page) and len(page) == _PAGE:
+            if position + 1 == len(page) and len(page) == sizes[shard]:
                 # refill this shard before yielding: its next entries may outrank others'
-                start = offsets[shard]
-                page = await self._call(
-                    self._client.zrevrange(keys[shard], start, start + _PAGE - 1, withscores=True)
-                )
+                start, sizes[shard] = offsets[shard], min(sizes[shard] * 2, _LAST_PAGE)
+                page = _scored(await self._query(_page_command(keys[shard], start, sizes[shard])))
                 pages[shard], offsets[shard], position = page, start + len(page), -1
             if position + 1 < len(page):
                 following = page[position + 1]
@@ -543,29 +416,122 @@ class RedisStore(Store):
     # -- API tokens: one hash, field per token id (few, looked up by id) ------------------------
 
     async def save_token(self, record: TokenRecord) -> None:
-        await self._call(self._client.hset(self._tokens, record.token_id, _token_json(record)))
+        await self._query(("HSET", self._tokens, record.token_id, _token_json(record)))
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
-        raw = await self._call(self._client.hget(self._tokens, token_id))
+        raw = await self._query(("HGET", self._tokens, token_id))
         return _token_from_json(raw) if raw is not None else None
 
     async def list_tokens(self, project: str | None = None) -> list[TokenRecord]:
-        raw = await self._call(self._client.hvals(self._tokens))
+        raw = await self._query(("HVALS", self._tokens))
         records = [_token_from_json(value) for value in raw]
         chosen = [r for r in records if project is None or r.project == project]
         return sorted(chosen, key=lambda r: (r.created_ms, r.token_id))
 
     async def revoke_token(self, token_id: str) -> bool:
-        return bool(await self._call(self._client.hdel(self._tokens, token_id)))
+        return bool(await self._query(("HDEL", self._tokens, token_id)))
 
     async def ping(self) -> None:
-        await self._call(self._client.ping())
+        await self._query(("PING",))
+
+
+class RedisStore(RedisScripts):
+    """Store on one Redis server (``redis://``, ``rediss://``, ``unix://``), or on the master
+    Sentinel names (``redis+sentinel://``)."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        super().__init__(settings)
+        self._client = client
+        self._link = Link(client.connection_pool, settings.store_timeout)
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> RedisStore:
+        options = connection_options(settings)
+        try:
+            if url.startswith("redis+sentinel://"):
+                client = _sentinel_client(url, options)
+            else:
+                client = aioredis.Redis.from_url(url, **options)
+        except ValueError as exc:
+            raise ConfigurationError(f"setting store_url: {exc}") from exc
+        pool = client.connection_pool
+        pool.connection_class = hiredis_packing(pool.connection_class)
+        return cls(client, settings)
+
+    async def _run(self, commands: Sequence[tuple[Any, ...]], replicate: bool) -> list[Any]:
+        """Replies to commands (errors as values), in one round trip. Writes (``replicate``)
+        are followed by the WAIT of min_replicas, and raise unless it is met."""
+        wait = self._wait if replicate else []
+        replies = await self._link.round_trip([*commands, *wait])
+        if wait:
+            self._check_replicated(replies.pop(), replies)
+        return replies
+
+    async def record_chunks(
+        self,
+        project: str,
+        chunks: Iterable[Sequence[RecordRequest]],
+        policy: WritePolicy,
+        now_ms: int,
+    ) -> AsyncIterator[list[Snapshot]]:
+        # Every chunk goes out on one connection before any answer is read: the server works
+        # through them in order while the caller reads and handles the first answers. (Two
+        # connections would not do: the server interleaves them, and the first chunk's answers
+        # would come back last.)
+        if self._wait:
+            async for snapshots in super().record_chunks(project, chunks, policy, now_ms):
+                yield snapshots
+            return
+        policy_args = _policy_args(policy)
+        sha = self._shas["record"]
+        connection = await self._link.connection()
+        held = True  # until given back
+        sent: list[tuple[list[_Write], list[_Group]]] = []
+        try:
+            for chunk in chunks:
+                items = [(project, policy_args, now_ms, request) for request in chunk]
+                groups = _record_groups(self._prefix, items)
+                commands = [("EVALSHA", sha, len(k), *k, *a) for k, a, _ in groups]
+                await self._link.send(connection, [hiredis.pack_command(c) for c in commands])
+                sent.append((items, groups))
+            for index, (items, groups) in enumerate(sent):
+                replies = [await read_reply(connection) for _ in groups]
+                if any(isinstance(reply, NoScriptError) for reply in replies):
+                    # A restarted or flushed server: read what is still coming, then run again
+                    # the calls that did not run.
+                    later = [
+                        [await read_reply(connection) for _ in g] for _, g in sent[index + 1 :]
+                    ]
+                    self._link.give_back(connection)
+                    held = False
+                    rest = zip(sent[index:], [replies, *later], strict=True)
+                    for (rest_items, rest_groups), rest_replies in rest:
+                        await self._rerun_missing(rest_groups, rest_replies)
+                        yield _record_snapshots(rest_items, rest_groups, rest_replies)
+                    return
+                yield _record_snapshots(items, groups, replies)
+        except BaseException as exc:
+            if held:
+                await self._link.discard(connection)
+            if isinstance(exc, UNAVAILABLE):
+                raise self._link.unavailable(exc) from exc
+            raise
+        self._link.give_back(connection)
 
     async def aclose(self) -> None:
-        pool = self._client.connection_pool
-        while self._idle:
-            await pool.release(self._idle.pop())
+        await self._link.aclose()
         await self._client.aclose()
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """redis-py connection options of every Redis store."""
+    return {
+        "socket_timeout": settings.store_timeout,
+        "socket_connect_timeout": settings.store_timeout,
+        # No silent retries: a retried write could count twice (redis-py #261).
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+    }
 
 
 def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, list[int]]:
@@ -587,7 +553,31 @@ def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, list[in
     return snapshot, list(reply[13:-1])
 
 
-def _replicated(reply: Any, wanted: int) -> None:
+def _raise_errors(replies: Sequence[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+
+
+def _pairs(raw: dict[bytes, bytes] | Sequence[bytes]) -> dict[bytes, bytes]:
+    """A hash from its HGETALL reply (a map in RESP3, redis-py's default; flat in RESP2)."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+def _page_command(key: str, start: int, size: int) -> tuple[Any, ...]:
+    return ("ZREVRANGE", key, start, start + size - 1, "WITHSCORES")
+
+
+def _scored(raw: Sequence[Any]) -> list[tuple[bytes, float]]:
+    """Members and scores from a WITHSCORES reply (pairs in RESP3, flat in RESP2)."""
+    if raw and isinstance(raw[0], list):
+        return [(member, float(score)) for member, score in raw]
+    return [(member, float(score)) for member, score in zip(raw[::2], raw[1::2], strict=True)]
+
+
+def replicated(reply: Any, wanted: int) -> None:
     """Raise unless WAIT says ``wanted`` replicas have the writes before it."""
     if isinstance(reply, Exception) or int(reply) < wanted:
         raise StoreUnavailableError(
