@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_record.py
 	$(BIN)/python bench/bench_service.py
 	$(BIN)/python bench/bench_spool.py
+	$(BIN)/python bench/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -7,20 +7,27 @@ check that every acknowledged occurrence of every anomaly is counted exactly onc
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from redis.asyncio.connection import SSLConnection
 
 from anomaly_counter import AnomalyCounter, Settings
 from anomaly_counter.errors import ConfigurationError
 from anomaly_counter.stores.base import store_from_url
+from anomaly_counter.stores.redis_cluster import parse_cluster_url
 
 from .cluster import LocalCluster
-from .servers import eventually
+from .conftest import free_port
+from .servers import ChatServer, eventually, make_token
 from .test_faults import Load
 
 SIGS = [{"alertname": f"Alert{i}", "service": "api", "namespace": "prod"} for i in range(48)]
@@ -120,6 +127,45 @@ async def test_a_project_spreads_over_every_primary_and_an_anomaly_stays_on_one(
     assert len(owner) == 48
 
 
+def _command_calls(cluster: LocalCluster) -> dict[str, int]:
+    """Calls per command on the primaries since their statistics were reset."""
+    calls: dict[str, int] = {}
+    for port in cluster.primary_ports():
+        for line in cluster.command(port, "INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, fields = line[len("cmdstat_") :].partition(":")
+                calls[name] = calls.get(name, 0) + int(fields.split(",")[0].split("=")[1])
+    return calls
+
+
+async def test_project_figures_cost_what_they_return_not_what_the_project_holds(
+    fresh_cluster: LocalCluster,
+) -> None:
+    """2,000 anomalies over 16 slots on 3 primaries: the top 5 and the disposition summary read
+    a few index entries of each shard, never scan the keyspace, and run no cross-slot script."""
+    async with AnomalyCounter.from_url(fresh_cluster.url, "wide") as counter:
+        many = [{"alertname": "Wide", "service": f"s{i}"} for i in range(2000)]
+        for start in range(0, 2000, 500):
+            await counter.record_many([{"signature": sig} for sig in many[start : start + 500]])
+        chronic = many[:5]
+        await counter.record_many([{"signature": sig} for sig in chronic for _ in range(20)])
+        await counter.record_disposition(counter.hash_signature(chronic[0]), "auto_repair")
+        await counter.top_anomalies(limit=5)  # the first query lowers stale index entries
+        for port in fresh_cluster.primary_ports():
+            fresh_cluster.command(port, "CONFIG", "RESETSTAT")
+        top = await counter.top_anomalies(limit=5)
+        summary, _ = await counter.get_all_disposition_stats(limit=5)
+    assert [row["count"] for row in top] == [21] * 5
+    assert summary["auto_repair"] == 1
+    calls = _command_calls(fresh_cluster)
+    assert not {"scan", "keys"} & set(calls), calls
+    assert calls["zrevrange"] <= 2 * 16 + 8, calls  # a first page per shard, a few more
+    assert calls["evalsha"] <= 40, calls  # the candidates read, not the 2,000
+    # the summary reads one hash per shard; (commands run by scripts count too: the reads of
+    # the one anomaly with day counters, once per query)
+    assert calls["hgetall"] == 16 + 2, sorted(calls.items())
+
+
 async def test_scripts_are_loaded_again_on_primaries_that_lost_them(
     fresh_cluster: LocalCluster,
 ) -> None:
@@ -136,6 +182,10 @@ def test_cluster_urls_are_checked() -> None:
     for url in ("redis+cluster://", "redis+cluster://host", "redis+cluster://h:1/0"):
         with pytest.raises(ConfigurationError, match="store_url"):
             store_from_url(url, Settings(store_url=url))
+    seeds, options = parse_cluster_url("rediss+cluster://ops:p%40ss@a:7000,[::1]:7001")
+    assert seeds == [("a", 7000), ("::1", 7001)]
+    assert options["username"] == "ops" and options["password"] == "p@ss"
+    assert options["connection_class"] is SSLConnection
 
 
 async def test_resharding_under_load_loses_and_doubles_nothing(
@@ -233,6 +283,80 @@ async def test_a_primary_killed_under_load_fails_over_without_loss(
         await load.check_exact(own_cluster.url, counter, within=90)
     finally:
         await counter.aclose()
+
+
+async def test_two_service_processes_on_the_cluster_count_once_and_tell_once(
+    fresh_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Two `anomaly-counter serve` processes (each with its own spool) share the cluster, as
+    replicas behind a load balancer would: clients send to both at once. Every occurrence is
+    counted once, and each crossing of each anomaly is told once, by one of them."""
+    chat = ChatServer()
+    config = tmp_path / "counter.toml"
+    hook = f'webhook = {{ url = "{chat.url}/hook" }}'
+    config.write_text(f"notify_backoff = 0.01\n[projects.team-a.notify]\n{hook}\n")
+    token = make_token(Settings(store_url=fresh_cluster.url), "team-a")
+    services = [_serve(fresh_cluster.url, config, tmp_path / f"spool-{n}") for n in range(2)]
+    anomalies, each = SIGS[:12], 12  # each anomaly crosses 3, 5 and 10
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        clients = [httpx.AsyncClient(base_url=url, headers=headers) for _, url in services]
+        for http in clients:
+            await _until_up(http)
+
+        async def sender(http: httpx.AsyncClient, share: int) -> None:
+            for _ in range(share):
+                for sig in anomalies:
+                    r = await http.post("/v1/projects/team-a/occurrences", json={"signature": sig})
+                    assert r.status_code == 200, r.text
+
+        # four senders, two per process, interleaved: 12 occurrences of each anomaly in all
+        await asyncio.gather(*(sender(clients[i % 2], each // 4) for i in range(4)))
+        received = await asyncio.to_thread(chat.wait_for, 3 * len(anomalies), 20)
+        await asyncio.sleep(0.5)  # a second notice of any crossing would arrive by now
+        for http in clients:
+            await http.aclose()
+    finally:
+        for process, _ in services:
+            process.terminate()
+            process.wait(15)
+        chat.close()
+    told: dict[tuple[str, str], int] = {}
+    for notice in chat.received:
+        body = notice.json()
+        told[body["anomaly_key"], body["level"]] = (
+            told.get((body["anomaly_key"], body["level"]), 0) + 1
+        )
+    expected = {(AnomalyCounter.hash_signature(sig), level): 1 for sig in anomalies
+                for level in ("REPEAT", "ESCALATE", "PERMANENT_FIX")}  # fmt: skip
+    assert told == expected, (len(received), told)
+    async with AnomalyCounter.from_url(fresh_cluster.url, "team-a") as reader:
+        for sig in anomalies:
+            frequency = await reader.get_frequency(AnomalyCounter.hash_signature(sig))
+            assert frequency is not None and frequency.count_24h == each
+
+
+def _serve(url: str, config: Path, spool: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """An `anomaly-counter serve` process of its own, and its base URL."""
+    port = free_port()
+    env = {**os.environ, "ANOMALY_COUNTER_CONFIG": str(config),
+           "ANOMALY_COUNTER_SPOOL_DIR": str(spool)}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_counter.cli", "--store", url, "serve", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def _until_up(http: httpx.AsyncClient) -> None:
+    for _ in range(300):
+        try:
+            if (await http.get("/healthz")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the service did not start")
 
 
 def test_the_shared_cluster_is_three_primaries_with_a_replica_each(

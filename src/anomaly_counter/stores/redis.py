@@ -245,31 +245,30 @@ class RedisScripts(Store):
         policy: WritePolicy,
         now_ms: int,
     ) -> AsyncIterator[list[Snapshot]]:
-        """Chunks in rounds of up to _CHUNKS_PER_ROUND, each round one ``_run``. With
+        """Chunks in rounds of up to _CHUNKS_PER_ROUND, each round one ``_eval``: its
+        occurrences grouped into as few calls as may be (on a cluster one per slot: a round's
+        calls then carry many occurrences each, and the server pays per call). With
         min_replicas nothing of a round counts as stored before the replicas have all of it:
         answers are handed out only once its WAITs say so (else the whole round is retried)."""
         policy_args = _policy_args(policy)
-        batch: list[tuple[list[_Write], list[_Group]]] = []
+        round_: list[list[_Write]] = []
         for chunk in chunks:
-            items = [(project, policy_args, now_ms, request) for request in chunk]
-            batch.append((items, _record_groups(self._prefix, items, self._calls_by_slot)))
-            if len(batch) == _CHUNKS_PER_ROUND:
-                for snapshots in await self._record_round(batch):
+            round_.append([(project, policy_args, now_ms, request) for request in chunk])
+            if len(round_) == _CHUNKS_PER_ROUND:
+                for snapshots in await self._record_round(round_):
                     yield snapshots
-                batch = []
-        if batch:
-            for snapshots in await self._record_round(batch):
+                round_ = []
+        if round_:
+            for snapshots in await self._record_round(round_):
                 yield snapshots
 
-    async def _record_round(
-        self, batch: Sequence[tuple[list[_Write], list[_Group]]]
-    ) -> list[list[Snapshot]]:
-        calls = [(keys, args) for _, groups in batch for keys, args, _ in groups]
-        replies = await self._eval("record", calls)
+    async def _record_round(self, round_: Sequence[list[_Write]]) -> list[list[Snapshot]]:
+        items = [item for chunk in round_ for item in chunk]
+        snapshots = await self._record_now(items)
         answers, offset = [], 0
-        for items, groups in batch:
-            answers.append(_record_snapshots(items, groups, replies[offset : offset + len(groups)]))
-            offset += len(groups)
+        for chunk in round_:
+            answers.append(snapshots[offset : offset + len(chunk)])
+            offset += len(chunk)
         return answers
 
     def _check_replicated(self, waited: Any, replies: Sequence[Any]) -> None:
