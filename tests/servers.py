@@ -149,3 +149,15 @@ async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(0.05)
+
+
+async def wait_until_up(http: httpx.AsyncClient) -> None:
+    """Wait until a service process started elsewhere answers /healthz."""
+    for _ in range(300):
+        try:
+            if (await http.get("/healthz")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the service did not start")

@@ -27,7 +27,7 @@ from anomaly_counter.stores.redis_cluster import parse_cluster_url
 
 from .cluster import LocalCluster
 from .conftest import free_port
-from .servers import ChatServer, eventually, make_token
+from .servers import ChatServer, eventually, make_token, wait_until_up
 from .test_faults import Load
 
 SIGS = [{"alertname": f"Alert{i}", "service": "api", "namespace": "prod"} for i in range(48)]
@@ -302,7 +302,7 @@ async def test_two_service_processes_on_the_cluster_count_once_and_tell_once(
     try:
         clients = [httpx.AsyncClient(base_url=url, headers=headers) for _, url in services]
         for http in clients:
-            await _until_up(http)
+            await wait_until_up(http)
 
         async def sender(http: httpx.AsyncClient, share: int) -> None:
             for _ in range(share):
@@ -346,17 +346,6 @@ def _serve(url: str, config: Path, spool: Path) -> tuple[subprocess.Popen[bytes]
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     return process, f"http://127.0.0.1:{port}"
-
-
-async def _until_up(http: httpx.AsyncClient) -> None:
-    for _ in range(300):
-        try:
-            if (await http.get("/healthz")).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.05)
-    raise RuntimeError("the service did not start")
 
 
 def test_the_shared_cluster_is_three_primaries_with_a_replica_each(

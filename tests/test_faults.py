@@ -20,7 +20,7 @@ import pytest
 from anomaly_counter import AnomalyCounter, Settings, StoreUnavailableError
 
 from .conftest import SIG, RedisServer, free_port
-from .servers import eventually, make_token
+from .servers import eventually, make_token, wait_until_up
 
 KEY = AnomalyCounter.hash_signature(SIG)
 
@@ -272,15 +272,6 @@ async def test_the_service_killed_while_replaying_resumes(
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
-    async def up(http: httpx.AsyncClient) -> None:
-        for _ in range(200):
-            try:
-                if (await http.get("/healthz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError("the service did not start")
-
     port = free_port()
     service = serve(port)
     headers = {"Authorization": f"Bearer {token}"}
@@ -288,7 +279,7 @@ async def test_the_service_killed_while_replaying_resumes(
     acknowledged = 0
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
-            await up(http)
+            await wait_until_up(http)
             assert (await http.get("/v1/projects/team-a/anomalies")).status_code == 200
             durable_redis.stop()
             for _ in range(30):
@@ -309,7 +300,7 @@ async def test_the_service_killed_while_replaying_resumes(
             port = free_port()
             service = serve(port)  # a new process, on the same spool
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-                await up(http)
+                await wait_until_up(http)
 
             async def exact() -> bool:
                 return await _counted(direct) == acknowledged
