@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -261,9 +262,11 @@ async def test_a_primary_killed_under_load_fails_over_without_loss(
     """A primary dies (SIGKILL); its replica is promoted after the node timeout. With
     min_replicas=1 every acknowledged write had reached the replica; what comes in meanwhile
     waits in the spool and is counted once when the slots have a primary again."""
-    settings = _settings(own_cluster, tmp_path, min_replicas=1, store_timeout=1.0)
-    counter = AnomalyCounter.from_url(settings=settings)
     victim = own_cluster.primary_ports()[0]
+    settings = _settings(own_cluster, tmp_path, min_replicas=1, store_timeout=1.0)
+    # the URL names the victim alone: the client finds the others from the slot map it read
+    settings = replace(settings, store_url=f"redis+cluster://127.0.0.1:{victim}")
+    counter = AnomalyCounter.from_url(settings=settings)
     try:
         with SpreadLoad(counter) as load:
             await asyncio.sleep(1.0)

@@ -58,8 +58,12 @@ async def test_an_outage_is_spooled_and_replayed_exactly(
         assert all(a.spooled and a.degraded for a in answers)
         assert counter.spool is not None and counter.spool.depth == 21
         durable_redis.start()
-        assert await eventually(lambda: _is(counter, 25), within=20)
-        assert counter.spool.depth == 0
+        spool = counter.spool
+
+        async def replayed() -> bool:  # counted, and the checkpoint moved past it
+            return await _is(counter, 25) and spool.depth == 0
+
+        assert await eventually(replayed, within=20), (await _count(counter), spool.depth)
         frequency = await counter.get_frequency(KEY)
         assert frequency is not None and frequency.last_resolved is not None
         after = await counter.record_anomaly(SIG)  # straight to the store again

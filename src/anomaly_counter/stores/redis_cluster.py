@@ -123,6 +123,7 @@ class _SlotMap:
         self._options = options
         self._timeout = timeout
         self._owners: list[Address | None] = [None] * SLOTS
+        self._replicas: set[Address] = set()  # asked too: after a failover, primaries now
         self._links: dict[Address, Link] = {}
         self._stale = True
         self._refreshing: asyncio.Lock | None = None
@@ -163,8 +164,9 @@ class _SlotMap:
         return sorted({a for a in self._owners if a is not None})
 
     async def refresh(self) -> None:
-        """Read the slot map from the first node that answers: known primaries first, then the
-        seeds (in a shuffled order, so that one dead node does not delay every refresh)."""
+        """Read the slot map from the first node that answers: known primaries first, then
+        known replicas, then the seeds (each in a shuffled order, so that one dead node does
+        not delay every refresh)."""
         if self._refreshing is None:
             self._refreshing = asyncio.Lock()
         stale_when_asked = self._stale
@@ -172,11 +174,12 @@ class _SlotMap:
             if stale_when_asked and not self._stale:
                 return  # another caller has just read it
             known = sorted({a for a in self._owners if a is not None})
-            random.shuffle(known)
-            seeds = [s for s in self._seeds if s not in known]
-            random.shuffle(seeds)
+            replicas = sorted(self._replicas - set(known))
+            seeds = [s for s in self._seeds if s not in known and s not in replicas]
+            for group in (known, replicas, seeds):
+                random.shuffle(group)
             failures = []
-            for address in (*known, *seeds):
+            for address in (*known, *replicas, *seeds):
                 try:
                     (reply,) = await self.link(address).round_trip([("CLUSTER", "SLOTS")])
                 except StoreUnavailableError as exc:
@@ -185,7 +188,7 @@ class _SlotMap:
                 if isinstance(reply, Exception):
                     failures.append(f"{address[0]}:{address[1]}: {reply}")
                     continue
-                self._owners = _owners_from(reply, address)
+                self._owners, self._replicas = _owners_from(reply, address)
                 self._stale = False
                 return
             raise StoreUnavailableError(
@@ -197,15 +200,22 @@ class _SlotMap:
             await link.aclose()
 
 
-def _owners_from(reply: Sequence[Any], asked: Address) -> list[Address | None]:
+def _owners_from(reply: Sequence[Any], asked: Address) -> tuple[list[Address | None], set[Address]]:
+    """The primary of every slot, and the replicas, from a CLUSTER SLOTS reply."""
     owners: list[Address | None] = [None] * SLOTS
+    replicas: set[Address] = set()
     for entry in reply:
-        start, end, primary = int(entry[0]), int(entry[1]), entry[2]
-        host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
-        address = (host or asked[0], int(primary[1]))  # an empty host: the node asked
+        start, end = int(entry[0]), int(entry[1])
+        nodes = [_address(node, asked) for node in entry[2:]]
         for slot in range(start, end + 1):
-            owners[slot] = address
-    return owners
+            owners[slot] = nodes[0]
+        replicas.update(nodes[1:])
+    return owners, replicas
+
+
+def _address(node: Sequence[Any], asked: Address) -> Address:
+    host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+    return (host or asked[0], int(node[1]))  # an empty host: the node asked
 
 
 class RedisClusterStore(RedisScripts):
