@@ -6,7 +6,7 @@ primary. Commands are routed here, by slot, to the primary that serves it, the c
 each primary going out together and all primaries at once:
 
 - MOVED (the slot has a new owner): the command did not run; it is sent to the owner named,
-  and the slot map is read again before the next call.
+  and after a few of them the whole slot map is read again.
 - ASK (the slot is being moved and the key is already gone): sent once to the node named,
   after ASKING.
 - TRYAGAIN (a multi-key call during the move of its slot), CLUSTERDOWN (a failover under way),
@@ -55,6 +55,7 @@ _SHARD_INDEXES = ("1h", "24h", "7d", "30d", "summary", "dispositions")
 _RETRYABLE = (TryAgainError, ClusterDownError, ReadOnlyError)
 _NOT_RUN = (AskError, NoScriptError, *_RETRYABLE)  # replies of commands that did not run
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.005, 0.1
+_MOVES_PER_REFRESH = 16
 
 Address = tuple[str, int]
 
@@ -126,6 +127,7 @@ class _SlotMap:
         self._replicas: set[Address] = set()  # asked too: after a failover, primaries now
         self._links: dict[Address, Link] = {}
         self._stale = True
+        self._moves = 0
         self._refreshing: asyncio.Lock | None = None
 
     def link(self, address: Address) -> Link:
@@ -147,8 +149,14 @@ class _SlotMap:
         self._stale = True
 
     def moved(self, slot: int, address: Address) -> None:
+        """A MOVED answer: that slot's owner is known at once. One moved slot is often one of
+        many, so every _MOVES_PER_REFRESH of them the whole map is read again (not at each:
+        a node asked in the middle of a move may not know of it yet, and its older map would
+        undo what the MOVED said)."""
         self._owners[slot] = address
-        self._stale = True  # one moved slot is often one of many: read the whole map again
+        self._moves += 1
+        if self._moves % _MOVES_PER_REFRESH == 0:
+            self._stale = True
 
     async def owner(self, slot: int) -> Address:
         if self._stale:
@@ -275,7 +283,8 @@ class RedisClusterStore(RedisScripts):
                         asked[i] = (reply.host, reply.port)
                     elif isinstance(reply, _RETRYABLE):
                         refused.append(reply)
-                        self._slots.mark_stale()
+                        if not isinstance(reply, TryAgainError):  # a failover: a new map
+                            self._slots.mark_stale()
                     elif isinstance(reply, NoScriptError):
                         await self._load_scripts(address)
                     else:
