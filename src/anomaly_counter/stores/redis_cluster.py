@@ -12,8 +12,9 @@ each primary going out together and all primaries at once:
 - TRYAGAIN (a multi-key call during the move of its slot), CLUSTERDOWN (a failover under way),
   READONLY (a stale map names a former primary): the command did not run; it is sent again
   after a short, growing pause, until the store timeout.
-- NOSCRIPT (a primary that never saw the script: new, promoted or restarted): the script is
-  loaded on that primary and the command sent again.
+- NOSCRIPT (a primary that lost the scripts: restarted, or flushed): the scripts are loaded
+  on that primary and the command sent again. Every primary gets the scripts before its first
+  command, in the same round trip, so a new or promoted primary never answers NOSCRIPT.
 - A lost connection: the command may or may not have run, so it is never sent again here;
   the call fails with StoreUnavailableError (the spool retries it with its ids) and the slot
   map is read again before the next call.
@@ -234,6 +235,7 @@ class RedisClusterStore(RedisScripts):
     def __init__(self, slots: _SlotMap, settings: Settings) -> None:
         super().__init__(settings)
         self._slots = slots
+        self._loaded: set[Address] = set()  # nodes given the scripts (until one says NOSCRIPT)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> RedisClusterStore:
@@ -285,8 +287,8 @@ class RedisClusterStore(RedisScripts):
                         refused.append(reply)
                         if not isinstance(reply, TryAgainError):  # a failover: a new map
                             self._slots.mark_stale()
-                    elif isinstance(reply, NoScriptError):
-                        await self._load_scripts(address)
+                    elif isinstance(reply, NoScriptError):  # restarted, or flushed
+                        self._loaded.discard(address)
                     else:
                         replies[i] = reply
                         continue
@@ -327,7 +329,19 @@ class RedisClusterStore(RedisScripts):
                 sent.append(("ASKING",))
             sent.append(commands[i])
         wait = self._wait if replicate else []
-        raw = await self._slots.link(address).round_trip([*sent, *wait])
+        # a node not known to have the scripts gets them first, in the same round trip
+        loads = (
+            []
+            if address in self._loaded
+            else [("SCRIPT", "LOAD", s) for s in self._sources.values()]
+        )
+        raw = await self._slots.link(address).round_trip([*loads, *sent, *wait])
+        if loads:
+            for reply in raw[: len(loads)]:
+                if isinstance(reply, Exception):
+                    raise reply
+            del raw[: len(loads)]
+            self._loaded.add(address)
         waited = raw.pop() if wait else None
         replies = [
             reply for command, reply in zip(sent, raw, strict=True) if command[0] != "ASKING"
@@ -335,14 +349,6 @@ class RedisClusterStore(RedisScripts):
         if waited is not None and any(not isinstance(r, _NOT_RUN) for r in replies):
             replicated(waited, self._min_replicas)
         return replies
-
-    async def _load_scripts(self, address: Address) -> None:
-        """Load every script on a node that lacks them (a new or promoted primary)."""
-        link = self._slots.link(address)
-        replies = await link.round_trip([("SCRIPT", "LOAD", s) for s in self._sources.values()])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
 
     async def ping(self) -> None:
         """Every primary answers (a slot range whose primary is down is a store that cannot
