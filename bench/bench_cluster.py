@@ -103,7 +103,7 @@ async def distinct_anomalies(url: str, ports: list[int], total: int) -> dict[str
     try:
         per_project = total // len(PROJECTS)
         began = time.perf_counter()
-        middle = used_memory(ports)
+        before = used_memory(ports)
         for c, counter in enumerate(counters):
             for start in range(0, per_project, 1000):
                 await counter.record_many(
@@ -111,7 +111,7 @@ async def distinct_anomalies(url: str, ports: list[int], total: int) -> dict[str
                      for i in range(min(1000, per_project - start))]
                 )  # fmt: skip
         elapsed = time.perf_counter() - began
-        each = (used_memory(ports) - middle) / (per_project * len(PROJECTS))
+        each = (used_memory(ports) - before) / (per_project * len(PROJECTS))
     finally:
         for counter in counters:
             await counter.aclose()

@@ -35,9 +35,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, StoreUnavailableError
 from ..model import DISPOSITION_TYPES
@@ -68,7 +66,6 @@ SHARDS = 16
 _CHUNKS_PER_ROUND = 20
 _BOUND_INDEX = {"1h": 1, "24h": 2, "7d": 3, "30d": 4}
 _FIRST_PAGE, _LAST_PAGE = 8, 512  # index entries read from a shard at a time
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _WRITES = frozenset({"record", "repair", "disposition", "fix", "resolve"})
 
 
@@ -210,7 +207,7 @@ class RedisScripts(Store):
             again = await self._eval(name, [calls[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
-        _raise_errors(replies)
+        raise_errors(replies)
         return replies
 
     async def _query(self, command: tuple[Any, ...]) -> Any:
@@ -219,7 +216,7 @@ class RedisScripts(Store):
 
     async def _queries(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         replies = await self._run(commands, replicate=False)
-        _raise_errors(replies)
+        raise_errors(replies)
         return replies
 
     # -- occurrences --------------------------------------------------------------------------
@@ -271,16 +268,16 @@ class RedisScripts(Store):
             offset += len(chunk)
         return answers
 
-    def _check_replicated(self, waited: Any, replies: Sequence[Any]) -> None:
-        """With min_replicas: raise unless the writes that ran reached enough replicas."""
-        if waited is not None and not all(isinstance(r, NoScriptError) for r in replies):
+    def _check_replicated(
+        self,
+        waited: Any,
+        replies: Sequence[Any],
+        not_run: tuple[type[Exception], ...] = (NoScriptError,),
+    ) -> None:
+        """With min_replicas: raise unless the writes that ran (replies other than those of
+        commands that did not run) reached enough replicas."""
+        if waited is not None and any(not isinstance(r, not_run) for r in replies):
             replicated(waited, self._min_replicas)
-
-    async def _rerun_missing(self, groups: Sequence[_Group], replies: list[Any]) -> None:
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        again = await self._eval("record", [(groups[i][0], groups[i][1]) for i in missing])
-        for i, reply in zip(missing, again, strict=True):
-            replies[i] = reply
 
     async def read(
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
@@ -517,6 +514,12 @@ class RedisStore(RedisScripts):
             raise
         self._link.give_back(connection)
 
+    async def _rerun_missing(self, groups: Sequence[_Group], replies: list[Any]) -> None:
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        again = await self._eval("record", [(groups[i][0], groups[i][1]) for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+
     async def aclose(self) -> None:
         await self._link.aclose()
         await self._client.aclose()
@@ -552,7 +555,8 @@ def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, list[in
     return snapshot, list(reply[13:-1])
 
 
-def _raise_errors(replies: Sequence[Any]) -> None:
+def raise_errors(replies: Sequence[Any]) -> None:
+    """Raise the first error among replies read with errors as values."""
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply

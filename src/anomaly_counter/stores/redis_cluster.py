@@ -44,7 +44,7 @@ from redis.exceptions import (
 )
 
 from ..errors import ConfigurationError, StoreUnavailableError
-from .redis import RedisScripts, connection_options, replicated
+from .redis import RedisScripts, connection_options, raise_errors
 from .redis_link import Link, hiredis_packing
 
 if TYPE_CHECKING:
@@ -337,17 +337,14 @@ class RedisClusterStore(RedisScripts):
         )
         raw = await self._slots.link(address).round_trip([*loads, *sent, *wait])
         if loads:
-            for reply in raw[: len(loads)]:
-                if isinstance(reply, Exception):
-                    raise reply
+            raise_errors(raw[: len(loads)])
             del raw[: len(loads)]
             self._loaded.add(address)
         waited = raw.pop() if wait else None
         replies = [
             reply for command, reply in zip(sent, raw, strict=True) if command[0] != "ASKING"
         ]
-        if waited is not None and any(not isinstance(r, _NOT_RUN) for r in replies):
-            replicated(waited, self._min_replicas)
+        self._check_replicated(waited, replies, _NOT_RUN)
         return replies
 
     async def ping(self) -> None:
