@@ -14,6 +14,7 @@ from anomaly_counter import (
     OccurrenceTimeError,
     UnknownDispositionError,
 )
+from anomaly_counter.model import PermanentFix
 
 from .conftest import SIG, Clock, CounterFactory
 
@@ -302,21 +303,64 @@ async def test_permanent_fix_and_regression(make_counter: CounterFactory, clock:
     counter = make_counter()
     before = await counter.record_anomaly(SIG)
     assert not before.permanent_fix_applied and not before.regressed
+    assert before.permanent_fix is None and before.regressed_at is None
     clock.advance(minutes=1)
-    await counter.mark_permanent_fix_applied(KEY, "raised the memory limit to 1 GiB")
+    fixed_at = clock.now
+    await counter.mark_permanent_fix_applied(KEY, "raised the memory limit to 1 GiB", by="alice")
+    read = await counter.get_frequency(KEY)
+    assert read is not None and not read.regressed
+    assert read.permanent_fix == PermanentFix("raised the memory limit to 1 GiB", fixed_at, "alice")
+    assert read.to_dict()["permanent_fix"] == {
+        "description": "raised the memory limit to 1 GiB",
+        "at": fixed_at.isoformat(),
+        "by": "alice",
+    }
+    early = await counter.record_anomaly(SIG, at=fixed_at - timedelta(minutes=30))
+    assert not early.regressed and not early.newly_regressed  # it happened before the fix
     clock.advance(hours=2)
     back = await counter.record_anomaly(SIG)
     again = await counter.record_anomaly(SIG)
     assert back.permanent_fix_applied and back.regressed and back.newly_regressed
+    assert back.regressed_at == clock.now and back.permanent_fix == read.permanent_fix
     assert again.regressed and not again.newly_regressed
+    # The anomaly stays regressed (tried as a new user would: reads said regressed: false)
+    shown = await counter.get_frequency(KEY)
+    assert shown is not None and shown.regressed and shown.regressed_at == clock.now
+    assert shown.to_dict()["regressed_at"] == clock.now.isoformat()
     late = await counter.record_anomaly(SIG, at=clock.now - timedelta(hours=3))
-    assert not late.regressed  # it happened before the fix
+    assert late.regressed and not late.newly_regressed  # the anomaly is; this one came before
     clock.advance(minutes=1)
     await counter.mark_permanent_fix_applied(KEY, "second fix")
+    fixed = await counter.get_frequency(KEY)
+    assert fixed is not None and not fixed.regressed and fixed.permanent_fix is not None
+    assert fixed.permanent_fix.description == "second fix" and fixed.permanent_fix.by is None
     clock.advance(minutes=1)
     assert (await counter.record_anomaly(SIG)).newly_regressed
     clock.advance(days=91)
-    assert not (await counter.record_anomaly(SIG)).permanent_fix_applied
+    expired = await counter.record_anomaly(SIG)
+    assert not expired.permanent_fix_applied and not expired.regressed
+    assert expired.permanent_fix is None
+
+
+async def test_undoing_a_fix(make_counter: CounterFactory, clock: Clock) -> None:
+    counter = make_counter()
+    await counter.record_anomaly(SIG)
+    assert not await counter.undo_permanent_fix(KEY)  # nothing to undo
+    await counter.mark_permanent_fix_applied(KEY, "wrong anomaly", by="bob")
+    clock.advance(minutes=5)
+    assert (await counter.record_anomaly(SIG)).newly_regressed
+    assert await counter.undo_permanent_fix(KEY, by="bob")
+    undone = await counter.get_frequency(KEY)
+    assert undone is not None and not undone.permanent_fix_applied and not undone.regressed
+    assert undone.permanent_fix is None and undone.regressed_at is None
+    after = await counter.record_anomaly(SIG)
+    assert not after.regressed and not after.newly_regressed
+    assert not await counter.undo_permanent_fix(KEY)
+    story = await counter.timeline(KEY)  # newest first; the same instant: latest written first
+    assert [e.kind for e in story] == ["escalated", "fix_undone", "regressed", "fix", "first_seen"]
+    assert story[1].by == "bob" and story[3].by == "bob" and story[3].description == "wrong anomaly"
+    with pytest.raises(InvalidInputError):
+        await counter.undo_permanent_fix(KEY, by="x" * 65)
 
 
 async def test_unknown_anomaly_reads_are_empty(make_counter: CounterFactory) -> None:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anomaly_counter import AnomalyCounter
-from anomaly_counter.windows import GRAIN_MS, WINDOW_MS, WindowState, ring_index
+from anomaly_counter.windows import GRAIN_MS, HISTORY, WINDOW_MS, WindowState, ring_index
 
 from .conftest import Clock
 
@@ -154,3 +154,33 @@ async def test_stores_count_within_bound(
 
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC) + timedelta(0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams, st.booleans(), st.sampled_from(sorted(HISTORY)))
+def test_history_against_brute_force(stream: list[int], in_order: bool, window: str) -> None:
+    """Each bucket of a history is exact when it starts after every pushed-out occurrence (the
+    tail holds all of it: always for up to 128 occurrences); otherwise within
+    the occurrences of the ring slices it shares an edge with (and one more for the rounding
+    of shares); and the buckets add up to the occurrences in their span, within one."""
+    times = [NOW - MONTH + o for o in (sorted(stream) if in_order else stream)]
+    state = WindowState(CAPACITY)
+    for t in times:
+        state.add(t)
+    ordered = sorted(times)
+    bucket_ms, buckets = HISTORY[window]
+    series = state.histogram(NOW, bucket_ms, buckets)
+    assert len(series) == buckets and series[-1][0] <= NOW < series[-1][0] + bucket_ms
+    for start, count in series:
+        expected = brute(ordered, start, min(start + bucket_ms - 1, NOW))
+        if start > state.evicted_max:  # every occurrence from here on is in the tail
+            assert count == expected, (start, count, expected)
+            continue
+        grain = GRAIN_MS[ring_index(0, start, state.newest)]
+        edges = brute(ordered, start // grain * grain, start // grain * grain + grain - 1)
+        end = start + bucket_ms - 1
+        edges += brute(ordered, end // grain * grain, end // grain * grain + grain - 1)
+        assert abs(count - expected) <= edges + 1, (start, count, expected, edges)
+    span = brute(ordered, series[0][0], NOW)
+    if len(times) <= CAPACITY:
+        assert sum(n for _, n in series) == span

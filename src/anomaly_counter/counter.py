@@ -8,36 +8,42 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import structlog
 
-from . import validation
+from . import search, timeline, validation
 from .errors import InvalidInputError, StoreUnavailableError
 from .model import (
     DISPOSITION_TYPES,
     WINDOWS,
     AnomalyFrequency,
+    AnomalyList,
     EscalationLevel,
+    Lookup,
     Occurrence,
+    PermanentFix,
+    TimelineEntry,
     empty_disposition_counts,
 )
 from .policy import ActionRecommendation, level_for, recommend, should_skip, success_rate
-from .ranking import Evaluate, select_top
+from .ranking import Evaluate, select_at_least, select_top
 from .replay import Replayer
 from .settings import Settings, load_settings
 from .signature import derive_key_from_incident, fingerprint_fields, hash_signature
 from .spool import Spool
-from .stores.base import RecordRequest, Snapshot, Store, WritePolicy, store_from_url
-from .windows import tail_capacity
+from .stores.base import DAY_MS, RecordRequest, Snapshot, Store, WritePolicy, store_from_url
+from .windows import HISTORY, NEVER, WindowState, tail_capacity
 
 logger = structlog.get_logger("anomaly_counter")
 T = TypeVar("T")
 Clock = Callable[[], datetime]
 _WINDOW_INDEX = {name: i for i, name in enumerate(WINDOWS)}
 _LABELS = tuple(level.label for level in EscalationLevel)  # by level number
+_LEVELS = tuple(level for level in EscalationLevel if level.label)
+_MAX_CHRONIC = 1_000
 _RETRY_BASE_SECONDS = 0.05
 
 
@@ -165,21 +171,23 @@ class AnomalyCounter:
 
     # -- degradation --------------------------------------------------------------------------
 
-    async def _retried(self, op: str, write: Callable[[], Awaitable[None]], **context: Any) -> None:
+    async def _retried(
+        self, op: str, write: Callable[[], Awaitable[T]], fallback: T, **context: Any
+    ) -> T:
         """A write, tried ``write_attempts`` times with exponential backoff and full jitter
-        while the store cannot be reached. Safe: each write carries an id (or is idempotent),
-        so one that landed although its answer was lost is not applied again."""
+        while the store cannot be reached (then ``fallback``, unless strict). Safe: each write
+        carries an id, so one that landed although its answer was lost is not applied again."""
         delay = _RETRY_BASE_SECONDS
         for attempt in range(1, self.settings.write_attempts + 1):
             try:
-                await write()
-                return
+                return await write()
             except StoreUnavailableError as exc:
                 if attempt == self.settings.write_attempts:
                     self._unavailable(op, exc, **context)
-                    return
+                    return fallback
                 await asyncio.sleep(random.uniform(0, delay))
                 delay *= 2
+        return fallback
 
     async def _guard(self, op: str, call: Awaitable[T], fallback: T, **context: Any) -> T:
         try:
@@ -235,6 +243,14 @@ class AnomalyCounter:
             duplicate=snapshot.duplicate,
             signature=snapshot.signature,
             last_resolved=_time(snapshot.resolved_ms) if snapshot.resolved_ms is not None else None,
+            permanent_fix=(
+                PermanentFix(snapshot.fix_description, _time(snapshot.fix_at_ms), snapshot.fix_by)
+                if snapshot.fix_at_ms is not None and snapshot.fix_description is not None
+                else None
+            ),
+            regressed_at=_time(snapshot.regressed_ms)
+            if snapshot.regressed_ms is not None
+            else None,
         )
 
     # -- occurrences --------------------------------------------------------------------------
@@ -266,14 +282,7 @@ class AnomalyCounter:
     @staticmethod
     def _prepare(checked: _Checked) -> RecordRequest:
         """A checked occurrence, ready to store (this part cannot fail)."""
-        key, signature, at_ms, occurrence_id = checked
-        return RecordRequest(
-            anomaly_key=key,
-            signature=signature,
-            signature_json=validation.signature_json(signature),
-            at_ms=at_ms,
-            occurrence_id=occurrence_id,
-        )
+        return _record_request(*checked)
 
     def _request(self, occurrence: Occurrence | Mapping[str, Any], now: datetime) -> RecordRequest:
         return self._prepare(self._check(occurrence, now))
@@ -352,7 +361,9 @@ class AnomalyCounter:
             if record.get("kind") == "resolve":
                 frequencies += await self._replay_occurrences(occurrences, now)
                 occurrences = []
-                await self.store.resolve(self.project_id, record["anomaly_key"], record["at_ms"])
+                await self.store.resolve(
+                    self.project_id, record["anomaly_key"], record["at_ms"], record.get("by", "")
+                )
             else:
                 occurrences.append(record)
         return frequencies + await self._replay_occurrences(occurrences, now)
@@ -366,12 +377,11 @@ class AnomalyCounter:
         for record in records:
             signature = dict(record["signature"])
             requests.append(
-                RecordRequest(
-                    anomaly_key=hash_signature(signature),
-                    signature=signature,
-                    signature_json=validation.signature_json(signature),
-                    at_ms=int(record["at_ms"]),
-                    occurrence_id=str(record["occurrence_id"]),
+                _record_request(
+                    hash_signature(signature),
+                    signature,
+                    int(record["at_ms"]),
+                    str(record["occurrence_id"]),
                 )
             )
         size = self.store.pipeline_chunk or len(requests)
@@ -509,24 +519,219 @@ class AnomalyCounter:
         await self.store.refresh_index(self.project_id, index, result.stale)
         return result.top
 
+    # -- the story: history, timeline, search, the project's view -----------------------------
+
+    async def history(
+        self, anomaly_key: str, window: str = "7d", *, at: datetime | None = None
+    ) -> list[tuple[datetime, int]] | None:
+        """Occurrences over time as ``(bucket start, count)``, oldest first: per minute over
+        the last hour (``1h``), hourly over a day (``24h``) or 7 days (``7d``), daily over 30
+        days (``30d``), buckets aligned in UTC, the last one holding ``at`` (default now).
+        None for an anomaly never seen. Exact for its latest 128 occurrences; older ones of a
+        busy anomaly are placed within one slice of their window (see the README)."""
+        key = validation.anomaly_key(anomaly_key)
+        return (await self.histories([key], window, at=at))[0]
+
+    async def histories(
+        self, anomaly_keys: Sequence[str], window: str = "7d", *, at: datetime | None = None
+    ) -> list[list[tuple[datetime, int]] | None]:
+        """``history`` of several anomalies, in one round trip."""
+        keys = [validation.anomaly_key(key) for key in anomaly_keys]
+        bucket_ms, buckets = HISTORY[validation.window(window)]
+        end = _ms(validation.aware(at)) if at is not None else _ms(self._clock())
+        unknown: list[WindowState | None] = [None] * len(keys)
+        states = await self._guard("history", self.store.states(self.project_id, keys), unknown)
+        return [
+            None
+            if state is None or state.newest == NEVER
+            else [(_time(t), n) for t, n in state.histogram(end, bucket_ms, buckets)]
+            for state in states
+        ]
+
+    async def timeline(self, anomaly_key: str, *, limit: int | None = None) -> list[TimelineEntry]:
+        """The anomaly's story, newest first: first seen, escalations, repairs, dispositions,
+        fixes and their undoing, regressions, resolutions and notices (the latest 200 entries
+        at most; see ``anomaly_counter.timeline``)."""
+        key = validation.anomaly_key(anomaly_key)
+        lines = await self._guard(
+            "timeline", self.store.timeline(self.project_id, key), [], anomaly_key=key
+        )
+        entries = timeline.decode_all(lines)
+        return entries[: validation.limit(limit)] if limit is not None else entries
+
+    async def note_notice(self, anomaly_key: str, channel: str, notice: str, outcome: str) -> None:
+        """Tell in the anomaly's timeline that a notice (``escalation``, ``regression``) went
+        to a channel, and how (``sent``, ``failed``)."""
+        key = validation.anomaly_key(anomaly_key)
+        now = _ms(self._clock())
+        entry = timeline.encode("notice", now, channel, notice, outcome)
+        await self._guard(
+            "note_notice", self.store.note(self.project_id, key, entry, now), None, anomaly_key=key
+        )
+
+    async def search(self, query: str, limit: int = 20) -> AnomalyList:
+        """The anomalies of this project whose label values hold every word of ``query``
+        (case-insensitive, anywhere in a value), best first: those with a value equal to each
+        word, then starting with it, then holding it; then the busiest in 24 hours. From
+        indexes kept on write: the cost follows what is found, never the project's size."""
+        limit = validation.limit(limit)
+        found, truncated = await self._guard(
+            "search", self._search(validation.query(query)), ([], False)
+        )
+        return AnomalyList([f for _, f in found[:limit]], len(found), truncated)
+
+    async def find(self, ref: str) -> Lookup:
+        """The anomaly a key or a name refers to: its key; or a query that matches one anomaly,
+        or exactly one by whole values (``PodCrashLoopBackOff api``). Otherwise the matches
+        to choose from (none when nothing matches)."""
+        text = validation.query(ref)
+        if _looks_like_key(text):
+            frequency = await self.get_frequency(text)
+            if frequency is not None:
+                return Lookup(frequency, [frequency])
+        found, truncated = await self._guard("find", self._search(text), ([], False))
+        exact = [f for quality, f in found if quality == 0]
+        if len(found) == 1 or len(exact) == 1:
+            best = exact[0] if len(exact) == 1 else found[0][1]
+            return Lookup(best, [best], truncated)
+        return Lookup(None, [f for _, f in found[:100]], truncated)
+
+    async def _search(self, query: str) -> tuple[list[tuple[int, AnomalyFrequency]], bool]:
+        words = search.words(query)
+        if not words:
+            raise InvalidInputError("search query has no words")
+        truncated = False
+        pairs: list[tuple[str, str]] = []
+        keys: set[str] | None = None
+        for word in words:
+            prefix, grams = search.lookup(word)
+            terms, more = await self.store.terms_holding(
+                self.project_id, prefix, grams, word, search.MAX_CANDIDATE_TERMS
+            )
+            truncated |= more
+            found, more = await self.store.anomalies_with(
+                self.project_id, terms, search.MAX_CANDIDATES
+            )
+            truncated |= more
+            pairs += found
+            mine = {key for _, key in found}
+            keys = mine if keys is None else keys & mine
+        ordered = sorted(keys or ())
+        now = self._clock()
+        snapshots = await self.store.read(self.project_id, ordered, _ms(now), _ms(now))
+        gone = {key for key, snapshot in zip(ordered, snapshots, strict=True) if snapshot is None}
+        if gone:  # expired since they were indexed: their entries go as they are met
+            await self.store.forget_terms(self.project_id, [p for p in pairs if p[1] in gone])
+        results: list[tuple[int, AnomalyFrequency]] = []
+        for snapshot in snapshots:
+            if snapshot is None or snapshot.first_seen_ms is None:
+                continue
+            quality = search.match_quality(snapshot.signature, words)
+            if quality is not None:
+                results.append((quality, self._frequency(snapshot, now)))
+        results.sort(key=lambda r: (r[0], -r[1].count_24h, -r[1].count_30d, r[1].anomaly_key))
+        return results, truncated
+
+    async def chronic_anomalies(
+        self, min_level: str = "REPEAT", window: str = "24h", limit: int = 100
+    ) -> AnomalyList:
+        """The anomalies at ``min_level`` or above (``REPEAT``, ``ESCALATE``,
+        ``PERMANENT_FIX``), the most frequent in ``window`` first. From the 24-hour index:
+        the cost follows the number of chronic anomalies (at most 1,000 are looked at)."""
+        floor = self._level_floor(min_level)
+        window = validation.window(window)
+        limit = validation.limit(limit)
+        now_ms = _ms(self._clock())
+
+        async def evaluate(keys: Sequence[str]) -> list[tuple[int, Snapshot] | None]:
+            snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
+            return [(s.counts[1], s) if s is not None else None for s in snapshots]
+
+        async def walk() -> AnomalyList:
+            result = await select_at_least(
+                self.store.candidates(self.project_id, "24h"), evaluate, floor, _MAX_CHRONIC
+            )
+            await self.store.refresh_index(self.project_id, "24h", result.stale)
+            at = _time(now_ms)
+            found = [self._frequency(snapshot, at) for _, _, snapshot in result.found]
+            found.sort(key=lambda f: (-f.count(window), -f.count_24h, f.anomaly_key))
+            return AnomalyList(found[:limit], len(found), result.truncated)
+
+        return await self._guard("chronic_anomalies", walk(), AnomalyList([], 0))
+
+    def _level_floor(self, level: str) -> int:
+        names = ("REPEAT", "ESCALATE", "PERMANENT_FIX")
+        floors = dict(zip(names, self.thresholds.as_tuple(), strict=True))
+        if level not in floors:
+            raise InvalidInputError(f"unknown level {level!r}: expected one of {', '.join(floors)}")
+        return floors[level]
+
+    async def escalations_by_day(self, days: int = 30) -> list[tuple[date, dict[str, int]]]:
+        """Crossings into each level, per UTC day, for the last ``days`` days (at most 30),
+        oldest first: how often this project's anomalies became chronic."""
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 30:
+            raise InvalidInputError(f"days must be an integer from 1 to 30, got {days!r}")
+        now_ms = _ms(self._clock())
+        days_read = self.store.summary_days(self.project_id, now_ms)
+        raw = await self._guard("escalations_by_day", days_read, {})
+        today = now_ms // DAY_MS
+        out = []
+        for day in range(today - days + 1, today + 1):
+            names = raw.get(day, {})
+            counts = {level.name: names.get(f"e:{int(level)}", 0) for level in _LEVELS}
+            out.append((_time(day * DAY_MS).date(), counts))
+        return out
+
+    async def recommendations(
+        self,
+        anomaly_keys: Sequence[str],
+        candidates: Sequence[str] | None = None,
+        min_success_rate: float = 0.2,
+    ) -> list[list[ActionRecommendation]]:
+        """``recommend_actions`` for several anomalies in one round trip; without candidates,
+        each anomaly's tried actions and the configured ``repair_actions``."""
+        keys = [validation.anomaly_key(key) for key in anomaly_keys]
+        names = [validation.action(c) for c in candidates] if candidates is not None else None
+        floor = validation.rate(min_success_rate)
+        now_ms = _ms(self._clock())
+        none: list[dict[str, tuple[int, int]]] = [{} for _ in keys]
+        stats = await self._guard(
+            "recommendations", self.store.repair_stats_many(self.project_id, keys, now_ms), none
+        )
+        ranked = []
+        for tried in stats:
+            chosen = names if names is not None else [*tried, *self.settings.repair_actions]
+            evidence = {a: {"total": t, "success": ok} for a, (t, ok) in tried.items()}
+            ranked.append(recommend(chosen, evidence, floor) if chosen else [])
+        return ranked
+
     # -- repairs ------------------------------------------------------------------------------
 
     async def record_repair_attempt(
-        self, anomaly_key: str, action: str, success: bool, *, at: datetime | None = None
+        self,
+        anomaly_key: str,
+        action: str,
+        success: bool,
+        *,
+        at: datetime | None = None,
+        by: str | None = None,
     ) -> None:
-        """Count one repair attempt and whether it worked."""
+        """Count one repair attempt and whether it worked; ``by`` names who reported it (kept
+        in the timeline)."""
         key = validation.anomaly_key(anomaly_key)
         name = validation.action(action)
         if not isinstance(success, bool):
             raise InvalidInputError(f"success must be true or false, got {success!r}")
+        reporter = validation.reporter(by)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
         write_id = uuid.uuid4().hex
         await self._retried(
             "record_repair_attempt",
             lambda: self.store.record_repair(
-                self.project_id, key, name, success, _ms(moment), _ms(now), write_id
+                self.project_id, key, name, success, _ms(moment), _ms(now), write_id, reporter
             ),
+            None,
             anomaly_key=key,
         )
 
@@ -585,19 +790,27 @@ class AnomalyCounter:
     # -- dispositions -------------------------------------------------------------------------
 
     async def record_disposition(
-        self, anomaly_key: str, disposition_type: str, *, at: datetime | None = None
+        self,
+        anomaly_key: str,
+        disposition_type: str,
+        *,
+        at: datetime | None = None,
+        by: str | None = None,
     ) -> None:
-        """Count how one alert of this anomaly was disposed of (one of the five types)."""
+        """Count how one alert of this anomaly was disposed of (one of the five types);
+        ``by`` names who reported it (kept in the timeline)."""
         key = validation.anomaly_key(anomaly_key)
         kind = validation.disposition(disposition_type)
+        reporter = validation.reporter(by)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
         write_id = uuid.uuid4().hex
         await self._retried(
             "record_disposition",
             lambda: self.store.record_disposition(
-                self.project_id, key, kind, _ms(moment), _ms(now), write_id
+                self.project_id, key, kind, _ms(moment), _ms(now), write_id, reporter
             ),
+            None,
             anomaly_key=key,
         )
 
@@ -648,43 +861,77 @@ class AnomalyCounter:
     # -- permanent fixes ----------------------------------------------------------------------
 
     async def mark_permanent_fix_applied(
-        self, anomaly_key: str, fix_description: str, *, at: datetime | None = None
+        self,
+        anomaly_key: str,
+        fix_description: str,
+        *,
+        at: datetime | None = None,
+        by: str | None = None,
     ) -> None:
         """Record that the root cause got a permanent fix; an occurrence after it is flagged
-        ``regressed`` (the first one also ``newly_regressed``) for the next 90 days."""
+        ``regressed`` (the first one also ``newly_regressed``) for the next 90 days. The fix
+        (text, time, ``by``) is in the anomaly's ``permanent_fix`` and its timeline."""
         key = validation.anomaly_key(anomaly_key)
         text = validation.description(fix_description)
+        reporter = validation.reporter(by)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
-        await self._retried(  # setting the same fix again changes nothing: safe to retry
+        write_id = uuid.uuid4().hex
+        await self._retried(
             "mark_permanent_fix_applied",
-            lambda: self.store.mark_fix(self.project_id, key, text, _ms(moment)),
+            lambda: self.store.mark_fix(
+                self.project_id, key, text, _ms(moment), _ms(now), write_id, reporter
+            ),
+            None,
             anomaly_key=key,
         )
 
-    async def record_resolution(self, anomaly_key: str, *, at: datetime | None = None) -> None:
-        """Note that an episode of a known anomaly was resolved at ``at``: its latest
-        resolution is kept (``last_resolved`` of reads). Counts nothing. While the store is
-        down it goes to the spool, after the occurrences already there."""
+    async def undo_permanent_fix(
+        self, anomaly_key: str, *, at: datetime | None = None, by: str | None = None
+    ) -> bool:
+        """Take back the permanent fix in force (marked by mistake, or on the wrong anomaly):
+        the anomaly is no longer fixed nor regressed, and its timeline says who undid it.
+        False when it had no fix in force."""
         key = validation.anomaly_key(anomaly_key)
+        reporter = validation.reporter(by)
+        now = self._clock()
+        moment = validation.occurrence_time(at, now)
+        write_id = uuid.uuid4().hex
+        return await self._retried(
+            "undo_permanent_fix",
+            lambda: self.store.undo_fix(
+                self.project_id, key, _ms(moment), _ms(now), write_id, reporter
+            ),
+            False,
+            anomaly_key=key,
+        )
+
+    async def record_resolution(
+        self, anomaly_key: str, *, at: datetime | None = None, by: str | None = None
+    ) -> None:
+        """Note that an episode of a known anomaly was resolved at ``at``: its latest
+        resolution is kept (``last_resolved`` of reads, and the timeline). Counts nothing.
+        While the store is down it goes to the spool, after the occurrences already there."""
+        key = validation.anomaly_key(anomaly_key)
+        reporter = validation.reporter(by)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
         if self.spool is not None:
             if not self.spool.depth:
                 try:
-                    await self.store.resolve(self.project_id, key, _ms(moment))
+                    await self.store.resolve(self.project_id, key, _ms(moment), reporter)
                     return
                 except StoreUnavailableError as exc:
                     logger.warning(
                         "anomaly_counter_spooling", project=self.project_id, error=str(exc)
                     )
             record = {"kind": "resolve", "project": self.project_id, "anomaly_key": key,
-                      "at_ms": _ms(moment), "accepted_ms": _ms(now)}  # fmt: skip
+                      "at_ms": _ms(moment), "accepted_ms": _ms(now), "by": reporter}  # fmt: skip
             await self._spool_append([record])
             return
         await self._guard(
             "record_resolution",
-            self.store.resolve(self.project_id, key, _ms(moment)),
+            self.store.resolve(self.project_id, key, _ms(moment), reporter),
             None,
             anomaly_key=key,
         )
@@ -699,6 +946,25 @@ class _Checked(NamedTuple):
     signature: dict[str, Any]
     at_ms: int
     occurrence_id: str | None
+
+
+def _record_request(
+    anomaly_key: str, signature: dict[str, Any], at_ms: int, occurrence_id: str | None
+) -> RecordRequest:
+    signature_json = validation.signature_json(signature)
+    return RecordRequest(
+        anomaly_key=anomaly_key,
+        signature=signature,
+        signature_json=signature_json,
+        at_ms=at_ms,
+        occurrence_id=occurrence_id,
+        search_terms=search.joined_terms(signature_json),
+    )
+
+
+def _looks_like_key(text: str) -> bool:
+    """An anomaly key as hash_signature makes them: 16 hex digits."""
+    return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
 
 
 def _chunks(anomaly_keys: Sequence[str], size: int) -> list[list[int]]:

@@ -53,6 +53,70 @@ class Occurrence:
     occurrence_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PermanentFix:
+    """The root-cause fix in force: what was done, when, and who said so (a token id, ``cli``
+    or what the library's caller passed as ``by``; None when nobody was named)."""
+
+    description: str
+    at: datetime
+    by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"description": self.description, "at": self.at.isoformat(), "by": self.by}
+
+
+TIMELINE_KINDS: tuple[str, ...] = (
+    "first_seen",
+    "escalated",
+    "regressed",
+    "repair",
+    "disposition",
+    "fix",
+    "fix_undone",
+    "resolved",
+    "notice",
+)
+"""What a timeline entry can tell, in the order a story usually runs."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One event in an anomaly's story. Only the fields of its kind are set:
+
+    - ``first_seen``: its first occurrence;
+    - ``escalated``: an occurrence took it into ``level`` (``count_24h`` in 24 h);
+    - ``regressed``: the first occurrence after its permanent fix;
+    - ``repair``: an attempt of ``action``, ``success`` or not;
+    - ``disposition``: how one alert of it was ``disposition``-ed;
+    - ``fix`` / ``fix_undone``: a permanent fix (``description``) marked, or taken back;
+    - ``resolved``: Alertmanager said an episode of it resolved;
+    - ``notice``: a ``notice`` (``escalation`` or ``regression``) went to ``channel``, with
+      its ``outcome`` (``sent`` or ``failed``).
+
+    ``by`` names who reported it where known: a token id (API), ``cli``, or the library
+    caller's ``by``.
+    """
+
+    kind: str
+    at: datetime
+    level: str | None = None
+    count_24h: int | None = None
+    action: str | None = None
+    success: bool | None = None
+    disposition: str | None = None
+    description: str | None = None
+    channel: str | None = None
+    notice: str | None = None
+    outcome: str | None = None
+    by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: value for name, value in asdict(self).items() if value is not None}
+        out["at"] = self.at.isoformat()
+        return out
+
+
 @dataclass(slots=True)
 class AnomalyFrequency:
     """How often one anomaly occurred, as of one point in time.
@@ -85,6 +149,8 @@ class AnomalyFrequency:
     signature: dict[str, Any] = field(default_factory=dict)
     last_resolved: datetime | None = None  # the latest resolution of an episode (reads only)
     spooled: bool = False  # kept in the durable spool, to be counted when the store is back
+    permanent_fix: PermanentFix | None = None  # the fix in force: text, time, who
+    regressed_at: datetime | None = None  # the first occurrence after the fix in force
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (ISO times): the reference's keys and ours."""
@@ -92,11 +158,33 @@ class AnomalyFrequency:
         out["first_seen"] = self.first_seen.isoformat()
         out["last_seen"] = self.last_seen.isoformat()
         out["last_resolved"] = self.last_resolved.isoformat() if self.last_resolved else None
+        out["permanent_fix"] = self.permanent_fix.to_dict() if self.permanent_fix else None
+        out["regressed_at"] = self.regressed_at.isoformat() if self.regressed_at else None
         return out
 
     def count(self, window: str) -> int:
         """The count of one window by its name (``1h``, ``24h``, ``7d``, ``30d``)."""
         return int(getattr(self, f"count_{window}"))
+
+
+@dataclass(slots=True)
+class AnomalyList:
+    """Anomalies a query found, best first: ``total`` found (at most the query's cap), of
+    which the first ``limit`` are here; ``truncated`` when more were there than the cap."""
+
+    anomalies: list[AnomalyFrequency]
+    total: int
+    truncated: bool = False
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What a key or a name refers to: ``anomaly`` when it names one, else the ``matches``
+    (none, or several to choose from), best first."""
+
+    anomaly: AnomalyFrequency | None
+    matches: list[AnomalyFrequency]
+    truncated: bool = False
 
 
 def empty_disposition_counts() -> dict[str, int]:

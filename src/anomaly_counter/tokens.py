@@ -30,19 +30,24 @@ class TokenRecord:
     digest: str
     created_ms: int
     label: str = ""
+    read_only: bool = False  # reads only: every write route refuses it (403)
 
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_token(project: str, created_ms: int, label: str = "") -> tuple[str, TokenRecord]:
+def new_token(
+    project: str, created_ms: int, label: str = "", *, read_only: bool = False
+) -> tuple[str, TokenRecord]:
     """A new token of a project: the text to hand out once, and the record to store."""
     if len(label) > _LABEL_CHARS:
         raise InvalidInputError(f"token label is longer than {_LABEL_CHARS} characters")
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(24)
-    record = TokenRecord(token_id, project_id(project), _digest(secret), created_ms, label)
+    record = TokenRecord(
+        token_id, project_id(project), _digest(secret), created_ms, label, read_only
+    )
     return f"act_{token_id}_{secret}", record
 
 

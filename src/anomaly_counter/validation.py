@@ -67,6 +67,31 @@ def description(value: object) -> str:
     return _text(value, "fix description", MAX_DESCRIPTION_CHARS)
 
 
+MAX_REPORTER_CHARS = 64
+
+
+def reporter(value: object) -> str:
+    """Who reported a write (``by``): a short name, or None (``""``: nobody named)."""
+    if value is None:
+        return ""
+    return _text(value, "by", MAX_REPORTER_CHARS)
+
+
+MAX_QUERY_CHARS = 512
+
+
+def query(value: object) -> str:
+    """A search query: words to find in label values (control characters count as spaces)."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"search query must be a string, got {type(value).__name__}")
+    if len(value) > MAX_QUERY_CHARS:
+        raise InvalidInputError(f"search query is longer than {MAX_QUERY_CHARS} characters")
+    cleaned = _CONTROL.sub(" ", value).strip()
+    if not cleaned:
+        raise InvalidInputError("search query is empty")
+    return cleaned
+
+
 def disposition(value: object) -> str:
     if value not in DISPOSITION_TYPES:
         raise UnknownDispositionError(

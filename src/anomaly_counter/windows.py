@@ -41,6 +41,15 @@ NEVER = -(1 << 53)
 """Stands for 'no time yet'; exactly representable in Lua's doubles too."""
 
 
+HISTORY: dict[str, tuple[int, int]] = {
+    "1h": (60_000, 60),  # per minute over the last hour
+    "24h": (3_600_000, 24),  # hourly over the last day
+    "7d": (3_600_000, 168),  # hourly over the last 7 days
+    "30d": (86_400_000, 30),  # daily over the last 30 days
+}
+"""The history of each window: (bucket size in ms, buckets)."""
+
+
 def tail_capacity(highest_threshold: int) -> int:
     """Occurrence times kept exactly: at least 128, and twice the highest threshold."""
     return max(128, 2 * max(64, highest_threshold))
@@ -98,6 +107,46 @@ class WindowState:
             else:
                 numerator += ring.get(last, 0) * (hi - last * grain + 1)
         return exact + whole + (numerator + grain // 2) // grain
+
+    def histogram(self, end: int, bucket_ms: int, buckets: int) -> list[tuple[int, int]]:
+        """Occurrences per bucket as ``(bucket start, count)``, oldest first: ``buckets``
+        buckets of ``bucket_ms`` aligned to multiples of it (UTC), the last one holding
+        ``end`` (occurrences after ``end`` left out).
+
+        Occurrences in the tail are placed exactly. Pushed-out ones are read, bucket by bucket,
+        from the finest ring that still covers the bucket's start, a ring slice that straddles
+        a bucket edge being shared in proportion to the overlap (its occurrences lie between
+        the slice's start and ``evicted_max``). So a bucket is exact while the tail reaches
+        back to it, and otherwise off by at most the occurrences of the slices at its edges.
+        """
+        last = end - end % bucket_ms
+        first = last - (buckets - 1) * bucket_ms
+        counts = [0.0] * buckets
+        for t in self.tail[bisect_left(self.tail, first) : bisect_right(self.tail, end)]:
+            counts[(t - first) // bucket_ms] += 1
+        for b in range(buckets):
+            start = first + b * bucket_ms
+            stop = min(start + bucket_ms - 1, end, self.evicted_max)  # inclusive
+            if start > stop:
+                break  # this and every later bucket start after the last pushed-out time
+            index = ring_index(0, start, self.newest)
+            grain, ring = GRAIN_MS[index], self.rings[index]
+            for slot in range(start // grain, stop // grain + 1):
+                n = ring.get(slot, 0)
+                if n:
+                    low = slot * grain
+                    high = min(low + grain - 1, self.evicted_max)
+                    overlap = min(stop, high) - max(start, low) + 1
+                    counts[b] += n * overlap / (high - low + 1)
+        # Rounded on the running total, so that shares of slices do not add up to more (or
+        # fewer) occurrences than there are: each bucket is within one of its share.
+        out, running, shown = [], 0.0, 0
+        for b, share in enumerate(counts):
+            running += share
+            rounded = int(running + 0.5)
+            out.append((first + b * bucket_ms, rounded - shown))
+            shown = rounded
+        return out
 
     def counts(self, at: int) -> tuple[int, int, int, int]:
         """All four window counts ending at ``at``."""

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import ConfigurationError
 from ..model import DISPOSITION_TYPES, empty_disposition_counts
 from ..tokens import TokenRecord
+from ..windows import WindowState
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -44,6 +45,7 @@ class RecordRequest:
     signature_json: str
     at_ms: int
     occurrence_id: str | None
+    search_terms: str = ""  # the signature's search terms (search.joined_terms), indexed once
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,9 @@ class Snapshot:
     newly_regressed: bool = False
     duplicate: bool = False
     resolved_ms: int | None = None  # the latest resolution of one of its episodes (reads only)
+    fix_description: str | None = None  # the fix in force (with fix_at_ms), and who marked it
+    fix_by: str | None = None
+    regressed_ms: int | None = None  # the first occurrence after the fix in force
 
 
 class Store(ABC):
@@ -116,9 +121,10 @@ class Store(ABC):
         at_ms: int,
         now_ms: int,
         write_id: str = "",
+        by: str = "",
     ) -> None:
-        """Count one attempt; a write id already applied to this anomaly (a retry) is not
-        counted again."""
+        """Count one attempt, and tell it in the timeline; a write id already applied to this
+        anomaly (a retry) is not counted again."""
 
     @abstractmethod
     async def repair_stats(
@@ -139,8 +145,10 @@ class Store(ABC):
         at_ms: int,
         now_ms: int,
         write_id: str = "",
+        by: str = "",
     ) -> None:
-        """Count one disposition; a write id already applied (a retry) is not counted again."""
+        """Count one disposition, and tell it in the timeline; a write id already applied (a
+        retry) is not counted again."""
 
     @abstractmethod
     async def disposition_stats(
@@ -165,12 +173,75 @@ class Store(ABC):
 
     @abstractmethod
     async def mark_fix(
-        self, project: str, anomaly_key: str, description: str, at_ms: int
-    ) -> None: ...
+        self,
+        project: str,
+        anomaly_key: str,
+        description: str,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
+        by: str = "",
+    ) -> None:
+        """Mark a permanent fix (the next occurrence after it is a regression), and tell it in
+        the timeline; a write id already applied (a retry) changes nothing."""
 
     @abstractmethod
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int) -> None:
-        """Keep the latest time an episode of this anomaly was resolved (a known anomaly)."""
+    async def undo_fix(
+        self, project: str, anomaly_key: str, at_ms: int, now_ms: int, write_id: str = "",
+        by: str = "",
+    ) -> bool:  # fmt: skip
+        """Take back the fix in force (and its regression), and tell it in the timeline;
+        False when no fix was in force (or a write id already applied)."""
+
+    @abstractmethod
+    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
+        """Keep the latest time an episode of this anomaly was resolved (a known anomaly); a
+        newer resolution than any before is told in the timeline."""
+
+    # -- the story: history, timeline, search ------------------------------------------------
+
+    @abstractmethod
+    async def states(self, project: str, anomaly_keys: Sequence[str]) -> list[WindowState | None]:
+        """The counting state of each anomaly (None for one never seen), for its history."""
+
+    @abstractmethod
+    async def timeline(self, project: str, anomaly_key: str) -> list[str]:
+        """The anomaly's timeline entries as stored (see ``anomaly_counter.timeline``), newest
+        written first."""
+
+    @abstractmethod
+    async def note(self, project: str, anomaly_key: str, entry: str, now_ms: int) -> None:
+        """Add an entry to the timeline of a known anomaly (a notice sent, say)."""
+
+    @abstractmethod
+    async def summary_days(self, project: str, now_ms: int) -> dict[int, dict[str, int]]:
+        """The project's own day counters of the last 30 days, by day: dispositions
+        (``d:<type>``) and escalation crossings (``e:<level number>``)."""
+
+    @abstractmethod
+    async def repair_stats_many(
+        self, project: str, anomaly_keys: Sequence[str], now_ms: int
+    ) -> list[dict[str, tuple[int, int]]]:
+        """``repair_stats`` of several anomalies, in one round trip where the store can."""
+
+    @abstractmethod
+    async def terms_holding(
+        self, project: str, prefix: bytes, grams: Sequence[bytes], word: str, limit: int
+    ) -> tuple[list[str], bool]:
+        """The project's search terms that hold a word (see ``search.lookup`` for ``prefix``
+        and ``grams``), at most ``limit``, and whether there were more."""
+
+    @abstractmethod
+    async def anomalies_with(
+        self, project: str, terms: Sequence[str], limit: int
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """``(term, anomaly key)`` for every anomaly indexed under one of the terms, at most
+        ``limit``, and whether there were more."""
+
+    @abstractmethod
+    async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
+        """Drop search entries ``(term, anomaly key)`` of anomalies that are gone, and the
+        grams of terms no anomaly holds any more."""
 
     # -- API tokens (kept as digests; see anomaly_counter.tokens) ---------------------------
 

@@ -10,7 +10,10 @@ Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
     {prefix}:{P.s}:a:A:i        occurrence ids seen (sorted set by arrival)
     {prefix}:{P.s}:a:A:d        day counters: repairs and dispositions (hash)
     {prefix}:{P.s}:a:A:h        last 100 repair attempts (list)
+    {prefix}:{P.s}:a:A:l        the timeline (list, newest first; see anomaly_counter.timeline)
     {prefix}:{P.s}:x:<index>    the shard's project indexes (sorted sets) and summary (hash)
+    {prefix}:{P.s}:x:terms      search: '<term>\0<anomaly>' (sorted set, read by lex range)
+    {prefix}:{P.s}:x:grams      search: '<gram>\0<term>' (see anomaly_counter.search)
 
 ``s`` is the anomaly's shard (0..15) within its project. All of an anomaly's keys and its
 shard's indexes share the hash tag ``{P.s}``, so the scripts run unchanged on Redis Cluster when
@@ -25,6 +28,7 @@ import functools
 import hashlib
 import heapq
 import json
+import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -37,9 +41,11 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
+from .. import search, timeline
 from ..errors import ConfigurationError, StoreUnavailableError
 from ..model import DISPOSITION_TYPES
 from ..tokens import TokenRecord
+from ..windows import NEVER, WindowState
 from .base import (
     ANOMALY_TTL_SECONDS,
     FIX_VALIDITY_MS,
@@ -66,12 +72,36 @@ SHARDS = 16
 _CHUNKS_PER_ROUND = 20
 _BOUND_INDEX = {"1h": 1, "24h": 2, "7d": 3, "30d": 4}
 _FIRST_PAGE, _LAST_PAGE = 8, 512  # index entries read from a shard at a time
-_WRITES = frozenset({"record", "repair", "disposition", "fix", "resolve"})
+_WRITES = frozenset({"record", "repair", "disposition", "fix", "undo", "resolve", "note", "forget"})
+_SCRIPTS = ("record", "read", "repair", "disposition", "fix", "undo", "reindex", "resolve",
+            "note", "state", "forget")  # fmt: skip
+_SEARCH_PAGE = 1_000  # gram entries read from a shard for one word at most
+
+
+def _lua_string(text: str) -> str:
+    return "'" + "".join(c if c.isalnum() or c in " _-:." else f"\\{ord(c)}" for c in text) + "'"
+
+
+def lua_constants() -> str:
+    """The constants the scripts share with Python, defined there (timeline codes and bounds,
+    search grams), as Lua source."""
+    codes = {f"TL_{kind.upper()}": code for kind, code in timeline.CODES.items()}
+    lines = [f"local {name} = {_lua_string(code)}" for name, code in codes.items()]
+    lines += [
+        f"local TL_SEP = {_lua_string(timeline.SEP)}",
+        f"local TL_MAX_ENTRIES, TL_MAX_BYTES = {timeline.MAX_ENTRIES}, {timeline.MAX_BYTES}",
+        f"local GRAM, GRAM_PAD = {search.GRAM}, {_lua_string(search.PAD)}",
+        f"local TERM_SEP = {_lua_string(search.TERM_SEP)}",
+    ]
+    return "-- generated from anomaly_counter.timeline and anomaly_counter.search\n" + "\n".join(
+        lines
+    )
 
 
 def _script_source(name: str) -> str:
     lua = resources.files("anomaly_counter.stores") / "lua"
-    return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    parts = (lua_constants(), (lua / "common.lua").read_text(), (lua / f"{name}.lua").read_text())
+    return "\n".join(parts)
 
 
 _Policy = tuple[int, ...]
@@ -106,8 +136,9 @@ def _record_groups(prefix: str, items: Sequence[_Write], by_slot: bool = False) 
         digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
         group[0].append(keys.meta)
         group[1].extend(
-            (request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json)
-        )
+            (request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json,
+             request.search_terms)
+        )  # fmt: skip
         group[2].append(position)
     return list(groups.values())
 
@@ -118,13 +149,10 @@ def _record_snapshots(
     snapshots: list[Snapshot] = [None] * len(items)  # type: ignore[list-item]
     for (_, _, positions), group_replies in zip(groups, replies, strict=True):
         for position, reply in zip(positions, group_replies, strict=True):
-            snapshot, (duplicate, escalated, regressed, newly) = _snapshot(
-                items[position][3].anomaly_key, reply
-            )
-            snapshot.duplicate = bool(duplicate)
-            snapshot.escalated_to = escalated
-            snapshot.regressed = bool(regressed)
-            snapshot.newly_regressed = bool(newly)
+            snapshot, named = _snapshot(items[position][3].anomaly_key, reply)
+            snapshot.duplicate = bool(named.get("duplicate"))
+            snapshot.escalated_to = int(named.get("escalated", 0))
+            snapshot.newly_regressed = bool(named.get("newly_regressed"))
             snapshots[position] = snapshot
     return snapshots
 
@@ -141,7 +169,7 @@ class _Keys:
         self.shard = f"{prefix}:{tag}:x:"
         base = f"{prefix}:{tag}:a:{encode_part(anomaly_key)}:"
         # the scripts take the meta key and name the anomaly's other keys from it
-        self.meta, self.days, self.history = (base + s for s in ("m", "d", "h"))
+        self.meta, self.days, self.history, self.timeline = (base + s for s in ("m", "d", "h", "l"))
 
     def index(self, name: str) -> str:
         return self.shard + name
@@ -178,10 +206,7 @@ class RedisScripts(Store):
             else []
         )
         self._tokens = f"{self._prefix}:tokens"
-        self._sources = {
-            name: _script_source(name)
-            for name in ("record", "read", "repair", "disposition", "fix", "reindex", "resolve")
-        }
+        self._sources = {name: _script_source(name) for name in _SCRIPTS}
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
         self._writes: Coalescer[_Write, Snapshot] = Coalescer(self._record_now)
 
@@ -290,7 +315,8 @@ class RedisScripts(Store):
             if reply is None:
                 snapshots.append(None)
                 continue
-            snapshot, (resolved,) = _snapshot(key, reply)
+            snapshot, named = _snapshot(key, reply)
+            resolved = int(named.get("resolved", -1))
             snapshot.resolved_ms = resolved if resolved >= 0 else None
             snapshots.append(snapshot)
         return snapshots
@@ -306,12 +332,14 @@ class RedisScripts(Store):
         at_ms: int,
         now_ms: int,
         write_id: str = "",
+        by: str = "",
     ) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
         args = [action, int(success), at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
         script_keys = [keys.days, keys.history, keys.meta]
         digest = id_digest(write_id) if write_id else ""
-        await self._eval("repair", [(script_keys, [*args, REPAIR_HISTORY_LENGTH, digest])])
+        entry = timeline.encode("repair", at_ms, action, success, by)
+        await self._eval("repair", [(script_keys, [*args, REPAIR_HISTORY_LENGTH, digest, entry])])
 
     async def _day_totals(self, key: str, now_ms: int) -> dict[str, int]:
         return day_totals(_pairs(await self._query(("HGETALL", key))), now_ms)
@@ -336,12 +364,14 @@ class RedisScripts(Store):
         at_ms: int,
         now_ms: int,
         write_id: str = "",
+        by: str = "",
     ) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
         script_keys = [keys.days, keys.index("dispositions"), keys.index("summary"), keys.meta]
         args = [anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
         digest = id_digest(write_id) if write_id else ""
-        await self._eval("disposition", [(script_keys, [*args, digest])])
+        entry = timeline.encode("disposition", at_ms, disposition, by)
+        await self._eval("disposition", [(script_keys, [*args, digest, entry])])
 
     async def disposition_stats(
         self, project: str, anomaly_key: str, now_ms: int
@@ -350,13 +380,30 @@ class RedisScripts(Store):
         return dispositions_from(days)
 
     async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
-        keys = [_shard_index_key(self._prefix, project, s, "summary") for s in range(SHARDS)]
-        replies = await self._queries([("HGETALL", key) for key in keys])
         totals: dict[str, int] = {}
-        for raw in replies:
-            for name, n in day_totals(_pairs(raw), now_ms).items():
+        for names in (await self.summary_days(project, now_ms)).values():
+            for name, n in names.items():
                 totals[name] = totals.get(name, 0) + n
         return dispositions_from(totals)
+
+    async def summary_days(self, project: str, now_ms: int) -> dict[int, dict[str, int]]:
+        keys = [_shard_index_key(self._prefix, project, s, "summary") for s in range(SHARDS)]
+        since = day_of(now_ms) - RETENTION_DAYS
+        days: dict[int, dict[str, int]] = {}
+        for raw in await self._queries([("HGETALL", key) for key in keys]):
+            for field, value in _pairs(raw).items():
+                day, bar, name = field.decode().partition("|")
+                if bar and int(day) >= since:
+                    names = days.setdefault(int(day), {})
+                    names[name] = names.get(name, 0) + int(value)
+        return days
+
+    async def repair_stats_many(
+        self, project: str, anomaly_keys: Sequence[str], now_ms: int
+    ) -> list[dict[str, tuple[int, int]]]:
+        commands = [("HGETALL", _keys(self._prefix, project, k).days) for k in anomaly_keys]
+        replies = await self._queries(commands) if commands else []
+        return [repairs_from(day_totals(_pairs(raw), now_ms)) for raw in replies]
 
     # -- index --------------------------------------------------------------------------------
 
@@ -400,14 +447,107 @@ class RedisScripts(Store):
 
     # -- permanent fixes ----------------------------------------------------------------------
 
-    async def mark_fix(self, project: str, anomaly_key: str, description: str, at_ms: int) -> None:
+    async def mark_fix(
+        self,
+        project: str,
+        anomaly_key: str,
+        description: str,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
+        by: str = "",
+    ) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
-        args = [at_ms, description, ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS, at_ms]
+        digest = id_digest(write_id) if write_id else ""
+        entry = timeline.encode("fix", at_ms, description, by)
+        args = [at_ms, description, ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS, now_ms, digest, by, entry]
         await self._eval("fix", [([keys.meta], args)])
 
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int) -> None:
+    async def undo_fix(
+        self, project: str, anomaly_key: str, at_ms: int, now_ms: int, write_id: str = "",
+        by: str = "",
+    ) -> bool:  # fmt: skip
         keys = _keys(self._prefix, project, anomaly_key)
-        await self._eval("resolve", [([keys.meta], [at_ms])])
+        digest = id_digest(write_id) if write_id else ""
+        entry = timeline.encode("fix_undone", at_ms, by)
+        args = [now_ms, FIX_VALIDITY_MS, digest, ANOMALY_TTL_SECONDS, entry]
+        (undone,) = await self._eval("undo", [([keys.meta], args)])
+        return bool(undone)
+
+    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
+        keys = _keys(self._prefix, project, anomaly_key)
+        entry = timeline.encode("resolved", at_ms, by)
+        await self._eval("resolve", [([keys.meta], [at_ms, entry, ANOMALY_TTL_SECONDS])])
+
+    # -- the story ----------------------------------------------------------------------------
+
+    async def states(self, project: str, anomaly_keys: Sequence[str]) -> list[WindowState | None]:
+        calls: list[tuple[list[str], list[Any]]] = [
+            ([_keys(self._prefix, project, key).meta], []) for key in anomaly_keys
+        ]
+        replies = await self._eval("state", calls) if calls else []
+        return [None if reply is None else _state(reply) for reply in replies]
+
+    async def timeline(self, project: str, anomaly_key: str) -> list[str]:
+        key = _keys(self._prefix, project, anomaly_key).timeline
+        return [entry.decode() for entry in await self._query(("LRANGE", key, 0, -1))]
+
+    async def note(self, project: str, anomaly_key: str, entry: str, now_ms: int) -> None:
+        keys = _keys(self._prefix, project, anomaly_key)
+        await self._eval("note", [([keys.meta], [entry, ANOMALY_TTL_SECONDS])])
+
+    async def terms_holding(
+        self, project: str, prefix: bytes, grams: Sequence[bytes], word: str, limit: int
+    ) -> tuple[list[str], bool]:
+        shards = [_shard_index_key(self._prefix, project, s, "grams") for s in range(SHARDS)]
+        if grams:
+            # the rarest of the word's grams in each shard, then its entries there
+            counts = await self._queries(
+                [("ZLEXCOUNT", key, b"[" + g + b"\0", b"[" + g + b"\0\xff") for key in shards
+                 for g in grams]
+            )  # fmt: skip
+            ranges = []
+            for shard, key in enumerate(shards):
+                mine = counts[shard * len(grams) : (shard + 1) * len(grams)]
+                rarest = grams[mine.index(min(mine))]
+                ranges.append((key, b"[" + rarest + b"\0", b"[" + rarest + b"\0\xff"))
+        else:
+            ranges = [(key, b"[" + prefix, b"[" + prefix + b"\xff") for key in shards]
+        pages = await self._queries(
+            [("ZRANGEBYLEX", key, low, high, "LIMIT", 0, _SEARCH_PAGE) for key, low, high in ranges]
+        )
+        found: dict[str, None] = {}
+        for page in pages:
+            for member in page:
+                term = member.partition(b"\0")[2].decode("utf-8", "replace")
+                if search.holds(term, word):
+                    found[term] = None
+        more = any(len(page) == _SEARCH_PAGE for page in pages) or len(found) > limit
+        return list(found)[:limit], more
+
+    async def anomalies_with(
+        self, project: str, terms: Sequence[str], limit: int
+    ) -> tuple[list[tuple[str, str]], bool]:
+        shards = [_shard_index_key(self._prefix, project, s, "terms") for s in range(SHARDS)]
+        commands = []
+        for term in terms:
+            low = b"[" + term.encode() + b"\0"
+            commands += [
+                ("ZRANGEBYLEX", key, low, low + b"\xff", "LIMIT", 0, limit + 1) for key in shards
+            ]
+        found: list[tuple[str, str]] = []
+        for command, page in zip(commands, await self._queries(commands), strict=True):
+            term = command[2][1:-1].decode()
+            found += [(term, member.partition(b"\0")[2].decode()) for member in page]
+        return found[:limit], len(found) > limit
+
+    async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
+        calls = []
+        for term, key in entries:
+            keys = _keys(self._prefix, project, key)
+            calls.append(([keys.index("terms"), keys.index("grams")], [term, key]))
+        if calls:
+            await self._eval("forget", calls)
 
     # -- API tokens: one hash, field per token id (few, looked up by id) ------------------------
 
@@ -536,12 +676,13 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, list[int]]:
-    """A snapshot from a script's reply, and the extra numbers before its signature."""
+def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, dict[str, Any]]:
+    """A snapshot from a script's reply (see reply() in common.lua), and its named values."""
     c1, c2, c3, c4, first, last, repairs, fix = reply[:8]
     dispositions = dict(zip(DISPOSITION_TYPES, reply[8:13], strict=True))
     dispositions["total"] = sum(dispositions.values())
-    signature = reply[-1]
+    flat, signature = reply[13], reply[14] if len(reply) > 14 else None
+    named = {name.decode(): value for name, value in zip(flat[::2], flat[1::2], strict=True)}
     snapshot = Snapshot(
         anomaly_key=anomaly_key,
         counts=(c1, c2, c3, c4),
@@ -552,7 +693,36 @@ def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, list[in
         dispositions=dispositions,
         signature=json.loads(signature) if signature else {},
     )
-    return snapshot, list(reply[13:-1])
+    if snapshot.fix_at_ms is not None:
+        regressed = int(named.get("regressed_at", -1))
+        snapshot.regressed_ms = regressed if regressed >= 0 else None
+        snapshot.regressed = snapshot.regressed_ms is not None
+        text, by = named.get("fix_text"), named.get("fix_by")
+        snapshot.fix_description = text.decode() if text else None
+        snapshot.fix_by = by.decode() if by else None
+    return snapshot, named
+
+
+def _state(reply: Sequence[Any]) -> WindowState:
+    """A window state from the state script's named reply."""
+    named = {name.decode(): value for name, value in zip(reply[::2], reply[1::2], strict=True)}
+    packed: bytes = named["tail"]
+    tail = sorted(struct.unpack(f"<{len(packed) // 8}d", packed))
+    rings = []
+    for r in range(1, 5):
+        ring = {int(slot): int(n) for slot, n in _pairs(named[f"ring{r}"]).items()}
+        slot, pending = named[f"pending{r}"]
+        if pending > 0:
+            ring[slot] = ring.get(slot, 0) + pending
+        rings.append(ring)
+    evicted, newest = named["evicted"], named["newest"]
+    return WindowState(
+        capacity=1 << 30,
+        tail=[int(t) for t in tail],
+        evicted_max=evicted if evicted >= 0 else NEVER,
+        newest=newest if newest >= 0 else NEVER,
+        rings=rings,
+    )
 
 
 def raise_errors(replies: Sequence[Any]) -> None:

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 SLOTS = 16384
-_SIBLINGS = ("t", "s", "i", "d", "h", "r0", "r1", "r2", "r3")
-_SHARD_INDEXES = ("1h", "24h", "7d", "30d", "summary", "dispositions")
+_SIBLINGS = ("t", "s", "i", "d", "h", "l", "r0", "r1", "r2", "r3")
+_SHARD_INDEXES = ("1h", "24h", "7d", "30d", "summary", "dispositions", "terms", "grams")
 _RETRYABLE = (TryAgainError, ClusterDownError, ReadOnlyError)
 _NOT_RUN = (AskError, NoScriptError, *_RETRYABLE)  # replies of commands that did not run
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.005, 0.1

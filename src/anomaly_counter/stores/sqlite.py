@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from .. import timeline
 from ..errors import ConfigurationError, StoreUnavailableError
 from ..model import EscalationLevel
 from ..policy import Thresholds, crossing, level_for
 from ..ranking import index_bound
+from ..search import MAX_TERM_CHARS, TERM_SEP, grams_of, holds
 from ..tokens import TokenRecord
 from ..windows import WindowState
 from .base import (
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS anomalies (
     state BLOB,
     fix_at INTEGER,
     fix_description TEXT,
+    fix_by TEXT,
     regressed_at INTEGER,
     ids_count INTEGER NOT NULL DEFAULT 0,
     score_1h INTEGER NOT NULL DEFAULT 0,
@@ -100,7 +103,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     project TEXT NOT NULL,
     digest TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
-    label TEXT NOT NULL DEFAULT ''
+    label TEXT NOT NULL DEFAULT '',
+    read_only INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS repair_history (
     project TEXT NOT NULL,
@@ -111,11 +115,39 @@ CREATE TABLE IF NOT EXISTS repair_history (
     at INTEGER NOT NULL,
     PRIMARY KEY (project, anomaly_key, seq)
 ) WITHOUT ROWID;
+-- The story of each anomaly: entries as anomaly_counter.timeline encodes them.
+CREATE TABLE IF NOT EXISTS timeline (
+    project TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (project, anomaly_key, seq)
+) WITHOUT ROWID;
+-- Search (anomaly_counter.search): term -> anomalies, and gram -> terms.
+CREATE TABLE IF NOT EXISTS search_terms (
+    project TEXT NOT NULL,
+    term TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    PRIMARY KEY (project, term, anomaly_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS search_terms_by_anomaly ON search_terms (project, anomaly_key);
+CREATE TABLE IF NOT EXISTS search_grams (
+    project TEXT NOT NULL,
+    gram BLOB NOT NULL,
+    term TEXT NOT NULL,
+    PRIMARY KEY (project, gram, term)
+) WITHOUT ROWID;
 """
+_ADDED_COLUMNS = (  # columns of files made by earlier versions
+    ("anomalies", "resolved_at", "INTEGER"),
+    ("anomalies", "fix_by", "TEXT"),
+    ("tokens", "read_only", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 _COLUMNS = {name: f"score_{name}" for name in INDEXES}
 _WINDOW_COLUMNS = ("score_1h", "score_24h", "score_7d", "score_30d")
 _PAGE = 200
+_GRAM_COUNT_CAP = 10_000
 _HOUR_MS = 3_600_000
 _HOUSEKEEPING_EVERY_MS = _HOUR_MS
 
@@ -158,9 +190,10 @@ class SQLiteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(anomalies)")}
-            if "resolved_at" not in columns:  # a file made by version 0.1
-                db.execute("ALTER TABLE anomalies ADD COLUMN resolved_at INTEGER")
+            for table, column, kind in _ADDED_COLUMNS:
+                columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._db = db
         return self._db
 
@@ -244,8 +277,11 @@ class SQLiteStore(Store):
         counts_newest = counts_at if state.newest == at else state.counts(state.newest)
         new_level = level_for(counts_newest[1], _thresholds(policy.thresholds))
         escalated = crossing(EscalationLevel(level), new_level)
-        regressed = fix_at is not None and at >= fix_at and now_ms - fix_at < FIX_VALIDITY_MS
-        newly_regressed = regressed and regressed_at is None
+        fix_in_force = fix_at is not None and now_ms - fix_at < FIX_VALIDITY_MS
+        newly_regressed = fix_in_force and at >= fix_at and regressed_at is None
+        if newly_regressed:
+            regressed_at = at
+        first_ever = first_seen is None
         first_seen = at if first_seen is None else min(first_seen, at)
         last_seen = at if last_seen is None else max(last_seen, at)
         # Index scores move only when a count passes them, and `touched` by the hour, so most
@@ -253,28 +289,89 @@ class SQLiteStore(Store):
         touched = now_ms - now_ms % _HOUR_MS
         values: dict[str, Any] = {
             "first_seen": first_seen, "last_seen": last_seen, "level": int(new_level),
-            "state": state.to_bytes(), "regressed_at": at if newly_regressed else regressed_at,
-            "ids_count": ids_count,
+            "state": state.to_bytes(), "regressed_at": regressed_at, "ids_count": ids_count,
         }  # fmt: skip
+        if first_ever:  # the signature of the first occurrence is the one kept (and searched)
+            values["signature"] = request.signature_json
         for column, count, bound in zip(_WINDOW_COLUMNS, counts_newest, bounds, strict=True):
             if count > bound:
                 values[column] = index_bound(count)
         if row_touched != touched:
             values["touched"] = touched
         if is_new:
-            values.update(project=project, anomaly_key=key, signature=request.signature_json)
+            values.update(project=project, anomaly_key=key)
             values.update({c: values.get(c, 0) for c in _WINDOW_COLUMNS}, touched=touched)
             db.execute(_insert_sql(tuple(values)), tuple(values.values()))
         else:
             # Only the columns that changed: SQLite rewrites an index whenever an UPDATE
             # assigns one of its columns, so most writes leave the five indexes alone.
             db.execute(_update_sql(tuple(values)), (*values.values(), project, key))
+        # the story, in the same transaction
+        if first_ever:
+            self._index(db, project, key, request.search_terms)
+            self._tell(db, project, key, timeline.encode("first_seen", at))
+        if escalated:
+            self._tell(db, project, key, timeline.encode("escalated", at, int(escalated),
+                                                          counts_newest[1]))  # fmt: skip
+            self._bump(db, project, "", day_of(at), [f"e:{int(escalated)}"])
+            self._prune_days(db, project, "", now_ms)
+        if newly_regressed:
+            self._tell(db, project, key, timeline.encode("regressed", at))
         days = self._day_totals(db, project, key, now_ms) if has_days else {}
         snapshot = _make_snapshot(key, counts_at, first_seen, last_seen, fix_at, days, now_ms)
         snapshot.escalated_to = int(escalated or 0)
-        snapshot.regressed = regressed
+        snapshot.regressed_ms = regressed_at if snapshot.fix_at_ms is not None else None
+        snapshot.regressed = snapshot.regressed_ms is not None
         snapshot.newly_regressed = newly_regressed
+        if snapshot.fix_at_ms is not None:
+            self._fix_record(db, project, key, snapshot)
         return snapshot
+
+    def _fix_record(
+        self, db: sqlite3.Connection, project: str, key: str, snapshot: Snapshot
+    ) -> None:
+        row = db.execute(
+            "SELECT fix_description, fix_by FROM anomalies WHERE project = ? AND anomaly_key = ?",
+            (project, key),
+        ).fetchone()
+        snapshot.fix_description, snapshot.fix_by = row if row else (None, None)
+
+    # -- the story ----------------------------------------------------------------------------
+
+    def _tell(self, db: sqlite3.Connection, project: str, key: str, entry: str) -> None:
+        """Add a timeline entry, and drop the oldest past the timeline's bounds."""
+        where = (project, key)
+        seq = db.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM timeline WHERE project = ? AND anomaly_key = ?",
+            where,
+        ).fetchone()[0]
+        db.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", (*where, seq, entry))
+        sizes = db.execute(
+            "SELECT seq, length(CAST(entry AS BLOB)) FROM timeline WHERE project = ?"
+            " AND anomaly_key = ? ORDER BY seq DESC LIMIT ?",
+            (*where, timeline.MAX_ENTRIES + 1),
+        ).fetchall()
+        keep = timeline.kept([size for _, size in sizes])
+        if keep < len(sizes):
+            db.execute(
+                "DELETE FROM timeline WHERE project = ? AND anomaly_key = ? AND seq <= ?",
+                (*where, sizes[keep][0]),
+            )
+
+    def _index(self, db: sqlite3.Connection, project: str, key: str, terms: str) -> None:
+        """Index an anomaly under its search terms (and a term new to the project under its
+        grams)."""
+        for term in terms.split(TERM_SEP) if terms else ():
+            known = db.execute(
+                "SELECT 1 FROM search_terms WHERE project = ? AND term = ? LIMIT 1",
+                (project, term),
+            ).fetchone()
+            db.execute("INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?)", (project, term, key))
+            if known is None:
+                db.executemany(
+                    "INSERT OR IGNORE INTO search_grams VALUES (?, ?, ?)",
+                    [(project, gram, term) for gram in grams_of(term)],
+                )
 
     def _remember_id(
         self,
@@ -317,13 +414,15 @@ class SQLiteStore(Store):
         counts: tuple[int, int, int, int] | None = None,
     ) -> Snapshot | None:
         row = db.execute(
-            "SELECT first_seen, last_seen, state, fix_at, signature, resolved_at FROM anomalies"
+            "SELECT first_seen, last_seen, state, fix_at, signature, resolved_at,"
+            " fix_description, fix_by, regressed_at FROM anomalies"
             " WHERE project = ? AND anomaly_key = ?",
             (project, key),
         ).fetchone()
         if row is None:
             return None
-        first_seen, last_seen, blob, fix_at, signature, resolved_at = row
+        first_seen, last_seen, blob, fix_at, signature, resolved_at = row[:6]
+        fix_description, fix_by, regressed_at = row[6:]
         if counts is None:
             if state is None and blob is not None:
                 state = WindowState.from_bytes(blob, 1 << 30)
@@ -332,6 +431,10 @@ class SQLiteStore(Store):
         snapshot = _make_snapshot(key, counts, first_seen, last_seen, fix_at, days, now_ms)
         snapshot.signature = json.loads(signature) if signature else {}
         snapshot.resolved_ms = resolved_at
+        if snapshot.fix_at_ms is not None:
+            snapshot.fix_description, snapshot.fix_by = fix_description, fix_by
+            snapshot.regressed_ms = regressed_at
+            snapshot.regressed = regressed_at is not None
         return snapshot
 
     async def read(
@@ -402,10 +505,14 @@ class SQLiteStore(Store):
         at_ms: int,
         now_ms: int,
         write_id: str = "",
+        by: str = "",
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
             if not self._first_write(db, project, anomaly_key, write_id, now_ms):
                 return
+            self._tell(
+                db, project, anomaly_key, timeline.encode("repair", at_ms, action, success, by)
+            )
             names = [f"t:{action}", f"s:{action}"] if success else [f"t:{action}"]
             self._bump(db, project, anomaly_key, day_of(at_ms), names)
             self._prune_days(db, project, anomaly_key, now_ms)
@@ -453,10 +560,14 @@ class SQLiteStore(Store):
         at_ms: int,
         now_ms: int,
         write_id: str = "",
+        by: str = "",
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
             if not self._first_write(db, project, anomaly_key, write_id, now_ms):
                 return
+            self._tell(
+                db, project, anomaly_key, timeline.encode("disposition", at_ms, disposition, by)
+            )
             day = day_of(at_ms)
             self._bump(db, project, anomaly_key, day, [f"d:{disposition}"])
             self._bump(db, project, "", day, [f"d:{disposition}"])
@@ -483,6 +594,29 @@ class SQLiteStore(Store):
 
     async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
         return await self.disposition_stats(project, "", now_ms)
+
+    async def summary_days(self, project: str, now_ms: int) -> dict[int, dict[str, int]]:
+        def work() -> dict[int, dict[str, int]]:
+            rows = self._connection().execute(
+                "SELECT day, name, n FROM day_counts WHERE project = ? AND anomaly_key = ''"
+                " AND day >= ?",
+                (project, day_of(now_ms) - RETENTION_DAYS),
+            )
+            days: dict[int, dict[str, int]] = {}
+            for day, name, n in rows:
+                days.setdefault(int(day), {})[name] = int(n)
+            return days
+
+        return await self._run(work)
+
+    async def repair_stats_many(
+        self, project: str, anomaly_keys: Sequence[str], now_ms: int
+    ) -> list[dict[str, tuple[int, int]]]:
+        def work() -> list[dict[str, tuple[int, int]]]:
+            db = self._connection()
+            return [repairs_from(self._day_totals(db, project, k, now_ms)) for k in anomaly_keys]
+
+        return await self._run(work)
 
     # -- index --------------------------------------------------------------------------------
 
@@ -531,36 +665,199 @@ class SQLiteStore(Store):
 
     # -- permanent fixes ----------------------------------------------------------------------
 
-    async def mark_fix(self, project: str, anomaly_key: str, description: str, at_ms: int) -> None:
+    async def mark_fix(
+        self,
+        project: str,
+        anomaly_key: str,
+        description: str,
+        at_ms: int,
+        now_ms: int,
+        write_id: str = "",
+        by: str = "",
+    ) -> None:
         def work(db: sqlite3.Connection) -> None:
+            if not self._first_write(db, project, anomaly_key, write_id, now_ms):
+                return
             db.execute(
-                "INSERT INTO anomalies (project, anomaly_key, fix_at, fix_description, touched)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (project, anomaly_key) DO UPDATE SET"
-                " fix_at = excluded.fix_at, fix_description = excluded.fix_description,"
-                " regressed_at = NULL, touched = excluded.touched",
-                (project, anomaly_key, at_ms, description, at_ms),
+                "INSERT INTO anomalies (project, anomaly_key, fix_at, fix_description, fix_by,"
+                " touched) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, anomaly_key) DO UPDATE"
+                " SET fix_at = excluded.fix_at, fix_description = excluded.fix_description,"
+                " fix_by = excluded.fix_by, regressed_at = NULL, touched = excluded.touched",
+                (project, anomaly_key, at_ms, description, by or None, at_ms),
             )
+            self._tell(db, project, anomaly_key, timeline.encode("fix", at_ms, description, by))
 
         await self._run(self._write, work)
 
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int) -> None:
+    async def undo_fix(
+        self, project: str, anomaly_key: str, at_ms: int, now_ms: int, write_id: str = "",
+        by: str = "",
+    ) -> bool:  # fmt: skip
+        def work(db: sqlite3.Connection) -> bool:
+            # The id is remembered only with an undo that happened: a retry of one whose
+            # answer was lost finds it and says so; a retry of a refusal is refused again.
+            if (
+                write_id
+                and db.execute(
+                    "SELECT 1 FROM occurrence_ids WHERE project = ? AND anomaly_key = ?"
+                    " AND digest = ?",
+                    (project, anomaly_key, id_digest(write_id)),
+                ).fetchone()
+            ):
+                return True
+            undone = db.execute(
+                "UPDATE anomalies SET fix_at = NULL, fix_description = NULL, fix_by = NULL,"
+                " regressed_at = NULL WHERE project = ? AND anomaly_key = ? AND fix_at >= ?",
+                (project, anomaly_key, now_ms - FIX_VALIDITY_MS + 1),
+            ).rowcount
+            if not undone:
+                return False
+            self._first_write(db, project, anomaly_key, write_id, now_ms)
+            self._tell(db, project, anomaly_key, timeline.encode("fix_undone", at_ms, by))
+            return True
+
+        return await self._run(self._write, work)
+
+    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
         def work(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE anomalies SET resolved_at = MAX(COALESCE(resolved_at, -1), ?)"
-                " WHERE project = ? AND anomaly_key = ?",
-                (at_ms, project, anomaly_key),
-            )
+            newer = db.execute(
+                "UPDATE anomalies SET resolved_at = ? WHERE project = ? AND anomaly_key = ?"
+                " AND first_seen IS NOT NULL AND COALESCE(resolved_at, -1) < ?",
+                (at_ms, project, anomaly_key, at_ms),
+            ).rowcount
+            if newer:  # a re-sent resolution is not told again
+                self._tell(db, project, anomaly_key, timeline.encode("resolved", at_ms, by))
 
         await self._run(self._write, work)
+
+    # -- the story ----------------------------------------------------------------------------
+
+    async def states(self, project: str, anomaly_keys: Sequence[str]) -> list[WindowState | None]:
+        def work() -> list[WindowState | None]:
+            db = self._connection()
+            states: list[WindowState | None] = []
+            for key in anomaly_keys:
+                row = db.execute(
+                    "SELECT state FROM anomalies WHERE project = ? AND anomaly_key = ?",
+                    (project, key),
+                ).fetchone()
+                blob = row[0] if row else None
+                states.append(WindowState.from_bytes(blob, 1 << 30) if blob else None)
+            return states
+
+        return await self._run(work)
+
+    async def timeline(self, project: str, anomaly_key: str) -> list[str]:
+        def work() -> list[str]:
+            rows = self._connection().execute(
+                "SELECT entry FROM timeline WHERE project = ? AND anomaly_key = ?"
+                " ORDER BY seq DESC",
+                (project, anomaly_key),
+            )
+            return [entry for (entry,) in rows]
+
+        return await self._run(work)
+
+    async def note(self, project: str, anomaly_key: str, entry: str, now_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            known = db.execute(
+                "SELECT 1 FROM anomalies WHERE project = ? AND anomaly_key = ?",
+                (project, anomaly_key),
+            ).fetchone()
+            if known:
+                self._tell(db, project, anomaly_key, entry)
+
+        await self._run(self._write, work)
+
+    async def terms_holding(
+        self, project: str, prefix: bytes, grams: Sequence[bytes], word: str, limit: int
+    ) -> tuple[list[str], bool]:
+        def work() -> list[str]:
+            db = self._connection()
+            if not grams:  # a short word: the grams it starts
+                rows = db.execute(
+                    "SELECT DISTINCT term FROM search_grams WHERE project = ? AND gram >= ?"
+                    " AND gram < ? LIMIT ?",
+                    (project, prefix, prefix + b"\xff", limit + 1),
+                )
+                return [term for (term,) in rows if holds(term, word)]
+            # the rarest of the word's grams, counted only as far as it matters
+            counts = [
+                db.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM search_grams WHERE project = ?"
+                    " AND gram = ? LIMIT ?)",
+                    (project, gram, _GRAM_COUNT_CAP),
+                ).fetchone()[0]
+                for gram in grams
+            ]
+            rarest = grams[counts.index(min(counts))]
+            rows = db.execute(
+                "SELECT term FROM search_grams WHERE project = ? AND gram = ? AND instr(term, ?)"
+                " LIMIT ?",
+                (project, rarest, word[:MAX_TERM_CHARS], limit + 1),
+            )
+            return [term for (term,) in rows]
+
+        terms = await self._run(work)
+        return terms[:limit], len(terms) > limit
+
+    async def anomalies_with(
+        self, project: str, terms: Sequence[str], limit: int
+    ) -> tuple[list[tuple[str, str]], bool]:
+        def work() -> list[tuple[str, str]]:
+            db = self._connection()
+            found: list[tuple[str, str]] = []
+            for term in terms:
+                found += db.execute(
+                    "SELECT term, anomaly_key FROM search_terms WHERE project = ? AND term = ?"
+                    " LIMIT ?",
+                    (project, term, limit + 1 - len(found)),
+                ).fetchall()
+                if len(found) > limit:
+                    break
+            return found
+
+        found = await self._run(work)
+        return found[:limit], len(found) > limit
+
+    async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            for term, key in entries:
+                db.execute(
+                    "DELETE FROM search_terms WHERE project = ? AND term = ? AND anomaly_key = ?",
+                    (project, term, key),
+                )
+                self._forget_orphan(db, project, term)
+
+        if entries:
+            await self._run(self._write, work)
+
+    def _forget_orphan(self, db: sqlite3.Connection, project: str, term: str) -> None:
+        """Drop the grams of a term that no anomaly holds any more."""
+        held = db.execute(
+            "SELECT 1 FROM search_terms WHERE project = ? AND term = ? LIMIT 1", (project, term)
+        ).fetchone()
+        if held is None:
+            db.executemany(
+                "DELETE FROM search_grams WHERE project = ? AND gram = ? AND term = ?",
+                [(project, gram, term) for gram in grams_of(term)],
+            )
 
     # -- API tokens ---------------------------------------------------------------------------
 
     async def save_token(self, record: TokenRecord) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO tokens (token_id, project, digest, created_ms, label)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (record.token_id, record.project, record.digest, record.created_ms, record.label),
+                "INSERT INTO tokens (token_id, project, digest, created_ms, label, read_only)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.token_id,
+                    record.project,
+                    record.digest,
+                    record.created_ms,
+                    record.label,
+                    int(record.read_only),
+                ),
             )
 
         await self._run(self._write, work)
@@ -576,11 +873,14 @@ class SQLiteStore(Store):
 
     async def _tokens(self, where: str, args: tuple[str, ...]) -> list[TokenRecord]:
         sql = (
-            "SELECT token_id, project, digest, created_ms, label FROM tokens"
+            "SELECT token_id, project, digest, created_ms, label, read_only FROM tokens"
             f" {where} ORDER BY created_ms, token_id"
         )
         rows = await self._run(lambda: self._connection().execute(sql, args).fetchall())
-        return [TokenRecord(*row) for row in rows]
+        return [
+            TokenRecord(token_id, project, digest, created, label, bool(read_only))
+            for token_id, project, digest, created, label, read_only in rows
+        ]
 
     async def revoke_token(self, token_id: str) -> bool:
         def work(db: sqlite3.Connection) -> bool:
@@ -600,8 +900,20 @@ class SQLiteStore(Store):
             "SELECT project, anomaly_key FROM anomalies WHERE touched < ? LIMIT 1000",
             (now_ms - ANOMALY_TTL_SECONDS * 1000,),
         ).fetchall()
-        for table in ("anomalies", "occurrence_ids", "day_counts", "repair_history"):
+        orphans = {
+            (project, term)
+            for project, key in stale
+            for (term,) in db.execute(
+                "SELECT term FROM search_terms WHERE project = ? AND anomaly_key = ?",
+                (project, key),
+            ).fetchall()
+        }
+        tables = ("anomalies", "occurrence_ids", "day_counts", "repair_history", "timeline",
+                  "search_terms")  # fmt: skip
+        for table in tables:
             db.executemany(f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", stale)
+        for project, term in orphans:
+            self._forget_orphan(db, project, term)
 
     async def ping(self) -> None:
         await self._run(lambda: self._connection().execute("SELECT 1").fetchone())

@@ -34,7 +34,8 @@ local FIX, REGRESSED = 45, 46  -- the permanent fix's time, the first regression
 local HEAD = 47      -- the slot of the oldest time in the tail's circular buffer
 local STORED = 47
 -- ... and, not stored, for the call: the anomaly's key names without their last letter, its
--- tail's key, and the tail as read (false: not read yet).
+-- tail's key, and the tail as read (false: not read yet). (Positions in this file only: replies
+-- name what they carry.)
 local BASE, TAIL_KEY, BUFFER = 48, 49, 50
 
 local STATE = '<' .. string.rep('d', STORED)
@@ -44,7 +45,7 @@ local NEW_STATE = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 
 
 -- The state of the anomaly whose meta key is `meta` ('...:m'). Its other keys share the name
 -- but the last letter: 't' tail, 'r0'..'r3' rings, 'i' ids, 'd' days, 'h' history,
--- 's' signature (see key_of).
+-- 's' signature, 'l' timeline (see key_of).
 local function load_state(meta)
   local packed = redis.call('HGET', meta, 'st')
   local s
@@ -74,8 +75,11 @@ end
 -- The key of a project index (INDEX_NAMES) of the shard the meta key belongs to: everything up
 -- to the hash tag's end is the shard's prefix (key prefixes and encoded parts hold no '}').
 local INDEX_NAMES = {'1h', '24h', '7d', '30d'}
+local function shard_key(meta, name)
+  return string.sub(meta, 1, string.find(meta, '}', 1, true)) .. ':x:' .. name
+end
 local function index_key(meta, w)
-  return string.sub(meta, 1, string.find(meta, '}', 1, true)) .. ':x:' .. INDEX_NAMES[w]
+  return shard_key(meta, INDEX_NAMES[w])
 end
 
 -- The score an index keeps for a count: a little above it, so that a busy anomaly rewrites its
@@ -357,11 +361,20 @@ end
 local DISPOSITIONS = {'auto_repair', 'human_approved', 'manual_resolved', 'cold_start_trust',
                       'timeout_ignored'}
 
--- The reply: {c1h, c24h, c7d, c30d, first, last, repairs, fix, d1..d5, [extra...,] signature}.
-local function reply(s, c, now, retention_days, fix_validity, signature, ...)
+-- The reply: {c1h, c24h, c7d, c30d, first, last, repairs, fix, d1..d5, named, signature},
+-- `named` a flat list of names and values: the caller's, and the fix in force ('regressed_at',
+-- 'fix_text', 'fix_by').
+local function reply(s, c, now, retention_days, fix_validity, signature, named)
   local fix = s[FIX]
   if fix >= 0 and now - fix >= fix_validity then fix = -1 end
-  local out = {c[1], c[2], c[3], c[4], s[FIRST], s[NEWEST], 0, fix, 0, 0, 0, 0, 0, ...}
+  if fix >= 0 then
+    local record = redis.call('HMGET', key_of(s, 'm'), 'fixd', 'fixb')
+    local n = #named
+    named[n + 1], named[n + 2] = 'regressed_at', s[REGRESSED]
+    named[n + 3], named[n + 4] = 'fix_text', record[1]
+    named[n + 5], named[n + 6] = 'fix_by', record[2]
+  end
+  local out = {c[1], c[2], c[3], c[4], s[FIRST], s[NEWEST], 0, fix, 0, 0, 0, 0, 0, named}
   if s[HAS_DAYS] > 0 then
     local totals = day_totals(key_of(s, 'd'), now, retention_days)
     local repairs = 0
@@ -373,6 +386,42 @@ local function reply(s, c, now, retention_days, fix_validity, signature, ...)
   end
   out[#out + 1] = signature
   return out
+end
+
+-- The timeline (key '...l'): entries as anomaly_counter.timeline encodes them, newest first,
+-- at most TL_MAX_ENTRIES and TL_MAX_BYTES of text (the meta hash keeps the byte count, 'lb').
+local function tell(base, entry, ttl)
+  local key, meta = base .. 'l', base .. 'm'
+  local n = redis.call('LPUSH', key, entry)
+  local bytes = #entry
+  if n > 1 then bytes = bytes + num(redis.call('HGET', meta, 'lb'), 0) end
+  while n > TL_MAX_ENTRIES or (bytes > TL_MAX_BYTES and n > 1) do
+    local dropped = redis.call('RPOP', key)
+    if not dropped then break end
+    bytes, n = bytes - #dropped, n - 1
+  end
+  redis.call('HSET', meta, 'lb', bytes)
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
+end
+
+-- Index a new anomaly under its search terms (TERM_SEP between them), and a term new to the
+-- shard under its grams (see anomaly_counter.search: GRAM bytes from each byte, GRAM_PAD after).
+local function index_terms(meta, member, terms)
+  if terms == '' then return end
+  local term_key, gram_key = shard_key(meta, 'terms'), shard_key(meta, 'grams')
+  for term in string.gmatch(terms, '[^' .. TERM_SEP .. ']+') do
+    local known = redis.call('ZRANGEBYLEX', term_key, '[' .. term .. '\0',
+                             '[' .. term .. '\0\255', 'LIMIT', 0, 1)
+    redis.call('ZADD', term_key, 0, term .. '\0' .. member)
+    if #known == 0 then
+      local padded, args = term .. GRAM_PAD, {}
+      for i = 1, #term do
+        args[#args + 1] = 0
+        args[#args + 1] = string.sub(padded, i, i + GRAM - 1) .. '\0' .. term
+      end
+      redis.call('ZADD', gram_key, unpack(args))
+    end
+  end
 end
 
 local function level_for(c24, t1, t2, t3)

@@ -1,6 +1,7 @@
--- Count one disposition for the anomaly and for its project's shard summary.
+-- Count one disposition for the anomaly and for its project's shard summary, and tell it in
+-- the timeline.
 -- KEYS: days index_dispositions shard_summary meta
--- ARGV: anomaly_key type at now ttl_seconds retention_days write_id
+-- ARGV: anomaly_key type at now ttl_seconds retention_days write_id timeline_entry
 -- Returns the anomaly's disposition total, or -1 for a write already applied (a retry).
 local member, kind = ARGV[1], ARGV[2]
 local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
@@ -15,4 +16,5 @@ end
 redis.call('ZADD', KEYS[2], total, member)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
 mark_days(KEYS[4], ttl)
+tell(string.sub(KEYS[4], 1, -2), ARGV[8], ttl)
 return total

@@ -1,11 +1,16 @@
--- Mark a permanent fix; the next occurrence after it is a regression.
+-- Mark a permanent fix; the next occurrence after it is a regression. Told in the timeline.
 -- KEYS: meta
--- ARGV: at description ttl_seconds fix_validity_ms now
-local at, now = tonumber(ARGV[1]), tonumber(ARGV[5])
+-- ARGV: at description ttl_seconds fix_validity_ms now write_id by timeline_entry
+-- Returns 0 for a write already applied (a retry), else 1.
+local at, now, ttl = tonumber(ARGV[1]), tonumber(ARGV[5]), tonumber(ARGV[3])
+if not first_write(KEYS[1], ARGV[6], now, ttl) then return 0 end
 local s = load_state(KEYS[1])
 s[FIX], s[REGRESSED] = at, -1
-redis.call('HSET', KEYS[1], 'st', pack_state(s), 'fixd', ARGV[2])
-local ttl = math.max(tonumber(ARGV[3]), floor((at + tonumber(ARGV[4]) - now) / 1000))
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', s[TAIL_KEY], ttl)  -- it lives as long as the state that counts on it
+redis.call('HSET', KEYS[1], 'st', pack_state(s), 'fixd', ARGV[2], 'fixb', ARGV[7])
+local keep = math.max(ttl, floor((at + tonumber(ARGV[4]) - now) / 1000))
+tell(s[BASE], ARGV[8], keep)
+-- the tail and the timeline live as long as the state that counts on them
+for _, name in ipairs({KEYS[1], s[TAIL_KEY], key_of(s, 'l')}) do
+  redis.call('EXPIRE', name, keep)
+end
 return 1

@@ -1,10 +1,11 @@
 -- A snapshot of one anomaly as of `at`, or nil when nothing is known of it.
 -- KEYS: meta (the script names the anomaly's other keys from it, see load_state)
 -- ARGV: at now retention_days fix_validity_ms
+-- The reply() is named 'resolved' besides the fix in force.
 local meta = KEYS[1]
 if redis.call('EXISTS', meta, string.sub(meta, 1, -2) .. 'd') == 0 then return nil end
 local s = load_state(meta)
 local c = counts(s, tonumber(ARGV[1]))
-local resolved = num(redis.call('HGET', meta, 'rs'), -1)  -- the one extra number
+local resolved = num(redis.call('HGET', meta, 'rs'), -1)
 return reply(s, c, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-             redis.call('GET', key_of(s, 's')) or '', resolved)
+             redis.call('GET', key_of(s, 's')) or '', {'resolved', resolved})

@@ -1,20 +1,24 @@
 -- Count occurrences, in order, atomically, in one call.
 -- KEYS: for each occurrence, the meta key of its anomaly ('...:m'); the script names the
 --       anomaly's other keys and its shard's project indexes from it (see load_state and
---       index_key), and only when it uses them: a busy anomaly's call touches its meta and its
+--       shard_key), and only when it uses them: a busy anomaly's call touches its meta and its
 --       tail alone. On a cluster, the caller groups the occurrences of one slot.
 -- ARGV: the policy (t_repeat t_escalate t_fix tail_capacity ttl_seconds dedup_horizon_ms
 --       dedup_max_ids fix_validity_ms retention_days), then for each occurrence:
---       anomaly_key at now id_digest('' = none) signature
--- Returns one reply() per occurrence, each with four extra numbers (duplicate escalated_to
--- regressed newly_regressed) and no signature (the caller has the one it sent).
+--       anomaly_key at now id_digest('' = none) signature search_terms
+-- Returns one reply() per occurrence, named: 'duplicate', 'escalated' (the level crossed into)
+-- and 'newly_regressed' when set, and no signature (the caller has the one it sent).
+-- The first occurrence of an anomaly also indexes it for search and starts its timeline; a
+-- crossing and a regression are told in the timeline (and a crossing counted for the project
+-- by day), all in the same call.
 local p = {}
 for i = 1, 9 do p[i] = tonumber(ARGV[i]) end
 local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention =
   p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
 local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
 
-local function record_one(meta, member, at, now, id, signature)
+local function record_one(meta, member, at_text, now, id, signature, terms)
+  local at = tonumber(at_text)
   local s = load_state(meta)
 
   if id ~= '' then
@@ -23,7 +27,7 @@ local function record_one(meta, member, at, now, id, signature)
     if seen and tonumber(seen) >= now - horizon then
       -- seen again: the horizon runs from the last delivery (a long firing episode stays one)
       redis.call('ZADD', ids, now, id)
-      return reply(s, counts(s, at), now, retention, fix_validity, '', 1, 0, 0, 0)
+      return reply(s, counts(s, at), now, retention, fix_validity, '', {'duplicate', 1})
     end
     redis.call('ZADD', ids, now, id)
     redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. (now - horizon))
@@ -33,7 +37,8 @@ local function record_one(meta, member, at, now, id, signature)
     redis.call('EXPIRE', ids, math.max(ttl, floor(horizon / 1000)))
   end
 
-  if s[FIRST] < 0 then
+  local first_ever = s[FIRST] < 0
+  if first_ever then
     s[FIRST] = at
     redis.call('SET', key_of(s, 's'), signature)
   elseif at < s[FIRST] then
@@ -59,39 +64,57 @@ local function record_one(meta, member, at, now, id, signature)
     end
   end
 
-  local regressed, newly = 0, 0
+  local newly = 0
   local fix = s[FIX]
-  if fix >= 0 and at >= fix and now - fix < fix_validity then
-    regressed = 1
-    if s[REGRESSED] < 0 then
-      newly = 1
-      s[REGRESSED] = at
-    end
+  if fix >= 0 and at >= fix and now - fix < fix_validity and s[REGRESSED] < 0 then
+    newly = 1
+    s[REGRESSED] = at
   end
 
   local refresh = now - s[REFRESHED] >= REFRESH_EVERY
   if refresh then s[REFRESHED] = now end
   redis.call('HSET', meta, 'st', pack_state(s))
+
+  -- the story
+  local base = s[BASE]
+  if first_ever then
+    index_terms(meta, member, terms)
+    tell(base, TL_FIRST_SEEN .. TL_SEP .. at_text, ttl)
+  end
+  if escalated > 0 then
+    tell(base, TL_ESCALATED .. TL_SEP .. at_text .. TL_SEP .. escalated .. TL_SEP
+         .. string.format('%d', now_counts[2]), ttl)
+    day_add(shard_key(meta, 'summary'), at, now, retention, 'e:' .. escalated, 1)
+  end
+  if newly > 0 then tell(base, TL_REGRESSED .. TL_SEP .. at_text, ttl) end
+
   if refresh then
     local meta_ttl = ttl
     if fix >= 0 then meta_ttl = math.max(ttl, floor((fix + fix_validity - now) / 1000)) end
-    redis.call('EXPIRE', meta, meta_ttl)
-    redis.call('EXPIRE', s[TAIL_KEY], meta_ttl)  -- the state's size counts on it: same life
-    local names = {key_of(s, 'd'), key_of(s, 'h'), key_of(s, 's')}
+    -- the tail and the timeline live as long as the state (the state counts on its tail, and
+    -- keeps the timeline's size)
+    for _, name in ipairs({meta, s[TAIL_KEY], key_of(s, 'l')}) do
+      redis.call('EXPIRE', name, meta_ttl)
+    end
+    local names = {key_of(s, 'd'), key_of(s, 'h'), key_of(s, 's'), shard_key(meta, 'terms'),
+                   shard_key(meta, 'grams')}
     for w = 1, 4 do
       names[#names + 1] = ring_key(s, w)
       names[#names + 1] = index_key(meta, w)
     end
     for _, name in ipairs(names) do redis.call('EXPIRE', name, ttl) end
   end
-  return reply(s, at_counts, now, retention, fix_validity, '', 0, escalated, regressed, newly)
+  local named = {}
+  if escalated > 0 then named = {'escalated', escalated} end
+  if newly > 0 then named[#named + 1] = 'newly_regressed'; named[#named + 1] = 1 end
+  return reply(s, at_counts, now, retention, fix_validity, '', named)
 end
 
 local out = {}
 local k = 1
-for a = 10, #ARGV, 5 do
-  out[k] = record_one(KEYS[k], ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
-                      ARGV[a + 3], ARGV[a + 4])
+for a = 10, #ARGV, 6 do
+  out[k] = record_one(KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
+                      ARGV[a + 4], ARGV[a + 5])
   k = k + 1
 end
 return out

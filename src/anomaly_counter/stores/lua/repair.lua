@@ -1,6 +1,7 @@
--- Count one repair attempt and keep it in the last-100 history.
+-- Count one repair attempt, keep it in the last-100 history, and tell it in the timeline.
 -- KEYS: days history meta
 -- ARGV: action success(0|1) at now ttl_seconds retention_days history_length write_id
+--       timeline_entry
 -- Returns 0 for a write already applied (a retry), else 1.
 local action, success = ARGV[1], ARGV[2] == '1'
 local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
@@ -13,4 +14,5 @@ redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 mark_days(KEYS[3], ttl)
+tell(string.sub(KEYS[3], 1, -2), ARGV[9], ttl)
 return 1

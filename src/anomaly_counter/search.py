@@ -1,0 +1,136 @@
+"""Finding anomalies by name: what is indexed, how a query is read, what counts as a match.
+
+An anomaly is indexed once, at its first occurrence, by the *terms* of its stored signature:
+each label's value, case-folded, without control characters, cut to ``MAX_TERM_CHARS``. Each
+store keeps two indexes per project, written in the same atomic step as that occurrence:
+
+- term -> the anomalies that have it;
+- gram -> the terms that hold it, where the grams of a term are its ``GRAM`` -byte windows
+  starting at each of its bytes (UTF-8), padded at the end with ``PAD``: every substring of up
+  to ``GRAM`` bytes is then the start of some gram of every term that holds it.
+
+A query is split into words; an anomaly matches when every word is a case-insensitive substring
+of one of its label values. A word of up to ``GRAM`` bytes reads the grams that start with it; a
+longer one reads the terms of its rarest gram and keeps those that hold the whole word. So a
+query reads index entries in proportion to what it finds, never the whole project.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+MAX_TERM_CHARS = 64
+"""Values are searchable by their first 64 characters."""
+GRAM = 3
+PAD = "\x01" * (GRAM - 1)
+TERM_SEP = "\x1f"
+"""Between the terms handed to a store in one string (terms hold no control characters)."""
+MAX_QUERY_WORDS = 8
+MAX_CANDIDATE_TERMS = 500
+"""Terms a query word may match in a project before its results are cut (``truncated``)."""
+MAX_CANDIDATES = 2_000
+"""Anomalies a query looks at before its results are cut (``truncated``)."""
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # numbers and booleans as they read in JSON
+
+
+def normalise(text: str) -> str:
+    """Case-folded, control characters (and lone surrogates) removed."""
+    return _CONTROL.sub("", text).casefold()
+
+
+def terms_of(signature: Mapping[str, Any]) -> list[str]:
+    """The distinct search terms of a signature, in label order."""
+    seen: dict[str, None] = {}
+    for value in signature.values():
+        text = _text(value)
+        if text:
+            term = normalise(text)[:MAX_TERM_CHARS]
+            if term:
+                seen[term] = None
+    return list(seen)
+
+
+@functools.lru_cache(maxsize=65_536)
+def joined_terms(signature_json: str) -> str:
+    """The terms of a signature (as stored, JSON) as one string, as a record request carries
+    them. On every occurrence: the same labels recur, so each signature is worked out once."""
+    return TERM_SEP.join(terms_of(json.loads(signature_json)))
+
+
+def grams_of(term: str) -> list[bytes]:
+    """The grams of a term: one per byte of it (see the module's docstring)."""
+    data = (term + PAD).encode()
+    return [data[i : i + GRAM] for i in range(len(data) - GRAM + 1)]
+
+
+def words(query: str) -> list[str]:
+    """The words of a query, normalised, distinct, at most ``MAX_QUERY_WORDS``."""
+    seen: dict[str, None] = {}
+    for word in query.split():
+        cleaned = normalise(word)
+        if cleaned:
+            seen[cleaned] = None
+    return list(seen)[:MAX_QUERY_WORDS]
+
+
+def lookup(word: str) -> tuple[bytes, list[bytes]]:
+    """How the index is read for a word: ``(prefix, grams)``. A short word (``GRAM`` bytes or
+    fewer) is a prefix of grams; a longer one has its distinct grams (unpadded), of which the
+    rarest is read. Words are looked up by their first ``MAX_TERM_CHARS`` characters, as terms
+    were indexed."""
+    data = word[:MAX_TERM_CHARS].encode()
+    if len(data) <= GRAM:
+        return data, []
+    grams = dict.fromkeys(data[i : i + GRAM] for i in range(len(data) - GRAM + 1))
+    return b"", list(grams)
+
+
+def holds(term: bytes | str, word: str) -> bool:
+    """Whether an indexed term holds a word (the part of it that was indexed)."""
+    text = term.decode("utf-8", "replace") if isinstance(term, bytes) else term
+    return word[:MAX_TERM_CHARS] in text
+
+
+def match_quality(signature: Mapping[str, Any], query_words: Sequence[str]) -> int | None:
+    """How well a signature matches every word of a query: 0 when some value equals each word,
+    1 when some value starts with each, 2 when each is only inside a value; None when a word
+    matches no value. Lower is better."""
+    values = [normalise(text) for text in map(_text, signature.values()) if text]
+    worst = 0
+    for word in query_words:
+        best: int | None = None
+        for value in values:
+            if value == word:
+                best = 0
+                break
+            if value.startswith(word):
+                best = 1
+            elif best is None and word in value:
+                best = 2
+        if best is None:
+            return None
+        worst = max(worst, best)
+    return worst
+
+
+def matched_labels(signature: Mapping[str, Any], query_words: Iterable[str]) -> list[str]:
+    """The names of the labels whose values hold a word of the query."""
+    wanted = list(query_words)
+    return [
+        name
+        for name, value in signature.items()
+        if (text := _text(value)) and any(word in normalise(text) for word in wanted)
+    ]

@@ -1,0 +1,114 @@
+"""How an anomaly's timeline is kept: short text entries, bounded in number and in bytes.
+
+Every store keeps the same entries, written in the same atomic step as the event they tell
+(the occurrence that crossed a level, the repair, the fix), so a story never has an event
+without its entry or an entry without its event. An entry is one line of text::
+
+    <code> SEP <at_ms> [SEP <field> ...]
+
+with ``SEP`` the ASCII unit separator, which no field can hold (actions, descriptions and
+``by`` are refused with control characters; the rest are ours). The Redis scripts build the
+entries of an occurrence themselves (first seen, escalated, regressed) from the codes handed to
+them here; every other entry is built by :func:`encode` and passed in whole.
+
+The newest entries are kept: at most ``MAX_ENTRIES``, and at most ``MAX_BYTES`` of entry text
+in all (at least the newest one), so one anomaly's timeline stays under a few kilobytes
+whatever is written to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from .model import EscalationLevel, TimelineEntry
+
+SEP = "\x1f"
+MAX_ENTRIES = 200
+MAX_BYTES = 8_192
+"""Entry text kept per anomaly: about 200 typical entries (25-45 bytes each); long fix texts
+make room for themselves by dropping the oldest entries."""
+
+FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # code: (kind, the fields after the time, in order)
+    "f": ("first_seen", ()),
+    "e": ("escalated", ("level", "count_24h")),
+    "g": ("regressed", ()),
+    "r": ("repair", ("action", "success", "by")),
+    "d": ("disposition", ("disposition", "by")),
+    "x": ("fix", ("description", "by")),
+    "u": ("fix_undone", ("by",)),
+    "v": ("resolved", ("by",)),
+    "n": ("notice", ("channel", "notice", "outcome")),
+}
+CODES: dict[str, str] = {kind: code for code, (kind, _) in FIELDS.items()}
+"""The code of each kind; the Redis scripts get these as constants (see ``lua_constants``)."""
+
+
+def encode(kind: str, at_ms: int, *fields: str | int | bool | None) -> str:
+    """One entry of ``kind`` at ``at_ms``, its fields in the order ``FIELDS`` gives."""
+    code = CODES[kind]
+    names = FIELDS[code][1]
+    if len(fields) != len(names):
+        raise ValueError(f"a {kind} entry has the fields {names}, got {fields!r}")
+    parts = [code, str(int(at_ms))]
+    for value in fields:
+        if isinstance(value, bool):
+            parts.append("1" if value else "0")
+        else:
+            parts.append("" if value is None else str(value))
+    return SEP.join(parts)
+
+
+def decode(text: str | bytes) -> TimelineEntry | None:
+    """The entry a line tells; None for one this version does not know (written by a newer
+    version, or damaged), so that a reader shows the rest."""
+    line = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    code, _, rest = line.partition(SEP)
+    if code not in FIELDS:
+        return None
+    kind, names = FIELDS[code]
+    parts = rest.split(SEP)
+    try:
+        at = datetime.fromtimestamp(int(parts[0]) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    values: dict[str, object] = {}
+    for name, raw in zip(names, parts[1:], strict=False):
+        if raw == "":
+            continue
+        if name == "level":
+            values[name] = _level(raw)
+        elif name == "count_24h":
+            values[name] = int(raw) if raw.isdigit() else None
+        elif name == "success":
+            values[name] = raw == "1"
+        else:
+            values[name] = raw
+    return TimelineEntry(kind, at, **values)  # type: ignore[arg-type]
+
+
+def _level(raw: str) -> str | None:
+    try:
+        return EscalationLevel(int(raw)).label
+    except ValueError:
+        return raw  # a name already
+
+
+def decode_all(lines: Sequence[str | bytes]) -> list[TimelineEntry]:
+    """The entries of a timeline as stored (newest first), newest first by time; entries of
+    the same time keep the order they were written in."""
+    entries = [entry for entry in (decode(line) for line in lines) if entry is not None]
+    # stored newest first: a stable sort on time keeps the later-written first among equals
+    return sorted(entries, key=lambda entry: entry.at, reverse=True)
+
+
+def kept(sizes_newest_first: Sequence[int]) -> int:
+    """How many of the newest entries (their sizes in bytes, newest first) a timeline keeps:
+    at most ``MAX_ENTRIES`` and ``MAX_BYTES`` in all, but always the newest one."""
+    total = 0
+    for count, size in enumerate(sizes_newest_first[:MAX_ENTRIES]):
+        total += size
+        if total > MAX_BYTES and count > 0:
+            return count
+    return min(len(sizes_newest_first), MAX_ENTRIES)

@@ -1,0 +1,376 @@
+"""The contract of the story every store keeps (SQLite, one Redis, a Redis Cluster): history,
+timeline, search, the fix record, escalations by day, chronic anomalies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from anomaly_counter import AnomalyCounter, InvalidInputError
+from anomaly_counter.timeline import MAX_BYTES, MAX_ENTRIES
+from anomaly_counter.windows import HISTORY, WindowState
+
+from .conftest import SIG, Clock, CounterFactory
+
+KEY = AnomalyCounter.hash_signature(SIG)
+HOUR = timedelta(hours=1)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+# -- history --------------------------------------------------------------------------------
+
+
+async def test_history_places_each_occurrence_in_its_bucket(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    ages = [timedelta(minutes=2), timedelta(minutes=2, seconds=10), timedelta(minutes=50),
+            timedelta(hours=5), timedelta(days=3), timedelta(days=6, hours=23),
+            timedelta(days=20)]  # fmt: skip
+    for age in ages:
+        await counter.record_anomaly(SIG, at=clock.now - age)
+    for window, (bucket_ms, buckets) in HISTORY.items():
+        series = await counter.history(KEY, window)
+        assert series is not None and len(series) == buckets
+        starts = [start for start, _ in series]
+        assert all(_ms(s) % bucket_ms == 0 for s in starts)  # aligned in UTC
+        assert starts[-1] <= clock.now < starts[-1] + timedelta(milliseconds=bucket_ms)
+        expected = [0] * buckets
+        for age in ages:
+            moment = clock.now - age
+            if moment >= starts[0]:
+                expected[(_ms(moment) - _ms(starts[0])) // bucket_ms] += 1
+        assert [n for _, n in series] == expected, window
+    assert await counter.history("0123456789abcdef") is None
+    with pytest.raises(InvalidInputError):
+        await counter.history(KEY, "2h")
+
+
+async def test_history_of_a_busy_anomaly_matches_the_counting_model(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    """Past the exact tail, the history is read from the rings: the store's must be the pure
+    model's, bucket for bucket, whatever the store (the Redis rings are kept by Lua)."""
+    counter = make_counter()
+    start = clock.now - timedelta(days=6)
+    times = [start + timedelta(minutes=7 * i) for i in range(1_200)]  # 5.8 days, every 7 min
+    times += [clock.now - timedelta(minutes=i) for i in range(90)]  # and a burst just now
+    for offset in range(0, len(times), 200):
+        await counter.record_many(
+            [{"signature": SIG, "at": t} for t in times[offset : offset + 200]]
+        )
+    model = WindowState(counter._policy.tail_capacity)
+    for t in times:
+        model.add(_ms(t))
+    for window, (bucket_ms, buckets) in HISTORY.items():
+        series = await counter.history(KEY, window)
+        expected = model.histogram(_ms(clock.now), bucket_ms, buckets)
+        assert [(_ms(s), n) for s, n in series or []] == expected, window
+    week = await counter.history(KEY, "7d")
+    assert week is not None
+    total = sum(n for _, n in week)
+    assert abs(total - len(times)) <= 1  # shares of slices, rounded on the running total
+
+
+async def test_histories_in_one_call(make_counter: CounterFactory, clock: Clock) -> None:
+    counter = make_counter()
+    other = {**SIG, "service": "web"}
+    await counter.record_anomaly(SIG)
+    await counter.record_many([{"signature": other}] * 3)
+    a, b, none = await counter.histories(
+        [KEY, AnomalyCounter.hash_signature(other), "ffffffffffffffff"], "1h"
+    )
+    assert a is not None and b is not None and none is None
+    assert (a[-1][1], b[-1][1]) == (1, 3)
+    await counter.record_repair_attempt("aaaaaaaaaaaaaaaa", "restart_pod", True)
+    assert await counter.history("aaaaaaaaaaaaaaaa") is None  # repaired, never seen
+
+
+# -- timeline -------------------------------------------------------------------------------
+
+
+async def test_timeline_tells_every_kind_of_event(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    first = clock.now
+    for _ in range(3):
+        await counter.record_anomaly(SIG)
+    await counter.record_repair_attempt(KEY, "restart_pod", False, by="tok1")
+    await counter.record_disposition(KEY, "human_approved", by="cli")
+    await counter.record_resolution(KEY, at=clock.now)
+    await counter.record_resolution(KEY, at=clock.now)  # re-sent: told once
+    await counter.record_resolution(KEY, at=clock.now - HOUR)  # older: told never
+    clock.advance(minutes=1)
+    await counter.mark_permanent_fix_applied(KEY, "memory limit 512Mi -> 1Gi", by="tok1")
+    clock.advance(minutes=1)
+    await counter.record_anomaly(SIG)
+    await counter.note_notice(KEY, "slack", "regression", "sent")
+    story = await counter.timeline(KEY)
+    assert [e.kind for e in story] == [
+        "notice", "regressed", "fix", "resolved", "disposition", "repair", "escalated",
+        "first_seen",
+    ]  # fmt: skip
+    notice, regressed, fix, resolved, disposition, repair, escalated, seen = story
+    assert seen.at == first and escalated.level == "REPEAT" and escalated.count_24h == 3
+    assert (repair.action, repair.success, repair.by) == ("restart_pod", False, "tok1")
+    assert (disposition.disposition, disposition.by) == ("human_approved", "cli")
+    assert resolved.at == first and resolved.by is None
+    assert (fix.description, fix.by) == ("memory limit 512Mi -> 1Gi", "tok1")
+    assert regressed.at == clock.now
+    assert (notice.channel, notice.notice, notice.outcome) == ("slack", "regression", "sent")
+    assert notice.to_dict() == {
+        "kind": "notice", "at": clock.now.isoformat(), "channel": "slack",
+        "notice": "regression", "outcome": "sent",
+    }  # fmt: skip
+    assert [e.kind for e in await counter.timeline(KEY, limit=2)] == ["notice", "regressed"]
+    assert await counter.timeline("0123456789abcdef") == []
+    other = make_counter("team-b")  # another project's story is its own
+    assert await other.timeline(KEY) == []
+
+
+async def test_timeline_keeps_the_newest_200_entries(make_counter: CounterFactory) -> None:
+    counter = make_counter()
+    await counter.record_anomaly(SIG)
+    for i in range(MAX_ENTRIES + 50):
+        await counter.record_repair_attempt(KEY, f"act{i}", i % 2 == 0)
+    story = await counter.timeline(KEY)
+    assert len(story) == MAX_ENTRIES
+    assert story[0].action == f"act{MAX_ENTRIES + 49}" and story[-1].action == "act50"
+
+
+async def test_timeline_bytes_are_bounded_and_the_newest_kept(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    await counter.record_anomaly(SIG)
+    for i in range(12):
+        clock.advance(seconds=1)
+        await counter.mark_permanent_fix_applied(KEY, f"fix {i} " + "x" * 1_990)
+    story = await counter.timeline(KEY)
+    assert 3 <= len(story) <= 4  # four 2 KB entries do not fit in 8 KB with their headers
+    assert [(e.description or "").split()[1] for e in story] == [
+        str(i) for i in range(11, 11 - len(story), -1)
+    ]
+    assert sum(len(e.description or "") for e in story) <= MAX_BYTES
+    for _ in range(5):  # short entries fill the room the long ones leave
+        await counter.record_repair_attempt(KEY, "restart_pod", True)
+    assert [e.kind for e in await counter.timeline(KEY)][:5] == ["repair"] * 5
+
+
+async def test_a_retried_write_tells_its_story_once(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    store, now = counter.store, _ms(clock.now)
+    await counter.record_anomaly(SIG)
+    for _ in range(2):  # the second is the retry of a write whose answer was lost
+        await store.record_repair("team-a", KEY, "restart_pod", True, now, now, "w1", "tok")
+        await store.record_disposition("team-a", KEY, "auto_repair", now, now, "w2", "tok")
+        await store.mark_fix("team-a", KEY, "the fix", now, now, "w3", "tok")
+    assert await store.undo_fix("team-a", KEY, now, now, "w4", "tok")
+    assert await store.undo_fix("team-a", KEY, now, now, "w4", "tok")  # a retry: it happened
+    assert not await store.undo_fix("team-a", KEY, now, now, "w5", "tok")  # nothing to undo
+    kinds = [e.kind for e in await counter.timeline(KEY)]
+    assert sorted(kinds) == sorted(["first_seen", "repair", "disposition", "fix", "fix_undone"])
+    assert (await counter.get_all_repair_stats(KEY))["restart_pod"]["total"] == 1
+
+
+# -- search ---------------------------------------------------------------------------------
+
+HOSTILE = "*?[]{}%\\:"
+LABELS = [
+    {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod",
+     "reason": "OOMKilled", "team": "payments"},
+    {"alertname": "PodCrashLoopBackOff", "service": "worker", "namespace": "prod",
+     "reason": "Error"},
+    {"alertname": "HighLatency", "service": "api-gateway", "namespace": "staging"},
+    {"alertname": "DiskPressure", "service": "db", "namespace": "prod", "node": "Ümlaut-Ñode-7"},
+    {"alertname": f"Weird{HOSTILE}Name", "service": "svc*", "namespace": "[ns]"},
+    {"alertname": "日本語のアラート" + "".join(chr(0x4E00 + i) for i in range(300)),
+     "service": "東京", "namespace": "prod"},
+]  # fmt: skip
+
+
+async def _recorded(counter: AnomalyCounter) -> list[str]:
+    keys = []
+    for n, labels in enumerate(LABELS):
+        for _ in range(n + 1):  # so that each has its own 24 h count
+            keys.append((await counter.record_anomaly(labels)).anomaly_key)
+    return list(dict.fromkeys(keys))
+
+
+def _names(found: list[object]) -> list[str]:
+    return [f.signature.get("alertname", "") for f in found]  # type: ignore[attr-defined]
+
+
+async def test_search_finds_prefix_and_substring_case_insensitive(
+    make_counter: CounterFactory,
+) -> None:
+    counter = make_counter()
+    await _recorded(counter)
+    crash = await counter.search("crash")
+    assert _names(crash.anomalies) == ["PodCrashLoopBackOff"] * 2 and crash.total == 2
+    assert not crash.truncated
+    assert [f.signature["service"] for f in crash.anomalies] == ["worker", "api"]  # busiest first
+    assert _names((await counter.search("PODCRASH")).anomalies) == ["PodCrashLoopBackOff"] * 2
+    assert _names((await counter.search("rashLoo")).anomalies) == ["PodCrashLoopBackOff"] * 2
+    # both start with "ap": the busier first
+    assert [f.signature["service"] for f in (await counter.search("ap")).anomalies] == [
+        "api-gateway", "api"
+    ]  # fmt: skip
+    # exact values first: "api" is the service of one and the start of another
+    api = await counter.search("api")
+    assert [f.signature["service"] for f in api.anomalies] == ["api", "api-gateway"]
+    assert _names((await counter.search("payments")).anomalies) == ["PodCrashLoopBackOff"]
+    assert _names((await counter.search("oomkilled")).anomalies) == ["PodCrashLoopBackOff"]
+    assert _names((await counter.search("crash worker")).anomalies) == ["PodCrashLoopBackOff"]
+    assert (await counter.search("crash staging")).anomalies == []
+    assert _names((await counter.search("ümlaut-ñ")).anomalies) == ["DiskPressure"]
+    assert _names((await counter.search("ÜMLAUT")).anomalies) == ["DiskPressure"]
+    assert (await counter.search("nothing-like-this")).total == 0
+    assert _names((await counter.search("o")).anomalies).count("PodCrashLoopBackOff") == 2
+    assert len((await counter.search("crash", limit=1)).anomalies) == 1
+    with pytest.raises(InvalidInputError):
+        await counter.search("   ")
+    with pytest.raises(InvalidInputError):
+        await counter.search("x" * 600)
+
+
+async def test_search_with_hostile_values_and_long_unicode(make_counter: CounterFactory) -> None:
+    counter = make_counter()
+    await _recorded(counter)
+    for query in ["*", "?", "[", "]", "{", "}", "%", "\\", "[]{}", "svc*", "[ns]", HOSTILE,
+                  "d*?[", "]{}%\\:n"]:  # fmt: skip
+        found = await counter.search(query)
+        assert _names(found.anomalies) == [f"Weird{HOSTILE}Name"], query
+    assert (await counter.search("*" * 10)).anomalies == []
+    japanese = await counter.search("のアラート")
+    assert [f.signature["service"] for f in japanese.anomalies] == ["東京"]
+    assert [f.signature["service"] for f in (await counter.search("東")).anomalies] == ["東京"]
+    # values are searchable by their first 64 characters
+    name = LABELS[5]["alertname"]
+    assert (await counter.search(name[:64])).total == 1
+    assert (await counter.search(name[100:120])).total == 0
+    assert (await counter.search("pod\x00crash\x1f")).total == 2  # control characters: spaces
+    found = await counter.search("\U0001f525")
+    assert found.total == 0
+
+
+async def test_search_never_crosses_projects(make_counter: CounterFactory) -> None:
+    mine, theirs = make_counter("team-a"), make_counter("team-b")
+    await _recorded(mine)
+    await theirs.record_anomaly({"alertname": "TheirSecretAlert", "service": "api"})
+    assert (await mine.search("secret")).total == 0
+    assert [f.signature["alertname"] for f in (await theirs.search("api")).anomalies] == [
+        "TheirSecretAlert"
+    ]
+    assert (await theirs.search("crash")).total == 0
+    assert (await make_counter("team-c").search("a")).total == 0
+
+
+async def test_find_resolves_a_key_or_a_name(make_counter: CounterFactory) -> None:
+    counter = make_counter()
+    keys = await _recorded(counter)
+    by_key = await counter.find(keys[0])
+    assert by_key.anomaly is not None and by_key.anomaly.anomaly_key == keys[0]
+    one = await counter.find("HighLatency")
+    assert one.anomaly is not None and one.anomaly.signature["service"] == "api-gateway"
+    several = await counter.find("PodCrashLoopBackOff")
+    assert several.anomaly is None and len(several.matches) == 2
+    narrowed = await counter.find("PodCrashLoopBackOff api")
+    assert narrowed.anomaly is not None and narrowed.anomaly.anomaly_key == keys[0]
+    none = await counter.find("NoSuchAlert")
+    assert none.anomaly is None and none.matches == []
+    assert (await counter.find("0123456789abcdef")).anomaly is None
+
+
+async def test_search_forgets_anomalies_that_are_gone(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    await counter.record_anomaly({"alertname": "Gone", "service": "old"})
+    key = AnomalyCounter.hash_signature({"alertname": "Gone", "service": "old"})
+    await counter.store.forget_terms("team-a", [("gone", key), ("old", key)])
+    assert (await counter.search("gone")).total == 0
+    await counter.record_anomaly({"alertname": "Gone2", "service": "new"})
+    assert _names((await counter.search("gone")).anomalies) == ["Gone2"]
+
+
+# -- the project's view -----------------------------------------------------------------------
+
+
+async def test_escalations_by_day(make_counter: CounterFactory, clock: Clock) -> None:
+    counter = make_counter()
+    yesterday = clock.now - timedelta(days=1)
+    for _ in range(5):
+        await counter.record_anomaly(SIG, at=yesterday)
+    for _ in range(3):
+        await counter.record_anomaly({"alertname": "Other"})
+    days = await counter.escalations_by_day()
+    assert len(days) == 30 and days[-1][0] == clock.now.date()
+    assert days[-2] == (yesterday.date(), {"REPEAT": 1, "ESCALATE": 1, "PERMANENT_FIX": 0})
+    assert days[-1] == (clock.now.date(), {"REPEAT": 1, "ESCALATE": 0, "PERMANENT_FIX": 0})
+    assert sum(sum(c.values()) for _, c in days[:-2]) == 0
+    assert len(await counter.escalations_by_day(7)) == 7
+    with pytest.raises(InvalidInputError):
+        await counter.escalations_by_day(31)
+    assert sum(sum(c.values()) for _, c in await make_counter("team-b").escalations_by_day()) == 0
+
+
+async def test_chronic_anomalies_by_level_and_window(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    for n, count in enumerate([1, 2, 3, 4, 6, 12]):
+        await counter.record_many([{"signature": {"alertname": f"A{n}"}}] * count)
+    await counter.record_many(
+        [{"signature": {"alertname": "A1"}, "at": clock.now - timedelta(days=3)}] * 20
+    )
+    chronic = await counter.chronic_anomalies()
+    assert _names(chronic.anomalies) == ["A5", "A4", "A3", "A2"] and chronic.total == 4
+    assert _names((await counter.chronic_anomalies("ESCALATE")).anomalies) == ["A5", "A4"]
+    assert _names((await counter.chronic_anomalies("PERMANENT_FIX")).anomalies) == ["A5"]
+    by_week = await counter.chronic_anomalies(window="7d", limit=2)
+    assert _names(by_week.anomalies) == ["A5", "A4"] and by_week.total == 4
+    clock.advance(days=2)
+    assert (await counter.chronic_anomalies()).total == 0  # cooled off
+    with pytest.raises(InvalidInputError):
+        await counter.chronic_anomalies("LOUD")
+
+
+async def test_recommendations_for_several_anomalies(make_counter: CounterFactory) -> None:
+    counter = make_counter(repair_actions=("restart_pod", "scale_up"))
+    other = "aaaaaaaaaaaaaaaa"
+    for ok in (False, False, False):
+        await counter.record_repair_attempt(KEY, "restart_pod", ok)
+    await counter.record_repair_attempt(other, "rollback", True)
+    mine, theirs = await counter.recommendations([KEY, other])
+    assert [r.action for r in mine] == ["scale_up", "restart_pod"] and mine[1].skip
+    assert theirs[0].action == "rollback"
+    (chosen,) = await counter.recommendations([KEY], ["rollback"])
+    assert [r.action for r in chosen] == ["rollback"]
+
+
+async def test_read_only_tokens_are_kept(make_counter: CounterFactory) -> None:
+    from anomaly_counter.tokens import new_token
+
+    store = make_counter().store
+    _, viewer = new_token("team-a", 1_000, "dashboard", read_only=True)
+    _, writer = new_token("team-a", 2_000, "alertmanager")
+    for record in (viewer, writer):
+        await store.save_token(record)
+    assert await store.get_token(viewer.token_id) == viewer and viewer.read_only
+    assert await store.list_tokens("team-a") == [viewer, writer] and not writer.read_only
+
+
+def test_history_buckets_are_utc() -> None:
+    state = WindowState(128)
+    moment = datetime(2026, 3, 29, 23, 59, tzinfo=UTC)
+    state.add(_ms(moment))
+    (start, n) = state.histogram(_ms(moment), 86_400_000, 1)[0]
+    assert n == 1 and start == _ms(datetime(2026, 3, 29, tzinfo=UTC))
