@@ -62,11 +62,11 @@ class ServiceServer:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
 
 
-def make_token(settings: Settings, project: str) -> str:
+def make_token(settings: Settings, project: str, *, read_only: bool = False) -> str:
     async def create() -> str:
         store = store_from_url(settings.store_url, settings)
         try:
-            text, record = new_token(project, int(time.time() * 1000))
+            text, record = new_token(project, int(time.time() * 1000), read_only=read_only)
             await store.save_token(record)
             return text
         finally:

@@ -69,6 +69,16 @@ async def test_one_notice_per_crossing_on_every_channel(store_url: str, chat: Ch
         assert len(chat.received) == 9  # REPEAT, ESCALATE, PERMANENT_FIX x 3 channels
         async with server.client() as http:
             metrics = (await http.get("/metrics")).text
+        async with server.client(token) as http:  # each notice is in the anomaly's story
+            for _ in range(50):  # written once each delivery is answered
+                story = (await http.get(f"/v1/projects/team-a/anomalies/{KEY}/timeline")).json()
+                notices = [e for e in story["entries"] if e["kind"] == "notice"]
+                if len(notices) >= 9:
+                    break
+                await asyncio.sleep(0.1)
+        assert sorted((e["channel"], e["outcome"]) for e in notices) == sorted(
+            [(c, "sent") for c in ("telegram", "slack", "webhook")] * 3
+        )
     telegram = [r for r in received if r.path == "/bot123:abc/sendMessage"]
     slack = [r for r in received if r.path == "/slack/T1/B1/X"]
     hooks = [r for r in received if r.path == "/hook"]
@@ -77,7 +87,8 @@ async def test_one_notice_per_crossing_on_every_channel(store_url: str, chat: Ch
     first = hooks[0].json()
     assert first["alert_name"] == "PodCrashLoopBackOff" and first["service"] == "api"
     assert first["namespace"] == "prod" and first["counts"]["24h"] == 3
-    assert first["link"] == f"https://counter.example.net/v1/projects/team-a/anomalies/{KEY}"
+    assert first["link"] == f"https://counter.example.net/projects/team-a/anomalies/{KEY}"
+    assert first["api_link"] == f"https://counter.example.net/v1/projects/team-a/anomalies/{KEY}"
     assert first["repairs"]["restart_pod"]["total"] == 1
     assert first["recommended"]["action"] != "restart_pod"  # it failed: try another first
     assert "recurring" in first["meaning"]

@@ -155,6 +155,7 @@ class Dispatcher:
                         anomaly_key=notice.anomaly_key,
                         kind=notice.kind,
                     )
+                    await self._tell(notice, channel.name, "sent")
                     return
                 problem = f"HTTP {response.status_code}"
                 retry = response.status_code in _RETRY_STATUSES  # else it will stay wrong
@@ -174,6 +175,17 @@ class Dispatcher:
             anomaly_key=notice.anomaly_key,
             error=problem,
         )
+        await self._tell(notice, channel.name, "failed")
+
+    async def _tell(self, notice: Notice, channel: str, outcome: str) -> None:
+        """Put the notice's outcome in the anomaly's timeline (best effort: the notice itself
+        is what matters)."""
+        try:
+            await self._counter_for(notice.project).note_notice(
+                notice.anomaly_key, channel, notice.kind, outcome
+            )
+        except AnomalyCounterError as exc:
+            logger.warning("notice_not_in_timeline", project=notice.project, error=str(exc))
 
 
 def _retry_after(response: httpx.Response) -> float | None:

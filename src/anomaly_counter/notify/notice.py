@@ -27,7 +27,8 @@ class Notice:
     last_seen: datetime
     repairs: dict[str, dict[str, Any]]  # by action: total, success, success_rate
     recommended: ActionRecommendation | None
-    link: str
+    link: str  # the anomaly's page on the dashboard
+    api_link: str  # the same as JSON
 
     @classmethod
     def of(
@@ -51,7 +52,8 @@ class Notice:
             last_seen=frequency.last_seen,
             repairs={action: dict(stats) for action, stats in repairs.items()},
             recommended=recommendations[0] if recommendations else None,
-            link=f"{base_url}/v1/projects/{project}/anomalies/{frequency.anomaly_key}",
+            link=f"{base_url}/projects/{project}/anomalies/{frequency.anomaly_key}",
+            api_link=f"{base_url}/v1/projects/{project}/anomalies/{frequency.anomaly_key}",
         )
 
     @property
@@ -125,5 +127,6 @@ class Notice:
             "repairs": self.repairs,
             "recommended": recommended,
             "link": self.link,
+            "api_link": self.api_link,
             "text": "\n".join(self._lines(lambda s: s, lambda s: s)),
         }

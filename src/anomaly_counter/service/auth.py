@@ -43,22 +43,40 @@ class Authenticator:
         self._cache[token_id] = (now + CACHE_SECONDS, record)
         return record
 
-    async def project_of(self, authorization: str | None) -> str:
-        """The project a request's ``Authorization: Bearer <token>`` belongs to."""
+    async def token_of(self, authorization: str | None) -> TokenRecord:
+        """The token of a request's ``Authorization: Bearer <token>``."""
         if not authorization:
             raise _unauthorized("missing bearer token (Authorization: Bearer <token>)")
         scheme, _, text = authorization.partition(" ")
-        parsed = parse_token(text.strip()) if scheme.lower() == "bearer" else None
+        if scheme.lower() != "bearer":
+            raise _unauthorized("malformed bearer token")
+        return await self.verify(text.strip())
+
+    async def verify(self, token: str) -> TokenRecord:
+        """The record of a token (as the dashboard's sign-in form or cookie carries it)."""
+        parsed = parse_token(token)
         if parsed is None:
             raise _unauthorized("malformed bearer token")
         record = await self._record(parsed[0])
         if record is None or not token_matches(record, parsed[1]):
             raise _unauthorized("unknown or revoked token")
-        return record.project
+        return record
 
-    async def check(self, authorization: str | None, project: str) -> None:
-        if await self.project_of(authorization) != project:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is not for this project")
+    async def check(self, authorization: str | None, project: str) -> TokenRecord:
+        """The request's token, which must be one of this project's."""
+        return for_project(await self.token_of(authorization), project)
+
+
+def for_project(record: TokenRecord, project: str) -> TokenRecord:
+    if record.project != project:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is not for this project")
+    return record
+
+
+def may_write(record: TokenRecord) -> TokenRecord:
+    if record.read_only:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is read-only")
+    return record
 
 
 def _unauthorized(message: str) -> HTTPException:

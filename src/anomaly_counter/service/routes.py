@@ -1,7 +1,9 @@
 """The versioned routes, ``/v1/projects/{project}/...``: every capability of the library.
 
-Each route checks the project's bearer token first (see ``auth``), then calls the library; the
-library's named errors become 400 (wrong input) and 503 (store unreachable) in ``app``.
+Each route checks the project's bearer token first (see ``auth``), and a write route that the
+token may write (read-only tokens: 403), then calls the library; the library's named errors
+become 400 (wrong input) and 503 (store unreachable) in ``app``. Writes name their token in the
+anomaly's timeline (``by``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..counter import AnomalyCounter
-from ..model import Occurrence
+from ..model import AnomalyFrequency, Occurrence
 from ..policy import should_skip
+from ..signature import fingerprint_fields
+from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
+from ..windows import HISTORY
 from . import schemas as s
 from .alertmanager import AlertmanagerPayload, episodes
 from .app import Service
+from .auth import may_write
 
 _bearer = HTTPBearer(auto_error=False, description="A token of the project (token create)")
 _ERROR = {"model": s.ErrorBody}
@@ -49,11 +56,17 @@ def _service(request: Request) -> Service:
 
 
 class Project:
-    """The checked project of a request: its counter and the service around it."""
+    """The checked project of a request: its counter, the service around it, and the token
+    the request came with."""
 
-    def __init__(self, service: Service, project: str) -> None:
-        self.service, self.id = service, project
+    def __init__(self, service: Service, project: str, token: TokenRecord) -> None:
+        self.service, self.id, self.token = service, project, token
         self.counter: AnomalyCounter = service.counter(project)
+
+    @property
+    def by(self) -> str:
+        """Who writes, as the timeline tells it: the token's id."""
+        return self.token.token_id
 
     async def timed(self, operation: str, call: Any) -> Any:
         async with self.service.metrics.timing(operation):
@@ -66,11 +79,19 @@ async def _project(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Project:
     token = f"Bearer {credentials.credentials}" if credentials else None
-    await service.auth.check(token, project)
-    return Project(service, project)
+    return Project(service, project, await service.auth.check(token, project))
 
 
 Checked = Annotated[Project, Depends(_project)]
+
+
+async def _writer(p: Checked) -> Project:
+    may_write(p.token)
+    return p
+
+
+Writer = Annotated[Project, Depends(_writer)]
+"""A project's token that may write (a read-only one gets 403)."""
 
 
 _QUERY_NAMES: dict[int, frozenset[str]] = {}
@@ -128,7 +149,7 @@ _SPOOLED: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/occurrences", tags=["occurrences"], response_model=s.FrequencyOut, responses=_SPOOLED
 )
-async def record_occurrence(body: s.OccurrenceIn, p: Checked, response: Response) -> s.FrequencyOut:
+async def record_occurrence(body: s.OccurrenceIn, p: Writer, response: Response) -> s.FrequencyOut:
     """Count one occurrence; the answer has its windows and whether it crossed a level."""
     (frequency,) = await p.service.record(p.id, [_occurrence(body)])
     if frequency.spooled:
@@ -139,7 +160,7 @@ async def record_occurrence(body: s.OccurrenceIn, p: Checked, response: Response
 @router.post(
     "/occurrences/batch", tags=["occurrences"], response_model=s.BatchOut, responses=_SPOOLED
 )
-async def record_batch(body: s.BatchIn, p: Checked, response: Response) -> s.BatchOut:
+async def record_batch(body: s.BatchIn, p: Writer, response: Response) -> s.BatchOut:
     """Count a batch in order; nothing of it is stored when one item is wrong."""
     frequencies = await p.service.record(p.id, [_occurrence(o) for o in body.occurrences])
     if any(f.spooled for f in frequencies):
@@ -153,7 +174,7 @@ async def record_batch(body: s.BatchIn, p: Checked, response: Response) -> s.Bat
     response_model=s.AlertmanagerOut,
     summary="Alertmanager webhook receiver (payload version 4)",
 )
-async def alertmanager(body: AlertmanagerPayload, p: Checked) -> s.AlertmanagerOut:
+async def alertmanager(body: AlertmanagerPayload, p: Writer) -> s.AlertmanagerOut:
     """One occurrence per firing episode (fingerprint, startsAt), recorded at its startsAt:
     re-notifications count once; a resolved alert's resolution time is kept. Answers 2xx only
     once everything is stored, 503 when the store cannot take it (Alertmanager retries)."""
@@ -165,7 +186,7 @@ async def alertmanager(body: AlertmanagerPayload, p: Checked) -> s.AlertmanagerO
     p.service.metrics.refused(p.id, "rejected", too_old)
     # a group's resolutions at once, not one round trip after another
     resolutions = [
-        p.counter.record_resolution(frequency.anomaly_key, at=episode.resolved_at)
+        p.counter.record_resolution(frequency.anomaly_key, at=episode.resolved_at, by=p.by)
         for episode, frequency in zip(found, frequencies, strict=True)
         if episode.resolved_at is not None
     ]
@@ -184,37 +205,144 @@ async def alertmanager(body: AlertmanagerPayload, p: Checked) -> s.AlertmanagerO
     )
 
 
+Window = Annotated[str, Query(pattern="^(1h|24h|7d|30d)$")]
+
+
+def _row(frequency: AnomalyFrequency, window: str) -> s.TopRow:
+    return s.TopRow.model_validate(
+        {
+            **fingerprint_fields(frequency.signature),
+            **frequency.to_dict(),
+            "window": window,
+            "count": frequency.count(window),
+        }
+    )
+
+
 @router.get("/anomalies", tags=["anomalies"], response_model=s.TopOut)
 async def top_anomalies(
     p: Checked,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 20,
-    window: Annotated[str, Query(pattern="^(1h|24h|7d|30d)$")] = "24h",
+    window: Window = "24h",
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=512,
+            description="Search: anomalies whose label values hold every word (any case)",
+        ),
+    ] = None,
+    level: Annotated[
+        str | None,
+        Query(
+            pattern="^(REPEAT|ESCALATE|PERMANENT_FIX)$",
+            description="Only the anomalies at this level or above, most frequent in window",
+        ),
+    ] = None,
 ) -> s.TopOut:
-    """The anomalies with the most occurrences in a window, most first."""
-    rows = await p.timed("top", p.counter.top_anomalies(limit=limit, window=window))
-    return s.TopOut(window=window, anomalies=[s.TopRow.model_validate(r) for r in rows])
+    """The anomalies with the most occurrences in a window, most first; with ``q``, those
+    whose labels match it (best match first); with ``level``, the chronic ones."""
+    if q is not None:
+        found = await p.timed("search", p.counter.search(q, limit=limit))
+        if level is not None:
+            floor = p.counter.THRESHOLDS[level]
+            found.anomalies = [f for f in found.anomalies if f.count_24h >= floor]
+    elif level is not None:
+        found = await p.timed("top", p.counter.chronic_anomalies(level, window, limit))
+    else:
+        rows = await p.timed("top", p.counter.top_anomalies(limit=limit, window=window))
+        return s.TopOut(window=window, anomalies=[s.TopRow.model_validate(r) for r in rows])
+    return s.TopOut(
+        window=window,
+        anomalies=[_row(f, window) for f in found.anomalies],
+        total=found.total,
+        truncated=found.truncated,
+    )
 
 
 @router.get(
     "/anomalies/{anomaly_key}",
     tags=["anomalies"],
     response_model=s.FrequencyOut,
+    responses={
+        **_NOT_FOUND,
+        300: {"model": s.MatchesOut, "description": "A name that several anomalies match"},
+    },
+)
+async def get_anomaly(anomaly_key: AnomalyKey, p: Checked) -> Any:
+    """One anomaly's windows, first and last seen, repairs, dispositions, fix and regression;
+    by its key, or by a name (``PodCrashLoopBackOff``, ``PodCrashLoopBackOff api``): one
+    anomaly matching it, else 300 with the matches to choose from."""
+    found = await p.timed("read", p.counter.find(anomaly_key))
+    if found.anomaly is not None:
+        return s.FrequencyOut.of(found.anomaly)
+    if not found.matches:
+        raise HTTPException(404, "no such anomaly in this project")
+    matches = s.MatchesOut(
+        detail=f"{len(found.matches)} anomalies match {anomaly_key!r}: ask for one by its key",
+        matches=[_row(f, "24h") for f in found.matches],
+    )
+    return JSONResponse(matches.model_dump(mode="json"), status_code=300)
+
+
+@router.get(
+    "/anomalies/{anomaly_key}/history",
+    tags=["anomalies"],
+    response_model=s.HistoryOut,
     responses=_NOT_FOUND,
 )
-async def get_anomaly(anomaly_key: AnomalyKey, p: Checked) -> s.FrequencyOut:
-    """One anomaly's windows, first and last seen, repairs, dispositions and fix."""
-    frequency = await p.timed("read", p.counter.get_frequency(anomaly_key))
-    if frequency is None:
+async def history(anomaly_key: AnomalyKey, p: Checked, window: Window = "7d") -> s.HistoryOut:
+    """Occurrences over time: per minute over 1h, hourly over 24h and 7d, daily over 30d."""
+    series = await p.timed("read", p.counter.history(anomaly_key, window))
+    if series is None:
         raise HTTPException(404, "no such anomaly in this project")
-    return s.FrequencyOut.of(frequency)
+    return s.HistoryOut(
+        anomaly_key=anomaly_key,
+        window=window,
+        bucket_seconds=HISTORY[window][0] // 1000,
+        buckets=[s.HistoryBucket(start=start, count=n) for start, n in series],
+    )
+
+
+@router.get(
+    "/anomalies/{anomaly_key}/timeline",
+    tags=["anomalies"],
+    response_model=s.TimelineOut,
+    responses=_NOT_FOUND,
+)
+async def timeline(
+    anomaly_key: AnomalyKey, p: Checked, limit: Annotated[int, Query(ge=1, le=200)] = 200
+) -> s.TimelineOut:
+    """The anomaly's story, newest first: first seen, escalations, repairs, dispositions,
+    fixes, regressions, resolutions, notices; each with who reported it where known."""
+    entries = await p.timed("read", p.counter.timeline(anomaly_key, limit=limit))
+    if not entries and await p.counter.get_frequency(anomaly_key) is None:
+        raise HTTPException(404, "no such anomaly in this project")
+    return s.TimelineOut(
+        anomaly_key=anomaly_key, entries=[s.TimelineEntryOut.of(e) for e in entries]
+    )
+
+
+@router.get("/escalations", tags=["anomalies"], response_model=s.EscalationsOut)
+async def escalations(
+    p: Checked, days: Annotated[int, Query(ge=1, le=30)] = 30
+) -> s.EscalationsOut:
+    """Crossings into each level per UTC day: how often this project's anomalies became
+    chronic."""
+    rows = await p.timed("read", p.counter.escalations_by_day(days))
+    return s.EscalationsOut(
+        days=[s.EscalationDay(day=day.isoformat(), **counts) for day, counts in rows]
+    )
 
 
 @router.post("/anomalies/{anomaly_key}/repairs", tags=["repairs"], response_model=s.Done)
-async def record_repair(anomaly_key: AnomalyKey, body: s.RepairIn, p: Checked) -> s.Done:
+async def record_repair(anomaly_key: AnomalyKey, body: s.RepairIn, p: Writer) -> s.Done:
     """Count one repair attempt and whether it worked."""
     await p.timed(
         "repair",
-        p.counter.record_repair_attempt(anomaly_key, body.action, body.success, at=body.at),
+        p.counter.record_repair_attempt(
+            anomaly_key, body.action, body.success, at=body.at, by=p.by
+        ),
     )
     return s.Done()
 
@@ -254,20 +382,20 @@ async def recommendations(
     confidence bound of their success rate, each with its evidence. A POST because the
     candidates are a typed list (a query string cannot tell ``false`` from ``"false"``); it
     changes nothing."""
-    candidates = body.candidates
-    if not candidates:
-        tried = await p.timed("read", p.counter.get_all_repair_stats(anomaly_key))
-        candidates = list(dict.fromkeys([*tried, *p.service.settings.repair_actions]))
-    ranked = await p.timed(
-        "read", p.counter.recommend_actions(anomaly_key, candidates, body.min_success_rate)
+    (ranked,) = await p.timed(
+        "read",
+        p.counter.recommendations([anomaly_key], body.candidates or None, body.min_success_rate),
     )
     return s.RecommendationsOut(recommendations=[r.to_dict() for r in ranked])
 
 
 @router.post("/anomalies/{anomaly_key}/dispositions", tags=["dispositions"], response_model=s.Done)
-async def record_disposition(anomaly_key: AnomalyKey, body: s.DispositionIn, p: Checked) -> s.Done:
+async def record_disposition(anomaly_key: AnomalyKey, body: s.DispositionIn, p: Writer) -> s.Done:
     """Count how one alert of this anomaly was disposed of."""
-    await p.timed("disposition", p.counter.record_disposition(anomaly_key, body.type, at=body.at))
+    await p.timed(
+        "disposition",
+        p.counter.record_disposition(anomaly_key, body.type, at=body.at, by=p.by),
+    )
     return s.Done()
 
 
@@ -292,9 +420,24 @@ async def disposition_summary(
 
 
 @router.post("/anomalies/{anomaly_key}/fix", tags=["anomalies"], response_model=s.Done)
-async def mark_permanent_fix(anomaly_key: AnomalyKey, body: s.FixIn, p: Checked) -> s.Done:
+async def mark_permanent_fix(anomaly_key: AnomalyKey, body: s.FixIn, p: Writer) -> s.Done:
     """Mark that the root cause got a permanent fix: the next occurrence is a regression."""
     await p.timed(
-        "fix", p.counter.mark_permanent_fix_applied(anomaly_key, body.description, at=body.at)
+        "fix",
+        p.counter.mark_permanent_fix_applied(anomaly_key, body.description, at=body.at, by=p.by),
     )
     return s.Done()
+
+
+@router.delete(
+    "/anomalies/{anomaly_key}/fix",
+    tags=["anomalies"],
+    response_model=s.UndoneOut,
+    responses={**ERRORS, 404: {**_ERROR, "description": "No permanent fix in force"}},
+)
+async def undo_permanent_fix(anomaly_key: AnomalyKey, p: Writer) -> s.UndoneOut:
+    """Take back the permanent fix in force (marked by mistake): the anomaly is no longer
+    fixed nor regressed; the timeline keeps the fix and says who undid it."""
+    if not await p.timed("fix", p.counter.undo_permanent_fix(anomaly_key, by=p.by)):
+        raise HTTPException(404, "this anomaly has no permanent fix in force")
+    return s.UndoneOut()

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from ..model import AnomalyFrequency
+from ..model import TIMELINE_KINDS, AnomalyFrequency, TimelineEntry
 
 Label = str | int | float | bool | None
 
@@ -51,6 +51,12 @@ class BatchIn(_In):
     occurrences: list[OccurrenceIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+class PermanentFixOut(BaseModel):
+    description: str
+    at: datetime
+    by: str | None = Field(description="Who marked it: a token id, cli, or the library's by")
+
+
 class FrequencyOut(BaseModel):
     anomaly_key: str
     count_1h: int
@@ -76,6 +82,12 @@ class FrequencyOut(BaseModel):
     signature: dict[str, Any]
     last_resolved: datetime | None
     spooled: bool = Field(False, description="Kept in the spool: counted when the store is back")
+    permanent_fix: PermanentFixOut | None = Field(
+        None, description="The permanent fix in force (90 days): what, when, who"
+    )
+    regressed_at: datetime | None = Field(
+        None, description="The first occurrence after the fix in force (regressed stays true)"
+    )
 
     @classmethod
     def of(cls, frequency: AnomalyFrequency) -> FrequencyOut:
@@ -109,6 +121,67 @@ class TopRow(FrequencyOut):
 class TopOut(BaseModel):
     window: str
     anomalies: list[TopRow]
+    total: int | None = Field(
+        default=None, description="With q or level: how many matched (at most the cap)"
+    )
+    truncated: bool = Field(default=False, description="More matched than could be looked at")
+
+
+class MatchesOut(BaseModel):
+    detail: str
+    matches: list[TopRow] = Field(description="The anomalies the name matches, best first")
+
+
+class HistoryBucket(BaseModel):
+    start: datetime
+    count: int
+
+
+class HistoryOut(BaseModel):
+    anomaly_key: str
+    window: str
+    bucket_seconds: int
+    buckets: list[HistoryBucket] = Field(description="Oldest first; the last holds now")
+
+
+class TimelineEntryOut(BaseModel):
+    kind: Literal[TIMELINE_KINDS]  # type: ignore[valid-type]
+    at: datetime
+    level: str | None = None
+    count_24h: int | None = None
+    action: str | None = None
+    success: bool | None = None
+    disposition: str | None = None
+    description: str | None = None
+    channel: str | None = None
+    notice: str | None = None
+    outcome: str | None = None
+    by: str | None = None
+
+    @classmethod
+    def of(cls, entry: TimelineEntry) -> TimelineEntryOut:
+        return cls.model_validate(entry.to_dict())
+
+
+class TimelineOut(BaseModel):
+    anomaly_key: str
+    entries: list[TimelineEntryOut] = Field(description="Newest first (at most 200)")
+
+
+class EscalationDay(BaseModel):
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    REPEAT: int
+    ESCALATE: int
+    PERMANENT_FIX: int
+
+
+class EscalationsOut(BaseModel):
+    days: list[EscalationDay] = Field(description="Oldest first; the last is today (UTC)")
+
+
+class UndoneOut(BaseModel):
+    ok: Literal[True] = True
+    undone: Literal[True] = True
 
 
 class RepairIn(_In):
