@@ -5,7 +5,8 @@
 Deterministic (fixed seed). Each line is one event with its offset in seconds from the start:
 an alert occurrence (``alert``, with the Alertmanager-style episode id, re-notifications
 included), a repair attempt (``repair``), a disposition (``disposition``) or a permanent fix
-(``fix``). ``anomaly-counter replay`` maps the last offset to now.
+(``fix``); the last three say who reported them (``by``: the remediation bot, or a person on
+call). ``anomaly-counter replay`` maps the last offset to now.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 HOUR = 3600
 DAY = 24 * HOUR
+BOT = "remediation-bot"  # what repairs, and says how an alert it repaired was disposed of
+ONCALL = "oncall:maria"  # who steps in
 rng = random.Random(20260329)
 events: list[dict[str, Any]] = []
 
@@ -40,14 +43,14 @@ def alert(t: float, labels: dict[str, str], renotify: int = 0) -> None:
 def repair(t: float, labels: dict[str, str], action: str, p_success: float) -> bool:
     ok = rng.random() < p_success
     events.append({"offset_s": round(t, 1), "type": "repair", "signature": labels,
-                   "action": action, "success": ok})  # fmt: skip
+                   "action": action, "success": ok, "by": BOT})  # fmt: skip
     return ok
 
 
 def dispose(t: float, labels: dict[str, str], kind: str) -> None:
-    events.append(
-        {"offset_s": round(t, 1), "type": "disposition", "signature": labels, "disposition": kind}
-    )
+    by = BOT if kind in ("auto_repair", "cold_start_trust", "timeout_ignored") else ONCALL
+    events.append({"offset_s": round(t, 1), "type": "disposition", "signature": labels,
+                   "disposition": kind, "by": by})  # fmt: skip
 
 
 # 1. api OOMKilled: chronic. Restarts rarely help, scaling up helps more; a permanent fix
@@ -60,7 +63,7 @@ while t < 4 * DAY - HOUR:
     if not fixed and t > 2.6 * DAY:
         events.append({"offset_s": round(t + 1800, 1), "type": "fix", "signature": labels,
                        "description": "raised the api memory limit from 512Mi to 1Gi and fixed"
-                       " the cache that grew without bound"})  # fmt: skip
+                       " the cache that grew without bound", "by": ONCALL})  # fmt: skip
         fixed = True
         t += 0.9 * DAY
         continue

@@ -78,7 +78,9 @@ def test_repairs_dispositions_and_fix(store: str) -> None:
         (["dispose", "k", "forgotten"], "invalid choice"),
         (["--project", "bad project", "top"], "invalid project id"),
         (["top", "--limit", "0"], "limit must be"),
-        (["show", "nothing-here"], "no occurrence"),
+        (["show", "nothing-here"], "no anomaly 'nothing-here'"),
+        (["search", "*" * 600], "longer than 512"),
+        (["history", "0123456789abcdef", "--window", "2d"], "invalid choice"),
         (["replay", "/no/such/file.jsonl"], "cannot read"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -198,3 +200,60 @@ def test_record_spools_while_the_store_is_down_and_the_next_run_replays(tmp_path
         assert json.loads(shown.stdout)["count_1h"] == 2
     finally:
         server.stop()
+
+
+def test_names_history_timeline_and_undoing_a_fix(store: str) -> None:
+    """Tried as a new user would: `show PodCrashLoopBackOff` failed, two such rows of `top`
+    looked the same, and the fix's text, its date and the regression could not be read back."""
+    demo = ("--project", "demo")
+    assert cli(*demo, "replay", "--bundled", store=store).returncode == 0
+    several = cli(*demo, "show", "PodCrashLoopBackOff", store=store)
+    assert several.returncode == 1
+    assert "3 anomalies match 'PodCrashLoopBackOff'" in several.stderr
+    assert len(several.stderr.strip().splitlines()) == 1
+    rows = [line.split() for line in several.stdout.splitlines()[2:]]
+    assert sorted((r[2], r[3], r[4]) for r in rows) == [
+        ("api", "prod", "OOMKilled"), ("api", "staging", "OOMKilled"), ("worker", "prod", "Error")
+    ]  # fmt: skip
+    shown = cli(*demo, "show", "PodCrashLoopBackOff api prod", store=store)
+    assert shown.returncode == 0, shown.stderr
+    assert "raised the api memory limit from 512Mi to 1Gi" in shown.stdout
+    assert (
+        "by oncall:maria" in shown.stdout and "came back after the permanent fix on" in shown.stdout
+    )
+    assert "Latest events (UTC)" in shown.stdout
+    data = json.loads(cli(*demo, "--json", "show", "crashloop api prod", store=store).stdout)
+    assert data["regressed"] is True and data["permanent_fix"]["by"] == "oncall:maria"
+    assert len(data["history_7d"]) == 168 and len(data["timeline"]) == 10
+    key = data["anomaly_key"]
+    found = json.loads(cli(*demo, "--json", "search", "crash", store=store).stdout)
+    assert found["total"] == 3 and {m["alert_name"] for m in found["matches"]} == {
+        "PodCrashLoopBackOff"
+    }
+    month = json.loads(cli(*demo, "--json", "history", key, "--window", "30d", store=store).stdout)
+    assert len(month["buckets"]) == 30
+    assert sum(b["count"] for b in month["buckets"]) == data["count_30d"]
+    story = cli(*demo, "timeline", key, "--limit", "200", store=store)
+    assert "permanent fix: raised the api memory limit" in story.stdout
+    assert "came back after its permanent fix" in story.stdout and "first seen" in story.stdout
+    assert "repair restart_pod failed" in story.stdout and "remediation-bot" in story.stdout
+    undone = cli(*demo, "unfix", key, store=store)
+    assert undone.returncode == 0, undone.stderr
+    after = json.loads(cli(*demo, "--json", "show", key, store=store).stdout)
+    assert after["permanent_fix"] is None and after["regressed"] is False
+    assert after["timeline"][0]["kind"] == "fix_undone"
+    assert after["timeline"][0]["by"].startswith("cli")
+    again = cli(*demo, "unfix", key, store=store)
+    assert again.returncode == 1 and "no permanent fix" in again.stderr
+    chronic = json.loads(
+        cli(*demo, "--json", "top", "--level", "PERMANENT_FIX", store=store).stdout
+    )
+    assert [r["alert_name"] for r in chronic] == ["HTTP5xxRate"]
+
+
+def test_read_only_tokens(store: str) -> None:
+    made = cli("--project", "team-a", "--json", "token", "create", "--read-only", store=store)
+    assert made.returncode == 0 and json.loads(made.stdout)["read_only"] is True
+    cli("--project", "team-a", "token", "create", store=store)
+    listed = cli("--project", "team-a", "token", "list", store=store).stdout
+    assert "read" in listed.split() and "write" in listed.split()

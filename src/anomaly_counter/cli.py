@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import sys
@@ -27,7 +28,10 @@ from .counter import AnomalyCounter
 from .errors import AnomalyCounterError, ConfigurationError, StoreUnavailableError
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
 from .settings import Settings, load_settings
+from .signature import fingerprint_fields
+from .timeline import describe
 from .tokens import new_token
+from .windows import HISTORY
 
 PROG = "anomaly-counter"
 DEFAULT_SERVICE_SPOOL = "anomaly-counter-spool"
@@ -75,13 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--at", type=_time, help="occurrence time, ISO 8601 with zone")
     record.add_argument("--id", dest="occurrence_id", help="occurrence id, counted once")
 
-    show = commands.add_parser("show", help="the figures of one anomaly")
-    show.add_argument("key")
+    show = commands.add_parser(
+        "show", help="one anomaly, by key or name: figures, fix, its recent story"
+    )
+    show.add_argument("key", metavar="KEY_OR_NAME", help="a key, or words of its labels")
     show.add_argument("--at", type=_time)
 
     top = commands.add_parser("top", help="the anomalies that recur most")
     top.add_argument("--window", choices=list(WINDOWS), default="24h")
     top.add_argument("--limit", type=int, default=20)
+    top.add_argument(
+        "--level",
+        choices=("REPEAT", "ESCALATE", "PERMANENT_FIX"),
+        help="only the chronic ones: at this level or above",
+    )
+
+    find = commands.add_parser("search", help="anomalies whose labels hold every word")
+    find.add_argument("query", nargs="+", help="words, anywhere in a label value, any case")
+    find.add_argument("--limit", type=int, default=20)
+
+    history = commands.add_parser("history", help="occurrences of one anomaly over time")
+    history.add_argument("key", metavar="KEY_OR_NAME")
+    history.add_argument(
+        "--window", choices=list(HISTORY), default="7d",
+        help="1h per minute, 24h and 7d hourly, 30d daily (default 7d)",
+    )  # fmt: skip
+
+    story = commands.add_parser("timeline", help="the story of one anomaly, newest first")
+    story.add_argument("key", metavar="KEY_OR_NAME")
+    story.add_argument("--limit", type=int, default=50)
 
     repairs = commands.add_parser("repairs", help="repair success per action, and a ranking")
     repairs.add_argument("key")
@@ -106,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     fix.add_argument("key")
     fix.add_argument("description")
 
+    unfix = commands.add_parser("unfix", help="take back a permanent fix marked by mistake")
+    unfix.add_argument("key", metavar="KEY_OR_NAME")
+
     replay = commands.add_parser("replay", help="replay a JSONL stream of alert events")
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path)
@@ -129,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
     create = token_commands.add_parser("create", help="a new token, printed once")
     create.add_argument("--label", default="", help="what the token is for")
+    create.add_argument(
+        "--read-only",
+        action="store_true",
+        help="a viewer's token: reads only (the dashboard); every write route refuses it",
+    )
     listing = token_commands.add_parser("list", help="tokens (never their secrets)")
     listing.add_argument("--all", action="store_true", help="of every project")
     revoke = token_commands.add_parser("revoke", help="forget a token")
@@ -166,6 +200,15 @@ def _frequency_text(f: AnomalyFrequency) -> str:
         ("permanent fix applied", "yes" if f.permanent_fix_applied else "no"),
         ("dispositions (30 d)", f.total_resolution_count),
     ]
+    labels = fingerprint_fields(f.signature)
+    rows[2:2] = [(name.replace("_", " "), labels[name] or "-")
+                 for name in ("service", "namespace", "error_type")]  # fmt: skip
+    if f.permanent_fix is not None:
+        by = f" by {f.permanent_fix.by}" if f.permanent_fix.by else ""
+        rows.append(("permanent fix", f"{f.permanent_fix.description}"))
+        rows.append(("  marked", f"{_short(f.permanent_fix.at)}{by}"))
+    if f.last_resolved is not None:
+        rows.append(("last resolved", _short(f.last_resolved)))
     if f.escalated_to:
         rows.append(("newly escalated to", f.escalated_to))
     if f.spooled:
@@ -173,8 +216,20 @@ def _frequency_text(f: AnomalyFrequency) -> str:
     if f.duplicate:
         rows.append(("duplicate", "already counted; not counted again"))
     if f.regressed:
-        rows.append(("regressed", "came back after the permanent fix"))
+        when = f" on {_short(f.regressed_at)}" if f.regressed_at else ""
+        rows.append(("regressed", f"came back after the permanent fix{when}"))
     return "\n".join(f"{name:<28}{value}" for name, value in rows)
+
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def _spark(counts: Sequence[int]) -> str:
+    """A line of bars, one per bucket, as tall as its count against the highest."""
+    peak = max(counts, default=0)
+    if not peak:
+        return _BARS[0] * len(counts)
+    return "".join(_BARS[0 if n == 0 else max(1, round(n / peak * 8))] for n in counts)
 
 
 def _emit(as_json: bool, data: Any, text: Callable[[], str]) -> None:
@@ -196,32 +251,129 @@ async def _record(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     _emit(args.json, f.to_dict(), lambda: _frequency_text(f))
 
 
+async def _resolve(counter: AnomalyCounter, args: argparse.Namespace) -> AnomalyFrequency:
+    """The one anomaly a key or a name refers to; else the matches are listed (exit 1)."""
+    found = await counter.find(args.key)
+    if found.anomaly is not None:
+        return found.anomaly
+    if not found.matches:
+        _fail(f"no anomaly {args.key!r} in project {counter.project_id!r}", 1)
+    rows = [_row(f, "24h") for f in found.matches]
+    _emit(args.json, {"matches": rows}, lambda: _top_text(rows, "24h"))
+    _fail(f"{len(found.matches)} anomalies match {args.key!r}: name one by its key, or add"
+          " words", 1)  # fmt: skip
+
+
+def _row(f: AnomalyFrequency, window: str) -> dict[str, Any]:
+    return {**fingerprint_fields(f.signature), **f.to_dict(), "window": window,
+            "count": f.count(window)}  # fmt: skip
+
+
 async def _show(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    f = await counter.get_frequency(args.key, at=args.at)
-    if f is None:
-        _fail(f"no occurrence of anomaly {args.key!r} in project {counter.project_id!r}", 1)
-    _emit(args.json, f.to_dict(), lambda: _frequency_text(f))
+    f = await _resolve(counter, args)
+    if args.at is not None:
+        f = await counter.get_frequency(f.anomaly_key, at=args.at) or f
+    week = await counter.history(f.anomaly_key, "7d", at=args.at) or []
+    story = await counter.timeline(f.anomaly_key, limit=10)
+    data = {**f.to_dict(), "history_7d": [(t.isoformat(), n) for t, n in week],
+            "timeline": [e.to_dict() for e in story]}  # fmt: skip
+
+    def text() -> str:
+        out = _frequency_text(f)
+        if week:  # four bars a day
+            quarters = [sum(n for _, n in week[i : i + 6]) for i in range(0, len(week), 6)]
+            out += f"\n{'7 days, per 6 hours':<28}{_spark(quarters)}"
+        if story:
+            out += "\n\nLatest events (UTC):\n" + _story_text(story)
+        return out
+
+    _emit(args.json, data, text)
+
+
+def _story_text(entries: Sequence[Any]) -> str:
+    return _table(
+        ["when", "what", "by"],
+        [(_short(e.at), describe(e), e.by or "") for e in entries],
+    )
+
+
+async def _search(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    query = " ".join(args.query)
+    found = await counter.search(query, limit=args.limit)
+    rows = [_row(f, "24h") for f in found.anomalies]
+
+    def text() -> str:
+        if not rows:
+            return f"no anomaly of project {counter.project_id!r} matches {query!r}"
+        more = (
+            f" (of {found.total}{'+' if found.truncated else ''})"
+            if found.total > len(rows)
+            else ""
+        )
+        return _top_text(rows, "24h") + f"\n{len(rows)} matches{more}"
+
+    _emit(args.json, {"matches": rows, "total": found.total, "truncated": found.truncated}, text)
+
+
+async def _history(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    f = await _resolve(counter, args)
+    series = await counter.history(f.anomaly_key, args.window) or []
+    data = {"anomaly_key": f.anomaly_key, "window": args.window,
+            "buckets": [{"start": t.isoformat(), "count": n} for t, n in series]}  # fmt: skip
+
+    def text() -> str:
+        counts = [n for _, n in series]
+        grain = {"1h": "per minute", "24h": "hourly", "7d": "hourly", "30d": "daily"}[args.window]
+        busy = [(t, n) for t, n in series if n]
+        lines = [
+            f"{f.anomaly_key} {_who(f.signature)}, {args.window} {grain} (UTC): {sum(counts)}",
+            _spark(counts),
+        ]
+        if busy:
+            lines.append("\n" + _table(["from", "count"], [(_short(t), n) for t, n in busy]))
+        return "\n".join(lines)
+
+    _emit(args.json, data, text)
+
+
+async def _timeline(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    f = await _resolve(counter, args)
+    story = await counter.timeline(f.anomaly_key, limit=args.limit)
+    _emit(
+        args.json,
+        {"anomaly_key": f.anomaly_key, "entries": [e.to_dict() for e in story]},
+        lambda: f"{f.anomaly_key} {_who(f.signature)}, newest first (UTC):\n" + _story_text(story),
+    )
 
 
 async def _top(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    rows = await counter.top_anomalies(limit=args.limit, window=args.window)
+    if args.level:
+        chronic = await counter.chronic_anomalies(args.level, args.window, args.limit)
+        rows = [_row(f, args.window) for f in chronic.anomalies]
+    else:
+        rows = await counter.top_anomalies(limit=args.limit, window=args.window)
     _emit(args.json, rows, lambda: _top_text(rows, args.window))
 
 
 def _top_text(rows: list[dict[str, Any]], window: str) -> str:
-    """The top anomalies as a table, ordered by their count in ``window``."""
+    """Anomalies as a table, with the labels that tell them apart."""
     if not rows:
         return f"no anomaly occurred in the last {window}"
     return _table(
-        ["anomaly", "alert", "service", "namespace", "1h", "24h", "7d", "30d", "level",
-         "last seen"],
+        ["anomaly", "alert", "service", "namespace", "reason", "1h", "24h", "7d", "30d",
+         "level", "last seen"],
         [
-            (r["anomaly_key"], r["alert_name"], r["service"], r["namespace"], r["count_1h"],
-             r["count_24h"], r["count_7d"], r["count_30d"], r["escalation_level"] or "-",
-             _short(r["last_seen"]))
+            (r["anomaly_key"], r["alert_name"], r["service"], r["namespace"],
+             r["error_type"] or "-", r["count_1h"], r["count_24h"], r["count_7d"],
+             r["count_30d"], _level_text(r), _short(r["last_seen"]))
             for r in rows
         ],
     )  # fmt: skip
+
+
+def _level_text(row: dict[str, Any]) -> str:
+    level = row["escalation_level"] or "-"
+    return f"{level} (regressed)" if row.get("regressed") else level
 
 
 async def _repairs(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -242,8 +394,17 @@ async def _repairs(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     _emit(args.json, data, text)
 
 
+def _by() -> str:
+    """Who writes from the command line, as the timeline tells it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        return "cli"
+    return f"cli:{user}"[:64]
+
+
 async def _repair(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    await counter.record_repair_attempt(args.key, args.action, args.success)
+    await counter.record_repair_attempt(args.key, args.action, args.success, by=_by())
     stats = await counter.get_repair_success_rate(args.key, args.action)
     _emit(args.json, stats, lambda: f"{args.action}: {stats['success']}/{stats['total']} worked")
 
@@ -269,15 +430,23 @@ async def _dispositions(counter: AnomalyCounter, args: argparse.Namespace) -> No
 
 
 async def _dispose(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    await counter.record_disposition(args.key, args.type)
+    await counter.record_disposition(args.key, args.type, by=_by())
     stats = await counter.get_disposition_stats(args.key)
     _emit(args.json, stats, lambda: f"{args.type}: {stats[args.type]} of {stats['total']}")
 
 
 async def _fix(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    await counter.mark_permanent_fix_applied(args.key, args.description)
+    await counter.mark_permanent_fix_applied(args.key, args.description, by=_by())
     _emit(args.json, {"anomaly_key": args.key, "permanent_fix_applied": True},
           lambda: f"permanent fix recorded for {args.key}")  # fmt: skip
+
+
+async def _unfix(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    f = await _resolve(counter, args)
+    if not await counter.undo_permanent_fix(f.anomaly_key, by=_by()):
+        _fail(f"anomaly {f.anomaly_key} has no permanent fix in force", 1)
+    _emit(args.json, {"anomaly_key": f.anomaly_key, "permanent_fix_applied": False},
+          lambda: f"permanent fix of {f.anomaly_key} undone")  # fmt: skip
 
 
 async def _replay(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -307,6 +476,7 @@ async def _replay(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         try:
             kind, signature = event["type"], event["signature"]
             key = counter.hash_signature(signature)
+            by = event.get("by") or "replay"
             if kind == "alert":
                 f = await counter.record_anomaly(signature, at=at, occurrence_id=event.get("id"))
                 counted += not f.duplicate
@@ -318,11 +488,13 @@ async def _replay(counter: AnomalyCounter, args: argparse.Namespace) -> None:
                     say(f"{_short(at)}  REGRESSED     {_who(signature)}: back after its"
                         " permanent fix")  # fmt: skip
             elif kind == "repair":
-                await counter.record_repair_attempt(key, event["action"], event["success"], at=at)
+                await counter.record_repair_attempt(
+                    key, event["action"], event["success"], at=at, by=by
+                )
             elif kind == "disposition":
-                await counter.record_disposition(key, event["disposition"], at=at)
+                await counter.record_disposition(key, event["disposition"], at=at, by=by)
             elif kind == "fix":
-                await counter.mark_permanent_fix_applied(key, event["description"], at=at)
+                await counter.mark_permanent_fix_applied(key, event["description"], at=at, by=by)
                 say(f"{_short(at)}  FIXED         {_who(signature)}: {event['description']}")
             else:
                 raise KeyError(kind)
@@ -363,21 +535,27 @@ def _fail(message: str, status: int) -> NoReturn:
 async def _token(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     store, project = counter.store, counter.project_id
     if args.token_command == "create":
-        text, record = new_token(project, int(time.time() * 1000), args.label)
+        text, record = new_token(
+            project, int(time.time() * 1000), args.label, read_only=args.read_only
+        )
         await store.save_token(record)
-        data = {"token": text, "token_id": record.token_id, "project": project}
-        _emit(args.json, data, lambda: f"{text}\n(token {record.token_id} of project {project};"
-              " it is shown only now)")  # fmt: skip
+        data = {"token": text, "token_id": record.token_id, "project": project,
+                "read_only": record.read_only}  # fmt: skip
+        access = "read-only token" if record.read_only else "token"
+        _emit(args.json, data, lambda: f"{text}\n({access} {record.token_id} of project"
+              f" {project}; it is shown only now)")  # fmt: skip
     elif args.token_command == "list":
         records = await store.list_tokens(None if args.all else project)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"token_id": r.token_id, "project": r.project, "label": r.label,
-             "created": datetime.fromtimestamp(r.created_ms / 1000, UTC).isoformat()}
+             "created": datetime.fromtimestamp(r.created_ms / 1000, UTC).isoformat(),
+             "read_only": r.read_only}
             for r in records
         ]  # fmt: skip
         _emit(args.json, rows, lambda: _table(
-            ["token", "project", "label", "created"],
-            [(r["token_id"], r["project"], r["label"], _short(r["created"])) for r in rows],
+            ["token", "project", "label", "access", "created"],
+            [(r["token_id"], r["project"], r["label"], "read" if r["read_only"] else "write",
+              _short(r["created"])) for r in rows],
         ) if rows else "no tokens")  # fmt: skip
     elif not await store.revoke_token(args.token_id):
         _fail(f"no token {args.token_id!r}", 1)
@@ -428,6 +606,10 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "dispositions": _dispositions,
     "dispose": _dispose,
     "fix": _fix,
+    "unfix": _unfix,
+    "search": _search,
+    "history": _history,
+    "timeline": _timeline,
     "replay": _replay,
     "token": _token,
 }

@@ -112,3 +112,27 @@ def kept(sizes_newest_first: Sequence[int]) -> int:
         if total > MAX_BYTES and count > 0:
             return count
     return min(len(sizes_newest_first), MAX_ENTRIES)
+
+
+def describe(entry: TimelineEntry) -> str:
+    """One line that tells an entry to a person (who reported it is said apart: ``by``)."""
+    if entry.kind == "first_seen":
+        return "first seen"
+    if entry.kind == "escalated":
+        return f"became {entry.level} ({entry.count_24h} in 24 h)"
+    if entry.kind == "regressed":
+        return "came back after its permanent fix: regressed"
+    if entry.kind == "repair":
+        return f"repair {entry.action} {'worked' if entry.success else 'failed'}"
+    if entry.kind == "disposition":
+        return f"disposed of: {entry.disposition}"
+    if entry.kind == "fix":
+        return f"permanent fix: {entry.description}"
+    if entry.kind == "fix_undone":
+        return "permanent fix undone"
+    if entry.kind == "resolved":
+        return "an episode resolved"
+    if entry.kind == "notice":
+        verb = "sent to" if entry.outcome == "sent" else "could not be sent to"
+        return f"{entry.notice} notice {verb} {entry.channel}"
+    return entry.kind
