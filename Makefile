@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DB ?= .run/demo.db
 PORT ?= 8080
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,8 @@ install: $(STAMP)
 
 # The main job: replay the bundled stream of a small Kubernetes cluster's alerts through the
 # counter on the embedded SQLite store, printing escalations as they happen and the top table;
-# then serve the HTTP API on 127.0.0.1:$(PORT) with a token for the demo project (Ctrl-C stops).
+# then serve the dashboard and the HTTP API on 127.0.0.1:$(PORT) with a token for the demo
+# project (Ctrl-C stops).
 run: $(STAMP)
 	mkdir -p $(dir $(DEMO_DB)) && rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
 	$(BIN)/anomaly-counter --store sqlite:///$(DEMO_DB) --project demo replay --bundled
@@ -30,6 +31,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q
+
+# The dashboard's pages as PNGs, from the test browser (headless chromium), for the README.
+screenshots: $(STAMP)
+	$(BIN)/pytest -q tests/test_dashboard.py --screenshots docs/screenshots
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_record.py

@@ -167,3 +167,12 @@ async def make_counter(store_url: str, clock: Clock) -> AsyncIterator[CounterFac
 
 
 SIG = {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots",
+        metavar="DIR",
+        default="",
+        help="save the dashboard's pages as PNGs here (make screenshots: docs/screenshots)",
+    )

@@ -153,10 +153,11 @@ def test_serve_answers_over_http_and_stops_cleanly(store: str, tmp_path: Path) -
     )
     try:
         assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(3)]
+        lines = [process.stdout.readline() for _ in range(4)]
         assert f"http://127.0.0.1:{port}" in lines[0] and "/docs" in lines[0]
-        assert lines[1].strip() == "spool: anomaly-counter-spool"  # on by default
-        token = lines[2].rsplit(" ", 1)[1].strip()
+        assert lines[1].startswith(f"dashboard: http://127.0.0.1:{port}/")
+        assert lines[2].strip() == "spool: anomaly-counter-spool"  # on by default
+        token = lines[3].rsplit(" ", 1)[1].strip()
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:

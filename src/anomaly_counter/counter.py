@@ -489,7 +489,18 @@ class AnomalyCounter:
 
     async def top_anomalies(self, limit: int = 20, window: str = "24h") -> list[dict[str, Any]]:
         """The anomalies with the most occurrences in a window, most first, each with its
-        figures; from an index kept on write (no scan), exact."""
+        figures as a dict (its fingerprint fields, ``window`` and ``count`` added); from an
+        index kept on write (no scan), exact. ``top`` gives the same as typed answers."""
+        window = validation.window(window)
+        found = await self.top(window, limit)
+        return [
+            {**fingerprint_fields(f.signature), **f.to_dict(), "window": window,
+             "count": f.count(window)}
+            for f in found.anomalies
+        ]  # fmt: skip
+
+    async def top(self, window: str = "24h", limit: int = 20) -> AnomalyList:
+        """The anomalies with the most occurrences in a window, most first."""
         limit = validation.limit(limit)
         window = validation.window(window)
         index = _WINDOW_INDEX[window]
@@ -503,13 +514,8 @@ class AnomalyCounter:
             ]
 
         selected = await self._guard("top_anomalies", self._top(window, evaluate, limit), [])
-        rows = []
-        for _, value, snapshot in selected:
-            row = fingerprint_fields(snapshot.signature)
-            row.update(self._frequency(snapshot, _time(now_ms)).to_dict())
-            row.update(window=window, count=value)
-            rows.append(row)
-        return rows
+        found = [self._frequency(snapshot, _time(now_ms)) for _, _, snapshot in selected]
+        return AnomalyList(found, len(found))
 
     async def _top(
         self, index: str, evaluate: Evaluate[Snapshot], limit: int

@@ -9,7 +9,9 @@ from dataclasses import replace
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match
 
 from .. import __version__
@@ -94,6 +96,7 @@ class Service:
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    from ..web.routes import router as pages
     from .routes import router  # the routes import this module's Service
 
     service = Service(settings, store)
@@ -118,9 +121,23 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         version=__version__,
         summary="Which alerts keep coming back, how often, and whether their repairs work.",
         lifespan=lifespan,
+        docs_url=None,  # served below from files of our own: /docs works offline
+        redoc_url=None,
     )
     app.state.service = service
     app.include_router(router)
+    app.include_router(pages)
+    app.mount("/static", StaticFiles(packages=[("anomaly_counter.web", "static")]), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="anomaly-counter API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
 
     @app.exception_handler(405)
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:

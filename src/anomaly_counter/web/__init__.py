@@ -1,0 +1,1 @@
+"""The dashboard: server-rendered pages of a project's chronic anomalies and their stories."""

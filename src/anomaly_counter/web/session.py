@@ -1,0 +1,67 @@
+"""Who is looking: a project token pasted once into the sign-in form, kept in a cookie.
+
+The cookie is HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it)
+and Secure when served over TLS; the token never appears in a URL. It grants the dashboard's
+reads only: the API's write routes read the ``Authorization`` header and never the cookie, so
+a page elsewhere cannot make a signed-in browser write anything. The forms that change the
+session (sign in, sign out) refuse requests sent from another origin.
+"""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request, Response
+
+COOKIE = "ac_session"
+MAX_AGE = 30 * 86_400
+"""A browser stays signed in for 30 days, or until it signs out or the token is revoked."""
+
+
+class SignInFirst(Exception):
+    """The request has no (valid) session: send the viewer to the sign-in form."""
+
+    def __init__(self, next_path: str, stale: bool = False) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+        self.stale = stale  # a cookie whose token no longer works: forget it
+
+
+def remember(response: Response, request: Request, token: str) -> None:
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=MAX_AGE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def forget(response: Response, request: Request) -> None:
+    response.delete_cookie(
+        COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
+
+
+def same_origin(request: Request) -> None:
+    """Refuse a form sent from another site (a page elsewhere signing a browser in with the
+    attacker's token, or out): browsers say where a request comes from."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise HTTPException(403, "this form must be sent from the dashboard itself")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise HTTPException(403, "this form must be sent from the dashboard itself")
+
+
+def safe_next(path: str | None) -> str | None:
+    """A place to return to after signing in: a dashboard page of this site, nothing else."""
+    if path and path.startswith("/projects/") and "//" not in path and "\\" not in path:
+        return path
+    return None
+
+
+def cross_site_arrival(request: Request) -> bool:
+    """A link followed from another site (a chat notice): the browser did not send the
+    SameSite=Strict cookie, though it has one. Loading the page again from this site sends it."""
+    return COOKIE not in request.cookies and request.headers.get("sec-fetch-site") == "cross-site"
