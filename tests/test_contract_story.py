@@ -232,6 +232,9 @@ async def test_search_finds_prefix_and_substring_case_insensitive(
     assert (await counter.search("crash staging")).anomalies == []
     assert _names((await counter.search("ümlaut-ñ")).anomalies) == ["DiskPressure"]
     assert _names((await counter.search("ÜMLAUT")).anomalies) == ["DiskPressure"]
+    # other labels than the four fingerprint fields match from their start only
+    assert (await counter.search("laut")).total == 0 and (await counter.search("ments")).total == 0
+    assert _names((await counter.search("pay")).anomalies) == ["PodCrashLoopBackOff"]
     assert (await counter.search("nothing-like-this")).total == 0
     assert _names((await counter.search("o")).anomalies).count("PodCrashLoopBackOff") == 2
     assert len((await counter.search("crash", limit=1)).anomalies) == 1
@@ -341,6 +344,22 @@ async def test_chronic_anomalies_by_level_and_window(
     assert (await counter.chronic_anomalies()).total == 0  # cooled off
     with pytest.raises(InvalidInputError):
         await counter.chronic_anomalies("LOUD")
+
+
+async def test_the_chronic_index_follows_levels(make_counter: CounterFactory, clock: Clock) -> None:
+    """The chronic listing reads an index of the anomalies left at REPEAT or above by their
+    latest occurrence: its size follows them, not the project."""
+    counter = make_counter()
+    await counter.record_many([{"signature": {"alertname": f"Once{i}"}} for i in range(40)])
+    assert await counter.store.chronic("team-a") == []
+    await counter.record_many([{"signature": SIG}] * 5)
+    assert await counter.store.chronic("team-a") == [(KEY, 2)]
+    clock.advance(days=2)
+    assert (await counter.chronic_anomalies()).total == 0  # cooled off: listed no more
+    await counter.record_anomaly(SIG)  # its level is 0 at this occurrence: it leaves the index
+    assert await counter.store.chronic("team-a") == []
+    await counter.store.refresh_index("team-a", "chronic", [(KEY, 2, 0)])  # nothing to drop
+    assert await make_counter("team-b").store.chronic("team-b") == []
 
 
 async def test_recommendations_for_several_anomalies(make_counter: CounterFactory) -> None:

@@ -160,3 +160,35 @@ async def test_project_figures_scan_nothing_and_cost_what_they_return(
         # 2,000 anomalies in the project; a query reads one page of each of the 16 shards, one
         # batch of 16 candidates, and lowers at most those 16 stale index entries
         assert len(monitor.commands) <= 16 + 16 + 16 + 16, monitor.commands
+
+
+async def test_chronic_and_search_read_what_they_find(fresh_redis: RedisServer) -> None:
+    """2,000 anomalies in the project, 3 of them chronic: the chronic listing reads the chronic
+    index and those 3; a search reads index entries for what it finds. Neither scans."""
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        await counter.record_many(
+            [{"signature": {"alertname": f"Quiet{i}", "pod": f"p{i}"}} for i in range(2000)]
+        )
+        for name in ("LoudA", "LoudB", "LoudC"):
+            await counter.record_many([{"signature": {"alertname": name}}] * 4)
+        await counter.chronic_anomalies()  # loads the scripts
+        with Monitor(fresh_redis) as chronic:
+            listed = await counter.chronic_anomalies()
+            await asyncio.sleep(0.05)
+        with Monitor(fresh_redis) as found:
+            loud = await counter.search("loud")
+            await asyncio.sleep(0.05)
+        # an anomaly that expired (its keys gone) leaves the chronic index when met
+        with fresh_redis.client() as client:
+            gone = AnomalyCounter.hash_signature({"alertname": "LoudC"})
+            client.delete(*[k for k in client.keys("*") if f":a:{gone}:".encode() in k])
+        assert (await counter.chronic_anomalies()).total == 2
+        assert len(await counter.store.chronic("team-a")) == 2
+    assert sorted(f.signature["alertname"] for f in listed.anomalies) == ["LoudA", "LoudB", "LoudC"]
+    assert loud.total == 3
+    for monitor in (chronic, found):
+        assert not {"SCAN", "KEYS"} & set(monitor.commands)
+    # 16 shard reads of the chronic index, then the 3 anomalies
+    assert chronic.commands == ["ZRANGE"] * 16 + ["EVALSHA"] * 3
+    # gram counts and ranges of 16 shards, the anomalies of the 3 terms found, their reads
+    assert len(found.commands) <= 16 * 3 + 16 * 2 + 3 + 3, found.commands

@@ -29,7 +29,7 @@ from .model import (
     empty_disposition_counts,
 )
 from .policy import ActionRecommendation, level_for, recommend, should_skip, success_rate
-from .ranking import Evaluate, select_at_least, select_top
+from .ranking import Evaluate, select_top
 from .replay import Replayer
 from .settings import Settings, load_settings
 from .signature import derive_key_from_incident, fingerprint_fields, hash_signature
@@ -43,7 +43,7 @@ Clock = Callable[[], datetime]
 _WINDOW_INDEX = {name: i for i, name in enumerate(WINDOWS)}
 _LABELS = tuple(level.label for level in EscalationLevel)  # by level number
 _LEVELS = tuple(level for level in EscalationLevel if level.label)
-_MAX_CHRONIC = 1_000
+_MAX_CHRONIC = 5_000  # chronic anomalies a listing looks at (more: it says it was cut)
 _RETRY_BASE_SECONDS = 0.05
 
 
@@ -547,12 +547,15 @@ class AnomalyCounter:
         end = _ms(validation.aware(at)) if at is not None else _ms(self._clock())
         unknown: list[WindowState | None] = [None] * len(keys)
         states = await self._guard("history", self.store.states(self.project_id, keys), unknown)
-        return [
-            None
-            if state is None or state.newest == NEVER
-            else [(_time(t), n) for t, n in state.histogram(end, bucket_ms, buckets)]
-            for state in states
-        ]
+        starts: dict[int, datetime] = {}  # every series has the same buckets: made once
+        series: list[list[tuple[datetime, int]] | None] = []
+        for state in states:
+            if state is None or state.newest == NEVER:
+                series.append(None)
+                continue
+            counts = state.histogram(end, bucket_ms, buckets)
+            series.append([(starts.get(t) or starts.setdefault(t, _time(t)), n) for t, n in counts])
+        return series
 
     async def timeline(self, anomaly_key: str, *, limit: int | None = None) -> list[TimelineEntry]:
         """The anomaly's story, newest first: first seen, escalations, repairs, dispositions,
@@ -610,14 +613,7 @@ class AnomalyCounter:
         pairs: list[tuple[str, str]] = []
         keys: set[str] | None = None
         for word in words:
-            prefix, grams = search.lookup(word)
-            terms, more = await self.store.terms_holding(
-                self.project_id, prefix, grams, word, search.MAX_CANDIDATE_TERMS
-            )
-            truncated |= more
-            found, more = await self.store.anomalies_with(
-                self.project_id, terms, search.MAX_CANDIDATES
-            )
+            found, more = await self.store.search(self.project_id, word, search.MAX_CANDIDATES)
             truncated |= more
             pairs += found
             mine = {key for _, key in found}
@@ -642,26 +638,29 @@ class AnomalyCounter:
         self, min_level: str = "REPEAT", window: str = "24h", limit: int = 100
     ) -> AnomalyList:
         """The anomalies at ``min_level`` or above (``REPEAT``, ``ESCALATE``,
-        ``PERMANENT_FIX``), the most frequent in ``window`` first. From the 24-hour index:
-        the cost follows the number of chronic anomalies (at most 1,000 are looked at)."""
+        ``PERMANENT_FIX``) now, the most frequent in ``window`` first. From an index of the
+        anomalies whose latest occurrence left them chronic, kept on write: the cost follows
+        the chronic anomalies (and those that cooled off since), never the project."""
         floor = self._level_floor(min_level)
         window = validation.window(window)
         limit = validation.limit(limit)
         now_ms = _ms(self._clock())
 
-        async def evaluate(keys: Sequence[str]) -> list[tuple[int, Snapshot] | None]:
-            snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
-            return [(s.counts[1], s) if s is not None else None for s in snapshots]
-
         async def walk() -> AnomalyList:
-            result = await select_at_least(
-                self.store.candidates(self.project_id, "24h"), evaluate, floor, _MAX_CHRONIC
-            )
-            await self.store.refresh_index(self.project_id, "24h", result.stale)
+            entries = await self.store.chronic(self.project_id)
+            looked_at = entries[:_MAX_CHRONIC]
+            keys = [key for key, _ in looked_at]
+            snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
+            gone = [(k, level, 0) for (k, level), s in zip(looked_at, snapshots, strict=True)
+                    if s is None]  # fmt: skip
+            if gone:
+                await self.store.refresh_index(self.project_id, "chronic", gone)
             at = _time(now_ms)
-            found = [self._frequency(snapshot, at) for _, _, snapshot in result.found]
+            found = [
+                self._frequency(s, at) for s in snapshots if s is not None and s.counts[1] >= floor
+            ]
             found.sort(key=lambda f: (-f.count(window), -f.count_24h, f.anomaly_key))
-            return AnomalyList(found[:limit], len(found), result.truncated)
+            return AnomalyList(found[:limit], len(found), len(entries) > len(looked_at))
 
         return await self._guard("chronic_anomalies", walk(), AnomalyList([], 0))
 

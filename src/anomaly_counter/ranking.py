@@ -54,7 +54,14 @@ async def select_top(
     stale: list[tuple[str, int, int]] = []
 
     async def flush() -> None:
-        for key, value, payload in await _evaluated(pending, evaluate, stale):
+        results = await evaluate([key for key, _ in pending])
+        for (key, bound), result in zip(pending, results, strict=True):
+            value = 0 if result is None else result[0]
+            if value < bound:
+                stale.append((key, bound, value))
+            if result is None:
+                continue
+            payload = result[1]
             entry = (value, _Reverse(key), payload)
             if len(best) < limit:
                 heapq.heappush(best, entry)
@@ -74,22 +81,6 @@ async def select_top(
     return TopResult([(str(key), value, payload) for value, key, payload in ordered], stale)
 
 
-async def _evaluated(
-    pending: list[tuple[str, int]], evaluate: Evaluate[T], stale: list[tuple[str, int, int]]
-) -> list[tuple[str, int, T]]:
-    """The current value and payload of each pending candidate that still counts, as
-    (key, value, payload); those whose value fell below their stored score go to ``stale``."""
-    results = await evaluate([key for key, _ in pending])
-    counted = []
-    for (key, bound), result in zip(pending, results, strict=True):
-        value = 0 if result is None else result[0]
-        if value < bound:
-            stale.append((key, bound, value))
-        if result is not None:
-            counted.append((key, value, result[1]))
-    return counted
-
-
 class _Reverse(str):
     """A key that sorts backwards, so that among equal values the smaller key wins."""
 
@@ -100,51 +91,3 @@ class _Reverse(str):
 
     def __gt__(self, other: object) -> bool:
         return str.__lt__(self, str(other))
-
-
-@dataclass(slots=True)
-class FloorResult(Generic[T]):
-    """Every candidate whose current value reaches a floor (in index order), the stale
-    entries met on the way (as in ``TopResult``), and whether ``cap`` cut the walk short."""
-
-    found: list[tuple[str, int, T]]
-    stale: list[tuple[str, int, int]]
-    truncated: bool
-
-
-async def select_at_least(
-    candidates: AsyncIterator[tuple[str, int]],
-    evaluate: Evaluate[T],
-    floor: int,
-    cap: int,
-    batch: int = 64,
-) -> FloorResult[T]:
-    """The candidates whose current value is at least ``floor``, at most ``cap`` of them.
-
-    Stored scores are upper bounds, so the walk stops at the first entry scored below the
-    floor: it reads the anomalies at the floor and the stale entries above it, never the rest
-    of the index.
-    """
-    found: list[tuple[str, int, T]] = []
-    stale: list[tuple[str, int, int]] = []
-    pending: list[tuple[str, int]] = []
-
-    async def flush() -> None:
-        found.extend(e for e in await _evaluated(pending, evaluate, stale) if e[1] >= floor)
-        pending.clear()
-
-    truncated = False
-    async for key, bound in candidates:
-        if bound < floor:
-            break
-        if len(found) >= cap:
-            truncated = True
-            break
-        pending.append((key, bound))
-        if len(pending) >= batch:
-            await flush()
-    if pending:
-        await flush()
-    if len(found) > cap:
-        found, truncated = found[:cap], True
-    return FloorResult(found, stale, truncated)

@@ -1,18 +1,25 @@
 """Finding anomalies by name: what is indexed, how a query is read, what counts as a match.
 
 An anomaly is indexed once, at its first occurrence, by the *terms* of its stored signature:
-each label's value, case-folded, without control characters, cut to ``MAX_TERM_CHARS``. Each
+each label's value, case-folded, without control characters, cut to ``MAX_TERM_CHARS``. The
+values of its four fingerprint fields (alert name, service, namespace, reason) are searchable
+anywhere in them; the other labels' values (pod, instance, severity, ...) from their start. Each
 store keeps two indexes per project, written in the same atomic step as that occurrence:
 
-- term -> the anomalies that have it;
-- gram -> the terms that hold it, where the grams of a term are its ``GRAM`` -byte windows
-  starting at each of its bytes (UTF-8), padded at the end with ``PAD``: every substring of up
-  to ``GRAM`` bytes is then the start of some gram of every term that holds it.
+- term -> the anomalies that have it (sorted, so that a prefix reads a range of it);
+- gram -> the fingerprint terms that hold it, where the grams of a term are its ``GRAM``-byte
+  windows starting at each of its bytes (UTF-8), padded at the end with ``PAD``: every
+  substring of up to ``GRAM`` bytes is then the start of some gram of every term holding it.
 
-A query is split into words; an anomaly matches when every word is a case-insensitive substring
-of one of its label values. A word of up to ``GRAM`` bytes reads the grams that start with it; a
-longer one reads the terms of its rarest gram and keeps those that hold the whole word. So a
-query reads index entries in proportion to what it finds, never the whole project.
+Grams cost a dozen index entries per distinct term; fingerprint values are few and shared by
+many anomalies, while other labels are often unique to one (a pod's name), which is why only
+the former are searchable inside.
+
+A query is split into words; an anomaly matches when every word is in one of its values as
+said above. A word of up to ``GRAM`` bytes reads the grams that start with it; a longer one
+reads the terms of its rarest gram and keeps those that hold the whole word; and the terms
+that start with the word. So a query reads index entries in proportion to what it finds,
+never the whole project.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from .signature import FINGERPRINT_FIELDS
 
 MAX_TERM_CHARS = 64
 """Values are searchable by their first 64 characters."""
@@ -29,11 +38,11 @@ GRAM = 3
 PAD = "\x01" * (GRAM - 1)
 TERM_SEP = "\x1f"
 """Between the terms handed to a store in one string (terms hold no control characters)."""
+GROUP_SEP = "\x1e"
+"""Between the fingerprint terms and the others in that string."""
 MAX_QUERY_WORDS = 8
-MAX_CANDIDATE_TERMS = 500
-"""Terms a query word may match in a project before its results are cut (``truncated``)."""
 MAX_CANDIDATES = 2_000
-"""Anomalies a query looks at before its results are cut (``truncated``)."""
+"""Anomalies a query word may find before its results are cut (``truncated``)."""
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
@@ -51,23 +60,37 @@ def normalise(text: str) -> str:
     return _CONTROL.sub("", text).casefold()
 
 
-def terms_of(signature: Mapping[str, Any]) -> list[str]:
-    """The distinct search terms of a signature, in label order."""
-    seen: dict[str, None] = {}
-    for value in signature.values():
+def fingerprint_labels(signature: Mapping[str, Any]) -> set[str]:
+    """The labels whose values make the fingerprint (each field, or else its alias)."""
+    used = set()
+    for name, alias in FINGERPRINT_FIELDS.items():
+        if name in signature:
+            used.add(name)
+        elif alias is not None and alias in signature:
+            used.add(alias)
+    return used
+
+
+def terms_of(signature: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The distinct search terms of a signature: of its fingerprint fields, and the others."""
+    inner = fingerprint_labels(signature)
+    fingerprint: dict[str, None] = {}
+    others: dict[str, None] = {}
+    for name, value in signature.items():
         text = _text(value)
-        if text:
-            term = normalise(text)[:MAX_TERM_CHARS]
-            if term:
-                seen[term] = None
-    return list(seen)
+        term = normalise(text)[:MAX_TERM_CHARS] if text else ""
+        if term:
+            (fingerprint if name in inner else others)[term] = None
+    return list(fingerprint), [term for term in others if term not in fingerprint]
 
 
 @functools.lru_cache(maxsize=65_536)
 def joined_terms(signature_json: str) -> str:
     """The terms of a signature (as stored, JSON) as one string, as a record request carries
-    them. On every occurrence: the same labels recur, so each signature is worked out once."""
-    return TERM_SEP.join(terms_of(json.loads(signature_json)))
+    them: the fingerprint terms, ``GROUP_SEP``, the others. On every occurrence: the same
+    labels recur, so each signature is worked out once."""
+    fingerprint, others = terms_of(json.loads(signature_json))
+    return TERM_SEP.join(fingerprint) + GROUP_SEP + TERM_SEP.join(others)
 
 
 def grams_of(term: str) -> list[bytes]:
@@ -87,50 +110,50 @@ def words(query: str) -> list[str]:
 
 
 def lookup(word: str) -> tuple[bytes, list[bytes]]:
-    """How the index is read for a word: ``(prefix, grams)``. A short word (``GRAM`` bytes or
-    fewer) is a prefix of grams; a longer one has its distinct grams (unpadded), of which the
-    rarest is read. Words are looked up by their first ``MAX_TERM_CHARS`` characters, as terms
-    were indexed."""
-    data = word[:MAX_TERM_CHARS].encode()
+    """How the gram index is read for a word: ``(prefix, grams)``. A short word (``GRAM``
+    bytes or fewer) is a prefix of grams; a longer one has its distinct grams (unpadded), of
+    which the rarest is read. Words are looked up by their first ``MAX_TERM_CHARS`` characters,
+    as terms were indexed."""
+    data = indexed(word).encode()
     if len(data) <= GRAM:
         return data, []
     grams = dict.fromkeys(data[i : i + GRAM] for i in range(len(data) - GRAM + 1))
     return b"", list(grams)
 
 
+def indexed(word: str) -> str:
+    """The part of a word that index entries can hold."""
+    return word[:MAX_TERM_CHARS]
+
+
 def holds(term: bytes | str, word: str) -> bool:
     """Whether an indexed term holds a word (the part of it that was indexed)."""
     text = term.decode("utf-8", "replace") if isinstance(term, bytes) else term
-    return word[:MAX_TERM_CHARS] in text
+    return indexed(word) in text
 
 
-def match_quality(signature: Mapping[str, Any], query_words: Sequence[str]) -> int | None:
+def match_quality(signature: Mapping[str, Any], query_words: Iterable[str]) -> int | None:
     """How well a signature matches every word of a query: 0 when some value equals each word,
-    1 when some value starts with each, 2 when each is only inside a value; None when a word
-    matches no value. Lower is better."""
-    values = [normalise(text) for text in map(_text, signature.values()) if text]
+    1 when some value starts with each, 2 when some fingerprint value only holds it; None when a
+    word matches no value. Lower is better."""
+    inner = fingerprint_labels(signature)
+    values = [
+        (normalise(text), name in inner)
+        for name, text in ((n, _text(v)) for n, v in signature.items())
+        if text
+    ]
     worst = 0
     for word in query_words:
         best: int | None = None
-        for value in values:
+        for value, anywhere in values:
             if value == word:
                 best = 0
                 break
             if value.startswith(word):
                 best = 1
-            elif best is None and word in value:
+            elif best is None and anywhere and word in value:
                 best = 2
         if best is None:
             return None
         worst = max(worst, best)
     return worst
-
-
-def matched_labels(signature: Mapping[str, Any], query_words: Iterable[str]) -> list[str]:
-    """The names of the labels whose values hold a word of the query."""
-    wanted = list(query_words)
-    return [
-        name
-        for name, value in signature.items()
-        if (text := _text(value)) and any(word in normalise(text) for word in wanted)
-    ]

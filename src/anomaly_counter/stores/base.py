@@ -165,6 +165,12 @@ class Store(ABC):
         of their current value (see ``ranking.select_top``)."""
 
     @abstractmethod
+    async def chronic(self, project: str) -> list[tuple[str, int]]:
+        """The anomalies whose latest occurrence left them at REPEAT or above, with that level
+        (an index kept on write: its size follows the chronic anomalies, not the project). An
+        anomaly gone since is dropped with ``refresh_index(project, "chronic", ...)``."""
+
+    @abstractmethod
     async def refresh_index(
         self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
     ) -> None:
@@ -225,18 +231,12 @@ class Store(ABC):
         """``repair_stats`` of several anomalies, in one round trip where the store can."""
 
     @abstractmethod
-    async def terms_holding(
-        self, project: str, prefix: bytes, grams: Sequence[bytes], word: str, limit: int
-    ) -> tuple[list[str], bool]:
-        """The project's search terms that hold a word (see ``search.lookup`` for ``prefix``
-        and ``grams``), at most ``limit``, and whether there were more."""
-
-    @abstractmethod
-    async def anomalies_with(
-        self, project: str, terms: Sequence[str], limit: int
+    async def search(
+        self, project: str, word: str, limit: int
     ) -> tuple[list[tuple[str, str]], bool]:
-        """``(term, anomaly key)`` for every anomaly indexed under one of the terms, at most
-        ``limit``, and whether there were more."""
+        """``(term, anomaly key)`` of the project's anomalies with a term that holds a query
+        word (a fingerprint term) or starts with it (any term), at most ``limit``, and whether
+        there were more (see ``anomaly_counter.search``)."""
 
     @abstractmethod
     async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:

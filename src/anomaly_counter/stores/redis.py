@@ -91,7 +91,8 @@ def lua_constants() -> str:
         f"local TL_SEP = {_lua_string(timeline.SEP)}",
         f"local TL_MAX_ENTRIES, TL_MAX_BYTES = {timeline.MAX_ENTRIES}, {timeline.MAX_BYTES}",
         f"local GRAM, GRAM_PAD = {search.GRAM}, {_lua_string(search.PAD)}",
-        f"local TERM_SEP = {_lua_string(search.TERM_SEP)}",
+        f"local TERM_SEP, GROUP_SEP = {_lua_string(search.TERM_SEP)},"
+        f" {_lua_string(search.GROUP_SEP)}",
     ]
     return "-- generated from anomaly_counter.timeline and anomaly_counter.search\n" + "\n".join(
         lines
@@ -434,6 +435,11 @@ class RedisScripts(Store):
             if negative < 0:
                 yield member.decode(), int(-negative)
 
+    async def chronic(self, project: str) -> list[tuple[str, int]]:
+        keys = [_shard_index_key(self._prefix, project, s, "chronic") for s in range(SHARDS)]
+        pages = await self._queries([("ZRANGE", key, 0, -1, "WITHSCORES") for key in keys])
+        return [(member.decode(), int(score)) for page in pages for member, score in _scored(page)]
+
     async def refresh_index(
         self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
     ) -> None:
@@ -496,50 +502,52 @@ class RedisScripts(Store):
         keys = _keys(self._prefix, project, anomaly_key)
         await self._eval("note", [([keys.meta], [entry, ANOMALY_TTL_SECONDS])])
 
-    async def terms_holding(
-        self, project: str, prefix: bytes, grams: Sequence[bytes], word: str, limit: int
-    ) -> tuple[list[str], bool]:
-        shards = [_shard_index_key(self._prefix, project, s, "grams") for s in range(SHARDS)]
-        if grams:
-            # the rarest of the word's grams in each shard, then its entries there
+    async def search(
+        self, project: str, word: str, limit: int
+    ) -> tuple[list[tuple[str, str]], bool]:
+        terms = [_shard_index_key(self._prefix, project, s, "terms") for s in range(SHARDS)]
+        grams = [_shard_index_key(self._prefix, project, s, "grams") for s in range(SHARDS)]
+        prefix, wanted = search.lookup(word)
+        if wanted:  # the rarest of the word's grams in each shard
             counts = await self._queries(
-                [("ZLEXCOUNT", key, b"[" + g + b"\0", b"[" + g + b"\0\xff") for key in shards
-                 for g in grams]
+                [("ZLEXCOUNT", key, b"[" + g + b"\0", b"[" + g + b"\0\xff") for key in grams
+                 for g in wanted]
             )  # fmt: skip
             ranges = []
-            for shard, key in enumerate(shards):
-                mine = counts[shard * len(grams) : (shard + 1) * len(grams)]
-                rarest = grams[mine.index(min(mine))]
+            for shard, key in enumerate(grams):
+                mine = counts[shard * len(wanted) : (shard + 1) * len(wanted)]
+                rarest = wanted[mine.index(min(mine))]
                 ranges.append((key, b"[" + rarest + b"\0", b"[" + rarest + b"\0\xff"))
         else:
-            ranges = [(key, b"[" + prefix, b"[" + prefix + b"\xff") for key in shards]
-        pages = await self._queries(
-            [("ZRANGEBYLEX", key, low, high, "LIMIT", 0, _SEARCH_PAGE) for key, low, high in ranges]
+            ranges = [(key, b"[" + prefix, b"[" + prefix + b"\xff") for key in grams]
+        start = b"[" + search.indexed(word).encode()
+        page = limit + 1
+        replies = await self._queries(
+            [("ZRANGEBYLEX", key, low, high, "LIMIT", 0, page) for key, low, high in ranges]
+            + [("ZRANGEBYLEX", key, start, start + b"\xff", "LIMIT", 0, page) for key in terms]
         )
-        found: dict[str, None] = {}
-        for page in pages:
-            for member in page:
+        # the terms (of each shard) that hold the word, then the anomalies indexed under them
+        holding: dict[tuple[int, str], None] = {}
+        for shard, members in enumerate(replies[:SHARDS]):
+            for member in members:
                 term = member.partition(b"\0")[2].decode("utf-8", "replace")
                 if search.holds(term, word):
-                    found[term] = None
-        more = any(len(page) == _SEARCH_PAGE for page in pages) or len(found) > limit
-        return list(found)[:limit], more
-
-    async def anomalies_with(
-        self, project: str, terms: Sequence[str], limit: int
-    ) -> tuple[list[tuple[str, str]], bool]:
-        shards = [_shard_index_key(self._prefix, project, s, "terms") for s in range(SHARDS)]
+                    holding[shard, term] = None
+        found: dict[tuple[str, str], None] = {}
+        for members in replies[SHARDS:]:  # the terms that start with the word
+            for member in members:
+                term, _, key = member.decode("utf-8", "replace").partition("\0")
+                found[term, key] = None
         commands = []
-        for term in terms:
+        for shard, term in holding:
             low = b"[" + term.encode() + b"\0"
-            commands += [
-                ("ZRANGEBYLEX", key, low, low + b"\xff", "LIMIT", 0, limit + 1) for key in shards
-            ]
-        found: list[tuple[str, str]] = []
-        for command, page in zip(commands, await self._queries(commands), strict=True):
+            commands.append(("ZRANGEBYLEX", terms[shard], low, low + b"\xff", "LIMIT", 0, page))
+        for command, members in zip(commands, await self._queries(commands), strict=True):
             term = command[2][1:-1].decode()
-            found += [(term, member.partition(b"\0")[2].decode()) for member in page]
-        return found[:limit], len(found) > limit
+            for member in members:
+                found[term, member.partition(b"\0")[2].decode()] = None
+        more = any(len(members) >= page for members in replies) or len(found) > limit
+        return list(found)[:limit], more
 
     async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
         calls = []

@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 
 SLOTS = 16384
 _SIBLINGS = ("t", "s", "i", "d", "h", "l", "r0", "r1", "r2", "r3")
-_SHARD_INDEXES = ("1h", "24h", "7d", "30d", "summary", "dispositions", "terms", "grams")
+_SHARD_INDEXES = (
+    "1h", "24h", "7d", "30d", "summary", "dispositions", "terms", "grams", "chronic",
+)  # fmt: skip
 _RETRYABLE = (TryAgainError, ClusterDownError, ReadOnlyError)
 _NOT_RUN = (AskError, NoScriptError, *_RETRYABLE)  # replies of commands that did not run
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.005, 0.1

@@ -25,7 +25,7 @@ from ..errors import ConfigurationError, StoreUnavailableError
 from ..model import EscalationLevel
 from ..policy import Thresholds, crossing, level_for
 from ..ranking import index_bound
-from ..search import MAX_TERM_CHARS, TERM_SEP, grams_of, holds
+from ..search import GROUP_SEP, TERM_SEP, grams_of, indexed, lookup
 from ..tokens import TokenRecord
 from ..windows import WindowState
 from .base import (
@@ -80,6 +80,7 @@ CREATE INDEX IF NOT EXISTS anomalies_30d ON anomalies (project, score_30d DESC, 
 CREATE INDEX IF NOT EXISTS anomalies_dispositions
     ON anomalies (project, score_dispositions DESC, anomaly_key);
 CREATE INDEX IF NOT EXISTS anomalies_touched ON anomalies (touched);
+CREATE INDEX IF NOT EXISTS anomalies_chronic ON anomalies (project, level) WHERE level > 0;
 CREATE TABLE IF NOT EXISTS occurrence_ids (
     project TEXT NOT NULL,
     anomaly_key TEXT NOT NULL,
@@ -288,9 +289,11 @@ class SQLiteStore(Store):
         # writes leave the indexes' pages alone (fewer pages to the WAL per commit).
         touched = now_ms - now_ms % _HOUR_MS
         values: dict[str, Any] = {
-            "first_seen": first_seen, "last_seen": last_seen, "level": int(new_level),
-            "state": state.to_bytes(), "regressed_at": regressed_at, "ids_count": ids_count,
+            "first_seen": first_seen, "last_seen": last_seen, "state": state.to_bytes(),
+            "regressed_at": regressed_at, "ids_count": ids_count,
         }  # fmt: skip
+        if new_level != level or is_new:  # (the chronic index is on it: only when it moves)
+            values["level"] = int(new_level)
         if first_ever:  # the signature of the first occurrence is the one kept (and searched)
             values["signature"] = request.signature_json
         for column, count, bound in zip(_WINDOW_COLUMNS, counts_newest, bounds, strict=True):
@@ -359,19 +362,25 @@ class SQLiteStore(Store):
             )
 
     def _index(self, db: sqlite3.Connection, project: str, key: str, terms: str) -> None:
-        """Index an anomaly under its search terms (and a term new to the project under its
-        grams)."""
-        for term in terms.split(TERM_SEP) if terms else ():
+        """Index an anomaly under its search terms, and a fingerprint term new to the project
+        under its grams (see anomaly_counter.search)."""
+        fingerprint, _, others = terms.partition(GROUP_SEP)
+        for term in fingerprint.split(TERM_SEP) if fingerprint else ():
+            grams = grams_of(term)
             known = db.execute(
-                "SELECT 1 FROM search_terms WHERE project = ? AND term = ? LIMIT 1",
-                (project, term),
+                "SELECT 1 FROM search_grams WHERE project = ? AND gram = ? AND term = ?",
+                (project, grams[0], term),
             ).fetchone()
-            db.execute("INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?)", (project, term, key))
             if known is None:
                 db.executemany(
                     "INSERT OR IGNORE INTO search_grams VALUES (?, ?, ?)",
-                    [(project, gram, term) for gram in grams_of(term)],
+                    [(project, gram, term) for gram in grams],
                 )
+        every = [t for t in (*fingerprint.split(TERM_SEP), *others.split(TERM_SEP)) if t]
+        db.executemany(
+            "INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?)",
+            [(project, term, key) for term in every],
+        )
 
     def _remember_id(
         self,
@@ -404,30 +413,21 @@ class SQLiteStore(Store):
         return ids_count
 
     def _snapshot(
-        self,
-        db: sqlite3.Connection,
-        project: str,
-        key: str,
-        at: int,
-        now_ms: int,
-        state: WindowState | None = None,
-        counts: tuple[int, int, int, int] | None = None,
+        self, db: sqlite3.Connection, project: str, key: str, at: int, now_ms: int
     ) -> Snapshot | None:
         row = db.execute(
             "SELECT first_seen, last_seen, state, fix_at, signature, resolved_at,"
-            " fix_description, fix_by, regressed_at FROM anomalies"
+            " fix_description, fix_by, regressed_at, has_days FROM anomalies"
             " WHERE project = ? AND anomaly_key = ?",
             (project, key),
         ).fetchone()
         if row is None:
             return None
         first_seen, last_seen, blob, fix_at, signature, resolved_at = row[:6]
-        fix_description, fix_by, regressed_at = row[6:]
-        if counts is None:
-            if state is None and blob is not None:
-                state = WindowState.from_bytes(blob, 1 << 30)
-            counts = state.counts(at) if state is not None else (0, 0, 0, 0)
-        days = self._day_totals(db, project, key, now_ms)
+        fix_description, fix_by, regressed_at, has_days = row[6:]
+        state = WindowState.from_bytes(blob, 1 << 30) if blob is not None else None
+        counts = state.counts(at) if state is not None else (0, 0, 0, 0)
+        days = self._day_totals(db, project, key, now_ms) if has_days else {}
         snapshot = _make_snapshot(key, counts, first_seen, last_seen, fix_at, days, now_ms)
         snapshot.signature = json.loads(signature) if signature else {}
         snapshot.resolved_ms = resolved_at
@@ -648,9 +648,21 @@ class SQLiteStore(Store):
                 return
             after = rows[-1]
 
+    async def chronic(self, project: str) -> list[tuple[str, int]]:
+        def work() -> list[tuple[str, int]]:
+            rows = self._connection().execute(
+                "SELECT anomaly_key, level FROM anomalies WHERE project = ? AND level > 0",
+                (project,),
+            )
+            return [(key, int(level)) for key, level in rows]
+
+        return await self._run(work)
+
     async def refresh_index(
         self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
     ) -> None:
+        if index == "chronic":
+            return  # the anomaly's own row: it leaves the index with the anomaly
         column = _COLUMNS[index]
 
         def work(db: sqlite3.Connection) -> None:
@@ -769,53 +781,39 @@ class SQLiteStore(Store):
 
         await self._run(self._write, work)
 
-    async def terms_holding(
-        self, project: str, prefix: bytes, grams: Sequence[bytes], word: str, limit: int
-    ) -> tuple[list[str], bool]:
-        def work() -> list[str]:
-            db = self._connection()
-            if not grams:  # a short word: the grams it starts
-                rows = db.execute(
-                    "SELECT DISTINCT term FROM search_grams WHERE project = ? AND gram >= ?"
-                    " AND gram < ? LIMIT ?",
-                    (project, prefix, prefix + b"\xff", limit + 1),
-                )
-                return [term for (term,) in rows if holds(term, word)]
-            # the rarest of the word's grams, counted only as far as it matters
-            counts = [
-                db.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM search_grams WHERE project = ?"
-                    " AND gram = ? LIMIT ?)",
-                    (project, gram, _GRAM_COUNT_CAP),
-                ).fetchone()[0]
-                for gram in grams
-            ]
-            rarest = grams[counts.index(min(counts))]
-            rows = db.execute(
-                "SELECT term FROM search_grams WHERE project = ? AND gram = ? AND instr(term, ?)"
-                " LIMIT ?",
-                (project, rarest, word[:MAX_TERM_CHARS], limit + 1),
-            )
-            return [term for (term,) in rows]
-
-        terms = await self._run(work)
-        return terms[:limit], len(terms) > limit
-
-    async def anomalies_with(
-        self, project: str, terms: Sequence[str], limit: int
+    async def search(
+        self, project: str, word: str, limit: int
     ) -> tuple[list[tuple[str, str]], bool]:
+        prefix, grams = lookup(word)
+        part = indexed(word)
+
         def work() -> list[tuple[str, str]]:
             db = self._connection()
-            found: list[tuple[str, str]] = []
-            for term in terms:
-                found += db.execute(
-                    "SELECT term, anomaly_key FROM search_terms WHERE project = ? AND term = ?"
-                    " LIMIT ?",
-                    (project, term, limit + 1 - len(found)),
-                ).fetchall()
-                if len(found) > limit:
-                    break
-            return found
+            if grams:  # the rarest of the word's grams, counted only as far as it matters
+                counts = [
+                    db.execute(
+                        "SELECT count(*) FROM (SELECT 1 FROM search_grams WHERE project = ?"
+                        " AND gram = ? LIMIT ?)",
+                        (project, gram, _GRAM_COUNT_CAP),
+                    ).fetchone()[0]
+                    for gram in grams
+                ]
+                rarest = grams[counts.index(min(counts))]
+                low, high = rarest, rarest + b"\x00"
+            else:  # a short word: the grams it starts
+                low, high = prefix, prefix + b"\xff"
+            holding = db.execute(
+                "SELECT t.term, t.anomaly_key FROM (SELECT DISTINCT term FROM search_grams"
+                " WHERE project = ? AND gram >= ? AND gram < ? AND instr(term, ?)) AS g"
+                " JOIN search_terms AS t ON t.project = ? AND t.term = g.term LIMIT ?",
+                (project, low, high, part, project, limit + 1),
+            ).fetchall()
+            starting = db.execute(
+                "SELECT term, anomaly_key FROM search_terms WHERE project = ? AND term >= ?"
+                " AND term < ? LIMIT ?",
+                (project, part, _after_prefix(part), limit + 1),
+            ).fetchall()
+            return list(dict.fromkeys([*holding, *starting]))
 
         found = await self._run(work)
         return found[:limit], len(found) > limit
@@ -925,6 +923,16 @@ class SQLiteStore(Store):
                 self._db = None
 
         await self._run(close)
+
+
+def _after_prefix(prefix: str) -> str:
+    """The least text after every text that starts with ``prefix`` (its last character one
+    higher), for a range read of an index."""
+    last = ord(prefix[-1]) if prefix else 0
+    if last >= 0x10FFFF:
+        return prefix + "\U0010ffff"
+    following = last + 1 if not 0xD800 <= last + 1 <= 0xDFFF else 0xE000  # no surrogates
+    return prefix[:-1] + chr(following)
 
 
 @functools.lru_cache(maxsize=64)

@@ -107,9 +107,10 @@ class Row:
 
 def _spark(frequency: AnomalyFrequency, week: Sequence[tuple[datetime, int]] | None) -> Row:
     counts = [n for _, n in week or []]
+    thirds = [sum(counts[i : i + 3]) for i in range(0, len(counts), 3)]  # per 3 hours
     busiest = max(counts, default=0)
     text = f"last 7 days: {sum(counts)} occurrences, at most {busiest} in an hour"
-    return Row(frequency, labels_of(frequency), charts.sparkline(counts, text), text, None)
+    return Row(frequency, labels_of(frequency), charts.sparkline(thirds, text), text, None)
 
 
 async def rows_for(counter: AnomalyCounter, found: Sequence[AnomalyFrequency]) -> list[Row]:

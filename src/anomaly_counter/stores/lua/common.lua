@@ -404,23 +404,27 @@ local function tell(base, entry, ttl)
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 end
 
--- Index a new anomaly under its search terms (TERM_SEP between them), and a term new to the
--- shard under its grams (see anomaly_counter.search: GRAM bytes from each byte, GRAM_PAD after).
+-- Index a new anomaly under its search terms: the fingerprint terms, GROUP_SEP, the others
+-- (TERM_SEP between terms); a fingerprint term is also indexed under its grams the first time
+-- the shard meets it (see anomaly_counter.search: GRAM bytes from each byte, GRAM_PAD after).
 local function index_terms(meta, member, terms)
-  if terms == '' then return end
   local term_key, gram_key = shard_key(meta, 'terms'), shard_key(meta, 'grams')
-  for term in string.gmatch(terms, '[^' .. TERM_SEP .. ']+') do
-    local known = redis.call('ZRANGEBYLEX', term_key, '[' .. term .. '\0',
-                             '[' .. term .. '\0\255', 'LIMIT', 0, 1)
+  local cut = string.find(terms, GROUP_SEP, 1, true) or (#terms + 1)
+  local pattern = '[^' .. TERM_SEP .. ']+'
+  for term in string.gmatch(string.sub(terms, 1, cut - 1), pattern) do
     redis.call('ZADD', term_key, 0, term .. '\0' .. member)
-    if #known == 0 then
-      local padded, args = term .. GRAM_PAD, {}
+    local padded = term .. GRAM_PAD
+    if not redis.call('ZSCORE', gram_key, string.sub(padded, 1, GRAM) .. '\0' .. term) then
+      local args = {}
       for i = 1, #term do
         args[#args + 1] = 0
         args[#args + 1] = string.sub(padded, i, i + GRAM - 1) .. '\0' .. term
       end
       redis.call('ZADD', gram_key, unpack(args))
     end
+  end
+  for term in string.gmatch(string.sub(terms, cut + 1), pattern) do
+    redis.call('ZADD', term_key, 0, term .. '\0' .. member)
   end
 end
 

@@ -55,6 +55,14 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
   local level = level_for(now_counts[2], t1, t2, t3)
   local escalated = 0
   if level > s[LEVEL] then escalated = level end
+  if level ~= s[LEVEL] then
+    -- the shard's chronic anomalies (at REPEAT or above at their latest occurrence)
+    if level > 0 then
+      redis.call('ZADD', shard_key(meta, 'chronic'), level, member)
+    else
+      redis.call('ZREM', shard_key(meta, 'chronic'), member)
+    end
+  end
   s[LEVEL] = level
 
   for w = 1, 4 do
@@ -96,8 +104,11 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
     for _, name in ipairs({meta, s[TAIL_KEY], key_of(s, 'l')}) do
       redis.call('EXPIRE', name, meta_ttl)
     end
+    if level > 0 then  -- (also written by versions before the index: it heals within the hour)
+      redis.call('ZADD', shard_key(meta, 'chronic'), level, member)
+    end
     local names = {key_of(s, 'd'), key_of(s, 'h'), key_of(s, 's'), shard_key(meta, 'terms'),
-                   shard_key(meta, 'grams')}
+                   shard_key(meta, 'grams'), shard_key(meta, 'chronic')}
     for w = 1, 4 do
       names[#names + 1] = ring_key(s, w)
       names[#names + 1] = index_key(meta, w)
