@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from anomaly_counter import AnomalyCounter, InvalidInputError
-from anomaly_counter.timeline import MAX_BYTES, MAX_ENTRIES
+from anomaly_counter.timeline import (
+    MAX_ENTRIES,
+    MAX_TEXT_CHARS,
+    MILESTONE_ENTRIES,
+    ROUTINE_BYTES,
+    ROUTINE_ENTRIES,
+)
 from anomaly_counter.windows import HISTORY, WindowState
 
 from .conftest import SIG, Clock, CounterFactory
@@ -100,8 +106,12 @@ async def test_timeline_tells_every_kind_of_event(
     first = clock.now
     for _ in range(3):
         await counter.record_anomaly(SIG)
+    clock.advance(seconds=1)
     await counter.record_repair_attempt(KEY, "restart_pod", False, by="tok1")
+    clock.advance(seconds=1)
     await counter.record_disposition(KEY, "human_approved", by="cli")
+    clock.advance(seconds=1)
+    resolved_at = clock.now
     await counter.record_resolution(KEY, at=clock.now)
     await counter.record_resolution(KEY, at=clock.now)  # re-sent: told once
     await counter.record_resolution(KEY, at=clock.now - HOUR)  # older: told never
@@ -109,6 +119,7 @@ async def test_timeline_tells_every_kind_of_event(
     await counter.mark_permanent_fix_applied(KEY, "memory limit 512Mi -> 1Gi", by="tok1")
     clock.advance(minutes=1)
     await counter.record_anomaly(SIG)
+    clock.advance(seconds=1)
     await counter.note_notice(KEY, "slack", "regression", "sent")
     story = await counter.timeline(KEY)
     assert [e.kind for e in story] == [
@@ -119,9 +130,9 @@ async def test_timeline_tells_every_kind_of_event(
     assert seen.at == first and escalated.level == "REPEAT" and escalated.count_24h == 3
     assert (repair.action, repair.success, repair.by) == ("restart_pod", False, "tok1")
     assert (disposition.disposition, disposition.by) == ("human_approved", "cli")
-    assert resolved.at == first and resolved.by is None
+    assert resolved.at == resolved_at and resolved.by is None
     assert (fix.description, fix.by) == ("memory limit 512Mi -> 1Gi", "tok1")
-    assert regressed.at == clock.now
+    assert regressed.at == clock.now - timedelta(seconds=1)
     assert (notice.channel, notice.notice, notice.outcome) == ("slack", "regression", "sent")
     assert notice.to_dict() == {
         "kind": "notice", "at": clock.now.isoformat(), "channel": "slack",
@@ -133,14 +144,34 @@ async def test_timeline_tells_every_kind_of_event(
     assert await other.timeline(KEY) == []
 
 
-async def test_timeline_keeps_the_newest_200_entries(make_counter: CounterFactory) -> None:
+async def test_routine_entries_never_push_out_the_turning_points(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    """Tried as a new user would: a bot restarting a pod every 5 minutes (288 repairs a day)
+    left a timeline of nothing but failed repairs; first seen, the escalations, the fix and the
+    regression were gone."""
     counter = make_counter()
+    for _ in range(5):
+        await counter.record_anomaly(SIG)
+    await counter.mark_permanent_fix_applied(KEY, "the fix")
+    clock.advance(minutes=1)
     await counter.record_anomaly(SIG)
-    for i in range(MAX_ENTRIES + 50):
-        await counter.record_repair_attempt(KEY, f"act{i}", i % 2 == 0)
+    for i in range(300):
+        clock.advance(minutes=5)
+        await counter.record_repair_attempt(KEY, "restart_pod", i % 10 == 0, by="bot")
     story = await counter.timeline(KEY)
-    assert len(story) == MAX_ENTRIES
-    assert story[0].action == f"act{MAX_ENTRIES + 49}" and story[-1].action == "act50"
+    kinds = [e.kind for e in story]
+    assert len(story) <= MAX_ENTRIES
+    assert {"first_seen", "escalated", "fix", "regressed"} <= set(kinds)
+    repairs = [e for e in story if e.kind == "repair"]
+    assert 100 <= len(repairs) <= ROUTINE_ENTRIES  # the newest, as many as fit
+    assert repairs[0].at == clock.now  # newest first
+    # the milestones have their own bound too
+    for i in range(MILESTONE_ENTRIES + 10):
+        clock.advance(seconds=1)
+        await counter.mark_permanent_fix_applied(KEY, f"fix {i}")
+    milestones = [e for e in await counter.timeline(KEY) if e.kind in ("fix", "first_seen")]
+    assert len(milestones) == MILESTONE_ENTRIES and milestones[0].description == "fix 59"
 
 
 async def test_timeline_bytes_are_bounded_and_the_newest_kept(
@@ -151,15 +182,23 @@ async def test_timeline_bytes_are_bounded_and_the_newest_kept(
     for i in range(12):
         clock.advance(seconds=1)
         await counter.mark_permanent_fix_applied(KEY, f"fix {i} " + "x" * 1_990)
+    fixes = [e for e in await counter.timeline(KEY) if e.kind == "fix"]
+    # a fix's text is kept to 240 characters here (all of it in the fix in force)
+    assert all(len(e.description or "") == MAX_TEXT_CHARS for e in fixes)
+    assert (fixes[0].description or "").startswith("fix 11 ")
+    assert (fixes[0].description or "").endswith("…")
+    assert len(fixes) == 11  # 11 entries of 259 bytes (and first seen) fit in 3 KB
+    fixed = await counter.get_frequency(KEY)
+    assert fixed is not None and fixed.permanent_fix is not None
+    assert len(fixed.permanent_fix.description) == 1_997
+    for i in range(200):  # long actions: the routine part's bytes bind before its count
+        await counter.record_repair_attempt(KEY, f"{i:03d}" + "a" * 120, True)
     story = await counter.timeline(KEY)
-    assert 3 <= len(story) <= 4  # four 2 KB entries do not fit in 8 KB with their headers
-    assert [(e.description or "").split()[1] for e in story] == [
-        str(i) for i in range(11, 11 - len(story), -1)
-    ]
-    assert sum(len(e.description or "") for e in story) <= MAX_BYTES
-    for _ in range(5):  # short entries fill the room the long ones leave
-        await counter.record_repair_attempt(KEY, "restart_pod", True)
-    assert [e.kind for e in await counter.timeline(KEY)][:5] == ["repair"] * 5
+    repairs = [e for e in story if e.kind == "repair"]
+    assert 30 <= len(repairs) < ROUTINE_ENTRIES
+    assert (repairs[0].action or "").startswith("199")
+    assert len([e for e in story if e.kind == "fix"]) == 11  # the milestones stay
+    assert sum(len((e.action or "").encode()) for e in repairs) <= ROUTINE_BYTES
 
 
 async def test_a_retried_write_tells_its_story_once(

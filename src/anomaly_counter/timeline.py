@@ -11,9 +11,11 @@ with ``SEP`` the ASCII unit separator, which no field can hold (actions, descrip
 entries of an occurrence themselves (first seen, escalated, regressed) from the codes handed to
 them here; every other entry is built by :func:`encode` and passed in whole.
 
-The newest entries are kept: at most ``MAX_ENTRIES``, and at most ``MAX_BYTES`` of entry text
-in all (at least the newest one), so one anomaly's timeline stays under a few kilobytes
-whatever is written to it.
+Entries are kept in two bounded parts, so that routine ones (a repair every few minutes, a
+resolution per episode) never push out the turning points of the story: *milestones* (first
+seen, escalations, regressions, fixes and their undoing) and the rest. Each part keeps its
+newest entries, at most its number of entries and of bytes of entry text (at least the newest
+one): together at most ``MAX_ENTRIES`` entries and ``MAX_BYTES`` bytes, whatever is written.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ SEP = "\x1f"
 MAX_ENTRIES = 200
 MAX_BYTES = 8_192
 """Entry text kept per anomaly: about 200 typical entries (25-45 bytes each); long fix texts
-make room for themselves by dropping the oldest entries."""
+make room for themselves by dropping the oldest entries of their part."""
+MILESTONE_ENTRIES, MILESTONE_BYTES = 50, 3_072
+ROUTINE_ENTRIES, ROUTINE_BYTES = MAX_ENTRIES - MILESTONE_ENTRIES, MAX_BYTES - MILESTONE_BYTES
 
 FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     # code: (kind, the fields after the time, in order)
@@ -43,6 +47,17 @@ FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 CODES: dict[str, str] = {kind: code for code, (kind, _) in FIELDS.items()}
 """The code of each kind; the Redis scripts get these as constants (see ``lua_constants``)."""
+MILESTONES = frozenset(("first_seen", "escalated", "regressed", "fix", "fix_undone"))
+
+
+def is_milestone(entry: str) -> bool:
+    """Whether an encoded entry is a milestone (kept in its own part)."""
+    return FIELDS.get(entry.partition(SEP)[0], ("", ()))[0] in MILESTONES
+
+
+MAX_TEXT_CHARS = 240
+"""A fix's text as the timeline keeps it (the fix in force keeps all of it, in the anomaly's
+figures): long texts would crowd the milestones out."""
 
 
 def encode(kind: str, at_ms: int, *fields: str | int | bool | None) -> str:
@@ -55,6 +70,8 @@ def encode(kind: str, at_ms: int, *fields: str | int | bool | None) -> str:
     for value in fields:
         if isinstance(value, bool):
             parts.append("1" if value else "0")
+        elif isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            parts.append(value[: MAX_TEXT_CHARS - 1] + "…")
         else:
             parts.append("" if value is None else str(value))
     return SEP.join(parts)
@@ -103,15 +120,18 @@ def decode_all(lines: Sequence[str | bytes]) -> list[TimelineEntry]:
     return sorted(entries, key=lambda entry: entry.at, reverse=True)
 
 
-def kept(sizes_newest_first: Sequence[int]) -> int:
-    """How many of the newest entries (their sizes in bytes, newest first) a timeline keeps:
-    at most ``MAX_ENTRIES`` and ``MAX_BYTES`` in all, but always the newest one."""
+def kept(sizes_newest_first: Sequence[int], milestones: bool) -> int:
+    """How many of the newest entries of a part (their sizes in bytes, newest first) a timeline
+    keeps: at most the part's entries and bytes, but always the newest one."""
+    entries, budget = (
+        (MILESTONE_ENTRIES, MILESTONE_BYTES) if milestones else (ROUTINE_ENTRIES, ROUTINE_BYTES)
+    )
     total = 0
-    for count, size in enumerate(sizes_newest_first[:MAX_ENTRIES]):
+    for count, size in enumerate(sizes_newest_first[:entries]):
         total += size
-        if total > MAX_BYTES and count > 0:
+        if total > budget and count > 0:
             return count
-    return min(len(sizes_newest_first), MAX_ENTRIES)
+    return min(len(sizes_newest_first), entries)
 
 
 def describe(entry: TimelineEntry) -> str:

@@ -10,7 +10,8 @@ Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
     {prefix}:{P.s}:a:A:i        occurrence ids seen (sorted set by arrival)
     {prefix}:{P.s}:a:A:d        day counters: repairs and dispositions (hash)
     {prefix}:{P.s}:a:A:h        last 100 repair attempts (list)
-    {prefix}:{P.s}:a:A:l        the timeline (list, newest first; see anomaly_counter.timeline)
+    {prefix}:{P.s}:a:A:k, :l    the timeline: its milestones and the rest (lists, newest first;
+                                see anomaly_counter.timeline)
     {prefix}:{P.s}:x:<index>    the shard's project indexes (sorted sets) and summary (hash)
     {prefix}:{P.s}:x:terms      search: '<term>\0<anomaly>' (sorted set, read by lex range)
     {prefix}:{P.s}:x:grams      search: '<gram>\0<term>' (see anomaly_counter.search)
@@ -75,7 +76,7 @@ _FIRST_PAGE, _LAST_PAGE = 8, 512  # index entries read from a shard at a time
 _WRITES = frozenset({"record", "repair", "disposition", "fix", "undo", "resolve", "note", "forget"})
 _SCRIPTS = ("record", "read", "repair", "disposition", "fix", "undo", "reindex", "resolve",
             "note", "state", "forget")  # fmt: skip
-_SEARCH_PAGE = 1_000  # gram entries read from a shard for one word at most
+_NOTHING_NAMED: dict[str, Any] = {}
 
 
 def _lua_string(text: str) -> str:
@@ -89,7 +90,13 @@ def lua_constants() -> str:
     lines = [f"local {name} = {_lua_string(code)}" for name, code in codes.items()]
     lines += [
         f"local TL_SEP = {_lua_string(timeline.SEP)}",
-        f"local TL_MAX_ENTRIES, TL_MAX_BYTES = {timeline.MAX_ENTRIES}, {timeline.MAX_BYTES}",
+        "local TL_MILESTONE = {"
+        + ", ".join(f"[{_lua_string(timeline.CODES[k])}] = true" for k in sorted(timeline.MILESTONES))
+        + "}",
+        f"local TL_MILESTONE_ENTRIES, TL_MILESTONE_BYTES = {timeline.MILESTONE_ENTRIES},"
+        f" {timeline.MILESTONE_BYTES}",
+        f"local TL_ROUTINE_ENTRIES, TL_ROUTINE_BYTES = {timeline.ROUTINE_ENTRIES},"
+        f" {timeline.ROUTINE_BYTES}",
         f"local GRAM, GRAM_PAD = {search.GRAM}, {_lua_string(search.PAD)}",
         f"local TERM_SEP, GROUP_SEP = {_lua_string(search.TERM_SEP)},"
         f" {_lua_string(search.GROUP_SEP)}",
@@ -170,7 +177,9 @@ class _Keys:
         self.shard = f"{prefix}:{tag}:x:"
         base = f"{prefix}:{tag}:a:{encode_part(anomaly_key)}:"
         # the scripts take the meta key and name the anomaly's other keys from it
-        self.meta, self.days, self.history, self.timeline = (base + s for s in ("m", "d", "h", "l"))
+        self.meta, self.days, self.history, self.timeline, self.milestones = (
+            base + s for s in ("m", "d", "h", "l", "k")
+        )
 
     def index(self, name: str) -> str:
         return self.shard + name
@@ -495,8 +504,11 @@ class RedisScripts(Store):
         return [None if reply is None else _state(reply) for reply in replies]
 
     async def timeline(self, project: str, anomaly_key: str) -> list[str]:
-        key = _keys(self._prefix, project, anomaly_key).timeline
-        return [entry.decode() for entry in await self._query(("LRANGE", key, 0, -1))]
+        keys = _keys(self._prefix, project, anomaly_key)
+        parts = await self._queries(
+            [("LRANGE", keys.milestones, 0, -1), ("LRANGE", keys.timeline, 0, -1)]
+        )
+        return [entry.decode() for part in parts for entry in part]
 
     async def note(self, project: str, anomaly_key: str, entry: str, now_ms: int) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
@@ -690,7 +702,11 @@ def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, dict[st
     dispositions = dict(zip(DISPOSITION_TYPES, reply[8:13], strict=True))
     dispositions["total"] = sum(dispositions.values())
     flat, signature = reply[13], reply[14] if len(reply) > 14 else None
-    named = {name.decode(): value for name, value in zip(flat[::2], flat[1::2], strict=True)}
+    named = (
+        {name.decode(): value for name, value in zip(flat[::2], flat[1::2], strict=True)}
+        if flat
+        else _NOTHING_NAMED  # most replies: no crossing, no fix
+    )
     snapshot = Snapshot(
         anomaly_key=anomaly_key,
         counts=(c1, c2, c3, c4),

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 SLOTS = 16384
-_SIBLINGS = ("t", "s", "i", "d", "h", "l", "r0", "r1", "r2", "r3")
+_SIBLINGS = ("t", "s", "i", "d", "h", "k", "l", "r0", "r1", "r2", "r3")
 _SHARD_INDEXES = (
     "1h", "24h", "7d", "30d", "summary", "dispositions", "terms", "grams", "chronic",
 )  # fmt: skip

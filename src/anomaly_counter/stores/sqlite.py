@@ -116,13 +116,15 @@ CREATE TABLE IF NOT EXISTS repair_history (
     at INTEGER NOT NULL,
     PRIMARY KEY (project, anomaly_key, seq)
 ) WITHOUT ROWID;
--- The story of each anomaly: entries as anomaly_counter.timeline encodes them.
+-- The story of each anomaly: entries as anomaly_counter.timeline encodes them, in two parts
+-- (1: milestones, 0: the rest), each bounded on its own.
 CREATE TABLE IF NOT EXISTS timeline (
     project TEXT NOT NULL,
     anomaly_key TEXT NOT NULL,
+    part INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     entry TEXT NOT NULL,
-    PRIMARY KEY (project, anomaly_key, seq)
+    PRIMARY KEY (project, anomaly_key, part, seq)
 ) WITHOUT ROWID;
 -- Search (anomaly_counter.search): term -> anomalies, and gram -> terms.
 CREATE TABLE IF NOT EXISTS search_terms (
@@ -342,22 +344,25 @@ class SQLiteStore(Store):
     # -- the story ----------------------------------------------------------------------------
 
     def _tell(self, db: sqlite3.Connection, project: str, key: str, entry: str) -> None:
-        """Add a timeline entry, and drop the oldest past the timeline's bounds."""
-        where = (project, key)
+        """Add a timeline entry, and drop the oldest of its part past the part's bounds."""
+        milestone = timeline.is_milestone(entry)
+        where = (project, key, int(milestone))
         seq = db.execute(
-            "SELECT coalesce(max(seq), 0) + 1 FROM timeline WHERE project = ? AND anomaly_key = ?",
+            "SELECT coalesce(max(seq), 0) + 1 FROM timeline WHERE project = ? AND anomaly_key = ?"
+            " AND part = ?",
             where,
         ).fetchone()[0]
-        db.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", (*where, seq, entry))
+        db.execute("INSERT INTO timeline VALUES (?, ?, ?, ?, ?)", (*where, seq, entry))
         sizes = db.execute(
             "SELECT seq, length(CAST(entry AS BLOB)) FROM timeline WHERE project = ?"
-            " AND anomaly_key = ? ORDER BY seq DESC LIMIT ?",
+            " AND anomaly_key = ? AND part = ? ORDER BY seq DESC LIMIT ?",
             (*where, timeline.MAX_ENTRIES + 1),
         ).fetchall()
-        keep = timeline.kept([size for _, size in sizes])
+        keep = timeline.kept([size for _, size in sizes], milestone)
         if keep < len(sizes):
             db.execute(
-                "DELETE FROM timeline WHERE project = ? AND anomaly_key = ? AND seq <= ?",
+                "DELETE FROM timeline WHERE project = ? AND anomaly_key = ? AND part = ?"
+                " AND seq <= ?",
                 (*where, sizes[keep][0]),
             )
 
@@ -763,7 +768,7 @@ class SQLiteStore(Store):
         def work() -> list[str]:
             rows = self._connection().execute(
                 "SELECT entry FROM timeline WHERE project = ? AND anomaly_key = ?"
-                " ORDER BY seq DESC",
+                " ORDER BY part DESC, seq DESC",
                 (project, anomaly_key),
             )
             return [entry for (entry,) in rows]

@@ -369,6 +369,7 @@ local function reply(s, c, now, retention_days, fix_validity, signature, named)
   if fix >= 0 and now - fix >= fix_validity then fix = -1 end
   if fix >= 0 then
     local record = redis.call('HMGET', key_of(s, 'm'), 'fixd', 'fixb')
+    named = {unpack(named)}
     local n = #named
     named[n + 1], named[n + 2] = 'regressed_at', s[REGRESSED]
     named[n + 3], named[n + 4] = 'fix_text', record[1]
@@ -388,19 +389,25 @@ local function reply(s, c, now, retention_days, fix_validity, signature, named)
   return out
 end
 
--- The timeline (key '...l'): entries as anomaly_counter.timeline encodes them, newest first,
--- at most TL_MAX_ENTRIES and TL_MAX_BYTES of text (the meta hash keeps the byte count, 'lb').
+-- The timeline: entries as anomaly_counter.timeline encodes them, newest first, in two parts
+-- so that routine entries never push out the turning points: milestones (key '...k', at most
+-- TL_MILESTONE_ENTRIES and TL_MILESTONE_BYTES of text) and the rest ('...l', TL_ROUTINE_*).
+-- The meta hash keeps each part's byte count ('kb', 'lb').
 local function tell(base, entry, ttl)
-  local key, meta = base .. 'l', base .. 'm'
+  local suffix, most, budget = 'l', TL_ROUTINE_ENTRIES, TL_ROUTINE_BYTES
+  if TL_MILESTONE[string.sub(entry, 1, 1)] then
+    suffix, most, budget = 'k', TL_MILESTONE_ENTRIES, TL_MILESTONE_BYTES
+  end
+  local key, meta, field = base .. suffix, base .. 'm', suffix .. 'b'
   local n = redis.call('LPUSH', key, entry)
   local bytes = #entry
-  if n > 1 then bytes = bytes + num(redis.call('HGET', meta, 'lb'), 0) end
-  while n > TL_MAX_ENTRIES or (bytes > TL_MAX_BYTES and n > 1) do
+  if n > 1 then bytes = bytes + num(redis.call('HGET', meta, field), 0) end
+  while n > most or (bytes > budget and n > 1) do
     local dropped = redis.call('RPOP', key)
     if not dropped then break end
     bytes, n = bytes - #dropped, n - 1
   end
-  redis.call('HSET', meta, 'lb', bytes)
+  redis.call('HSET', meta, field, bytes)
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 end
 

@@ -10,7 +10,7 @@ redis.call('HSET', KEYS[1], 'st', pack_state(s), 'fixd', ARGV[2], 'fixb', ARGV[7
 local keep = math.max(ttl, floor((at + tonumber(ARGV[4]) - now) / 1000))
 tell(s[BASE], ARGV[8], keep)
 -- the tail and the timeline live as long as the state that counts on them
-for _, name in ipairs({KEYS[1], s[TAIL_KEY], key_of(s, 'l')}) do
+for _, name in ipairs({KEYS[1], s[TAIL_KEY], key_of(s, 'k'), key_of(s, 'l')}) do
   redis.call('EXPIRE', name, keep)
 end
 return 1

@@ -16,6 +16,7 @@ for i = 1, 9 do p[i] = tonumber(ARGV[i]) end
 local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention =
   p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
 local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
+local NO_NAMES = {}
 
 local function record_one(meta, member, at_text, now, id, signature, terms)
   local at = tonumber(at_text)
@@ -101,7 +102,7 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
     if fix >= 0 then meta_ttl = math.max(ttl, floor((fix + fix_validity - now) / 1000)) end
     -- the tail and the timeline live as long as the state (the state counts on its tail, and
     -- keeps the timeline's size)
-    for _, name in ipairs({meta, s[TAIL_KEY], key_of(s, 'l')}) do
+    for _, name in ipairs({meta, s[TAIL_KEY], key_of(s, 'k'), key_of(s, 'l')}) do
       redis.call('EXPIRE', name, meta_ttl)
     end
     if level > 0 then  -- (also written by versions before the index: it heals within the hour)
@@ -115,9 +116,12 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
     end
     for _, name in ipairs(names) do redis.call('EXPIRE', name, ttl) end
   end
-  local named = {}
-  if escalated > 0 then named = {'escalated', escalated} end
-  if newly > 0 then named[#named + 1] = 'newly_regressed'; named[#named + 1] = 1 end
+  local named = NO_NAMES
+  if escalated > 0 or newly > 0 then
+    named = {}
+    if escalated > 0 then named = {'escalated', escalated} end
+    if newly > 0 then named[#named + 1] = 'newly_regressed'; named[#named + 1] = 1 end
+  end
   return reply(s, at_counts, now, retention, fix_validity, '', named)
 end
 
