@@ -79,6 +79,8 @@ def test_repairs_dispositions_and_fix(store: str) -> None:
         (["--project", "bad project", "top"], "invalid project id"),
         (["top", "--limit", "0"], "limit must be"),
         (["show", "nothing-here"], "no anomaly 'nothing-here'"),
+        (["fix", "NoSuchAlert", "raised the limit"], "no anomaly 'NoSuchAlert'"),
+        (["repair", "NoSuchAlert", "restart_pod", "--success"], "no anomaly 'NoSuchAlert'"),
         (["search", "*" * 600], "longer than 512"),
         (["history", "0123456789abcdef", "--window", "2d"], "invalid choice"),
         (["replay", "/no/such/file.jsonl"], "cannot read"),
@@ -210,13 +212,13 @@ def test_names_history_timeline_and_undoing_a_fix(store: str) -> None:
     assert cli(*demo, "replay", "--bundled", store=store).returncode == 0
     several = cli(*demo, "show", "PodCrashLoopBackOff", store=store)
     assert several.returncode == 1
-    assert "3 anomalies match 'PodCrashLoopBackOff'" in several.stderr
+    assert "3 anomalies of project 'demo' match 'PodCrashLoopBackOff'" in several.stderr
     assert len(several.stderr.strip().splitlines()) == 1
     rows = [line.split() for line in several.stdout.splitlines()[2:]]
     assert sorted((r[2], r[3], r[4]) for r in rows) == [
         ("api", "prod", "OOMKilled"), ("api", "staging", "OOMKilled"), ("worker", "prod", "Error")
     ]  # fmt: skip
-    shown = cli(*demo, "show", "PodCrashLoopBackOff api prod", store=store)
+    shown = cli(*demo, "show", "PodCrashLoopBackOff", "api", "prod", store=store)  # unquoted
     assert shown.returncode == 0, shown.stderr
     assert "raised the api memory limit from 512Mi to 1Gi" in shown.stdout
     assert (

@@ -281,6 +281,13 @@ async def test_search_finds_prefix_and_substring_case_insensitive(
         await counter.search("   ")
     with pytest.raises(InvalidInputError):
         await counter.search("x" * 600)
+    with pytest.raises(InvalidInputError, match="at most 8"):  # none is left out silently
+        await counter.search("p pr pro prod r ro rod o zzzzzz")
+    assert (await counter.search("p pr pro prod r ro rod o")).total > 0
+    # with a level: filtered before the limit, and counted so
+    chronic = await counter.search("prod", limit=1, min_level="REPEAT")
+    assert chronic.total == 2 and len(chronic.anomalies) == 1  # the 4th and 6th in prod
+    assert chronic.anomalies[0].count_24h >= 3
 
 
 async def test_search_with_hostile_values_and_long_unicode(make_counter: CounterFactory) -> None:

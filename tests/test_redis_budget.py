@@ -178,6 +178,12 @@ async def test_chronic_and_search_read_what_they_find(fresh_redis: RedisServer) 
         with Monitor(fresh_redis) as found:
             loud = await counter.search("loud")
             await asyncio.sleep(0.05)
+        # a query of 8 long words, each of many distinct characters, costs a bounded number
+        # of commands (tried as an attacker would: it once cost ~32,000 per request)
+        attack = " ".join("".join(chr(0x20000 + 63 * w + i) for i in range(63)) for w in range(8))
+        with Monitor(fresh_redis) as hostile:
+            assert (await counter.search(attack)).total == 0
+            await asyncio.sleep(0.05)
         # an anomaly that expired (its keys gone) leaves the chronic index when met
         with fresh_redis.client() as client:
             gone = AnomalyCounter.hash_signature({"alertname": "LoudC"})
@@ -185,6 +191,7 @@ async def test_chronic_and_search_read_what_they_find(fresh_redis: RedisServer) 
         assert (await counter.chronic_anomalies()).total == 2
         assert len(await counter.store.chronic("team-a")) == 2
     assert sorted(f.signature["alertname"] for f in listed.anomalies) == ["LoudA", "LoudB", "LoudC"]
+    assert len(hostile.commands) <= 8 * (16 * 3 + 16 * 2) + 8, len(hostile.commands)
     assert loud.total == 3
     for monitor in (chronic, found):
         assert not {"SCAN", "KEYS"} & set(monitor.commands)

@@ -37,7 +37,7 @@ async def test_a_name_finds_its_anomaly_or_lists_the_matches(service: ServiceSer
         several = await http.get(_v1("/anomalies/PodCrashLoopBackOff"))
         assert several.status_code == 300, several.text
         body = several.json()
-        assert "2 anomalies match" in body["detail"]
+        assert "2 anomalies of project 'team-a' match" in body["detail"]
         assert [(m["service"], m["count_24h"]) for m in body["matches"]] == [
             ("worker", 2),
             ("api", 1),
@@ -50,6 +50,32 @@ async def test_a_name_finds_its_anomaly_or_lists_the_matches(service: ServiceSer
         assert [a["service"] for a in search["anomalies"]] == ["worker", "api"]
         assert search["total"] == 2 and search["truncated"] is False
         assert search["anomalies"][0]["alert_name"] == "PodCrashLoopBackOff"
+        # every route of an anomaly takes a name; a write never makes up an anomaly of it
+        named = await http.post(
+            _v1("/anomalies/PodCrashLoopBackOff api/repairs"),
+            json={"action": "restart_pod", "success": False},
+        )
+        assert named.status_code == 200
+        repairs = (await http.get(_v1(f"/anomalies/{KEY}/repairs"))).json()
+        assert repairs["actions"]["restart_pod"]["total"] == 1
+        assert (await http.get(_v1("/anomalies/PodCrashLoopBackOff api/timeline"))).json()[
+            "anomaly_key"
+        ] == KEY
+        for method, path, body in (
+            ("POST", "/anomalies/NoSuchAlert/fix", {"description": "x"}),
+            ("POST", "/anomalies/NoSuchAlert/repairs", {"action": "a", "success": True}),
+            ("POST", "/anomalies/NoSuchAlert/dispositions", {"type": "auto_repair"}),
+            ("DELETE", "/anomalies/NoSuchAlert/fix", None),
+            ("GET", "/anomalies/NoSuchAlert/history", None),
+        ):
+            r = await http.request(method, _v1(path), json=body)
+            assert r.status_code == 404 and "no anomaly 'NoSuchAlert'" in r.json()["detail"]
+        ambiguous = await http.post(
+            _v1("/anomalies/PodCrashLoopBackOff/fix"), json={"description": "which one?"}
+        )
+        assert ambiguous.status_code == 300 and len(ambiguous.json()["matches"]) == 2
+        made_up = await http.get(_v1("/anomalies"), params={"q": "nosuchalert"})
+        assert made_up.json()["anomalies"] == []  # nothing was made up
         for hostile in ("*", "[", "%", "\\", "{}", "?"):
             r = await http.get(_v1("/anomalies"), params={"q": hostile})
             assert r.status_code == 200 and r.json()["anomalies"] == [], hostile

@@ -4,7 +4,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .counter import AnomalyCounter, get_anomaly_counter, reset_anomaly_counter
 from .errors import (
+    AmbiguousAnomalyError,
     AnomalyCounterError,
+    AnomalyNotFoundError,
     ConfigurationError,
     InvalidInputError,
     OccurrenceTimeError,
@@ -32,9 +34,11 @@ __all__ = [
     "DISPOSITION_TYPES",
     "WINDOWS",
     "ActionRecommendation",
+    "AmbiguousAnomalyError",
     "AnomalyCounter",
     "AnomalyCounterError",
     "AnomalyFrequency",
+    "AnomalyNotFoundError",
     "ConfigurationError",
     "EscalationLevel",
     "InvalidInputError",

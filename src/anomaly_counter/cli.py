@@ -12,6 +12,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -19,13 +20,19 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 
 from . import __version__
 from .counter import AnomalyCounter
-from .errors import AnomalyCounterError, ConfigurationError, StoreUnavailableError
+from .errors import (
+    AmbiguousAnomalyError,
+    AnomalyCounterError,
+    AnomalyNotFoundError,
+    ConfigurationError,
+    StoreUnavailableError,
+)
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
 from .settings import Settings, load_settings
 from .signature import fingerprint_fields
@@ -34,6 +41,7 @@ from .tokens import new_token
 from .windows import HISTORY
 
 PROG = "anomaly-counter"
+T = TypeVar("T")
 DEFAULT_SERVICE_SPOOL = "anomaly-counter-spool"
 
 
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "show", help="one anomaly, by key or name: figures, fix, its recent story"
     )
-    show.add_argument("key", metavar="KEY_OR_NAME", help="a key, or words of its labels")
+    show.add_argument("key", nargs="+", metavar="KEY_OR_NAME", help="a key, or words of its labels")
     show.add_argument("--at", type=_time)
 
     top = commands.add_parser("top", help="the anomalies that recur most")
@@ -99,14 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--limit", type=int, default=20)
 
     history = commands.add_parser("history", help="occurrences of one anomaly over time")
-    history.add_argument("key", metavar="KEY_OR_NAME")
+    history.add_argument("key", nargs="+", metavar="KEY_OR_NAME")
     history.add_argument(
         "--window", choices=list(HISTORY), default="7d",
         help="1h per minute, 24h and 7d hourly, 30d daily (default 7d)",
     )  # fmt: skip
 
     story = commands.add_parser("timeline", help="the story of one anomaly, newest first")
-    story.add_argument("key", metavar="KEY_OR_NAME")
+    story.add_argument("key", nargs="+", metavar="KEY_OR_NAME")
     story.add_argument("--limit", type=int, default=50)
 
     repairs = commands.add_parser("repairs", help="repair success per action, and a ranking")
@@ -133,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     fix.add_argument("description")
 
     unfix = commands.add_parser("unfix", help="take back a permanent fix marked by mistake")
-    unfix.add_argument("key", metavar="KEY_OR_NAME")
+    unfix.add_argument("key", nargs="+", metavar="KEY_OR_NAME")
 
     replay = commands.add_parser("replay", help="replay a JSONL stream of alert events")
     source = replay.add_mutually_exclusive_group(required=True)
@@ -195,9 +203,9 @@ def _frequency_text(f: AnomalyFrequency) -> str:
             f"{f.count_1h} / {f.count_24h} / {f.count_7d} / {f.count_30d}",
         ),
         ("level", f.escalation_level or "-"),
-        ("first seen / last seen", f"{_short(f.first_seen)} / {_short(f.last_seen)}"),
+        ("first / last seen (UTC)", f"{_short(f.first_seen)} / {_short(f.last_seen)}"),
         ("repair attempts (30 d)", f.auto_repair_count),
-        ("permanent fix applied", "yes" if f.permanent_fix_applied else "no"),
+        ("permanent fix applied", _fixed_text(f)),
         ("dispositions (30 d)", f.total_resolution_count),
     ]
     labels = fingerprint_fields(f.signature)
@@ -206,7 +214,7 @@ def _frequency_text(f: AnomalyFrequency) -> str:
     if f.permanent_fix is not None:
         by = f" by {f.permanent_fix.by}" if f.permanent_fix.by else ""
         rows.append(("permanent fix", f"{f.permanent_fix.description}"))
-        rows.append(("  marked", f"{_short(f.permanent_fix.at)}{by}"))
+        rows.append(("  marked (UTC)", f"{_short(f.permanent_fix.at)}{by}"))
     if f.last_resolved is not None:
         rows.append(("last resolved", _short(f.last_resolved)))
     if f.escalated_to:
@@ -216,9 +224,15 @@ def _frequency_text(f: AnomalyFrequency) -> str:
     if f.duplicate:
         rows.append(("duplicate", "already counted; not counted again"))
     if f.regressed:
-        when = f" on {_short(f.regressed_at)}" if f.regressed_at else ""
+        when = f" on {_short(f.regressed_at)} UTC" if f.regressed_at else ""
         rows.append(("regressed", f"came back after the permanent fix{when}"))
     return "\n".join(f"{name:<28}{value}" for name, value in rows)
+
+
+def _fixed_text(f: AnomalyFrequency) -> str:
+    if not f.permanent_fix_applied:
+        return "no"
+    return "yes, and it came back" if f.regressed else "yes"
 
 
 _BARS = " ▁▂▃▄▅▆▇█"
@@ -251,17 +265,31 @@ async def _record(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     _emit(args.json, f.to_dict(), lambda: _frequency_text(f))
 
 
+def _ref(args: argparse.Namespace) -> str:
+    """The key or the name a command was given (a name may come as several words)."""
+    return " ".join(args.key) if isinstance(args.key, list) else str(args.key)
+
+
 async def _resolve(counter: AnomalyCounter, args: argparse.Namespace) -> AnomalyFrequency:
     """The one anomaly a key or a name refers to; else the matches are listed (exit 1)."""
-    found = await counter.find(args.key)
-    if found.anomaly is not None:
-        return found.anomaly
-    if not found.matches:
-        _fail(f"no anomaly {args.key!r} in project {counter.project_id!r}", 1)
-    rows = [_row(f, "24h") for f in found.matches]
-    _emit(args.json, {"matches": rows}, lambda: _top_text(rows, "24h"))
-    _fail(f"{len(found.matches)} anomalies match {args.key!r}: name one by its key, or add"
-          " words", 1)  # fmt: skip
+    return await _named(args, counter.anomaly(_ref(args)))
+
+
+async def _key(counter: AnomalyCounter, args: argparse.Namespace) -> str:
+    """The key a write names: a key (of an anomaly not seen yet too), or a name that matches
+    one anomaly: never a made-up anomaly named after a typo."""
+    return await _named(args, counter.resolve(_ref(args), known=False))
+
+
+async def _named(args: argparse.Namespace, lookup: Coroutine[Any, Any, T]) -> T:
+    try:
+        return await lookup
+    except AmbiguousAnomalyError as exc:
+        rows = [_row(f, "24h") for f in exc.matches]
+        _emit(args.json, {"matches": rows}, lambda: _top_text(rows, "24h"))
+        _fail(str(exc), 1)
+    except AnomalyNotFoundError as exc:
+        _fail(str(exc), 1)
 
 
 def _row(f: AnomalyFrequency, window: str) -> dict[str, Any]:
@@ -325,9 +353,14 @@ async def _history(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         counts = [n for _, n in series]
         grain = {"1h": "per minute", "24h": "hourly", "7d": "hourly", "30d": "daily"}[args.window]
         busy = [(t, n) for t, n in series if n]
+        # a line of at most 60 bars: neighbouring buckets summed (7 days: per 3 hours)
+        step = -(-len(counts) // 60)
+        bars = [sum(counts[i : i + step]) for i in range(0, len(counts), step)]
+        each = f", a bar per {step} buckets" if step > 1 else ""
         lines = [
-            f"{f.anomaly_key} {_who(f.signature)}, {args.window} {grain} (UTC): {sum(counts)}",
-            _spark(counts),
+            f"{f.anomaly_key} {_who(f.signature)}, {args.window} {grain} (UTC{each}):"
+            f" {sum(counts)}",
+            _spark(bars),
         ]
         if busy:
             lines.append("\n" + _table(["from", "count"], [(_short(t), n) for t, n in busy]))
@@ -361,7 +394,7 @@ def _top_text(rows: list[dict[str, Any]], window: str) -> str:
         return f"no anomaly occurred in the last {window}"
     return _table(
         ["anomaly", "alert", "service", "namespace", "reason", "1h", "24h", "7d", "30d",
-         "level", "last seen"],
+         "level", "last seen (UTC)"],
         [
             (r["anomaly_key"], r["alert_name"], r["service"], r["namespace"],
              r["error_type"] or "-", r["count_1h"], r["count_24h"], r["count_7d"],
@@ -377,14 +410,15 @@ def _level_text(row: dict[str, Any]) -> str:
 
 
 async def _repairs(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    stats = await counter.get_all_repair_stats(args.key)
+    key = await _key(counter, args)
+    stats = await counter.get_all_repair_stats(key)
     candidates = args.candidates or list(stats)
-    ranked = await counter.recommend_actions(args.key, candidates) if candidates else []
+    ranked = await counter.recommend_actions(key, candidates) if candidates else []
     data = {"stats": stats, "recommendations": [r.to_dict() for r in ranked]}
 
     def text() -> str:
         if not ranked:
-            return f"no repair attempt on {args.key} in the last 30 days"
+            return f"no repair attempt on {key} in the last 30 days"
         return _table(
             ["rank", "action", "tried", "worked", "rate", "skip", "why"],
             [(r.rank, r.action, r.total, r.success, f"{r.success_rate:.0%}",
@@ -404,14 +438,15 @@ def _by() -> str:
 
 
 async def _repair(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    await counter.record_repair_attempt(args.key, args.action, args.success, by=_by())
-    stats = await counter.get_repair_success_rate(args.key, args.action)
+    key = await _key(counter, args)
+    await counter.record_repair_attempt(key, args.action, args.success, by=_by())
+    stats = await counter.get_repair_success_rate(key, args.action)
     _emit(args.json, stats, lambda: f"{args.action}: {stats['success']}/{stats['total']} worked")
 
 
 async def _dispositions(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     if args.key:
-        stats = await counter.get_disposition_stats(args.key)
+        stats = await counter.get_disposition_stats(await _key(counter, args))
         _emit(args.json, stats, lambda: _table(["type", "count"], list(stats.items())))
         return
     summary, by_anomaly = await counter.get_all_disposition_stats(limit=args.limit)
@@ -430,23 +465,28 @@ async def _dispositions(counter: AnomalyCounter, args: argparse.Namespace) -> No
 
 
 async def _dispose(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    await counter.record_disposition(args.key, args.type, by=_by())
-    stats = await counter.get_disposition_stats(args.key)
+    key = await _key(counter, args)
+    await counter.record_disposition(key, args.type, by=_by())
+    stats = await counter.get_disposition_stats(key)
     _emit(args.json, stats, lambda: f"{args.type}: {stats[args.type]} of {stats['total']}")
 
 
 async def _fix(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    await counter.mark_permanent_fix_applied(args.key, args.description, by=_by())
-    _emit(args.json, {"anomaly_key": args.key, "permanent_fix_applied": True},
-          lambda: f"permanent fix recorded for {args.key}")  # fmt: skip
+    key = await _key(counter, args)
+    await counter.mark_permanent_fix_applied(key, args.description, by=_by())
+    _emit(args.json, {"anomaly_key": key, "permanent_fix_applied": True},
+          lambda: f"permanent fix recorded for {key} ({args.description})")  # fmt: skip
 
 
 async def _unfix(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     f = await _resolve(counter, args)
-    if not await counter.undo_permanent_fix(f.anomaly_key, by=_by()):
+    if f.permanent_fix is None or not await counter.undo_permanent_fix(f.anomaly_key, by=_by()):
         _fail(f"anomaly {f.anomaly_key} has no permanent fix in force", 1)
-    _emit(args.json, {"anomaly_key": f.anomaly_key, "permanent_fix_applied": False},
-          lambda: f"permanent fix of {f.anomaly_key} undone")  # fmt: skip
+    fix = f.permanent_fix
+    _emit(args.json, {"anomaly_key": f.anomaly_key, "permanent_fix_applied": False,
+                      "undone": fix.to_dict()},
+          lambda: f"permanent fix of {f.anomaly_key} undone: {fix.description!r}, marked"
+          f" {_short(fix.at)} UTC{' by ' + fix.by if fix.by else ''}")  # fmt: skip
 
 
 async def _replay(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -636,6 +676,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     try:
         asyncio.run(_run(args))
+    except BrokenPipeError:  # the reader went away (`... | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     except StoreUnavailableError as exc:
         _fail(f"store unavailable: {exc}", 3)
     except ConfigurationError as exc:

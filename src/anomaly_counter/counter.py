@@ -15,7 +15,12 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import structlog
 
 from . import search, timeline, validation
-from .errors import InvalidInputError, StoreUnavailableError
+from .errors import (
+    AmbiguousAnomalyError,
+    AnomalyNotFoundError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
 from .model import (
     DISPOSITION_TYPES,
     WINDOWS,
@@ -578,24 +583,34 @@ class AnomalyCounter:
             "note_notice", self.store.note(self.project_id, key, entry, now), None, anomaly_key=key
         )
 
-    async def search(self, query: str, limit: int = 20) -> AnomalyList:
-        """The anomalies of this project whose label values hold every word of ``query``
-        (case-insensitive, anywhere in a value), best first: those with a value equal to each
-        word, then starting with it, then holding it; then the busiest in 24 hours. From
-        indexes kept on write: the cost follows what is found, never the project's size."""
+    async def search(
+        self, query: str, limit: int = 20, *, min_level: str | None = None
+    ) -> AnomalyList:
+        """The anomalies of this project whose labels match every word of ``query``
+        (case-insensitive: anywhere in the alert name, service, namespace or reason, from the
+        start of any other label's value), best first: those with a value equal to each word,
+        then starting with it, then holding it; then the busiest in 24 hours. With
+        ``min_level``, only those at that level or above. From indexes kept on write: the cost
+        follows what is found, never the project's size."""
         limit = validation.limit(limit)
+        floor = self._level_floor(min_level) if min_level is not None else 0
         found, truncated = await self._guard(
             "search", self._search(validation.query(query)), ([], False)
         )
-        return AnomalyList([f for _, f in found[:limit]], len(found), truncated)
+        chosen = [f for _, f in found if f.count_24h >= floor]
+        return AnomalyList(chosen[:limit], len(chosen), truncated)
 
     async def find(self, ref: str) -> Lookup:
         """The anomaly a key or a name refers to: its key; or a query that matches one anomaly,
         or exactly one by whole values (``PodCrashLoopBackOff api``). Otherwise the matches
         to choose from (none when nothing matches)."""
         text = validation.query(ref)
-        if _looks_like_key(text):
-            frequency = await self.get_frequency(text)
+        try:
+            key = validation.anomaly_key(text)
+        except InvalidInputError:
+            key = None
+        if key is not None:
+            frequency = await self.get_frequency(key)
             if frequency is not None:
                 return Lookup(frequency, [frequency])
         found, truncated = await self._guard("find", self._search(text), ([], False))
@@ -604,6 +619,29 @@ class AnomalyCounter:
             best = exact[0] if len(exact) == 1 else found[0][1]
             return Lookup(best, [best], truncated)
         return Lookup(None, [f for _, f in found[:100]], truncated)
+
+    async def anomaly(self, ref: str) -> AnomalyFrequency:
+        """The figures of the anomaly a key or a name refers to (see ``find``). Raises
+        ``AnomalyNotFoundError`` when none matches and ``AmbiguousAnomalyError`` (with the
+        matches) when several do."""
+        found = await self.find(ref)
+        if found.anomaly is not None:
+            return found.anomaly
+        if found.matches:
+            raise AmbiguousAnomalyError(
+                f"{len(found.matches)} anomalies of project {self.project_id!r} match {ref!r}:"
+                " name one by its key, or add words (its service, namespace, reason)",
+                found.matches,
+            )
+        raise AnomalyNotFoundError(f"no anomaly {ref!r} in project {self.project_id!r}")
+
+    async def resolve(self, ref: str, *, known: bool = True) -> str:
+        """The key of the anomaly a key or a name refers to (see ``anomaly``). With
+        ``known=False`` a key in the form ``hash_signature`` makes is taken as it is, seen or
+        not: a repair or a fix may be written before the anomaly's first occurrence."""
+        if not known and _looks_like_key(ref):
+            return ref
+        return (await self.anomaly(ref)).anomaly_key
 
     async def _search(self, query: str) -> tuple[list[tuple[int, AnomalyFrequency]], bool]:
         words = search.words(query)

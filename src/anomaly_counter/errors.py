@@ -5,6 +5,11 @@ Callers catch these; the service maps them to HTTP statuses and the CLI to one-l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import AnomalyFrequency
+
 
 class AnomalyCounterError(Exception):
     """Base of every error this library raises on purpose."""
@@ -22,9 +27,23 @@ class UnknownDispositionError(InvalidInputError):
     """A disposition type that is not one of the five known ones."""
 
 
+class AnomalyNotFoundError(InvalidInputError):
+    """A key or a name that refers to no anomaly of the project."""
+
+
+class AmbiguousAnomalyError(InvalidInputError):
+    """A name that several anomalies of the project match: ``matches`` holds them, best first
+    (``AnomalyFrequency`` each), to choose one by its key or with more words."""
+
+    def __init__(self, message: str, matches: list[AnomalyFrequency]) -> None:
+        super().__init__(message)
+        self.matches = matches
+
+
 class ConfigurationError(AnomalyCounterError):
     """Settings or a store URL are invalid; raised at start-up, naming the setting."""
 
 
 class StoreUnavailableError(AnomalyCounterError):
-    """The store could not be reached or did not answer in time (raised only with strict=True)."""
+    """The store could not be reached or did not answer in time (the facade's calls raise it
+    with ``strict=True``, and answer ``degraded`` without)."""

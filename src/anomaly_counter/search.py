@@ -30,6 +30,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .errors import InvalidInputError
 from .signature import FINGERPRINT_FIELDS
 
 MAX_TERM_CHARS = 64
@@ -43,6 +44,11 @@ GROUP_SEP = "\x1e"
 MAX_QUERY_WORDS = 8
 MAX_CANDIDATES = 2_000
 """Anomalies a query word may find before its results are cut (``truncated``)."""
+MAX_TERMS = 200
+"""Distinct terms (of each shard) a query word may match before its results are cut."""
+PROBED_GRAMS = 3
+"""Grams of a long word whose index entries are counted, to read the rarest: a bounded cost
+whatever the word (the first, a middle and the last)."""
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
@@ -100,25 +106,32 @@ def grams_of(term: str) -> list[bytes]:
 
 
 def words(query: str) -> list[str]:
-    """The words of a query, normalised, distinct, at most ``MAX_QUERY_WORDS``."""
+    """The words of a query, normalised, distinct (an empty list for none; a named error for
+    more than ``MAX_QUERY_WORDS``: a word left out would let through what does not match)."""
     seen: dict[str, None] = {}
     for word in query.split():
         cleaned = normalise(word)
         if cleaned:
             seen[cleaned] = None
-    return list(seen)[:MAX_QUERY_WORDS]
+    if len(seen) > MAX_QUERY_WORDS:
+        raise InvalidInputError(
+            f"search query has {len(seen)} words, at most {MAX_QUERY_WORDS} allowed"
+        )
+    return list(seen)
 
 
 def lookup(word: str) -> tuple[bytes, list[bytes]]:
     """How the gram index is read for a word: ``(prefix, grams)``. A short word (``GRAM``
-    bytes or fewer) is a prefix of grams; a longer one has its distinct grams (unpadded), of
-    which the rarest is read. Words are looked up by their first ``MAX_TERM_CHARS`` characters,
-    as terms were indexed."""
+    bytes or fewer) is a prefix of grams; a longer one has ``PROBED_GRAMS`` of its grams
+    (unpadded), of which the rarest is read (any gram of the word finds every term holding
+    it). Words are looked up by their first ``MAX_TERM_CHARS`` characters, as terms were
+    indexed."""
     data = indexed(word).encode()
     if len(data) <= GRAM:
         return data, []
-    grams = dict.fromkeys(data[i : i + GRAM] for i in range(len(data) - GRAM + 1))
-    return b"", list(grams)
+    last = len(data) - GRAM
+    starts = sorted({0, last // 2, last})[:PROBED_GRAMS]
+    return b"", list(dict.fromkeys(data[i : i + GRAM] for i in starts))
 
 
 def indexed(word: str) -> str:

@@ -16,7 +16,12 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..counter import AnomalyCounter
-from ..errors import InvalidInputError, StoreUnavailableError
+from ..errors import (
+    AmbiguousAnomalyError,
+    AnomalyNotFoundError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
 from ..model import AnomalyFrequency, Occurrence
 from ..notify.dispatcher import Dispatcher
 from ..replay import Replayer
@@ -26,6 +31,7 @@ from ..stores.base import Store, store_from_url
 from .auth import Authenticator
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import BodyLimit, HttpMetrics
+from .schemas import MatchesOut
 
 logger = structlog.get_logger("anomaly_counter.service")
 RETRY_AFTER_SECONDS = "5"
@@ -156,6 +162,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     @app.exception_handler(InvalidInputError)
     async def invalid(_: Request, exc: InvalidInputError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(AnomalyNotFoundError)
+    async def not_found(_: Request, exc: AnomalyNotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(AmbiguousAnomalyError)
+    async def ambiguous(_: Request, exc: AmbiguousAnomalyError) -> JSONResponse:
+        matches = MatchesOut.of(str(exc), exc.matches)
+        return JSONResponse(matches.model_dump(mode="json"), status_code=300)
 
     @app.exception_handler(SpoolFullError)
     async def spool_full(_: Request, exc: SpoolFullError) -> JSONResponse:

@@ -14,14 +14,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..counter import AnomalyCounter
-from ..model import AnomalyFrequency, Occurrence
+from ..model import Occurrence
 from ..policy import should_skip
-from ..signature import fingerprint_fields
 from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
 from ..windows import HISTORY
@@ -38,10 +36,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {**_ERROR, "description": "A token of another project"},
     413: {**_ERROR, "description": "Body too large"},
     503: {**_ERROR, "description": "The store cannot be reached: retry later"},
-}
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    **ERRORS,
-    404: {**_ERROR, "description": "No such anomaly in this project"},
 }
 
 ProjectId = Annotated[str, Path(description="Project id", min_length=1, max_length=64)]
@@ -92,6 +86,21 @@ async def _writer(p: Checked) -> Project:
 
 Writer = Annotated[Project, Depends(_writer)]
 """A project's token that may write (a read-only one gets 403)."""
+
+
+async def _named(anomaly_key: AnomalyKey, p: Checked) -> str:
+    """The key of the anomaly the path names: its key (one not seen yet too, for a write that
+    comes first), or words of its labels that match one anomaly (else 404, or 300 with the
+    matches). Checked after the token, so another project's token learns nothing."""
+    return await p.counter.resolve(anomaly_key, known=False)
+
+
+Named = Annotated[str, Depends(_named)]
+_NAMED: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    300: {"model": s.MatchesOut, "description": "A name that several anomalies match"},
+    404: {**_ERROR, "description": "No anomaly of this project has that key or name"},
+}
 
 
 _QUERY_NAMES: dict[int, frozenset[str]] = {}
@@ -208,17 +217,6 @@ async def alertmanager(body: AlertmanagerPayload, p: Writer) -> s.AlertmanagerOu
 Window = Annotated[str, Query(pattern="^(1h|24h|7d|30d)$")]
 
 
-def _row(frequency: AnomalyFrequency, window: str) -> s.TopRow:
-    return s.TopRow.model_validate(
-        {
-            **fingerprint_fields(frequency.signature),
-            **frequency.to_dict(),
-            "window": window,
-            "count": frequency.count(window),
-        }
-    )
-
-
 @router.get("/anomalies", tags=["anomalies"], response_model=s.TopOut)
 async def top_anomalies(
     p: Checked,
@@ -243,10 +241,7 @@ async def top_anomalies(
     """The anomalies with the most occurrences in a window, most first; with ``q``, those
     whose labels match it (best match first); with ``level``, the chronic ones."""
     if q is not None:
-        found = await p.timed("search", p.counter.search(q, limit=limit))
-        if level is not None:
-            floor = p.counter.THRESHOLDS[level]
-            found.anomalies = [f for f in found.anomalies if f.count_24h >= floor]
+        found = await p.timed("search", p.counter.search(q, limit=limit, min_level=level))
     elif level is not None:
         found = await p.timed("top", p.counter.chronic_anomalies(level, window, limit))
     else:
@@ -254,7 +249,7 @@ async def top_anomalies(
         return s.TopOut(window=window, anomalies=[s.TopRow.model_validate(r) for r in rows])
     return s.TopOut(
         window=window,
-        anomalies=[_row(f, window) for f in found.anomalies],
+        anomalies=[s.TopRow.of(f, window) for f in found.anomalies],
         total=found.total,
         truncated=found.truncated,
     )
@@ -264,34 +259,22 @@ async def top_anomalies(
     "/anomalies/{anomaly_key}",
     tags=["anomalies"],
     response_model=s.FrequencyOut,
-    responses={
-        **_NOT_FOUND,
-        300: {"model": s.MatchesOut, "description": "A name that several anomalies match"},
-    },
+    responses=_NAMED,
 )
-async def get_anomaly(anomaly_key: AnomalyKey, p: Checked) -> Any:
+async def get_anomaly(anomaly_key: AnomalyKey, p: Checked) -> s.FrequencyOut:
     """One anomaly's windows, first and last seen, repairs, dispositions, fix and regression;
     by its key, or by a name (``PodCrashLoopBackOff``, ``PodCrashLoopBackOff api``): one
     anomaly matching it, else 300 with the matches to choose from."""
-    found = await p.timed("read", p.counter.find(anomaly_key))
-    if found.anomaly is not None:
-        return s.FrequencyOut.of(found.anomaly)
-    if not found.matches:
-        raise HTTPException(404, "no such anomaly in this project")
-    matches = s.MatchesOut(
-        detail=f"{len(found.matches)} anomalies match {anomaly_key!r}: ask for one by its key",
-        matches=[_row(f, "24h") for f in found.matches],
-    )
-    return JSONResponse(matches.model_dump(mode="json"), status_code=300)
+    return s.FrequencyOut.of(await p.timed("read", p.counter.anomaly(anomaly_key)))
 
 
 @router.get(
     "/anomalies/{anomaly_key}/history",
     tags=["anomalies"],
     response_model=s.HistoryOut,
-    responses=_NOT_FOUND,
+    responses=_NAMED,
 )
-async def history(anomaly_key: AnomalyKey, p: Checked, window: Window = "7d") -> s.HistoryOut:
+async def history(p: Checked, anomaly_key: Named, window: Window = "7d") -> s.HistoryOut:
     """Occurrences over time: per minute over 1h, hourly over 24h and 7d, daily over 30d."""
     series = await p.timed("read", p.counter.history(anomaly_key, window))
     if series is None:
@@ -308,10 +291,10 @@ async def history(anomaly_key: AnomalyKey, p: Checked, window: Window = "7d") ->
     "/anomalies/{anomaly_key}/timeline",
     tags=["anomalies"],
     response_model=s.TimelineOut,
-    responses=_NOT_FOUND,
+    responses=_NAMED,
 )
 async def timeline(
-    anomaly_key: AnomalyKey, p: Checked, limit: Annotated[int, Query(ge=1, le=200)] = 200
+    p: Checked, anomaly_key: Named, limit: Annotated[int, Query(ge=1, le=200)] = 200
 ) -> s.TimelineOut:
     """The anomaly's story, newest first: first seen, escalations, repairs, dispositions,
     fixes, regressions, resolutions, notices; each with who reported it where known."""
@@ -335,8 +318,10 @@ async def escalations(
     )
 
 
-@router.post("/anomalies/{anomaly_key}/repairs", tags=["repairs"], response_model=s.Done)
-async def record_repair(anomaly_key: AnomalyKey, body: s.RepairIn, p: Writer) -> s.Done:
+@router.post(
+    "/anomalies/{anomaly_key}/repairs", tags=["repairs"], response_model=s.Done, responses=_NAMED
+)
+async def record_repair(p: Writer, anomaly_key: Named, body: s.RepairIn) -> s.Done:
     """Count one repair attempt and whether it worked."""
     await p.timed(
         "repair",
@@ -347,8 +332,13 @@ async def record_repair(anomaly_key: AnomalyKey, body: s.RepairIn, p: Writer) ->
     return s.Done()
 
 
-@router.get("/anomalies/{anomaly_key}/repairs", tags=["repairs"], response_model=s.RepairsOut)
-async def repairs(anomaly_key: AnomalyKey, p: Checked) -> s.RepairsOut:
+@router.get(
+    "/anomalies/{anomaly_key}/repairs",
+    tags=["repairs"],
+    response_model=s.RepairsOut,
+    responses=_NAMED,
+)
+async def repairs(p: Checked, anomaly_key: Named) -> s.RepairsOut:
     """Per action, every attempt of the last 30 days; and the last 100 attempts."""
     stats = await p.timed("read", p.counter.get_all_repair_stats(anomaly_key))
     history = await p.timed("read", p.counter.get_repair_history(anomaly_key))
@@ -356,12 +346,15 @@ async def repairs(anomaly_key: AnomalyKey, p: Checked) -> s.RepairsOut:
 
 
 @router.get(
-    "/anomalies/{anomaly_key}/repairs/{action}/skip", tags=["repairs"], response_model=s.SkipOut
+    "/anomalies/{anomaly_key}/repairs/{action}/skip",
+    tags=["repairs"],
+    response_model=s.SkipOut,
+    responses=_NAMED,
 )
 async def should_skip_action(
-    anomaly_key: AnomalyKey,
-    action: Annotated[str, Path(min_length=1, max_length=MAX_KEY_CHARS)],
     p: Checked,
+    anomaly_key: Named,
+    action: Annotated[str, Path(min_length=1, max_length=MAX_KEY_CHARS)],
     min_success_rate: Annotated[float, Query(ge=0, le=1)] = 0.2,
 ) -> s.SkipOut:
     """Whether automation should stop trying this action (the reference's rule)."""
@@ -374,9 +367,10 @@ async def should_skip_action(
     "/anomalies/{anomaly_key}/recommendations",
     tags=["repairs"],
     response_model=s.RecommendationsOut,
+    responses=_NAMED,
 )
 async def recommendations(
-    anomaly_key: AnomalyKey, body: s.RecommendIn, p: Checked
+    p: Checked, anomaly_key: Named, body: s.RecommendIn
 ) -> s.RecommendationsOut:
     """Candidate actions (default: those tried, and the configured ones) ranked by the lower
     confidence bound of their success rate, each with its evidence. A POST because the
@@ -389,8 +383,13 @@ async def recommendations(
     return s.RecommendationsOut(recommendations=[r.to_dict() for r in ranked])
 
 
-@router.post("/anomalies/{anomaly_key}/dispositions", tags=["dispositions"], response_model=s.Done)
-async def record_disposition(anomaly_key: AnomalyKey, body: s.DispositionIn, p: Writer) -> s.Done:
+@router.post(
+    "/anomalies/{anomaly_key}/dispositions",
+    tags=["dispositions"],
+    response_model=s.Done,
+    responses=_NAMED,
+)
+async def record_disposition(p: Writer, anomaly_key: Named, body: s.DispositionIn) -> s.Done:
     """Count how one alert of this anomaly was disposed of."""
     await p.timed(
         "disposition",
@@ -403,8 +402,9 @@ async def record_disposition(anomaly_key: AnomalyKey, body: s.DispositionIn, p: 
     "/anomalies/{anomaly_key}/dispositions",
     tags=["dispositions"],
     response_model=s.DispositionCounts,
+    responses=_NAMED,
 )
-async def disposition_stats(anomaly_key: AnomalyKey, p: Checked) -> s.DispositionCounts:
+async def disposition_stats(p: Checked, anomaly_key: Named) -> s.DispositionCounts:
     """The five disposition counts of the last 30 days and their total."""
     stats = await p.timed("read", p.counter.get_disposition_stats(anomaly_key))
     return s.DispositionCounts(**stats)
@@ -419,8 +419,10 @@ async def disposition_summary(
     return s.DispositionSummaryOut.model_validate({"summary": summary, "by_anomaly": by_anomaly})
 
 
-@router.post("/anomalies/{anomaly_key}/fix", tags=["anomalies"], response_model=s.Done)
-async def mark_permanent_fix(anomaly_key: AnomalyKey, body: s.FixIn, p: Writer) -> s.Done:
+@router.post(
+    "/anomalies/{anomaly_key}/fix", tags=["anomalies"], response_model=s.Done, responses=_NAMED
+)
+async def mark_permanent_fix(p: Writer, anomaly_key: Named, body: s.FixIn) -> s.Done:
     """Mark that the root cause got a permanent fix: the next occurrence is a regression."""
     await p.timed(
         "fix",
@@ -433,9 +435,9 @@ async def mark_permanent_fix(anomaly_key: AnomalyKey, body: s.FixIn, p: Writer) 
     "/anomalies/{anomaly_key}/fix",
     tags=["anomalies"],
     response_model=s.UndoneOut,
-    responses={**ERRORS, 404: {**_ERROR, "description": "No permanent fix in force"}},
+    responses={**_NAMED, 404: {**_ERROR, "description": "No such anomaly, or no fix in force"}},
 )
-async def undo_permanent_fix(anomaly_key: AnomalyKey, p: Writer) -> s.UndoneOut:
+async def undo_permanent_fix(p: Writer, anomaly_key: Named) -> s.UndoneOut:
     """Take back the permanent fix in force (marked by mistake): the anomaly is no longer
     fixed nor regressed; the timeline keeps the fix and says who undid it."""
     if not await p.timed("fix", p.counter.undo_permanent_fix(anomaly_key, by=p.by)):

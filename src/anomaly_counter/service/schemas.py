@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from ..model import TIMELINE_KINDS, AnomalyFrequency, TimelineEntry
+from ..signature import fingerprint_fields
 
 Label = str | int | float | bool | None
 
@@ -117,6 +118,17 @@ class TopRow(FrequencyOut):
     window: str
     count: int
 
+    @classmethod
+    def of(cls, frequency: AnomalyFrequency, window: str) -> TopRow:  # type: ignore[override]
+        return cls.model_validate(
+            {
+                **fingerprint_fields(frequency.signature),
+                **frequency.to_dict(),
+                "window": window,
+                "count": frequency.count(window),
+            }
+        )
+
 
 class TopOut(BaseModel):
     window: str
@@ -130,6 +142,10 @@ class TopOut(BaseModel):
 class MatchesOut(BaseModel):
     detail: str
     matches: list[TopRow] = Field(description="The anomalies the name matches, best first")
+
+    @classmethod
+    def of(cls, detail: str, matches: list[AnomalyFrequency]) -> MatchesOut:
+        return cls(detail=detail, matches=[TopRow.of(f, "24h") for f in matches])
 
 
 class HistoryBucket(BaseModel):

@@ -87,11 +87,12 @@ def lua_constants() -> str:
     """The constants the scripts share with Python, defined there (timeline codes and bounds,
     search grams), as Lua source."""
     codes = {f"TL_{kind.upper()}": code for kind, code in timeline.CODES.items()}
+    milestones = timeline.MILESTONES
     lines = [f"local {name} = {_lua_string(code)}" for name, code in codes.items()]
     lines += [
         f"local TL_SEP = {_lua_string(timeline.SEP)}",
         "local TL_MILESTONE = {"
-        + ", ".join(f"[{_lua_string(timeline.CODES[k])}] = true" for k in sorted(timeline.MILESTONES))
+        + ", ".join(f"[{_lua_string(timeline.CODES[k])}] = true" for k in sorted(milestones))
         + "}",
         f"local TL_MILESTONE_ENTRIES, TL_MILESTONE_BYTES = {timeline.MILESTONE_ENTRIES},"
         f" {timeline.MILESTONE_BYTES}",
@@ -545,6 +546,8 @@ class RedisScripts(Store):
                 term = member.partition(b"\0")[2].decode("utf-8", "replace")
                 if search.holds(term, word):
                     holding[shard, term] = None
+        more = len(holding) > search.MAX_TERMS
+        holding = dict.fromkeys(list(holding)[: search.MAX_TERMS])
         found: dict[tuple[str, str], None] = {}
         for members in replies[SHARDS:]:  # the terms that start with the word
             for member in members:
@@ -558,7 +561,7 @@ class RedisScripts(Store):
             term = command[2][1:-1].decode()
             for member in members:
                 found[term, member.partition(b"\0")[2].decode()] = None
-        more = any(len(members) >= page for members in replies) or len(found) > limit
+        more |= any(len(members) >= page for members in replies) or len(found) > limit
         return list(found)[:limit], more
 
     async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:

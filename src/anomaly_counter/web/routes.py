@@ -195,7 +195,7 @@ async def project_page(
 @router.get("/projects/{project}/anomalies/{key}.json")
 async def anomaly_data(request: Request, project: str, key: str) -> Response:
     async def make() -> Response:
-        view = await _anomaly(request, project, key)
+        view = await _anomaly(request, project, key, ".json")
         if isinstance(view, Response):
             return view
         response = JSONResponse(views.anomaly_json(view))
@@ -217,9 +217,11 @@ async def anomaly_page(request: Request, project: str, key: str) -> Response:
     return await _shown(request, project, make)
 
 
-async def _anomaly(request: Request, project: str, ref: str) -> views.AnomalyView | Response:
-    """The view of the anomaly a key names; a name that matches one goes to its page, one
-    that matches several to the search."""
+async def _anomaly(
+    request: Request, project: str, ref: str, suffix: str = ""
+) -> views.AnomalyView | Response:
+    """The view of the anomaly a key names; a name that matches one goes to its page (or its
+    JSON), one that matches several to the search."""
     service = _service(request)
     counter = service.counter(project)
     found = await counter.find(ref)
@@ -228,7 +230,7 @@ async def _anomaly(request: Request, project: str, ref: str) -> views.AnomalyVie
             return RedirectResponse(f"/projects/{project}?q={quote(ref)}", status_code=303)
         raise HTTPException(404, f"no anomaly {ref!r} in project {project!r}")
     if found.anomaly.anomaly_key != ref:
-        target = f"/projects/{project}/anomalies/{found.anomaly.anomaly_key}"
+        target = f"/projects/{project}/anomalies/{found.anomaly.anomaly_key}{suffix}"
         return RedirectResponse(target, status_code=303)
     tokens = await service.store.list_tokens(project)
     who = {t.token_id: t.label for t in tokens}
