@@ -166,11 +166,9 @@ async def test_sign_in_see_the_chronic_ones_search_and_read_a_story(
     assert await p.locator("h1").inner_text() == "3 anomalies match “crash”"
     services = await p.locator("table.cards td[data-label='Service']").all_inner_texts()
     assert sorted(services) == ["api", "api", "worker"]
-    await (
-        p.locator("tr", has=p.locator("td:text-is('prod')"))
-        .locator("td.name a:text-is('PodCrashLoopBackOff')")
-        .first.click()
-    )
+    prod = p.locator("td[data-label='Namespace']", has_text="prod")
+    service = p.locator("td[data-label='Service']", has_text="api")
+    await p.locator("tr", has=prod).filter(has=service).locator("td.name a").click()
     await p.wait_for_url(f"**/anomalies/{API_KEY}")
 
     assert await p.locator("h1").inner_text() == "PodCrashLoopBackOff"
@@ -299,14 +297,15 @@ async def test_the_page_refreshes_itself_without_a_reload(page: Page, demo: Demo
     await page.sign_in(demo.token)
     await p.wait_for_url("**/projects/demo")
     await p.evaluate("window.stillHere = true")
-    assert await p.locator("td.name a:text-is('FreshStorm')").count() == 0
+    fresh = p.get_by_role("link", name="FreshStorm", exact=True)
+    assert await fresh.count() == 0
     async with httpx.AsyncClient(
         base_url=demo.url, headers={"Authorization": f"Bearer {demo.token}"}
     ) as http:
         batch = {"occurrences": [{"signature": {"alertname": "FreshStorm"}}] * 3}
         assert (await http.post("/v1/projects/demo/occurrences/batch", json=batch)).is_success
     await p.click("#refresh-now")
-    await p.locator("td.name a:text-is('FreshStorm')").wait_for()
+    await fresh.wait_for()
     assert await p.evaluate("window.stillHere") is True  # the same page, updated in place
     assert (await p.locator("#refresh-status").inner_text()).startswith("Updated")
 
@@ -336,7 +335,7 @@ async def test_a_link_from_another_site_arrives_signed_in(page: Page, demo: Demo
         await page.page.goto(f"http://localhost:{chat.server_address[1]}/")
         await page.page.click("#go")
         await page.page.wait_for_url(target)
-        await page.page.locator("h1:text-is('PodCrashLoopBackOff')").wait_for()
+        await page.page.get_by_role("heading", name="PodCrashLoopBackOff", exact=True).wait_for()
     finally:
         chat.shutdown()
         chat.server_close()
@@ -393,3 +392,102 @@ async def test_the_api_docs_work_offline(page: Page, demo: Demo) -> None:
     await p.locator(listed).first.wait_for()
     assert await p.locator(".opblock").count() >= 15
     assert elsewhere == []
+
+
+async def test_a_refresh_keeps_what_the_viewer_changed_and_retries_after_an_error(
+    page: Page, demo: Demo
+) -> None:
+    """Tried as a new user would: each refresh unticked the timeline's filter, closed the
+    charts' numbers and lost the focus; one failed refresh stopped the refreshing for good."""
+    p = page.page
+    await page.sign_in(demo.token)
+    await p.wait_for_url("**/projects/demo")
+    await p.goto(f"{demo.url}/projects/demo/anomalies/{API_KEY}")
+    await p.check("#key-events")
+    await p.click("#week-numbers summary")
+    await p.focus("#key-events")
+    failed = {"done": False}
+
+    async def once_unavailable(route: Any) -> None:
+        if route.request.resource_type == "fetch" and not failed["done"]:
+            failed["done"] = True
+            await route.fulfill(status=503, body="the store cannot be reached")
+        else:
+            await route.continue_()
+
+    await p.route(f"**/anomalies/{API_KEY}", once_unavailable)
+    await p.click("#refresh-now")
+    await p.locator("#refresh-status", has_text="retrying").wait_for()
+    assert await p.is_checked("#auto-refresh")  # still on: it will try again
+    page.errors.clear()  # the browser logs the 503: expected
+    await p.focus("#key-events")
+    # as the timer does it: the focus stays where the viewer left it
+    await p.evaluate("document.getElementById('refresh-now').dispatchEvent(new Event('click'))")
+    await p.locator("#refresh-status", has_text="Updated").wait_for()
+    assert await p.is_checked("#key-events")
+    assert await p.locator("#week-numbers").get_attribute("open") is not None
+    assert await p.evaluate("document.activeElement.id") == "key-events"
+    assert await p.locator("ol.timeline li:visible", has_text="repair").count() == 0
+
+
+async def test_verdicts_markers_and_the_missing_fix_are_shown(page: Page, demo: Demo) -> None:
+    p = page.page
+    await page.sign_in(demo.token)
+    await p.wait_for_url("**/projects/demo")
+    await p.goto(f"{demo.url}/projects/demo/anomalies/{API_KEY}")
+    skip = p.locator(".verdict.skip")
+    assert await skip.is_visible() and await skip.inner_text() == "skip: fails too often"
+    box = await skip.bounding_box()
+    assert box is not None and box["x"] > 0  # on the page (it once hid as the skip link did)
+    assert await p.locator("svg.bars line.marker.fix").count() == 2  # the fix on both charts
+    assert await p.locator("svg.bars line.marker.regressed").count() == 2
+    await p.goto(f"{demo.url}/projects/demo/anomalies/HTTP5xxRate")  # by name: redirected
+    assert "/anomalies/" in p.url and "HTTP5xxRate" not in p.url
+    assert "No permanent fix recorded" in await p.locator(".callout.missing").inner_text()
+    untried = p.locator("table.cards tr", has_text="never tried")
+    assert "–" in await untried.first.locator("td[data-label='Rate']").inner_text()
+
+
+async def test_wrong_page_parameters_get_a_page_that_says_so(demo: Demo) -> None:
+    async with httpx.AsyncClient(base_url=demo.url) as http:
+        http.cookies.set("ac_session", demo.token)
+        for query in ("window=2h", "level=LOUD", "limit=0", "limit=x", "q=" + "x" * 600,
+                      "q=" + "+".join("abcdefghi")):  # fmt: skip
+            r = await http.get(f"/projects/demo?{query}")
+            assert r.status_code == 400, query
+            assert r.headers["content-type"].startswith("text/html"), query
+            assert "default-src 'self'" in r.headers["content-security-policy"]
+        quiet = await http.get("/projects/demo?q=%00%01")  # nothing to look for: no search
+        assert quiet.status_code == 200 and "Chronic anomalies" in quiet.text
+        assert (await http.head("/projects/demo")).status_code == 200
+        assert (await http.head(f"/projects/demo/anomalies/{API_KEY}")).status_code == 200
+        # another project's session learns nothing, whatever the parameters
+        http.cookies.set("ac_session", demo.other)
+        assert (await http.get("/projects/demo?window=2h")).status_code == 403
+
+
+async def test_the_session_cookie_and_where_a_sign_in_returns(demo: Demo) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with httpx.AsyncClient(base_url=demo.url) as http:
+        writer = await http.post("/signin", content=f"token={demo.token}", headers=form)
+        assert "max-age" not in writer.headers["set-cookie"].lower()  # until the browser closes
+        viewer = await http.post("/signin", content=f"token={demo.viewer}", headers=form)
+        assert "max-age=2592000" in viewer.headers["set-cookie"].lower()  # 30 days
+        for back in ("/projects/demo/../../x", "//evil.example/projects/demo", "/projects/x\\y"):
+            r = await http.post("/signin", content=f"token={demo.viewer}&next={back}", headers=form)
+            assert r.headers["location"] == "/projects/demo", back
+        kept = await http.post(
+            "/signin",
+            content=f"token={demo.viewer}&next=/projects/demo/anomalies/{API_KEY}",
+            headers=form,
+        )
+        assert kept.headers["location"] == f"/projects/demo/anomalies/{API_KEY}"
+        # a link from another site bounces to the same page, named relative to the site
+        http.cookies.clear()  # (the browser holds one, but does not send it cross-site)
+        bounce = await http.get(
+            "/projects/demo?q=a%2520b",
+            headers={"Sec-Fetch-Site": "cross-site", "Host": "evil.example"},
+        )
+        assert 'content="0;url=/projects/demo?q=a%2520b"' in bounce.text
+        docs = await http.get("/docs")
+        assert docs.headers["x-frame-options"] == "DENY"

@@ -50,7 +50,12 @@ PROBED_GRAMS = 3
 """Grams of a long word whose index entries are counted, to read the rarest: a bounded cost
 whatever the word (the first, a middle and the last)."""
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+    "\u2066-\u2069\ufeff]"
+)
+"""Control characters, lone surrogates, and the invisible ones (zero-width, bidi controls):
+none of them is part of what a person reads or types."""
 
 
 def _text(value: Any) -> str | None:

@@ -22,10 +22,26 @@ def _svg(width: float, label: str, body: str, css: str) -> Markup:
     )
 
 
-def bars(values: Sequence[int], titles: Sequence[str], label: str, css: str = "bars") -> Markup:
-    """One bar per value, as tall as it is against the highest; each with its title."""
+Marker = tuple[float, str, str]
+"""A vertical line across a chart: its place (in bars from the left), class and title."""
+
+
+def bars(
+    values: Sequence[int],
+    titles: Sequence[str],
+    label: str,
+    css: str = "bars",
+    markers: Sequence[Marker] = (),
+) -> Markup:
+    """One bar per value, as tall as it is against the highest; each with its title; and
+    markers (a fix, a regression) where they fall."""
     peak = max(values, default=0) or 1
     parts = []
+    for place, kind, title in markers:
+        parts.append(
+            f'<line class="marker {kind}" x1="{place:.3f}" x2="{place:.3f}" y1="0"'
+            f' y2="{_HEIGHT:g}"><title>{escape(title)}</title></line>'
+        )
     for i, (value, title) in enumerate(zip(values, titles, strict=True)):
         height = value / peak * (_HEIGHT - 2)
         parts.append(
@@ -33,7 +49,8 @@ def bars(values: Sequence[int], titles: Sequence[str], label: str, css: str = "b
             f' y="{_HEIGHT - max(height, 0.8):.2f}" width="0.8" height="{max(height, 0.8):.2f}">'
             f"<title>{escape(title)}</title></rect>"
         )
-    return _svg(len(values), label, "".join(parts), css)
+    lines = parts[: len(markers)]
+    return _svg(len(values), label, "".join(parts[len(markers) :] + lines), css)
 
 
 def sparkline(values: Sequence[int], label: str) -> Markup:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from .. import __version__
+from .. import __version__, search
 from ..errors import InvalidInputError, StoreUnavailableError
 from ..service.app import Service
 from ..tokens import TokenRecord
@@ -50,8 +50,6 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-Window = Annotated[str, Query(pattern="^(1h|24h|7d|30d)$")]
-Level = Annotated[str, Query(pattern="^(REPEAT|ESCALATE|PERMANENT_FIX|all)$")]
 
 router = APIRouter(include_in_schema=False)
 
@@ -75,7 +73,7 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
 async def _viewer(request: Request, project: str) -> TokenRecord:
     """The session's token, which must be this project's (else 403: nothing is read)."""
     request.state.began = time.perf_counter()
-    token = request.cookies.get(session.COOKIE)
+    token = session.token_of(request)
     if not token:
         raise session.SignInFirst(request.url.path)
     try:
@@ -94,7 +92,7 @@ async def _shown(
     if session.cross_site_arrival(request):
         # the browser holds a cookie it would not send with a link from another site:
         # the same page, loaded again from here, comes with it
-        return _page(request, "bounce.html", target=str(request.url))
+        return _page(request, "bounce.html", target=session.here(request))
     try:
         record = await _viewer(request, project)
         request.state.token = record
@@ -122,9 +120,9 @@ async def favicon() -> Response:
 # -- sign in and out ------------------------------------------------------------------------
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def home(request: Request) -> Response:
-    token = request.cookies.get(session.COOKIE)
+    token = session.token_of(request)
     if token:
         try:
             record = await _service(request).auth.verify(token)
@@ -133,11 +131,11 @@ async def home(request: Request) -> Response:
         if record is not None:
             return RedirectResponse(f"/projects/{record.project}", status_code=303)
     if session.cross_site_arrival(request):
-        return _page(request, "bounce.html", target=str(request.url))
+        return _page(request, "bounce.html", target=session.here(request))
     return RedirectResponse("/signin", status_code=303)
 
 
-@router.get("/signin", response_class=HTMLResponse)
+@router.api_route("/signin", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def signin_form(request: Request, next: str | None = None, out: int = 0) -> Response:
     return _page(request, "signin.html", next=session.safe_next(next), signed_out=bool(out))
 
@@ -158,7 +156,7 @@ async def signin(request: Request) -> Response:
         return _page(request, "signin.html", 503, next=back, error=message)
     target = back if back and back.startswith(f"/projects/{record.project}/") else None
     response = RedirectResponse(target or f"/projects/{record.project}", status_code=303)
-    session.remember(response, request, token)
+    session.remember(response, request, token, record.read_only)
     return response
 
 
@@ -173,26 +171,34 @@ async def signout(request: Request) -> Response:
 # -- pages ----------------------------------------------------------------------------------
 
 
-@router.get("/projects/{project}", response_class=HTMLResponse)
+@router.api_route("/projects/{project}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def project_page(
     request: Request,
     project: str,
-    window: Window = "24h",
-    level: Level = "REPEAT",
-    q: Annotated[str, Query(max_length=512)] = "",
-    limit: Annotated[int, Query(ge=1, le=views.MAX_ROWS)] = 100,
+    window: str = "24h",
+    level: str = "REPEAT",
+    q: str = "",
+    limit: str = "100",
 ) -> Response:
     async def make() -> Response:
+        # checked here, after the session: a wrong one is a page that says so, not bare JSON
+        if window not in views.WINDOW_NAMES:
+            raise InvalidInputError(f"unknown window {window!r}: 1h, 24h, 7d or 30d")
+        if level not in views.LEVEL_FILTERS:
+            raise InvalidInputError(f"unknown level {level!r}: {', '.join(views.LEVEL_FILTERS)}")
+        if not limit.isdigit() or not 1 <= int(limit) <= views.MAX_ROWS:
+            raise InvalidInputError(f"limit must be a number from 1 to {views.MAX_ROWS}")
+        query = q.strip() if search.words(q.strip()) else ""  # nothing to look for: no search
         counter = _service(request).counter(project)
         view = await views.project_view(
-            counter, window=window, level=level, query=q.strip(), limit=limit
+            counter, window=window, level=level, query=query, limit=int(limit)
         )
-        return _page(request, "project.html", view=view, project=project, query=q.strip())
+        return _page(request, "project.html", view=view, project=project, query=query)
 
     return await _shown(request, project, make)
 
 
-@router.get("/projects/{project}/anomalies/{key}.json")
+@router.api_route("/projects/{project}/anomalies/{key}.json", methods=["GET", "HEAD"])
 async def anomaly_data(request: Request, project: str, key: str) -> Response:
     async def make() -> Response:
         view = await _anomaly(request, project, key, ".json")
@@ -205,13 +211,17 @@ async def anomaly_data(request: Request, project: str, key: str) -> Response:
     return await _shown(request, project, make)
 
 
-@router.get("/projects/{project}/anomalies/{key}", response_class=HTMLResponse)
+@router.api_route(
+    "/projects/{project}/anomalies/{key}", methods=["GET", "HEAD"], response_class=HTMLResponse
+)
 async def anomaly_page(request: Request, project: str, key: str) -> Response:
     async def make() -> Response:
         view = await _anomaly(request, project, key)
         if isinstance(view, Response):
             return view
-        base = str(request.base_url).rstrip("/")
+        # the curl lines' address: the public one when set, else the one the browser used
+        public = _service(request).settings.public_url
+        base = (public or str(request.base_url)).rstrip("/")
         return _page(request, "anomaly.html", view=view, project=project, base=base)
 
     return await _shown(request, project, make)

@@ -9,11 +9,17 @@ session (sign in, sign out) refuse requests sent from another origin.
 
 from __future__ import annotations
 
+import posixpath
+
 from fastapi import HTTPException, Request, Response
 
 COOKIE = "ac_session"
+SECURE_COOKIE = "__Host-ac_session"
+"""Over TLS the cookie's name says it was set by this host alone, on its whole path, Secure:
+a browser refuses such a cookie from anywhere else (a sibling subdomain, plain HTTP)."""
 MAX_AGE = 30 * 86_400
-"""A browser stays signed in for 30 days, or until it signs out or the token is revoked."""
+"""A read-only token keeps a browser signed in for 30 days (or until it signs out, or the token
+is revoked); one that may write, only until the browser closes: the cookie holds the token."""
 
 
 class SignInFirst(Exception):
@@ -25,11 +31,20 @@ class SignInFirst(Exception):
         self.stale = stale  # a cookie whose token no longer works: forget it
 
 
-def remember(response: Response, request: Request, token: str) -> None:
+def _name(request: Request) -> str:
+    return SECURE_COOKIE if request.url.scheme == "https" else COOKIE
+
+
+def token_of(request: Request) -> str | None:
+    """The session's token, if the browser sent one."""
+    return request.cookies.get(_name(request))
+
+
+def remember(response: Response, request: Request, token: str, read_only: bool) -> None:
     response.set_cookie(
-        COOKIE,
+        _name(request),
         token,
-        max_age=MAX_AGE,
+        max_age=MAX_AGE if read_only else None,
         path="/",
         httponly=True,
         samesite="strict",
@@ -39,7 +54,11 @@ def remember(response: Response, request: Request, token: str) -> None:
 
 def forget(response: Response, request: Request) -> None:
     response.delete_cookie(
-        COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+        _name(request),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
     )
 
 
@@ -56,12 +75,21 @@ def same_origin(request: Request) -> None:
 
 def safe_next(path: str | None) -> str | None:
     """A place to return to after signing in: a dashboard page of this site, nothing else."""
-    if path and path.startswith("/projects/") and "//" not in path and "\\" not in path:
-        return path
-    return None
+    if not path or "\\" in path or any(ord(c) < 32 for c in path):
+        return None
+    normal = posixpath.normpath(path)
+    return normal if normal.startswith("/projects/") and not normal.startswith("//") else None
 
 
 def cross_site_arrival(request: Request) -> bool:
     """A link followed from another site (a chat notice): the browser did not send the
     SameSite=Strict cookie, though it has one. Loading the page again from this site sends it."""
-    return COOKIE not in request.cookies and request.headers.get("sec-fetch-site") == "cross-site"
+    return token_of(request) is None and request.headers.get("sec-fetch-site") == "cross-site"
+
+
+def here(request: Request) -> str:
+    """The path and query the browser asked for, as it sent them (a relative target: never
+    built from a Host header)."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    return (raw + (b"?" + query if query else b"")).decode("latin-1")

@@ -61,11 +61,25 @@ class Chart:
     ticks: list[str]
     rows: list[tuple[str, int]]
     caption: str
+    minor: set[int] = field(default_factory=set)  # ticks hidden on a phone
+    marked: list[str] = field(default_factory=list)  # the kinds of the lines drawn across it
 
 
-def history_chart(series: Sequence[tuple[datetime, int]], window: str, what: str) -> Chart:
-    """Bars of a history (see AnomalyCounter.history), with ticks at day starts."""
+def history_chart(
+    series: Sequence[tuple[datetime, int]],
+    window: str,
+    what: str,
+    moments: Sequence[tuple[datetime, str, str]] = (),
+) -> Chart:
+    """Bars of a history (see AnomalyCounter.history), with ticks at day starts, and lines
+    at ``moments`` (time, class, title) that fall in its span."""
     bucket_ms = HISTORY[window][0]
+    span = bucket_ms * len(series)
+    markers = []
+    for moment, kind, title in moments:
+        offset = (moment - series[0][0]).total_seconds() * 1000 if series else -1
+        if 0 <= offset < span:
+            markers.append((offset / bucket_ms, kind, title))
     daily = bucket_ms >= 86_400_000
     label = "%a %d %b" if daily else "%a %d %b %H:%M"
     titles = [f"{start.strftime(label)} UTC: {n}" for start, n in series]
@@ -79,11 +93,15 @@ def history_chart(series: Sequence[tuple[datetime, int]], window: str, what: str
         ticks = _ticks(starts, lambda s: s.hour == 0, "%a %d")
     else:
         ticks = _ticks(starts, lambda s: (s.toordinal() - starts[-1].toordinal()) % 5 == 0, "%d %b")
+    labelled = [i for i, tick in enumerate(ticks) if tick]
+    minor = set(labelled[-2::-2])  # every other label, counted from the last: hidden on phones
     return Chart(
-        svg=charts.bars(counts, titles, f"{what}: {sum(counts)} occurrences"),
+        svg=charts.bars(counts, titles, f"{what}: {sum(counts)} occurrences", markers=markers),
         peak=max(counts, default=0),
         total=sum(counts),
         ticks=ticks,
+        minor=minor,
+        marked=[kind for _, kind, _ in markers],
         rows=[(start.strftime(label), n) for start, n in series if n],
         caption=what,
     )
@@ -190,6 +208,7 @@ async def project_view(
         peak=max((sum(c) for c in columns), default=0),
         total=sum(sum(c) for c in columns),
         ticks=[day.strftime("%d %b") if i % 5 == 4 else "" for i, (day, _) in enumerate(days)],
+        minor={i for i in range(len(days)) if i % 10 == 4},
         rows=[(day.strftime("%a %d %b"), sum(c.values())) for day, c in days if sum(c.values())],
         caption="Crossings into each level per day (UTC), last 30 days",
     )
@@ -246,6 +265,7 @@ class AnomalyView:
     month: Chart | None
     series: dict[str, list[tuple[datetime, int]]]
     story: list[Story]
+    fixed_by: str
     repairs: list[RepairRow]
     dispositions: list[tuple[str, str, int]]
     disposition_bar: Markup
@@ -262,6 +282,14 @@ async def anomaly_view(
     labels = labels_of(frequency)
     shown = set(fingerprint_fields({})) | {"alertname", "job", "reason"}
     other = {k: str(v) for k, v in frequency.signature.items() if k not in shown}
+    moments = []
+    if frequency.permanent_fix is not None:
+        fix = frequency.permanent_fix
+        moments.append((fix.at, "fix", f"permanent fix marked {utc_text(fix.at)}"))
+    if frequency.regressed_at is not None:
+        moments.append(
+            (frequency.regressed_at, "regressed", f"came back {utc_text(frequency.regressed_at)}")
+        )
     kinds = list(DISPOSITION_TYPES)
     counts = {
         "auto_repair": frequency.auto_repair_disposition_count,
@@ -276,10 +304,11 @@ async def anomaly_view(
         labels=labels,
         other_labels=other,
         meaning=LEVEL_MEANINGS.get(frequency.escalation_level or "", "below every level"),
-        week=history_chart(week, "7d", "Last 7 days, hourly (UTC)") if week else None,
-        month=history_chart(month, "30d", "Last 30 days, daily (UTC)") if month else None,
+        week=history_chart(week, "7d", "Last 7 days, hourly (UTC)", moments) if week else None,
+        month=history_chart(month, "30d", "Last 30 days, daily (UTC)", moments) if month else None,
         series={"7d": week or [], "30d": month or []},
         story=[Story(e, describe(e), _who(e.by, who)) for e in entries],
+        fixed_by=_who(frequency.permanent_fix.by if frequency.permanent_fix else None, who),
         repairs=[_repair_row(r) for r in ranked],
         dispositions=[(k, DISPOSITION_NAMES[k], counts[k]) for k in kinds],
         disposition_bar=charts.proportion(

@@ -9,6 +9,13 @@
   const otherYear = new Intl.DateTimeFormat(undefined, {
     year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
   });
+  // the page says once which zone its times are in (charts and days stay in UTC: they say so)
+  const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: "long" })
+    .formatToParts(new Date()).find(function (p) { return p.type === "timeZoneName"; });
+  document.querySelectorAll("[data-zone]").forEach(function (el) {
+    el.textContent = "Times in " + (zone ? zone.value : "your time zone") + "; UTC on hover.";
+    el.hidden = false;
+  });
   const dayOnly = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
   const year = new Date().getFullYear();
   const clock = new Intl.DateTimeFormat(undefined, {
@@ -33,6 +40,42 @@
   const every = 15000;
   let busy = false;
 
+  // What the person has changed on the page (boxes ticked, "Numbers" opened, a list scrolled,
+  // the focus): kept across a refresh, which replaces the live part.
+  function state() {
+    const saved = { checked: {}, open: {}, scroll: {}, focus: null };
+    live.querySelectorAll("input[type=checkbox][id]").forEach(function (el) {
+      saved.checked[el.id] = el.checked;
+    });
+    live.querySelectorAll("details[id]").forEach(function (el) { saved.open[el.id] = el.open; });
+    live.querySelectorAll("[id]").forEach(function (el) {
+      if (el.scrollTop) saved.scroll[el.id] = el.scrollTop;
+    });
+    if (document.activeElement && live.contains(document.activeElement)) {
+      saved.focus = document.activeElement.id || null;
+    }
+    return saved;
+  }
+
+  function restore(saved) {
+    Object.entries(saved.checked).forEach(function ([id, value]) {
+      const el = document.getElementById(id);
+      if (el) el.checked = value;
+    });
+    Object.entries(saved.open).forEach(function ([id, value]) {
+      const el = document.getElementById(id);
+      if (el) el.open = value;
+    });
+    Object.entries(saved.scroll).forEach(function ([id, value]) {
+      const el = document.getElementById(id);
+      if (el) el.scrollTop = value;
+    });
+    if (saved.focus) {
+      const el = document.getElementById(saved.focus);
+      if (el) el.focus({ preventScroll: true });
+    }
+  }
+
   async function refresh() {
     if (!live || busy) return;
     busy = true;
@@ -42,20 +85,26 @@
       });
       const page = new DOMParser().parseFromString(await response.text(), "text/html");
       const fresh = page.getElementById("live");
-      if (!response.ok || response.redirected || !fresh) {
-        // signed out, revoked, or the store is away: say so and stop refreshing
-        if (status) status.textContent = response.ok ? "Signed out: reload to sign in" :
-          "Could not refresh (HTTP " + response.status + ")";
+      if (response.redirected || response.status === 401 || response.status === 403) {
+        // signed out, or the token was revoked: nothing more to refresh
+        if (status) status.textContent = "Signed out: reload the page to sign in again";
         if (auto) auto.checked = false;
         return;
       }
+      if (!response.ok || !fresh) {
+        // the store away for a while, say: keep the page, say so, and try again later
+        if (status) status.textContent = "Not refreshed (HTTP " + response.status + "): retrying";
+        return;
+      }
+      const saved = state();
       live.replaceChildren(...Array.from(fresh.childNodes).map(function (n) {
         return document.importNode(n, true);
       }));
+      restore(saved);
       localTimes(live);
       if (status) status.textContent = "Updated " + clock.format(new Date());
     } catch (error) {
-      if (status) status.textContent = "Could not refresh: " + error.message;
+      if (status) status.textContent = "Not refreshed (" + error.message + "): retrying";
     } finally {
       busy = false;
     }
