@@ -173,24 +173,53 @@ async def commands_per_record(server: Server) -> tuple[float, float]:
     return ours.count / 200, theirs.count / 200
 
 
-async def memory_of_one_anomaly(server: Server, total: int) -> tuple[int, float, int]:
+async def memory_of_one_anomaly(server: Server, total: int) -> dict[str, float]:
+    """MEMORY USAGE of all of one anomaly's keys after ``total`` occurrences over 30 days; then
+    with a full timeline (resolutions and notices, as Alertmanager and the notices write them,
+    and milestones); then with 100 repairs and 50 dispositions reported by a token as well."""
     now = datetime.now(UTC)
     start = now - timedelta(days=30) + timedelta(minutes=1)
     step = (now - start) / total
     signature = {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod"}
+    key = AnomalyCounter.hash_signature(signature)
     began = time.perf_counter()
+
+    def used(*leaving_out: str) -> int:
+        """Its keys' memory, but those named by their last letters (``i``: the ids kept)."""
+        keys = [k for k in server.client.keys("ac:{memory*") if b":a:" in k]
+        kept = [k for k in keys if k.decode().rsplit(":", 1)[1] not in leaving_out]
+        return sum(server.client.memory_usage(k, samples=0) or 0 for k in kept)
+
     async with AnomalyCounter.from_url(server.url, "memory") as counter:
         for first in range(0, total, 1000):
             await counter.record_many(
                 [{"signature": signature, "at": start + step * i}
                  for i in range(first, min(first + 1000, total))]
             )  # fmt: skip
-        frequency = await counter.get_frequency(AnomalyCounter.hash_signature(signature))
-    elapsed = time.perf_counter() - began
-    keys = [k for k in server.client.keys("ac:{memory*") if b":a:" in k]
-    used = sum(server.client.memory_usage(k, samples=0) or 0 for k in keys)
-    assert frequency is not None
-    return used, total / elapsed, frequency.count_30d
+        elapsed = time.perf_counter() - began
+        frequency = await counter.get_frequency(key)
+        assert frequency is not None
+        figures: dict[str, float] = {"counting": used(), "rate": total / elapsed}
+        figures["count_30d"] = frequency.count_30d
+        for i in range(200):  # more than the routine part keeps
+            moment = now - timedelta(minutes=200 - i)
+            await counter.record_resolution(key, at=moment, by="3f2a9c0d1e2f3a4b")
+            await counter.note_notice(key, ("slack", "telegram")[i % 2], "escalation", "sent")
+        for i in range(60):  # more than the milestones keep
+            await counter.mark_permanent_fix_applied(
+                key, f"raised the memory limit to {i + 1} GiB", by="oncall:maria"
+            )
+        figures["with timeline"] = used("i")
+        figures["ids"] = used() - used("i")  # the fixes' write ids (deduplication)
+        figures["timeline entries"] = len(await counter.timeline(key))
+        for i in range(100):
+            await counter.record_repair_attempt(
+                key, ("restart_pod", "scale_up")[i % 2], i % 3 == 0, by="3f2a9c0d1e2f3a4b"
+            )
+            if i % 2:
+                await counter.record_disposition(key, "auto_repair", by="3f2a9c0d1e2f3a4b")
+        figures["with repairs"] = used()
+    return figures
 
 
 async def main() -> None:
@@ -292,10 +321,13 @@ async def main() -> None:
     print(f"Redis commands sent per `record_anomaly`: {ours_cmds:.2f}")
     print(f"Redis commands sent per occurrence by the baseline: {baseline_cmds:.2f}")
     if memory is not None:
-        used, memory_rate, count_30d = memory
         print(
             f"MEMORY USAGE of one anomaly after {int(1e6 * scale):,} occurrences over 30 days:"
-            f" {used:,} bytes (count_30d {count_30d:,}; recorded at {memory_rate:,.0f}/s)"
+            f" {memory['counting']:,.0f} bytes (count_30d {memory['count_30d']:,.0f};"
+            f" recorded at {memory['rate']:,.0f}/s); with a full timeline"
+            f" ({memory['timeline entries']:.0f} entries): {memory['with timeline']:,.0f} bytes"
+            f" (and {memory['ids']:,.0f} bytes of the 60 fixes' write ids); with 100 repairs"
+            f" and 50 dispositions too, all its keys: {memory['with repairs']:,.0f} bytes"
         )
 
 

@@ -90,7 +90,31 @@ async def test_memory_of_one_anomaly_is_bounded(fresh_redis: RedisServer) -> Non
     with fresh_redis.client() as client:
         keys = [k for k in client.keys("*") if b":a:" in k]
         used = {k.decode(): client.memory_usage(k, samples=0) or 0 for k in keys}
-    assert 3 <= len(keys) <= 7, used  # meta, tail, signature, and the rings in use
+    assert 3 <= len(keys) <= 8, used  # meta, tail, signature, milestones, the rings in use
+    assert sum(used.values()) <= 16 * 1024, used
+
+
+async def test_memory_with_a_full_timeline_is_bounded(fresh_redis: RedisServer) -> None:
+    """The busiest anomaly's counting state and a timeline filled past both of its bounds:
+    under 16 KB in all (its write ids, kept for deduplication, apart)."""
+    now = datetime.now(UTC)
+    start = now - timedelta(days=30) + timedelta(minutes=1)
+    key = AnomalyCounter.hash_signature(SIG)
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        for first in range(0, 30_000, 1000):
+            await counter.record_many(
+                [{"signature": SIG, "at": start + (now - start) * i / 30_000}
+                 for i in range(first, first + 1000)]
+            )  # fmt: skip
+        for i in range(250):
+            await counter.record_resolution(key, at=now - timedelta(minutes=250 - i), by="t" * 16)
+            await counter.note_notice(key, "telegram", "escalation", "sent")
+        for i in range(70):
+            await counter.mark_permanent_fix_applied(key, f"fix {i}: " + "x" * 300, by="oncall")
+        assert len(await counter.timeline(key)) >= 100
+    with fresh_redis.client() as client:
+        keys = [k for k in client.keys("*") if b":a:" in k and not k.endswith(b":i")]
+        used = {k.decode(): client.memory_usage(k, samples=0) or 0 for k in keys}
     assert sum(used.values()) <= 16 * 1024, used
 
 
