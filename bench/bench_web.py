@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,20 +29,20 @@ import redis
 import structlog
 
 from anomaly_counter import AnomalyCounter
-from bench_record import Server, machine  # beside this script, on its sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_cluster import used_memory  # beside this script, on its sys.path
+from bench_record import Server, machine
+from bench_service import PROJECT, Service
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
-PROJECT = "bench"
 ALERTS = ["PodCrashLoopBackOff", "HighLatency", "OOMKilled", "DiskPressure", "Error5xx",
           "KubeJobFailed", "NodeNotReady", "CertificateExpiringSoon", "TargetDown",
           "KubePodNotReady"]  # fmt: skip
 SERVICES = [f"svc-{n:02d}" for n in range(60)]
 NAMESPACES = ["prod", "staging", "payments", "search", "kube-system", "ingest", "batch", "edge"]
 TOKEN_ID = "3f2a9c0d1e2f3a4b"  # reporters of repairs in the stories, as the API names them
-CLI = [sys.executable, "-m", "anomaly_counter.cli"]
 
 
 def signature(i: int) -> dict[str, str]:
@@ -98,40 +95,6 @@ async def fill(url: str, anomalies: int) -> dict[str, float]:
     return {"occurrences": occurrences, "rate": occurrences / filled}
 
 
-class Service:
-    """`anomaly-counter serve` on a store, with a token of the project."""
-
-    def __init__(self, url: str) -> None:
-        made = subprocess.run(
-            [*CLI, "--store", url, "--project", PROJECT, "--json", "token", "create"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        self.token = json.loads(made.stdout)["token"]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.workdir = tempfile.mkdtemp()
-        self.process = subprocess.Popen(
-            [*CLI, "--store", url, "serve", "--port", str(self.port), "--no-spool"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir,
-        )  # fmt: skip
-        for _ in range(400):
-            try:
-                if httpx.get(f"{self.url}/healthz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("the service did not start")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(15)
-
-
 def timed(service: Service, path: str, times: int) -> dict[str, float]:
     """Ask a page ``times`` times in a row: server time (Server-Timing) and latency, in ms."""
     server, seen = [], []
@@ -163,14 +126,6 @@ def pages(anomaly_key: str) -> list[tuple[str, str, float]]:
         ("project page, search `svc-07`", f"/projects/{PROJECT}?q=svc-07", 150),
         ("anomaly page (busiest: full story)", f"/projects/{PROJECT}/anomalies/{anomaly_key}", 50),
     ]
-
-
-def used_memory(ports: list[int]) -> int:
-    total = 0
-    for port in ports:
-        with redis.Redis(port=port) as client:
-            total += int(client.info("memory")["used_memory_dataset"])
-    return total
 
 
 def key_bytes(ports: list[int], pattern: str) -> int:
@@ -212,10 +167,13 @@ async def main() -> None:
             memory["per anomaly"] = (used_memory(ports) - before) / anomalies
             memory["search terms"] = key_bytes(ports, f"ac:{{{PROJECT}.*}}:x:terms")
             memory["search grams"] = key_bytes(ports, f"ac:{{{PROJECT}.*}}:x:grams")
-            memory["timelines"] = key_bytes(ports, f"ac:{{{PROJECT}.*}}:a:*:l")
-            memory["busiest timeline"] = key_bytes(
-                ports, f"ac:{{{PROJECT}.*}}:a:{top_key}:l"
-            )  # fmt: skip
+            memory["timelines"] = sum(
+                key_bytes(ports, f"ac:{{{PROJECT}.*}}:a:*:{part}") for part in "kl"
+            )
+            memory["busiest timeline"] = sum(
+                key_bytes(ports, f"ac:{{{PROJECT}.*}}:a:{top_key}:{part}") for part in "kl"
+            )
+            memory["chronic index"] = key_bytes(ports, f"ac:{{{PROJECT}.*}}:x:chronic")
             memory["busiest, all its keys"] = key_bytes(ports, f"ac:{{{PROJECT}.*}}:a:{top_key}:*")
         service = Service(url)
         try:
@@ -246,7 +204,7 @@ async def main() -> None:
         print()
         print(f"Redis, {anomalies:,} anomalies of one project: {memory['per anomaly']:,.0f} bytes"
               " per anomaly (used_memory_dataset), of which")  # fmt: skip
-        for part in ("search terms", "search grams", "timelines"):
+        for part in ("search terms", "search grams", "timelines", "chronic index"):
             print(f"  {part}: {memory[part] / anomalies:,.0f} bytes per anomaly"
                   f" ({memory[part]:,} in all)")  # fmt: skip
         print(f"the busiest anomaly's timeline: {memory['busiest timeline']:,} bytes;"

@@ -152,6 +152,15 @@ CounterFactory = Callable[..., AnomalyCounter]
 
 
 @pytest.fixture
+def service(store_url: str) -> Iterator[Any]:
+    """The service on each store, over real HTTP (uvicorn in a thread)."""
+    from .servers import ServiceServer  # (servers imports this module)
+
+    with ServiceServer(Settings(store_url=store_url)) as server:
+        yield server
+
+
+@pytest.fixture
 async def make_counter(store_url: str, clock: Clock) -> AsyncIterator[CounterFactory]:
     made: list[AnomalyCounter] = []
 

@@ -62,6 +62,11 @@ class ServiceServer:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
 
 
+def v1(path: str, project: str = "team-a") -> str:
+    """A route of a project's API."""
+    return f"/v1/projects/{project}{path}"
+
+
 def make_token(settings: Settings, project: str, *, read_only: bool = False) -> str:
     async def create() -> str:
         store = store_from_url(settings.store_url, settings)

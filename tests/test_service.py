@@ -3,7 +3,6 @@ metrics, readiness."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,47 +12,37 @@ import pytest
 from anomaly_counter import AnomalyCounter, Settings
 
 from .conftest import SIG, free_port
-from .servers import ServiceServer
+from .servers import ServiceServer, v1
 
 KEY = AnomalyCounter.hash_signature(SIG)
-
-
-@pytest.fixture
-def service(store_url: str) -> Iterator[ServiceServer]:
-    with ServiceServer(Settings(store_url=store_url)) as server:
-        yield server
-
-
-def _v1(path: str, project: str = "team-a") -> str:
-    return f"/v1/projects/{project}{path}"
 
 
 async def test_every_capability_over_http(service: ServiceServer) -> None:
     async with service.client(service.token("team-a")) as http:
         levels = []
         for _ in range(3):
-            r = await http.post(_v1("/occurrences"), json={"signature": SIG})
+            r = await http.post(v1("/occurrences"), json={"signature": SIG})
             assert r.status_code == 200, r.text
             levels.append(r.json()["escalation_level"])
         assert levels == [None, None, "REPEAT"]
         body = r.json()
         assert body["count_1h"] == 3 and body["escalated_to"] == "REPEAT"
         assert body["anomaly_key"] == KEY and body["signature"] == SIG
-        again = await http.post(_v1("/occurrences"), json={"signature": SIG, "occurrence_id": "x"})
-        dup = await http.post(_v1("/occurrences"), json={"signature": SIG, "occurrence_id": "x"})
+        again = await http.post(v1("/occurrences"), json={"signature": SIG, "occurrence_id": "x"})
+        dup = await http.post(v1("/occurrences"), json={"signature": SIG, "occurrence_id": "x"})
         assert again.json()["count_1h"] == 4 and dup.json()["duplicate"] is True
         batch = await http.post(
-            _v1("/occurrences/batch"),
+            v1("/occurrences/batch"),
             json={"occurrences": [{"signature": {"alertname": f"B{i % 2}"}} for i in range(4)]},
         )
         assert [f["count_1h"] for f in batch.json()["results"]] == [1, 1, 2, 2]
 
-        anomaly = await http.get(_v1(f"/anomalies/{KEY}"))
+        anomaly = await http.get(v1(f"/anomalies/{KEY}"))
         assert anomaly.json()["count_24h"] == 4 and anomaly.json()["escalation_level"] == "REPEAT"
-        missing = await http.get(_v1("/anomalies/0000000000000000"))
+        missing = await http.get(v1("/anomalies/0000000000000000"))
         assert missing.status_code == 404
 
-        top = await http.get(_v1("/anomalies"), params={"limit": 2, "window": "1h"})
+        top = await http.get(v1("/anomalies"), params={"limit": 2, "window": "1h"})
         rows = top.json()["anomalies"]
         assert [(row["alert_name"], row["count"]) for row in rows] == [
             ("PodCrashLoopBackOff", 4), ("B0", 2),
@@ -61,41 +50,41 @@ async def test_every_capability_over_http(service: ServiceServer) -> None:
 
         for success in (True, False, False, False, False):
             r = await http.post(
-                _v1(f"/anomalies/{KEY}/repairs"),
+                v1(f"/anomalies/{KEY}/repairs"),
                 json={"action": "restart_pod", "success": success},
             )
             assert r.json() == {"ok": True}
-        repairs = (await http.get(_v1(f"/anomalies/{KEY}/repairs"))).json()
+        repairs = (await http.get(v1(f"/anomalies/{KEY}/repairs"))).json()
         assert repairs["actions"]["restart_pod"] == {
             "total": 5, "success": 1, "success_rate": pytest.approx(1 / 5),
         }  # fmt: skip
         assert [h["success"] for h in repairs["history"]] == [False] * 4 + [True]
         skip = await http.get(
-            _v1(f"/anomalies/{KEY}/repairs/restart_pod/skip"), params={"min_success_rate": 0.5}
+            v1(f"/anomalies/{KEY}/repairs/restart_pod/skip"), params={"min_success_rate": 0.5}
         )
         assert skip.json()["skip"] is True and skip.json()["total"] == 5
         ranked = await http.post(
-            _v1(f"/anomalies/{KEY}/recommendations"),
+            v1(f"/anomalies/{KEY}/recommendations"),
             json={"candidates": ["restart_pod", "scale_up"]},
         )
         assert [r["action"] for r in ranked.json()["recommendations"]] == [
             "scale_up", "restart_pod",
         ]  # fmt: skip
-        default = await http.post(_v1(f"/anomalies/{KEY}/recommendations"), json={})
+        default = await http.post(v1(f"/anomalies/{KEY}/recommendations"), json={})
         assert {r["action"] for r in default.json()["recommendations"]} >= {"restart_pod"}
 
         for kind in ("auto_repair", "human_approved", "human_approved"):
-            r = await http.post(_v1(f"/anomalies/{KEY}/dispositions"), json={"type": kind})
+            r = await http.post(v1(f"/anomalies/{KEY}/dispositions"), json={"type": kind})
             assert r.status_code == 200
-        stats = (await http.get(_v1(f"/anomalies/{KEY}/dispositions"))).json()
+        stats = (await http.get(v1(f"/anomalies/{KEY}/dispositions"))).json()
         assert stats["human_approved"] == 2 and stats["total"] == 3
-        summary = (await http.get(_v1("/dispositions"))).json()
+        summary = (await http.get(v1("/dispositions"))).json()
         assert summary["summary"]["total"] == 3
         assert summary["by_anomaly"][0]["anomaly_key"] == KEY
 
-        fix = await http.post(_v1(f"/anomalies/{KEY}/fix"), json={"description": "leak fixed"})
+        fix = await http.post(v1(f"/anomalies/{KEY}/fix"), json={"description": "leak fixed"})
         assert fix.status_code == 200
-        after = (await http.post(_v1("/occurrences"), json={"signature": SIG})).json()
+        after = (await http.post(v1("/occurrences"), json={"signature": SIG})).json()
         assert after["regressed"] is True and after["newly_regressed"] is True
         assert after["permanent_fix_applied"] is True
 
@@ -103,17 +92,17 @@ async def test_every_capability_over_http(service: ServiceServer) -> None:
 async def test_tokens_gate_every_project(service: ServiceServer) -> None:
     mine, theirs = service.token("team-a"), service.token("team-b")
     async with service.client() as http:
-        r = await http.get(_v1("/anomalies"))
+        r = await http.get(v1("/anomalies"))
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         for header in ("Bearer nonsense", "Basic abc", f"Bearer {mine}x", f"Token {mine}"):
-            r = await http.get(_v1("/anomalies"), headers={"Authorization": header})
+            r = await http.get(v1("/anomalies"), headers={"Authorization": header})
             assert r.status_code == 401, header
         forged = mine[:-4] + ("aaaa" if not mine.endswith("aaaa") else "bbbb")
-        r = await http.get(_v1("/anomalies"), headers={"Authorization": f"Bearer {forged}"})
+        r = await http.get(v1("/anomalies"), headers={"Authorization": f"Bearer {forged}"})
         assert r.status_code == 401 and r.json() == {"detail": "unknown or revoked token"}
-        r = await http.get(_v1("/anomalies"), headers={"Authorization": f"Bearer {theirs}"})
+        r = await http.get(v1("/anomalies"), headers={"Authorization": f"Bearer {theirs}"})
         assert r.status_code == 403
-        r = await http.get(_v1("/anomalies"), headers={"Authorization": f"Bearer {mine}"})
+        r = await http.get(v1("/anomalies"), headers={"Authorization": f"Bearer {mine}"})
         assert r.status_code == 200
 
 
@@ -123,42 +112,42 @@ async def test_bad_input_gets_a_4xx_that_says_why_and_stores_nothing(
     now = datetime.now(UTC)
     async with service.client(service.token("team-a")) as http:
         cases = [
-            (_v1("/occurrences"), b"{not json", 422, "JSON"),
-            (_v1("/occurrences"), b'{"signature": "text"}', 422, "dict"),
-            (_v1("/occurrences"), b'{"signature": {}, "extra": 1}', 422, "extra"),
-            (_v1(f"/anomalies/{KEY}/dispositions"), b'{"type": "lost"}', 422, "auto_repair"),
-            (_v1(f"/anomalies/{KEY}/repairs"), b'{"action": "x", "success": "maybe"}', 422, ""),
+            (v1("/occurrences"), b"{not json", 422, "JSON"),
+            (v1("/occurrences"), b'{"signature": "text"}', 422, "dict"),
+            (v1("/occurrences"), b'{"signature": {}, "extra": 1}', 422, "extra"),
+            (v1(f"/anomalies/{KEY}/dispositions"), b'{"type": "lost"}', 422, "auto_repair"),
+            (v1(f"/anomalies/{KEY}/repairs"), b'{"action": "x", "success": "maybe"}', 422, ""),
         ]
         for path, body, status, hint in cases:
             r = await http.post(path, content=body, headers={"Content-Type": "application/json"})
             assert r.status_code == status, (path, body, r.text)
             assert hint in r.text
         naive = {"signature": SIG, "at": now.replace(tzinfo=None).isoformat()}
-        r = await http.post(_v1("/occurrences"), json=naive)
+        r = await http.post(v1("/occurrences"), json=naive)
         assert r.status_code == 400 and "naive" in r.json()["detail"]
         future = {"signature": SIG, "at": (now + timedelta(hours=1)).isoformat()}
-        r = await http.post(_v1("/occurrences"), json=future)
+        r = await http.post(v1("/occurrences"), json=future)
         assert r.status_code == 400 and "future" in r.json()["detail"]
         huge = {"signature": {"alertname": "x" * 2000}}
-        r = await http.post(_v1("/occurrences"), json=huge)
+        r = await http.post(v1("/occurrences"), json=huge)
         assert r.status_code == 400 and "longer" in r.json()["detail"]
         batch = {"occurrences": [{"signature": SIG}, {"signature": {"alertname": "x" * 2000}}]}
-        r = await http.post(_v1("/occurrences/batch"), json=batch)
+        r = await http.post(v1("/occurrences/batch"), json=batch)
         assert r.status_code == 400 and r.json()["detail"].startswith("occurrence 1")
         for params in ({"limit": 0}, {"limit": "many"}, {"window": "2h"}):
-            r = await http.get(_v1("/anomalies"), params=params)
+            r = await http.get(v1("/anomalies"), params=params)
             assert r.status_code == 422, params
-        r = await http.get(_v1(f"/anomalies/{KEY}"))
+        r = await http.get(v1(f"/anomalies/{KEY}"))
         assert r.status_code == 404  # nothing of the above was stored
         too_big = b'{"signature": {"a": "' + b"x" * 1_100_000 + b'"}}'
-        r = await http.post(_v1("/occurrences"), content=too_big)
+        r = await http.post(v1("/occurrences"), content=too_big)
         assert r.status_code == 413 and "larger" in r.json()["detail"]
 
         async def chunks() -> object:
             for _ in range(20):
                 yield b"x" * 100_000
 
-        r = await http.post(_v1("/occurrences"), content=chunks())  # type: ignore[arg-type]
+        r = await http.post(v1("/occurrences"), content=chunks())  # type: ignore[arg-type]
         assert r.status_code == 413
 
 
@@ -170,11 +159,11 @@ async def test_operations_endpoints(service: ServiceServer) -> None:
         spec = (await http.get("/openapi.json")).json()
         assert "/v1/projects/{project}/alertmanager" in spec["paths"]
     async with service.client(service.token("team-a")) as http:
-        await http.post(_v1("/occurrences"), json={"signature": SIG})
-        await http.post(_v1("/occurrences"), json={"signature": SIG})
-        await http.post(_v1("/occurrences"), json={"signature": SIG, "occurrence_id": "a"})
-        await http.post(_v1("/occurrences"), json={"signature": SIG, "occurrence_id": "a"})
-        await http.post(_v1("/occurrences"), json={"signature": {"alertname": "y" * 5000}})
+        await http.post(v1("/occurrences"), json={"signature": SIG})
+        await http.post(v1("/occurrences"), json={"signature": SIG})
+        await http.post(v1("/occurrences"), json={"signature": SIG, "occurrence_id": "a"})
+        await http.post(v1("/occurrences"), json={"signature": SIG, "occurrence_id": "a"})
+        await http.post(v1("/occurrences"), json={"signature": {"alertname": "y" * 5000}})
         text = (await http.get("/metrics")).text
     assert 'anomaly_counter_occurrences_total{outcome="new",project="team-a"} 3.0' in text
     assert 'anomaly_counter_occurrences_total{outcome="duplicate",project="team-a"} 1.0' in text
@@ -193,7 +182,7 @@ async def test_an_unreachable_store_is_a_503_and_not_ready(tmp_path: Path) -> No
             r = await http.get("/readyz")
             assert r.status_code == 503 and "store unavailable" in r.text
             token = "act_0123456789abcdef_" + "a" * 32
-            r = await http.get(_v1("/anomalies"), headers={"Authorization": f"Bearer {token}"})
+            r = await http.get(v1("/anomalies"), headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 503 and r.headers["retry-after"] == "5"
 
 
@@ -213,8 +202,8 @@ async def test_a_foreign_token_learns_nothing_on_any_route(service: ServiceServe
     answer whether the anomaly exists or not. Nothing changes in the project."""
     mine, theirs = service.token("team-a"), service.token("team-b")
     async with service.client(mine) as http:
-        await http.post(_v1("/occurrences"), json={"signature": SIG})
-        before = (await http.get(_v1(f"/anomalies/{KEY}"))).json()
+        await http.post(v1("/occurrences"), json={"signature": SIG})
+        before = (await http.get(v1(f"/anomalies/{KEY}"))).json()
         spec = (await http.get("/openapi.json")).json()
     operations = [
         (method.upper(), path)
@@ -236,5 +225,5 @@ async def test_a_foreign_token_learns_nothing_on_any_route(service: ServiceServe
             assert answers[0] == answers[1], (method, template)
             assert answers[0][0] == 403, (method, template, answers[0])
     async with service.client(mine) as http:
-        after = (await http.get(_v1(f"/anomalies/{KEY}"))).json()
+        after = (await http.get(v1(f"/anomalies/{KEY}"))).json()
     assert after == before

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 WINDOWS: dict[str, int] = {"1h": 3_600, "24h": 86_400, "7d": 604_800, "30d": 2_592_000}
 """Sliding windows by name, in seconds; every window ends at the occurrence (or query) time."""
@@ -66,7 +66,7 @@ class PermanentFix:
         return {"description": self.description, "at": self.at.isoformat(), "by": self.by}
 
 
-TIMELINE_KINDS: tuple[str, ...] = (
+TimelineKind = Literal[
     "first_seen",
     "escalated",
     "regressed",
@@ -76,7 +76,7 @@ TIMELINE_KINDS: tuple[str, ...] = (
     "fix_undone",
     "resolved",
     "notice",
-)
+]
 """What a timeline entry can tell, in the order a story usually runs."""
 
 
@@ -98,7 +98,7 @@ class TimelineEntry:
     caller's ``by``.
     """
 
-    kind: str
+    kind: TimelineKind
     at: datetime
     level: str | None = None
     count_24h: int | None = None

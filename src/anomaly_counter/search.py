@@ -42,8 +42,9 @@ TERM_SEP = "\x1f"
 GROUP_SEP = "\x1e"
 """Between the fingerprint terms and the others in that string."""
 MAX_QUERY_WORDS = 8
-MAX_CANDIDATES = 2_000
-"""Anomalies a query word may find before its results are cut (``truncated``)."""
+MAX_CANDIDATES = 1_000
+"""Anomalies a query word may find before its results are cut (``truncated``): a word that
+broad (a namespace) wants another word to narrow it."""
 MAX_TERMS = 200
 """Distinct terms (of each shard) a query word may match before its results are cut."""
 PROBED_GRAMS = 3
@@ -51,8 +52,7 @@ PROBED_GRAMS = 3
 whatever the word (the first, a middle and the last)."""
 
 _CONTROL = re.compile(
-    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2060-\u2064"
-    "\u2066-\u2069\ufeff]"
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
 )
 """Control characters, lone surrogates, and the invisible ones (zero-width, bidi controls):
 none of them is part of what a person reads or types."""

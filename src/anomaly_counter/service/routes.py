@@ -301,9 +301,7 @@ async def timeline(
     entries = await p.timed("read", p.counter.timeline(anomaly_key, limit=limit))
     if not entries and await p.counter.get_frequency(anomaly_key) is None:
         raise HTTPException(404, "no such anomaly in this project")
-    return s.TimelineOut(
-        anomaly_key=anomaly_key, entries=[s.TimelineEntryOut.of(e) for e in entries]
-    )
+    return s.TimelineOut(anomaly_key=anomaly_key, entries=entries)
 
 
 @router.get("/escalations", tags=["anomalies"], response_model=s.EscalationsOut)

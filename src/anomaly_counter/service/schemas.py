@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from ..model import TIMELINE_KINDS, AnomalyFrequency, TimelineEntry
+from ..model import AnomalyFrequency, TimelineEntry
 from ..signature import fingerprint_fields
 
 Label = str | int | float | bool | None
@@ -160,28 +160,12 @@ class HistoryOut(BaseModel):
     buckets: list[HistoryBucket] = Field(description="Oldest first; the last holds now")
 
 
-class TimelineEntryOut(BaseModel):
-    kind: Literal[TIMELINE_KINDS]  # type: ignore[valid-type]
-    at: datetime
-    level: str | None = None
-    count_24h: int | None = None
-    action: str | None = None
-    success: bool | None = None
-    disposition: str | None = None
-    description: str | None = None
-    channel: str | None = None
-    notice: str | None = None
-    outcome: str | None = None
-    by: str | None = None
-
-    @classmethod
-    def of(cls, entry: TimelineEntry) -> TimelineEntryOut:
-        return cls.model_validate(entry.to_dict())
-
-
 class TimelineOut(BaseModel):
     anomaly_key: str
-    entries: list[TimelineEntryOut] = Field(description="Newest first (at most 200)")
+    entries: list[TimelineEntry] = Field(
+        description="Newest first (at most 200); each has the fields of its kind, the others"
+        " are null (see anomaly_counter.model.TimelineEntry)"
+    )
 
 
 class EscalationDay(BaseModel):
