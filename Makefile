@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_service.py
 	$(BIN)/python bench/bench_spool.py
 	$(BIN)/python bench/bench_cluster.py
+	$(BIN)/python bench/bench_web.py --cluster
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
