@@ -625,7 +625,11 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
         await app.state.service.store.save_token(record)
     url = f"http://{chosen.host}:{chosen.port}"
     print(f"anomaly-counter {__version__} on {chosen.store_url}: {url}  (API docs: {url}/docs)")
-    print(f"dashboard: {url}/  (sign in with a token of the project)")
+    if args.demo_token:
+        hint = "open it, and sign in with the token below"
+    else:
+        hint = "sign in with a token of the project: token create --read-only"
+    print(f"dashboard: {url}/  ({hint})")
     print(f"spool: {chosen.spool_dir or 'none (503 while the store is down)'}")
     if args.demo_token:
         print(f"a token of project {project!r}: {text}")
