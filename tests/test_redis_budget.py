@@ -6,10 +6,11 @@ import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from anomaly_counter import AnomalyCounter
 
-from .conftest import SIG, RedisServer
+from .conftest import SIG, Clock, RedisServer
 
 
 class Monitor:
@@ -223,3 +224,31 @@ async def test_chronic_and_search_read_what_they_find(fresh_redis: RedisServer) 
     assert chronic.commands == ["ZRANGE"] * 16 + ["EVALSHA"] * 3
     # gram counts and ranges of 16 shards, the anomalies of the 3 terms found, their reads
     assert len(found.commands) <= 16 * 3 + 16 * 2 + 3 + 3, found.commands
+
+
+async def test_anomalies_first_seen_before_search_are_indexed_later(
+    fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    """An anomaly recorded by a version without the search index (as an upgraded deployment
+    holds them) is indexed at an occurrence of the next hour, by that occurrence's labels."""
+    from anomaly_counter import Settings
+
+    clock = Clock()
+    for url in (fresh_redis.url, f"sqlite:///{tmp_path}/old.db"):
+        settings = Settings(store_url=url)
+        async with AnomalyCounter.from_url(url, "team-a", settings=settings, clock=clock) as c:
+            await c.record_anomaly(SIG)
+            if url.startswith("redis"):  # as the older version left it
+                with fresh_redis.client() as client:
+                    for key in client.keys("*:x:terms") + client.keys("*:x:grams"):
+                        client.delete(key)
+                    for key in client.keys("*:a:*:m"):
+                        client.hdel(key, "ix")
+            else:
+                db = c.store._connection()  # type: ignore[attr-defined]
+                db.execute("DELETE FROM search_terms")
+                db.execute("UPDATE anomalies SET indexed = 0")
+            assert (await c.search("crashloop")).total == 0
+            clock.advance(hours=1, minutes=1)
+            await c.record_anomaly(SIG)
+            assert (await c.search("crashloop")).total == 1, url

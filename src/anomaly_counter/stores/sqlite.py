@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS anomalies (
     score_30d INTEGER NOT NULL DEFAULT 0,
     score_dispositions INTEGER NOT NULL DEFAULT 0,
     has_days INTEGER NOT NULL DEFAULT 0,  -- any repair or disposition counted yet
+    indexed INTEGER NOT NULL DEFAULT 0,  -- in the search index
     touched INTEGER NOT NULL,
     resolved_at INTEGER,  -- the latest resolution of one of its episodes
     PRIMARY KEY (project, anomaly_key)
@@ -144,6 +145,7 @@ CREATE TABLE IF NOT EXISTS search_grams (
 _ADDED_COLUMNS = (  # columns of files made by earlier versions
     ("anomalies", "resolved_at", "INTEGER"),
     ("anomalies", "fix_by", "TEXT"),
+    ("anomalies", "indexed", "INTEGER NOT NULL DEFAULT 0"),
     ("tokens", "read_only", "INTEGER NOT NULL DEFAULT 0"),
 )
 
@@ -242,15 +244,15 @@ class SQLiteStore(Store):
         key, at = request.anomaly_key, request.at_ms
         row = db.execute(
             "SELECT first_seen, last_seen, level, state, fix_at, regressed_at, ids_count,"
-            " has_days, touched, score_1h, score_24h, score_7d, score_30d"
+            " has_days, indexed, touched, score_1h, score_24h, score_7d, score_30d"
             " FROM anomalies WHERE project = ? AND anomaly_key = ?",
             (project, key),
         ).fetchone()
         is_new = row is None
         if row is None:
-            row = (None, None, 0, None, None, None, 0, 0, None, 0, 0, 0, 0)
+            row = (None, None, 0, None, None, None, 0, 0, 0, None, 0, 0, 0, 0)
         first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, has_days = row[:8]
-        row_touched, bounds = row[8], row[9:]
+        indexed, row_touched, bounds = row[8], row[9], row[10:]
         if request.occurrence_id is not None:
             digest = id_digest(request.occurrence_id)
             seen = db.execute(
@@ -298,6 +300,8 @@ class SQLiteStore(Store):
             values["level"] = int(new_level)
         if first_ever:  # the signature of the first occurrence is the one kept (and searched)
             values["signature"] = request.signature_json
+        if not indexed:  # (one first seen by a version without search: by this occurrence)
+            values["indexed"] = 1
         for column, count, bound in zip(_WINDOW_COLUMNS, counts_newest, bounds, strict=True):
             if count > bound:
                 values[column] = index_bound(count)
@@ -312,8 +316,9 @@ class SQLiteStore(Store):
             # assigns one of its columns, so most writes leave the five indexes alone.
             db.execute(_update_sql(tuple(values)), (*values.values(), project, key))
         # the story, in the same transaction
-        if first_ever:
+        if not indexed:
             self._index(db, project, key, request.search_terms)
+        if first_ever:
             self._tell(db, project, key, timeline.encode("first_seen", at))
         if escalated:
             self._tell(db, project, key, timeline.encode("escalated", at, int(escalated),

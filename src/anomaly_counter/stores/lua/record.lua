@@ -88,7 +88,11 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
   local base = s[BASE]
   if first_ever then
     index_terms(meta, member, terms)
+    redis.call('HSET', meta, 'ix', 1)
     tell(base, TL_FIRST_SEEN .. TL_SEP .. at_text, ttl)
+  elseif refresh and redis.call('HSETNX', meta, 'ix', 1) == 1 then
+    -- first seen by a version without search: indexed now, by this occurrence's labels
+    index_terms(meta, member, terms)
   end
   if escalated > 0 then
     tell(base, TL_ESCALATED .. TL_SEP .. at_text .. TL_SEP .. escalated .. TL_SEP
