@@ -451,12 +451,22 @@ async def test_verdicts_markers_and_the_missing_fix_are_shown(page: Page, demo: 
 async def test_wrong_page_parameters_get_a_page_that_says_so(demo: Demo) -> None:
     async with httpx.AsyncClient(base_url=demo.url) as http:
         http.cookies.set("ac_session", demo.token)
-        for query in ("window=2h", "level=LOUD", "limit=0", "limit=x", "q=" + "x" * 600,
+        for query in ("window=2h", "level=LOUD", "limit=0", "limit=x", "limit=%C2%B2",
+                      "q=" + "x" * 600,
                       "q=" + "+".join("abcdefghi")):  # fmt: skip
             r = await http.get(f"/projects/demo?{query}")
             assert r.status_code == 400, query
             assert r.headers["content-type"].startswith("text/html"), query
             assert "default-src 'self'" in r.headers["content-security-policy"]
+        nine = await http.get("/projects/demo", params={"q": "a b c d e f g h i"})
+        assert "at most 8 allowed" in nine.text and 'value="a b c d e f g h i"' in nine.text
+        # the JSON link answers as JSON, a name too
+        gone = await http.get("/projects/demo/anomalies/NoSuchAlert.json")
+        assert gone.status_code == 404 and "no anomaly" in gone.json()["detail"]
+        several = await http.get("/projects/demo/anomalies/PodCrashLoopBackOff.json")
+        assert several.status_code == 300 and len(several.json()["matches"]) == 3
+        one = await http.get("/projects/demo/anomalies/HTTP5xxRate.json")
+        assert one.json()["anomaly"]["signature"]["alertname"] == "HTTP5xxRate"
         quiet = await http.get("/projects/demo?q=%00%01")  # nothing to look for: no search
         assert quiet.status_code == 200 and "Chronic anomalies" in quiet.text
         assert (await http.head("/projects/demo")).status_code == 200

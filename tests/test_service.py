@@ -53,7 +53,7 @@ async def test_every_capability_over_http(service: ServiceServer) -> None:
                 v1(f"/anomalies/{KEY}/repairs"),
                 json={"action": "restart_pod", "success": success},
             )
-            assert r.json() == {"ok": True}
+            assert r.json() == {"ok": True, "anomaly_key": KEY}
         repairs = (await http.get(v1(f"/anomalies/{KEY}/repairs"))).json()
         assert repairs["actions"]["restart_pod"] == {
             "total": 5, "success": 1, "success_rate": pytest.approx(1 / 5),

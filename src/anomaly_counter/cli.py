@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
@@ -36,7 +37,7 @@ from .errors import (
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
 from .settings import Settings, load_settings
 from .signature import fingerprint_fields
-from .timeline import describe
+from .timeline import describe, reporter
 from .tokens import new_token
 from .windows import HISTORY
 
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     story.add_argument("--limit", type=int, default=50)
 
     repairs = commands.add_parser("repairs", help="repair success per action, and a ranking")
-    repairs.add_argument("key")
+    repairs.add_argument("key", nargs="+", metavar="KEY_OR_NAME")
     repairs.add_argument("--candidates", nargs="+", metavar="ACTION", help="actions to rank")
 
     repair = commands.add_parser("repair", help="record one repair attempt")
@@ -129,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     outcome.add_argument("--failure", dest="success", action="store_false")
 
     dispositions = commands.add_parser("dispositions", help="how alerts were disposed of")
-    dispositions.add_argument("key", nargs="?", help="one anomaly (default: the project)")
+    dispositions.add_argument(
+        "key", nargs="*", metavar="KEY_OR_NAME", help="one anomaly (default: the project)"
+    )
     dispositions.add_argument("--limit", type=int, default=20)
 
     dispose = commands.add_parser("dispose", help="record how one alert was disposed of")
@@ -209,11 +212,13 @@ def _frequency_text(f: AnomalyFrequency) -> str:
         ("dispositions (30 d)", f.total_resolution_count),
     ]
     labels = fingerprint_fields(f.signature)
-    rows[2:2] = [(name.replace("_", " "), labels[name] or "-")
-                 for name in ("service", "namespace", "error_type")]  # fmt: skip
+    shown = (("service", "service"), ("namespace", "namespace"), ("error_type", "reason"))
+    rows[2:2] = [(title, labels[name] or "-") for name, title in shown]
     if f.permanent_fix is not None:
         by = f" by {f.permanent_fix.by}" if f.permanent_fix.by else ""
-        rows.append(("permanent fix", f"{f.permanent_fix.description}"))
+        text = textwrap.wrap(f.permanent_fix.description, 72) or [""]
+        rows.append(("permanent fix", text[0]))
+        rows += [("", line) for line in text[1:]]
         rows.append(("  marked (UTC)", f"{_short(f.permanent_fix.at)}{by}"))
     if f.last_resolved is not None:
         rows.append(("last resolved", _short(f.last_resolved)))
@@ -303,6 +308,7 @@ async def _show(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         f = await counter.get_frequency(f.anomaly_key, at=args.at) or f
     week = await counter.history(f.anomaly_key, "7d", at=args.at) or []
     story = await counter.timeline(f.anomaly_key, limit=10)
+    who = await _token_labels(counter)
     data = {**f.to_dict(), "history_7d": [(t.isoformat(), n) for t, n in week],
             "timeline": [e.to_dict() for e in story]}  # fmt: skip
 
@@ -312,17 +318,26 @@ async def _show(counter: AnomalyCounter, args: argparse.Namespace) -> None:
             quarters = [sum(n for _, n in week[i : i + 6]) for i in range(0, len(week), 6)]
             out += f"\n{'7 days, per 6 hours':<28}{_spark(quarters)}"
         if story:
-            out += "\n\nLatest events (UTC):\n" + _story_text(story)
+            out += "\n\nLatest events (UTC):\n" + _story_text(story, who)
         return out
 
     _emit(args.json, data, text)
 
 
-def _story_text(entries: Sequence[Any]) -> str:
+def _story_text(entries: Sequence[Any], who: dict[str, str]) -> str:
     return _table(
         ["when", "what", "by"],
-        [(_short(e.at), describe(e), e.by or "") for e in entries],
+        [(_short(e.at), _cut(describe(e), 72), reporter(e.by, who)) for e in entries],
     )
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+async def _token_labels(counter: AnomalyCounter) -> dict[str, str]:
+    """The labels of the project's tokens by id, to name who wrote an entry."""
+    return {t.token_id: t.label for t in await counter.store.list_tokens(counter.project_id)}
 
 
 async def _search(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -338,7 +353,8 @@ async def _search(counter: AnomalyCounter, args: argparse.Namespace) -> None:
             if found.total > len(rows)
             else ""
         )
-        return _top_text(rows, "24h") + f"\n{len(rows)} matches{more}"
+        noun = "match" if len(rows) == 1 else "matches"
+        return _top_text(rows, "24h") + f"\n{len(rows)} {noun}{more}"
 
     _emit(args.json, {"matches": rows, "total": found.total, "truncated": found.truncated}, text)
 
@@ -362,8 +378,9 @@ async def _history(counter: AnomalyCounter, args: argparse.Namespace) -> None:
             f" {sum(counts)}",
             _spark(bars),
         ]
-        if busy:
-            lines.append("\n" + _table(["from", "count"], [(_short(t), n) for t, n in busy]))
+        if not busy:
+            return f"{f.anomaly_key} {_who(f.signature)}: no occurrence in the last {args.window}"
+        lines.append("\n" + _table(["from", "count"], [(_short(t), n) for t, n in busy]))
         return "\n".join(lines)
 
     _emit(args.json, data, text)
@@ -372,10 +389,13 @@ async def _history(counter: AnomalyCounter, args: argparse.Namespace) -> None:
 async def _timeline(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     f = await _resolve(counter, args)
     story = await counter.timeline(f.anomaly_key, limit=args.limit)
+    who = await _token_labels(counter)
     _emit(
         args.json,
         {"anomaly_key": f.anomaly_key, "entries": [e.to_dict() for e in story]},
-        lambda: f"{f.anomaly_key} {_who(f.signature)}, newest first (UTC):\n" + _story_text(story),
+        lambda: (
+            f"{f.anomaly_key} {_who(f.signature)}, newest first (UTC):\n" + _story_text(story, who)
+        ),
     )
 
 
@@ -412,13 +432,13 @@ def _level_text(row: dict[str, Any]) -> str:
 async def _repairs(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     key = await _key(counter, args)
     stats = await counter.get_all_repair_stats(key)
-    candidates = args.candidates or list(stats)
-    ranked = await counter.recommend_actions(key, candidates) if candidates else []
-    data = {"stats": stats, "recommendations": [r.to_dict() for r in ranked]}
+    # as the dashboard and the API rank them: the tried actions and the configured ones
+    (ranked,) = await counter.recommendations([key], args.candidates)
+    data = {"anomaly_key": key, "stats": stats, "recommendations": [r.to_dict() for r in ranked]}
 
     def text() -> str:
         if not ranked:
-            return f"no repair attempt on {key} in the last 30 days"
+            return f"no repair attempt on {key} in the last 30 days, and none configured"
         return _table(
             ["rank", "action", "tried", "worked", "rate", "skip", "why"],
             [(r.rank, r.action, r.total, r.success, f"{r.success_rate:.0%}",
@@ -441,7 +461,9 @@ async def _repair(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     key = await _key(counter, args)
     await counter.record_repair_attempt(key, args.action, args.success, by=_by())
     stats = await counter.get_repair_success_rate(key, args.action)
-    _emit(args.json, stats, lambda: f"{args.action}: {stats['success']}/{stats['total']} worked")
+    worked = f"{stats['success']}/{stats['total']}"
+    _emit(args.json, {"anomaly_key": key, **stats},
+          lambda: f"{args.action} on {key}: {worked} worked")  # fmt: skip
 
 
 async def _dispositions(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -468,7 +490,8 @@ async def _dispose(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     key = await _key(counter, args)
     await counter.record_disposition(key, args.type, by=_by())
     stats = await counter.get_disposition_stats(key)
-    _emit(args.json, stats, lambda: f"{args.type}: {stats[args.type]} of {stats['total']}")
+    _emit(args.json, {"anomaly_key": key, **stats},
+          lambda: f"{args.type} on {key}: {stats[args.type]} of {stats['total']}")  # fmt: skip
 
 
 async def _fix(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -479,14 +502,15 @@ async def _fix(counter: AnomalyCounter, args: argparse.Namespace) -> None:
 
 
 async def _unfix(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    f = await _resolve(counter, args)
-    if f.permanent_fix is None or not await counter.undo_permanent_fix(f.anomaly_key, by=_by()):
-        _fail(f"anomaly {f.anomaly_key} has no permanent fix in force", 1)
-    fix = f.permanent_fix
-    _emit(args.json, {"anomaly_key": f.anomaly_key, "permanent_fix_applied": False,
-                      "undone": fix.to_dict()},
-          lambda: f"permanent fix of {f.anomaly_key} undone: {fix.description!r}, marked"
-          f" {_short(fix.at)} UTC{' by ' + fix.by if fix.by else ''}")  # fmt: skip
+    key = await _key(counter, args)  # (a fix may come before the first occurrence)
+    f = await counter.get_frequency(key)
+    fix = f.permanent_fix if f is not None else None
+    if not await counter.undo_permanent_fix(key, by=_by()):
+        _fail(f"anomaly {key} has no permanent fix in force", 1)
+    what = f": {fix.description!r}, marked {_short(fix.at)} UTC" if fix else ""
+    _emit(args.json, {"anomaly_key": key, "permanent_fix_applied": False,
+                      "undone": fix.to_dict() if fix else None},
+          lambda: f"permanent fix of {key} undone{what}")  # fmt: skip
 
 
 async def _replay(counter: AnomalyCounter, args: argparse.Namespace) -> None:

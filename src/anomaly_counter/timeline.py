@@ -20,7 +20,7 @@ one): together at most ``MAX_ENTRIES`` entries and ``MAX_BYTES`` bytes, whatever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from .model import EscalationLevel, TimelineEntry
@@ -146,7 +146,7 @@ def describe(entry: TimelineEntry) -> str:
     if entry.kind == "repair":
         return f"repair {entry.action} {'worked' if entry.success else 'failed'}"
     if entry.kind == "disposition":
-        return f"disposed of: {entry.disposition}"
+        return f"disposed of: {(entry.disposition or '').replace('_', ' ')}"
     if entry.kind == "fix":
         return f"permanent fix: {entry.description}"
     if entry.kind == "fix_undone":
@@ -157,3 +157,14 @@ def describe(entry: TimelineEntry) -> str:
         verb = "sent to" if entry.outcome == "sent" else "could not be sent to"
         return f"{entry.notice} notice {verb} {entry.channel}"
     return entry.kind
+
+
+def reporter(by: str | None, token_labels: Mapping[str, str]) -> str:
+    """Who reported an entry, as a person reads it: a token by its label (and id), else as
+    written (``cli:<user>``, what a library caller passed); "" for nobody named."""
+    if not by:
+        return ""
+    if by in token_labels:
+        label = token_labels[by]
+        return f"token {label} ({by})" if label else f"token {by}"
+    return by

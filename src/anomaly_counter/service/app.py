@@ -135,7 +135,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(pages)
     app.mount("/static", StaticFiles(packages=[("anomaly_counter.web", "static")]), name="static")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
     async def docs() -> HTMLResponse:
         page = get_swagger_ui_html(
             openapi_url="/openapi.json",

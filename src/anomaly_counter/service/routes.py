@@ -291,6 +291,7 @@ async def history(p: Checked, anomaly_key: Named, window: Window = "7d") -> s.Hi
     "/anomalies/{anomaly_key}/timeline",
     tags=["anomalies"],
     response_model=s.TimelineOut,
+    response_model_exclude_none=True,  # an entry carries the fields of its kind alone
     responses=_NAMED,
 )
 async def timeline(
@@ -327,7 +328,7 @@ async def record_repair(p: Writer, anomaly_key: Named, body: s.RepairIn) -> s.Do
             anomaly_key, body.action, body.success, at=body.at, by=p.by
         ),
     )
-    return s.Done()
+    return s.Done(anomaly_key=anomaly_key)
 
 
 @router.get(
@@ -393,7 +394,7 @@ async def record_disposition(p: Writer, anomaly_key: Named, body: s.DispositionI
         "disposition",
         p.counter.record_disposition(anomaly_key, body.type, at=body.at, by=p.by),
     )
-    return s.Done()
+    return s.Done(anomaly_key=anomaly_key)
 
 
 @router.get(
@@ -426,7 +427,7 @@ async def mark_permanent_fix(p: Writer, anomaly_key: Named, body: s.FixIn) -> s.
         "fix",
         p.counter.mark_permanent_fix_applied(anomaly_key, body.description, at=body.at, by=p.by),
     )
-    return s.Done()
+    return s.Done(anomaly_key=anomaly_key)
 
 
 @router.delete(
@@ -440,4 +441,4 @@ async def undo_permanent_fix(p: Writer, anomaly_key: Named) -> s.UndoneOut:
     fixed nor regressed; the timeline keeps the fix and says who undid it."""
     if not await p.timed("fix", p.counter.undo_permanent_fix(anomaly_key, by=p.by)):
         raise HTTPException(404, "this anomaly has no permanent fix in force")
-    return s.UndoneOut()
+    return s.UndoneOut(anomaly_key=anomaly_key)

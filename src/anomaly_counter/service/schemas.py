@@ -179,11 +179,6 @@ class EscalationsOut(BaseModel):
     days: list[EscalationDay] = Field(description="Oldest first; the last is today (UTC)")
 
 
-class UndoneOut(BaseModel):
-    ok: Literal[True] = True
-    undone: Literal[True] = True
-
-
 class RepairIn(_In):
     action: str = Field(examples=["restart_pod"])
     success: StrictBool  # "yes" or 1 is not a boolean
@@ -266,3 +261,10 @@ class FixIn(_In):
 
 class Done(BaseModel):
     ok: Literal[True] = True
+    anomaly_key: str | None = Field(
+        default=None, description="The anomaly written (a name in the path resolves to it)"
+    )
+
+
+class UndoneOut(Done):
+    undone: Literal[True] = True

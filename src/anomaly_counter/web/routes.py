@@ -19,8 +19,14 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from .. import __version__, search
-from ..errors import InvalidInputError, StoreUnavailableError
+from ..errors import (
+    AmbiguousAnomalyError,
+    AnomalyNotFoundError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
 from ..service.app import Service
+from ..service.schemas import MatchesOut
 from ..tokens import TokenRecord
 from . import session, views
 
@@ -35,6 +41,7 @@ _env.globals.update(
     levels=views.LEVELS,
     level_filters=views.LEVEL_FILTERS,
     window_names=views.WINDOW_NAMES,
+    disposition_names=views.DISPOSITION_NAMES,
     utc_text=views.utc_text,
     params=lambda **kw: urlencode({k: v for k, v in kw.items() if v not in (None, "")}),
 )
@@ -186,14 +193,22 @@ async def project_page(
             raise InvalidInputError(f"unknown window {window!r}: 1h, 24h, 7d or 30d")
         if level not in views.LEVEL_FILTERS:
             raise InvalidInputError(f"unknown level {level!r}: {', '.join(views.LEVEL_FILTERS)}")
-        if not limit.isdigit() or not 1 <= int(limit) <= views.MAX_ROWS:
+        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= views.MAX_ROWS:
             raise InvalidInputError(f"limit must be a number from 1 to {views.MAX_ROWS}")
-        query = q.strip() if search.words(q.strip()) else ""  # nothing to look for: no search
+        query, problem = q.strip(), None
+        try:
+            if not search.words(query):
+                query = ""  # nothing to look for: no search
+        except InvalidInputError as exc:  # the project page, saying what to change
+            problem, query = str(exc), ""
         counter = _service(request).counter(project)
         view = await views.project_view(
             counter, window=window, level=level, query=query, limit=int(limit)
         )
-        return _page(request, "project.html", view=view, project=project, query=query)
+        return _page(
+            request, "project.html", 400 if problem else 200, view=view, project=project,
+            query=q.strip() if problem else query, problem=problem,
+        )  # fmt: skip
 
     return await _shown(request, project, make)
 
@@ -201,12 +216,16 @@ async def project_page(
 @router.api_route("/projects/{project}/anomalies/{key}.json", methods=["GET", "HEAD"])
 async def anomaly_data(request: Request, project: str, key: str) -> Response:
     async def make() -> Response:
-        view = await _anomaly(request, project, key, ".json")
-        if isinstance(view, Response):
-            return view
-        response = JSONResponse(views.anomaly_json(view))
-        response.headers.update(_HEADERS)
-        return response
+        counter = _service(request).counter(project)
+        try:  # a name that matches one anomaly answers as its key would
+            found = await counter.anomaly(key)
+        except AmbiguousAnomalyError as exc:
+            matches = MatchesOut.of(str(exc), exc.matches).model_dump(mode="json")
+            return _json(matches, 300)
+        except AnomalyNotFoundError as exc:
+            return _json({"detail": str(exc)}, 404)
+        view = await views.anomaly_view(counter, found, await _token_labels(request, project))
+        return _json(views.anomaly_json(view))
 
     return await _shown(request, project, make)
 
@@ -227,11 +246,20 @@ async def anomaly_page(request: Request, project: str, key: str) -> Response:
     return await _shown(request, project, make)
 
 
-async def _anomaly(
-    request: Request, project: str, ref: str, suffix: str = ""
-) -> views.AnomalyView | Response:
-    """The view of the anomaly a key names; a name that matches one goes to its page (or its
-    JSON), one that matches several to the search."""
+def _json(data: Any, status: int = 200) -> Response:
+    response = JSONResponse(data, status_code=status)
+    response.headers.update(_HEADERS)
+    return response
+
+
+async def _token_labels(request: Request, project: str) -> dict[str, str]:
+    """The labels of the project's tokens by id, to name who wrote an entry."""
+    return {t.token_id: t.label for t in await _service(request).store.list_tokens(project)}
+
+
+async def _anomaly(request: Request, project: str, ref: str) -> views.AnomalyView | Response:
+    """The view of the anomaly a key names; a name that matches one goes to its page, one
+    that matches several to the search."""
     service = _service(request)
     counter = service.counter(project)
     found = await counter.find(ref)
@@ -240,8 +268,7 @@ async def _anomaly(
             return RedirectResponse(f"/projects/{project}?q={quote(ref)}", status_code=303)
         raise HTTPException(404, f"no anomaly {ref!r} in project {project!r}")
     if found.anomaly.anomaly_key != ref:
-        target = f"/projects/{project}/anomalies/{found.anomaly.anomaly_key}{suffix}"
+        target = f"/projects/{project}/anomalies/{found.anomaly.anomaly_key}"
         return RedirectResponse(target, status_code=303)
-    tokens = await service.store.list_tokens(project)
-    who = {t.token_id: t.label for t in tokens}
+    who = await _token_labels(request, project)
     return await views.anomaly_view(counter, found.anomaly, who)

@@ -15,7 +15,7 @@ from ..counter import AnomalyCounter
 from ..model import DISPOSITION_TYPES, LEVEL_MEANINGS, AnomalyFrequency, TimelineEntry
 from ..policy import MIN_ATTEMPTS_TO_JUDGE, ActionRecommendation
 from ..signature import fingerprint_fields
-from ..timeline import describe
+from ..timeline import describe, reporter
 from ..windows import HISTORY
 from . import charts
 
@@ -92,9 +92,11 @@ def history_chart(
     elif window == "7d":
         ticks = _ticks(starts, lambda s: s.hour == 0, "%a %d")
     else:
-        ticks = _ticks(starts, lambda s: (s.toordinal() - starts[-1].toordinal()) % 5 == 0, "%d %b")
+        ticks = _ticks(starts, lambda s: (s.toordinal() - starts[0].toordinal()) % 5 == 0, "%d %b")
+    # a label starts under the bar it names: none in the last eighth, where it would not fit
+    ticks[len(ticks) - len(ticks) // 8 :] = [""] * (len(ticks) // 8)
     labelled = [i for i, tick in enumerate(ticks) if tick]
-    minor = set(labelled[-2::-2])  # every other label, counted from the last: hidden on phones
+    minor = set(labelled[1::2])  # every other label: hidden on phones
     return Chart(
         svg=charts.bars(counts, titles, f"{what}: {sum(counts)} occurrences", markers=markers),
         peak=max(counts, default=0),
@@ -207,8 +209,11 @@ async def project_view(
         svg=charts.stacked(columns, classes, titles, "escalations per day, last 30 days"),
         peak=max((sum(c) for c in columns), default=0),
         total=sum(sum(c) for c in columns),
-        ticks=[day.strftime("%d %b") if i % 5 == 4 else "" for i, (day, _) in enumerate(days)],
-        minor={i for i in range(len(days)) if i % 10 == 4},
+        ticks=[
+            day.strftime("%d %b") if i % 5 == 0 and i < 26 else ""
+            for i, (day, _) in enumerate(days)
+        ],
+        minor={i for i in range(len(days)) if i % 10 == 5},
         rows=[(day.strftime("%a %d %b"), sum(c.values())) for day, c in days if sum(c.values())],
         caption="Crossings into each level per day (UTC), last 30 days",
     )
@@ -307,8 +312,8 @@ async def anomaly_view(
         week=history_chart(week, "7d", "Last 7 days, hourly (UTC)", moments) if week else None,
         month=history_chart(month, "30d", "Last 30 days, daily (UTC)", moments) if month else None,
         series={"7d": week or [], "30d": month or []},
-        story=[Story(e, describe(e), _who(e.by, who)) for e in entries],
-        fixed_by=_who(frequency.permanent_fix.by if frequency.permanent_fix else None, who),
+        story=[Story(e, describe(e), reporter(e.by, who)) for e in entries],
+        fixed_by=reporter(frequency.permanent_fix.by if frequency.permanent_fix else None, who),
         repairs=[_repair_row(r) for r in ranked],
         dispositions=[(k, DISPOSITION_NAMES[k], counts[k]) for k in kinds],
         disposition_bar=charts.proportion(
@@ -325,14 +330,6 @@ async def _both_histories(
 ) -> tuple[list[tuple[datetime, int]] | None, list[tuple[datetime, int]] | None]:
     week, month = await asyncio.gather(counter.history(key, "7d"), counter.history(key, "30d"))
     return week, month
-
-
-def _who(by: str | None, who: Mapping[str, str]) -> str:
-    """A reporter as a person reads it: a token's label (and id), else as written."""
-    if not by:
-        return ""
-    label = who.get(by)
-    return f"token {label} ({by})" if label else (f"token {by}" if by in who else by)
 
 
 def _repair_row(action: ActionRecommendation) -> RepairRow:
