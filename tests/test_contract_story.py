@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from anomaly_counter import AnomalyCounter, InvalidInputError
+from anomaly_counter import AmbiguousAnomalyError, AnomalyCounter, InvalidInputError
 from anomaly_counter.timeline import (
     MAX_ENTRIES,
     MAX_TEXT_CHARS,
@@ -439,3 +439,24 @@ def test_history_buckets_are_utc() -> None:
     state.add(_ms(moment))
     (start, n) = state.histogram(_ms(moment), 86_400_000, 1)[0]
     assert n == 1 and start == _ms(datetime(2026, 3, 29, tzinfo=UTC))
+
+
+async def test_a_broad_word_does_not_cut_what_a_narrow_one_finds(
+    make_counter: CounterFactory,
+) -> None:
+    """Found by a review: with 1,500 anomalies in `prod`, `prod billing` lost one of its two
+    matches to the cut of the broad word, and a write by that name went to the other."""
+    counter = make_counter()
+    batch = [{"signature": {"alertname": f"Alert{i:05d}", "service": "billing" if i in (3, 7)
+              else f"svc{i}", "namespace": "prod"}} for i in range(1_500)]  # fmt: skip
+    await counter.record_many(batch)
+    both = await counter.search("prod billing")
+    assert both.total == 2 and not both.truncated
+    with pytest.raises(AmbiguousAnomalyError):
+        await counter.anomaly("prod billing")
+    broad = await counter.search("prod")
+    assert broad.truncated and broad.total == 1_000  # said so, not silently
+    with pytest.raises(AmbiguousAnomalyError, match="more than 100 anomalies"):
+        await counter.anomaly("prod")  # never one of a cut taken as the one named
+    assert (await counter.anomaly("prod svc42")).signature["service"] == "svc42"  # the exact
+    assert (await counter.anomaly("Alert00042 prod")).signature["service"] == "svc42"

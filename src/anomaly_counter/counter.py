@@ -615,9 +615,10 @@ class AnomalyCounter:
                 return Lookup(frequency, [frequency])
         found, truncated = await self._guard("find", self._search(text), ([], False))
         exact = [f for quality, f in found if quality == 0]
-        if len(found) == 1 or len(exact) == 1:
+        if not truncated and (len(found) == 1 or len(exact) == 1):
+            # (a name names one anomaly only when every match was seen)
             best = exact[0] if len(exact) == 1 else found[0][1]
-            return Lookup(best, [best], truncated)
+            return Lookup(best, [best])
         return Lookup(None, [f for _, f in found[:100]], truncated)
 
     async def anomaly(self, ref: str) -> AnomalyFrequency:
@@ -628,8 +629,9 @@ class AnomalyCounter:
         if found.anomaly is not None:
             return found.anomaly
         if found.matches:
+            many = f"more than {len(found.matches)}" if found.truncated else len(found.matches)
             raise AmbiguousAnomalyError(
-                f"{len(found.matches)} anomalies of project {self.project_id!r} match {ref!r}:"
+                f"{many} anomalies of project {self.project_id!r} match {ref!r}:"
                 " name one by its key, or add words (its service, namespace, reason)",
                 found.matches,
             )
@@ -644,22 +646,21 @@ class AnomalyCounter:
         return (await self.anomaly(ref)).anomaly_key
 
     async def _search(self, query: str) -> tuple[list[tuple[int, AnomalyFrequency]], bool]:
+        """Matches of every word, best first, and whether the index was cut short. The most
+        selective word gives the candidates (the index answers for each word); each candidate
+        is then checked against every word, so a broad word ("prod") narrows nothing wrongly."""
         words = search.words(query)
         if not words:
             raise InvalidInputError("search query has no words")
-        truncated = False
-        pairs: list[tuple[str, str]] = []
-        keys: set[str] | None = None
-        for word in words:
-            found, more = await self.store.search(self.project_id, word, search.MAX_CANDIDATES)
-            truncated |= more
-            pairs += found
-            mine = {key for _, key in found}
-            keys = mine if keys is None else keys & mine
-        ordered = sorted(keys or ())
+        answers = [
+            await self.store.search(self.project_id, word, search.MAX_CANDIDATES)
+            for word in words
+        ]
+        pairs, truncated = min(answers, key=lambda answer: (answer[1], len(answer[0])))
+        keys = sorted({key for _, key in pairs})
         now = self._clock()
-        snapshots = await self.store.read(self.project_id, ordered, _ms(now), _ms(now))
-        gone = {key for key, snapshot in zip(ordered, snapshots, strict=True) if snapshot is None}
+        snapshots = await self.store.read(self.project_id, keys, _ms(now), _ms(now))
+        gone = {key for key, snapshot in zip(keys, snapshots, strict=True) if snapshot is None}
         if gone:  # expired since they were indexed: their entries go as they are met
             await self.store.forget_terms(self.project_id, [p for p in pairs if p[1] in gone])
         results: list[tuple[int, AnomalyFrequency]] = []
