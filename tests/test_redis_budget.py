@@ -252,3 +252,33 @@ async def test_anomalies_first_seen_before_search_are_indexed_later(
             clock.advance(hours=1, minutes=1)
             await c.record_anomaly(SIG)
             assert (await c.search("crashloop")).total == 1, url
+
+
+def _lifetimes(server: RedisServer) -> dict[str, int]:
+    with server.client() as client:
+        return {k.decode(): client.ttl(k) for k in client.keys("*")}
+
+
+async def test_every_key_lives_as_long_as_what_counts_on_it(fresh_redis: RedisServer) -> None:
+    """Found by a review: a fixed anomaly's state is kept for the fix's 90 days, but its
+    signature went after the 35 days of a quiet anomaly (shown without labels, found by no
+    search); and the escalations by day, written by an escalation within the hour after the
+    lifetimes were set, had no lifetime at all (kept forever)."""
+    key = AnomalyCounter.hash_signature(SIG)
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        for _ in range(3):
+            await counter.record_anomaly(SIG)  # REPEAT: one escalation, counted by day
+        lifetimes = _lifetimes(fresh_redis)
+        assert all(ttl > 0 for ttl in lifetimes.values()), lifetimes  # none kept forever
+        await counter.record_disposition(key, "auto_repair")
+        await counter.record_repair_attempt(key, "restart_pod", success=True)
+        await counter.mark_permanent_fix_applied(key, "raised the pool size")
+        lifetimes = _lifetimes(fresh_redis)
+    assert all(ttl > 0 for ttl in lifetimes.values()), lifetimes
+    (meta,) = [name for name in lifetimes if name.endswith(":m")]
+    state = lifetimes[meta]
+    assert state > 80 * 86_400  # the fix's validity
+    shown_or_found_by = [name for name in lifetimes if name.endswith(":s") or ":x:" in name]
+    assert len(shown_or_found_by) >= 6, lifetimes
+    for name in shown_or_found_by:
+        assert lifetimes[name] >= state - 5, (name, lifetimes)

@@ -320,6 +320,20 @@ local function day_totals(key, now, retention_days)
   return totals
 end
 
+-- Make a key live at least `seconds` more, never shortening it: keys several anomalies share
+-- (a shard's indexes) must outlive the longest-lived anomaly that counts on them.
+local function extend(name, seconds)
+  if redis.call('TTL', name) < seconds then redis.call('EXPIRE', name, seconds) end
+end
+
+-- The shard's keys that anomalies are found by (search, chronic, rankings) and counted in:
+-- each anomaly's state pushes their lifetime out to its own (extend).
+local SHARD_KEYS = {'terms', 'grams', 'chronic', 'summary', 'dispositions', '1h', '24h', '7d',
+                    '30d'}
+local function extend_shard(meta, seconds)
+  for _, name in ipairs(SHARD_KEYS) do extend(shard_key(meta, name), seconds) end
+end
+
 -- True the first time a write with this id (a digest, '' for none) reaches the anomaly whose
 -- meta key is given; remembered with the occurrence ids, so a retried write applies once.
 local function first_write(meta, write_id, now, ttl)
@@ -327,7 +341,7 @@ local function first_write(meta, write_id, now, ttl)
   local ids = string.sub(meta, 1, -2) .. 'i'
   if redis.call('ZSCORE', ids, write_id) then return false end
   redis.call('ZADD', ids, now, write_id)
-  if redis.call('TTL', ids) < ttl then redis.call('EXPIRE', ids, ttl) end
+  extend(ids, ttl)
   return true
 end
 

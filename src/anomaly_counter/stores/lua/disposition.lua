@@ -14,7 +14,9 @@ for name, n in pairs(day_totals(KEYS[1], now, retention)) do
   if string.sub(name, 1, 2) == 'd:' then total = total + n end
 end
 redis.call('ZADD', KEYS[2], total, member)
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+redis.call('EXPIRE', KEYS[1], ttl)
+extend(KEYS[2], ttl)  -- (shard keys: never shortened)
+extend(KEYS[3], ttl)
 mark_days(KEYS[4], ttl)
 tell(string.sub(KEYS[4], 1, -2), ARGV[8], ttl)
 return total

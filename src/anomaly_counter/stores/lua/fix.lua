@@ -9,8 +9,9 @@ s[FIX], s[REGRESSED] = at, -1
 redis.call('HSET', KEYS[1], 'st', pack_state(s), 'fixd', ARGV[2], 'fixb', ARGV[7])
 local keep = math.max(ttl, floor((at + tonumber(ARGV[4]) - now) / 1000))
 tell(s[BASE], ARGV[8], keep)
--- the tail and the timeline live as long as the state that counts on them
-for _, name in ipairs({KEYS[1], s[TAIL_KEY], key_of(s, 'k'), key_of(s, 'l')}) do
+-- what the state counts on, is shown with and is found by lives as long as it does
+for _, name in ipairs({KEYS[1], s[TAIL_KEY], key_of(s, 'k'), key_of(s, 'l'), key_of(s, 's')}) do
   redis.call('EXPIRE', name, keep)
 end
+extend_shard(KEYS[1], keep)
 return 1

@@ -59,7 +59,9 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
   if level ~= s[LEVEL] then
     -- the shard's chronic anomalies (at REPEAT or above at their latest occurrence)
     if level > 0 then
-      redis.call('ZADD', shard_key(meta, 'chronic'), level, member)
+      local chronic = shard_key(meta, 'chronic')
+      redis.call('ZADD', chronic, level, member)
+      extend(chronic, ttl)
     else
       redis.call('ZREM', shard_key(meta, 'chronic'), member)
     end
@@ -97,28 +99,27 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
   if escalated > 0 then
     tell(base, TL_ESCALATED .. TL_SEP .. at_text .. TL_SEP .. escalated .. TL_SEP
          .. string.format('%d', now_counts[2]), ttl)
-    day_add(shard_key(meta, 'summary'), at, now, retention, 'e:' .. escalated, 1)
+    local summary = shard_key(meta, 'summary')
+    day_add(summary, at, now, retention, 'e:' .. escalated, 1)
+    extend(summary, ttl)
   end
   if newly > 0 then tell(base, TL_REGRESSED .. TL_SEP .. at_text, ttl) end
 
   if refresh then
     local meta_ttl = ttl
     if fix >= 0 then meta_ttl = math.max(ttl, floor((fix + fix_validity - now) / 1000)) end
-    -- the tail and the timeline live as long as the state (the state counts on its tail, and
-    -- keeps the timeline's size)
-    for _, name in ipairs({meta, s[TAIL_KEY], key_of(s, 'k'), key_of(s, 'l')}) do
+    -- the tail, the timeline and the signature live as long as the state (the state counts on
+    -- its tail, keeps the timeline's size, and is shown with its signature)
+    for _, name in ipairs({meta, s[TAIL_KEY], key_of(s, 'k'), key_of(s, 'l'), key_of(s, 's')}) do
       redis.call('EXPIRE', name, meta_ttl)
     end
     if level > 0 then  -- (also written by versions before the index: it heals within the hour)
       redis.call('ZADD', shard_key(meta, 'chronic'), level, member)
     end
-    local names = {key_of(s, 'd'), key_of(s, 'h'), key_of(s, 's'), shard_key(meta, 'terms'),
-                   shard_key(meta, 'grams'), shard_key(meta, 'chronic')}
-    for w = 1, 4 do
-      names[#names + 1] = ring_key(s, w)
-      names[#names + 1] = index_key(meta, w)
-    end
+    local names = {key_of(s, 'd'), key_of(s, 'h')}
+    for w = 1, 4 do names[#names + 1] = ring_key(s, w) end
     for _, name in ipairs(names) do redis.call('EXPIRE', name, ttl) end
+    extend_shard(meta, meta_ttl)
   end
   local named = NO_NAMES
   if escalated > 0 or newly > 0 then
