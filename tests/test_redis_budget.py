@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from anomaly_counter import AnomalyCounter
+from anomaly_counter import AnomalyCounter, timeline
 
 from .conftest import SIG, Clock, RedisServer
 
@@ -282,3 +282,26 @@ async def test_every_key_lives_as_long_as_what_counts_on_it(fresh_redis: RedisSe
     assert len(shown_or_found_by) >= 6, lifetimes
     for name in shown_or_found_by:
         assert lifetimes[name] >= state - 5, (name, lifetimes)
+
+
+async def test_a_timeline_whose_size_was_lost_stays_in_its_budget(
+    fresh_redis: RedisServer,
+) -> None:
+    """Found by a review: the timeline's byte count lives in the anomaly's hash; with it lost
+    (an eviction, a hand edit) the next entries counted from zero and the routine part grew
+    past its budget until the entry cap."""
+    key = AnomalyCounter.hash_signature(SIG)
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        await counter.record_anomaly(SIG)
+        for _ in range(20):
+            await counter.record_repair_attempt(key, "a" * 60, success=True, by="x" * 60)
+        with fresh_redis.client() as client:
+            (meta,) = [k for k in client.keys("*") if k.endswith(b":m")]
+            assert client.hdel(meta, "lb") == 1
+        for _ in range(120):
+            await counter.record_repair_attempt(key, "a" * 60, success=True, by="x" * 60)
+        with fresh_redis.client() as client:
+            routine = client.lrange(meta[:-1] + b"l", 0, -1)
+            held = sum(len(entry) for entry in routine)
+            assert held <= timeline.ROUTINE_BYTES
+            assert int(client.hget(meta, "lb") or 0) == held

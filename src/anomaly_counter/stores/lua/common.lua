@@ -415,7 +415,15 @@ local function tell(base, entry, ttl)
   local key, meta, field = base .. suffix, base .. 'm', suffix .. 'b'
   local n = redis.call('LPUSH', key, entry)
   local bytes = #entry
-  if n > 1 then bytes = bytes + num(redis.call('HGET', meta, field), 0) end
+  if n > 1 then
+    local kept = redis.call('HGET', meta, field)
+    if kept then
+      bytes = bytes + tonumber(kept)
+    else  -- the count was lost with its hash (an eviction): counted again, once
+      bytes = 0
+      for _, e in ipairs(redis.call('LRANGE', key, 0, -1)) do bytes = bytes + #e end
+    end
+  end
   while n > most or (bytes > budget and n > 1) do
     local dropped = redis.call('RPOP', key)
     if not dropped then break end
