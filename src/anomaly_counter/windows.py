@@ -113,40 +113,48 @@ class WindowState:
         buckets of ``bucket_ms`` aligned to multiples of it (UTC), the last one holding
         ``end`` (occurrences after ``end`` left out).
 
-        Occurrences in the tail are placed exactly. Pushed-out ones are read, bucket by bucket,
-        from the finest ring that still covers the bucket's start, a ring slice that straddles
-        a bucket edge being shared in proportion to the overlap (its occurrences lie between
-        the slice's start and ``evicted_max``). So a bucket is exact while the tail reaches
-        back to it, and otherwise off by at most the occurrences of the slices at its edges.
+        Occurrences in the tail are placed exactly. Pushed-out ones are counted from each
+        bucket edge on (``_pushed_out_from``: the finest ring covering the edge, the slice
+        holding it shared in proportion), and a bucket gets the difference between its two
+        edges. So the buckets add up to the occurrences of their span, whatever rings their
+        edges are read from (a coarse slice straddling a finer ring's start is never counted
+        twice), within the sharing of the slice at the span's start; and a bucket is exact
+        while the tail reaches back to it. Where rings disagree at an edge (occurrences bunched
+        within a coarse slice), the earlier edge's count caps the later ones, so no bucket is
+        negative.
         """
         last = end - end % bucket_ms
         first = last - (buckets - 1) * bucket_ms
-        counts = [0.0] * buckets
+        counts = [0] * buckets
         for t in self.tail[bisect_left(self.tail, first) : bisect_right(self.tail, end)]:
             counts[(t - first) // bucket_ms] += 1
-        for b in range(buckets):
-            start = first + b * bucket_ms
-            stop = min(start + bucket_ms - 1, end, self.evicted_max)  # inclusive
-            if start > stop:
-                break  # this and every later bucket start after the last pushed-out time
-            index = ring_index(0, start, self.newest)
-            grain, ring = GRAIN_MS[index], self.rings[index]
-            for slot in range(start // grain, stop // grain + 1):
-                n = ring.get(slot, 0)
-                if n:
-                    low = slot * grain
-                    high = min(low + grain - 1, self.evicted_max)
-                    overlap = min(stop, high) - max(start, low) + 1
-                    counts[b] += n * overlap / (high - low + 1)
-        # Rounded on the running total, so that shares of slices do not add up to more (or
-        # fewer) occurrences than there are: each bucket is within one of its share.
-        out, running, shown = [], 0.0, 0
-        for b, share in enumerate(counts):
-            running += share
-            rounded = int(running + 0.5)
-            out.append((first + b * bucket_ms, rounded - shown))
-            shown = rounded
-        return out
+        edges = [first + b * bucket_ms for b in range(buckets)] + [end + 1]
+        suffixes = [_Suffix(ring) for ring in self.rings]
+        after: list[int] = []
+        running = float("inf")
+        for edge in edges:
+            running = min(running, self._pushed_out_from(edge, suffixes))
+            after.append(int(running + 0.5))  # rounding keeps the order: no bucket below 0
+        return [
+            (first + b * bucket_ms, counts[b] + after[b] - after[b + 1]) for b in range(buckets)
+        ]
+
+    def _pushed_out_from(self, t: int, suffixes: list[_Suffix]) -> float:
+        """Pushed-out occurrences at or after ``t``, from the finest ring covering ``t``: its
+        later slices whole, and the slice holding ``t`` in proportion (its occurrences lie
+        between the slice's start and ``evicted_max``)."""
+        if t > self.evicted_max:
+            return 0.0
+        index = ring_index(0, t, self.newest)
+        grain, ring = GRAIN_MS[index], self.rings[index]
+        slot = t // grain
+        later = float(suffixes[index].after(slot))
+        n = ring.get(slot, 0)
+        if n:
+            low = slot * grain
+            high = min(low + grain - 1, self.evicted_max)
+            later += n * (high - t + 1) / (high - low + 1)
+        return later
 
     def counts(self, at: int) -> tuple[int, int, int, int]:
         """All four window counts ending at ``at``."""
@@ -178,6 +186,19 @@ class WindowState:
         while len(state.tail) > capacity:  # the capacity setting was lowered since
             state._evict(state.tail.pop(0))
         return state
+
+
+class _Suffix:
+    """A ring's occurrences after a slot, for many slots at once."""
+
+    def __init__(self, ring: dict[int, int]) -> None:
+        self.slots = sorted(ring)
+        self.totals = [0] * (len(self.slots) + 1)  # totals[i]: slots[i:] together
+        for i in range(len(self.slots) - 1, -1, -1):
+            self.totals[i] = self.totals[i + 1] + ring[self.slots[i]]
+
+    def after(self, slot: int) -> int:
+        return self.totals[bisect_right(self.slots, slot)]
 
 
 def ring_index(window_index: int, lo: int, newest: int) -> int:
