@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from anomaly_counter import AmbiguousAnomalyError, AnomalyCounter, InvalidInputError
+from anomaly_counter import counter as counter_module
 from anomaly_counter.timeline import (
     MAX_ENTRIES,
     MAX_TEXT_CHARS,
@@ -460,3 +461,22 @@ async def test_a_broad_word_does_not_cut_what_a_narrow_one_finds(
         await counter.anomaly("prod")  # never one of a cut taken as the one named
     assert (await counter.anomaly("prod svc42")).signature["service"] == "svc42"  # the exact
     assert (await counter.anomaly("Alert00042 prod")).signature["service"] == "svc42"
+
+
+async def test_a_cut_chronic_listing_keeps_the_most_chronic(
+    make_counter: CounterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: past the listing's cap, the index was cut in the store's order
+    (lowest level first on Redis), so the anomalies at PERMANENT_FIX could be the ones left
+    out. The cap is lowered here to keep the test small."""
+    monkeypatch.setattr(counter_module, "MAX_CHRONIC", 10)
+    counter = make_counter()
+    await counter.record_many(
+        [{"signature": {"alertname": f"Repeat{i:02d}"}} for i in range(20) for _ in range(3)]
+    )
+    await counter.record_many([{"signature": {"alertname": "Loud"}}] * 10)
+    listed = await counter.chronic_anomalies("REPEAT")
+    assert listed.truncated and listed.total == 10
+    assert listed.anomalies[0].signature["alertname"] == "Loud"
+    top = await counter.chronic_anomalies("PERMANENT_FIX")
+    assert [f.signature["alertname"] for f in top.anomalies] == ["Loud"]

@@ -9,6 +9,7 @@ each page at desktop and phone widths, as the README shows them.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -501,3 +502,20 @@ async def test_the_session_cookie_and_where_a_sign_in_returns(demo: Demo) -> Non
         assert 'content="0;url=/projects/demo?q=a%2520b"' in bounce.text
         docs = await http.get("/docs")
         assert docs.headers["x-frame-options"] == "DENY"
+
+
+async def test_the_tiles_count_every_chronic_anomaly(tmp_path: Path) -> None:
+    """Found by a review: the level tiles counted the first 500 chronic anomalies only."""
+    store = f"sqlite:///{tmp_path / 'busy.db'}"
+    async with AnomalyCounter.from_url(store, "busy") as counter:
+        await counter.record_many(
+            [{"signature": {"alertname": f"Alert{i}"}} for i in range(600) for _ in range(3)]
+        )
+        await counter.record_many([{"signature": {"alertname": "Loud"}}] * 10)
+    settings = Settings(store_url=store)
+    with ServiceServer(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            http.cookies.set("ac_session", make_token(settings, "busy", read_only=True))
+            page = (await http.get("/projects/busy")).text
+    tiles = {what: n for n, what in re.findall(r'"n">(\d+)</div><div class="what">([^<]+)<', page)}
+    assert tiles["at REPEAT"] == "600" and tiles["at PERMANENT_FIX"] == "1", tiles

@@ -48,7 +48,8 @@ Clock = Callable[[], datetime]
 _WINDOW_INDEX = {name: i for i, name in enumerate(WINDOWS)}
 _LABELS = tuple(level.label for level in EscalationLevel)  # by level number
 _LEVELS = tuple(level for level in EscalationLevel if level.label)
-_MAX_CHRONIC = 5_000  # chronic anomalies a listing looks at (more: it says it was cut)
+MAX_CHRONIC = 5_000
+"""Chronic anomalies a listing looks at, the highest levels first (more: it says it was cut)."""
 _RETRY_BASE_SECONDS = 0.05
 
 
@@ -687,7 +688,8 @@ class AnomalyCounter:
 
         async def walk() -> AnomalyList:
             entries = await self.store.chronic(self.project_id)
-            looked_at = entries[:_MAX_CHRONIC]
+            entries.sort(key=lambda entry: -entry[1])  # a cut keeps the most chronic
+            looked_at = entries[:MAX_CHRONIC]
             keys = [key for key, _ in looked_at]
             snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
             gone = [(k, level, 0) for (k, level), s in zip(looked_at, snapshots, strict=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from ..counter import AnomalyCounter
+from ..counter import MAX_CHRONIC, AnomalyCounter
 from ..model import DISPOSITION_TYPES, LEVEL_MEANINGS, AnomalyFrequency, TimelineEntry
 from ..policy import MIN_ATTEMPTS_TO_JUDGE, ActionRecommendation
 from ..signature import fingerprint_fields
@@ -173,7 +173,7 @@ async def project_view(
     """The project page: its chronic anomalies (or a search, or every anomaly), the level
     tiles, escalations per day and the disposition mix."""
     chronic_all, days, (summary, _) = await asyncio.gather(
-        counter.chronic_anomalies("REPEAT", window, MAX_ROWS),
+        counter.chronic_anomalies("REPEAT", window, MAX_CHRONIC),  # all: the tiles count them
         counter.escalations_by_day(30),
         counter.get_all_disposition_stats(limit=1),
     )
