@@ -519,3 +519,25 @@ async def test_the_tiles_count_every_chronic_anomaly(tmp_path: Path) -> None:
             page = (await http.get("/projects/busy")).text
     tiles = {what: n for n, what in re.findall(r'"n">(\d+)</div><div class="what">([^<]+)<', page)}
     assert tiles["at REPEAT"] == "600" and tiles["at PERMANENT_FIX"] == "1", tiles
+
+
+async def test_behind_a_tls_proxy_the_forms_work_and_the_cookie_is_secure(tmp_path: Path) -> None:
+    """Found by a review: behind a proxy that ends TLS, the browser's Origin (https, the public
+    host) never matched the plain-HTTP request the service saw: signing in was refused, and
+    the cookie would not have been Secure."""
+    settings = Settings(store_url=f"sqlite:///{tmp_path / 'p.db'}",
+                        public_url="https://ac.example.org/")  # fmt: skip
+    token = make_token(settings, "team-a", read_only=True)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    with ServiceServer(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            proxied = {**form, "Host": "ac.example.org", "Origin": "https://ac.example.org"}
+            signed = await http.post("/signin", content=f"token={token}", headers=proxied)
+            assert signed.status_code == 303, signed.text
+            cookie = signed.headers["set-cookie"].lower()
+            assert cookie.startswith("__host-ac_session=") and "secure" in cookie
+            direct = await http.post("/signin", content=f"token={token}", headers=form)
+            assert "secure" not in direct.headers["set-cookie"].lower()  # plain HTTP, as seen
+            foreign = {**form, "Host": "ac.example.org", "Origin": "https://evil.example"}
+            refused = await http.post("/signin", content=f"token={token}", headers=foreign)
+            assert refused.status_code == 403

@@ -10,6 +10,7 @@ session (sign in, sign out) refuse requests sent from another origin.
 from __future__ import annotations
 
 import posixpath
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request, Response
 
@@ -31,8 +32,24 @@ class SignInFirst(Exception):
         self.stale = stale  # a cookie whose token no longer works: forget it
 
 
+def _public(request: Request) -> tuple[str, str] | None:
+    """The scheme and host of the configured ``public_url``, when there is one."""
+    service = getattr(request.app.state, "service", None)
+    url = urlsplit(service.settings.public_url) if service is not None else None
+    return (url.scheme, url.netloc) if url is not None and url.netloc else None
+
+
+def _over_tls(request: Request) -> bool:
+    """Served over TLS: directly, or reached at the https ``public_url`` (a proxy in front
+    that ends TLS forwards plain HTTP, with the public host)."""
+    if request.url.scheme == "https":
+        return True
+    public = _public(request)
+    return public is not None and public[0] == "https" and request.headers.get("host") == public[1]
+
+
 def _name(request: Request) -> str:
-    return SECURE_COOKIE if request.url.scheme == "https" else COOKIE
+    return SECURE_COOKIE if _over_tls(request) else COOKIE
 
 
 def token_of(request: Request) -> str | None:
@@ -48,7 +65,7 @@ def remember(response: Response, request: Request, token: str, read_only: bool) 
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_over_tls(request),
     )
 
 
@@ -58,7 +75,7 @@ def forget(response: Response, request: Request) -> None:
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_over_tls(request),
     )
 
 
@@ -69,7 +86,11 @@ def same_origin(request: Request) -> None:
     if site is not None and site not in ("same-origin", "none"):
         raise HTTPException(403, "this form must be sent from the dashboard itself")
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+    mine = {f"{request.url.scheme}://{request.url.netloc}"}
+    public = _public(request)
+    if public is not None:
+        mine.add(f"{public[0]}://{public[1]}")  # behind a proxy: the address people use
+    if origin is not None and origin not in mine:
         raise HTTPException(403, "this form must be sent from the dashboard itself")
 
 
