@@ -305,3 +305,12 @@ async def test_a_timeline_whose_size_was_lost_stays_in_its_budget(
             held = sum(len(entry) for entry in routine)
             assert held <= timeline.ROUTINE_BYTES
             assert int(client.hget(meta, "lb") or 0) == held
+
+
+def test_constants_reach_the_scripts_byte_for_byte(fresh_redis: RedisServer) -> None:
+    """Found by a review: a character escaped as `\\31` before a digit read as another one."""
+    from anomaly_counter.stores.redis import _lua_string
+
+    text = "\x1f1 \x002-é:x"
+    with fresh_redis.client() as client:
+        assert client.eval(f"return {_lua_string(text)}", 0) == text.encode()

@@ -498,14 +498,14 @@ class AnomalyCounter:
         figures as a dict (its fingerprint fields, ``window`` and ``count`` added); from an
         index kept on write (no scan), exact. ``top`` gives the same as typed answers."""
         window = validation.window(window)
-        found = await self.top(window, limit)
+        found = await self.top(limit, window)
         return [
             {**fingerprint_fields(f.signature), **f.to_dict(), "window": window,
              "count": f.count(window)}
             for f in found.anomalies
         ]  # fmt: skip
 
-    async def top(self, window: str = "24h", limit: int = 20) -> AnomalyList:
+    async def top(self, limit: int = 20, window: str = "24h") -> AnomalyList:
         """The anomalies with the most occurrences in a window, most first."""
         limit = validation.limit(limit)
         window = validation.window(window)
@@ -581,7 +581,7 @@ class AnomalyCounter:
         now = _ms(self._clock())
         entry = timeline.encode("notice", now, channel, notice, outcome)
         await self._guard(
-            "note_notice", self.store.note(self.project_id, key, entry, now), None, anomaly_key=key
+            "note_notice", self.store.note(self.project_id, key, entry), None, anomaly_key=key
         )
 
     async def search(
@@ -654,8 +654,7 @@ class AnomalyCounter:
         if not words:
             raise InvalidInputError("search query has no words")
         answers = [
-            await self.store.search(self.project_id, word, search.MAX_CANDIDATES)
-            for word in words
+            await self.store.search(self.project_id, word, search.MAX_CANDIDATES) for word in words
         ]
         pairs, truncated = min(answers, key=lambda answer: (answer[1], len(answer[0])))
         keys = sorted({key for _, key in pairs})

@@ -46,7 +46,9 @@ MAX_CANDIDATES = 1_000
 """Anomalies a query word may find before its results are cut (``truncated``): a word that
 broad (a namespace) wants another word to narrow it."""
 MAX_TERMS = 200
-"""Distinct terms (of each shard) a query word may match before its results are cut."""
+"""Distinct indexed terms (over all of a project's shards) a query word may match on Redis
+before its results are cut: what a common fragment costs stays bounded. (SQLite finds the
+anomalies in one query, cut at ``MAX_CANDIDATES``.)"""
 PROBED_GRAMS = 3
 """Grams of a long word whose index entries are counted, to read the rarest: a bounded cost
 whatever the word (the first, a middle and the last)."""

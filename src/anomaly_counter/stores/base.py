@@ -197,7 +197,8 @@ class Store(ABC):
         by: str = "",
     ) -> bool:  # fmt: skip
         """Take back the fix in force (and its regression), and tell it in the timeline;
-        False when no fix was in force (or a write id already applied)."""
+        False when no fix was in force. A retry of an undo that happened (its write id
+        already applied) is True again and changes nothing."""
 
     @abstractmethod
     async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
@@ -216,7 +217,7 @@ class Store(ABC):
         written first."""
 
     @abstractmethod
-    async def note(self, project: str, anomaly_key: str, entry: str, now_ms: int) -> None:
+    async def note(self, project: str, anomaly_key: str, entry: str) -> None:
         """Add an entry to the timeline of a known anomaly (a notice sent, say)."""
 
     @abstractmethod

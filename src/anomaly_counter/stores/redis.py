@@ -80,7 +80,17 @@ _NOTHING_NAMED: dict[str, Any] = {}
 
 
 def _lua_string(text: str) -> str:
-    return "'" + "".join(c if c.isalnum() or c in " _-:." else f"\\{ord(c)}" for c in text) + "'"
+    """A Lua string literal of the text's UTF-8 bytes, escaped as three-digit decimals (a
+    shorter escape would swallow a digit that follows it)."""
+    safe = b" _-:."
+    return (
+        "'"
+        + "".join(
+            chr(b) if chr(b).isascii() and (chr(b).isalnum() or b in safe) else f"\\{b:03d}"
+            for b in text.encode()
+        )
+        + "'"
+    )
 
 
 def lua_constants() -> str:
@@ -511,7 +521,7 @@ class RedisScripts(Store):
         )
         return [entry.decode() for part in parts for entry in part]
 
-    async def note(self, project: str, anomaly_key: str, entry: str, now_ms: int) -> None:
+    async def note(self, project: str, anomaly_key: str, entry: str) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
         await self._eval("note", [([keys.meta], [entry, ANOMALY_TTL_SECONDS])])
 

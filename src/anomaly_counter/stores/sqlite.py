@@ -780,7 +780,7 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
-    async def note(self, project: str, anomaly_key: str, entry: str, now_ms: int) -> None:
+    async def note(self, project: str, anomaly_key: str, entry: str) -> None:
         def work(db: sqlite3.Connection) -> None:
             known = db.execute(
                 "SELECT 1 FROM anomalies WHERE project = ? AND anomaly_key = ?",

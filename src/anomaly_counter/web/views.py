@@ -191,7 +191,7 @@ async def project_view(
             else (f"1 anomaly matches “{query}”")
         )
     elif level == "all":
-        top = await counter.top(window, limit)
+        top = await counter.top(limit, window)
         listed, total = top.anomalies, top.total
         heading = f"The busiest anomalies of the last {WINDOW_NAMES[window]}"
     else:
