@@ -7,6 +7,7 @@ call's input has passed.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ MAX_SIGNATURE_BYTES = 4096
 MAX_FUTURE = timedelta(minutes=5)
 MAX_DESCRIPTION_CHARS = 2000
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no UTF-8 for it
+MAX_LABEL_INT = 2**64  # a label's integer: within 64 bits, as every consumer of JSON reads it
 
 
 def project_id(value: object) -> str:
@@ -100,7 +103,6 @@ def disposition(value: object) -> str:
     return str(value)
 
 
-_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # built once: json.dumps with options is not
 
 
@@ -122,9 +124,19 @@ def signature(value: object) -> dict[str, Any]:
                 raise InvalidInputError(
                     f"label {name!r} is longer than {MAX_LABEL_VALUE_CHARS} characters"
                 )
+            if not label.isascii() and _SURROGATE.search(label):
+                raise InvalidInputError(f"label {name!r} holds a lone surrogate (not UTF-8)")
             bound += 6 * (len(name) + len(label)) + 8  # \u escapes, quotes, separators
-        elif label_type in _SCALARS or isinstance(label, int | float):
-            bound += 6 * len(name) + 40
+        elif label_type is bool or label is None:
+            bound += 6 * len(name) + 8
+        elif isinstance(label, int):
+            if not -MAX_LABEL_INT < label < MAX_LABEL_INT:
+                raise InvalidInputError(f"label {name!r} is an integer beyond 64 bits")
+            bound += 6 * len(name) + 28
+        elif isinstance(label, float):
+            if not math.isfinite(label):
+                raise InvalidInputError(f"label {name!r} is {label!r}: not a JSON number")
+            bound += 6 * len(name) + 32
         else:
             raise InvalidInputError(f"label {name!r} must be a string or a number")
     if _CONTROL.search("".join(clean)):
@@ -162,7 +174,10 @@ def aware(at: object) -> datetime:
         raise OccurrenceTimeError(
             f"time {at.isoformat()} is naive: pass a timezone-aware datetime (UTC inside)"
         )
-    return at.astimezone(UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:  # year 1 east of UTC, or year 9999 west of it
+        raise OccurrenceTimeError(f"time {at.isoformat()} is out of range in UTC") from None
 
 
 def window(value: object) -> str:

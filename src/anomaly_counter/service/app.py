@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -161,6 +162,16 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             status_code=405,
             headers={"Allow": ", ".join(sorted(allowed))},
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def unprocessable(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Each error says where and what, never the value it refused: that value may not be
+        # JSON at all (NaN, a lone surrogate) or may be a secret (a token in a query string).
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(InvalidInputError)
     async def invalid(_: Request, exc: InvalidInputError) -> JSONResponse:

@@ -1,0 +1,100 @@
+"""Hostile and careless input over real HTTP, on every store: a 4xx that names what is wrong,
+never a 5xx, and nothing stored from a request that was refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from anomaly_counter import AnomalyCounter
+
+from .conftest import SIG
+from .servers import ServiceServer, v1
+
+KEY = AnomalyCounter.hash_signature(SIG)
+JSON_TYPE = {"content-type": "application/json"}
+OVERFLOWING = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
+
+
+def _alert(**fields: Any) -> dict[str, Any]:
+    return {"version": "4", "status": "firing", "receiver": "r", "groupKey": "g",
+            "alerts": [{"status": "firing", "labels": {"alertname": "Disk"},
+                        "startsAt": "2026-11-29T10:00:00Z", **fields}]}  # fmt: skip
+
+
+def _requests() -> list[tuple[str, str, Any]]:
+    """(method, path, JSON body) of inputs seen to get a 500 before."""
+    out: list[tuple[str, str, Any]] = []
+    for moment in OVERFLOWING:
+        out += [
+            ("POST", "/occurrences", {"signature": SIG, "at": moment}),
+            ("POST", "/occurrences/batch", {"occurrences": [{"signature": SIG, "at": moment}]}),
+            ("POST", f"/anomalies/{KEY}/repairs", {"action": "a", "success": True, "at": moment}),
+            ("POST", f"/anomalies/{KEY}/dispositions", {"type": "auto_repair", "at": moment}),
+            ("POST", f"/anomalies/{KEY}/fix", {"description": "d", "at": moment}),
+            ("POST", "/alertmanager", _alert(startsAt=moment)),
+            ("POST", "/alertmanager", _alert(status="resolved", endsAt=moment)),
+        ]
+    out += [
+        ("POST", "/occurrences", {"signature": {"alertname": "\ud800"}}),
+        ("POST", "/occurrences", {"signature": {"alertname": "x", "pod": "a\udfffb"}}),
+        ("POST", f"/anomalies/{KEY}/repairs", {"action": "\ud800", "success": True}),
+        ("POST", f"/anomalies/{KEY}/fix", {"description": "\ud800"}),
+        ("POST", "/alertmanager", {**_alert(), "alerts": [{"labels": {"alertname": "\ud800"},
+                                                          "startsAt": "2026-11-29T10:00:00Z"}]}),
+        ("POST", "/occurrences", {"signature": {"alertname": "x", "n": float("nan")}}),
+        ("POST", "/occurrences", {"signature": {"alertname": "x", "n": float("inf")}}),
+        ("POST", "/occurrences", {"signature": SIG, "at": float("nan")}),
+        ("POST", f"/anomalies/{KEY}/repairs", {"action": "a", "success": float("nan")}),
+        ("POST", "/occurrences", {"signature": {f"l{i}": int("9" * 4000) for i in range(32)}}),
+    ]  # fmt: skip
+    return out
+
+
+async def test_no_input_gets_a_5xx(service: ServiceServer) -> None:
+    async with service.client(service.token("team-a")) as http:
+        await http.post(v1("/occurrences"), json={"signature": SIG})  # the anomaly is known
+        failures = []
+        for method, path, body in _requests():
+            try:
+                r = await http.request(method, v1(path), content=_json(body), headers=JSON_TYPE)
+            except httpx.HTTPError as exc:  # the server dropped the connection
+                failures.append((path, str(body)[:80], repr(exc)))
+                continue
+            if path == "/alertmanager" and r.status_code == 200:
+                # Alertmanager drops a notification refused with a 4xx: a time past either
+                # end of the calendar is taken as too old, or as now
+                continue
+            if not 400 <= r.status_code < 500 or "detail" not in r.json():
+                failures.append((path, str(body)[:80], r.status_code, r.text[:200]))
+        assert failures == []
+        anomaly = (await http.get(v1(f"/anomalies/{KEY}"))).json()
+        assert anomaly["count_30d"] == 1 and anomaly["permanent_fix"] is None
+
+
+def _json(body: Any) -> bytes:
+    import json
+
+    # Python's encoder writes NaN and Infinity (as a careless client does), and lone
+    # surrogates escaped, as JSON allows
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("bad", ["\ud800", float("nan")])
+async def test_a_batch_with_one_bad_item_stores_nothing(service: ServiceServer, bad: Any) -> None:
+    """Found by an attacker: on Redis a batch of 300 whose item 250 had the label value
+    "\\ud800" answered 500 with 150 of the 300 stored."""
+    items = [{"signature": {"alertname": f"A{i}"}} for i in range(300)]
+    items[250]["signature"]["alertname"] = bad
+    async with service.client(service.token("team-a")) as http:
+        r = await http.post(
+            v1("/occurrences/batch"),
+            content=_json({"occurrences": items}),
+            headers=JSON_TYPE,
+        )
+        assert r.status_code in (400, 422), r.text
+        assert "250" in r.text  # which item
+        listed = (await http.get(v1("/anomalies"), params={"window": "1h"})).json()
+        assert listed["anomalies"] == []
