@@ -181,6 +181,7 @@ async def test_an_unreachable_store_is_a_503_and_not_ready(tmp_path: Path) -> No
         async with httpx.AsyncClient(base_url=server.url) as http:
             r = await http.get("/readyz")
             assert r.status_code == 503 and "store unavailable" in r.text
+            assert down.split("//")[1].split("/")[0] not in r.text  # the address: in the log only
             token = "act_0123456789abcdef_" + "a" * 32
             r = await http.get(v1("/anomalies"), headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 503 and r.headers["retry-after"] == "5"

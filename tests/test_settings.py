@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_counter import AnomalyCounter, ConfigurationError, Thresholds, load_settings
+from anomaly_counter.redact import redacted
 from anomaly_counter.counter import get_anomaly_counter, reset_anomaly_counter
 
 
@@ -67,6 +68,27 @@ def test_unknown_store_scheme_is_a_configuration_error() -> None:
         AnomalyCounter.from_url("mongodb://x")
     with pytest.raises(ConfigurationError, match="store_url"):
         AnomalyCounter.from_url("sqlite://host/x.db")
+
+
+def test_store_urls_are_shown_without_their_password() -> None:
+    """Found by an attacker: `serve` printed the store URL with its password, and errors
+    echoed it."""
+    assert redacted("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
+    assert redacted("redis://app:s3cret@db:6379/0") == "redis://app:***@db:6379/0"
+    assert redacted("redis+cluster://u:p@a:1,b:2") == "redis+cluster://u:***@a:1,b:2"
+    assert redacted("rediss://s3cret@db/1") == "rediss://***@db/1"
+    assert redacted("sqlite:///x.db") == "sqlite:///x.db"
+    with pytest.raises(ConfigurationError) as error:
+        AnomalyCounter.from_url("mongodb://admin:s3cret@x")
+    assert "s3cret" not in str(error.value)
+
+
+def test_a_redis_database_that_is_not_a_number_is_refused() -> None:
+    """Found by a careless user: `redis://host/abc` was taken as database 0, silently."""
+    with pytest.raises(ConfigurationError, match="database number"):
+        AnomalyCounter.from_url("redis://127.0.0.1:6379/abc")
+    AnomalyCounter.from_url("redis://127.0.0.1:6379/3")  # (connects lazily)
+    AnomalyCounter.from_url("redis://127.0.0.1:6379")
 
 
 def test_process_wide_accessor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,7 @@ from .errors import (
     StoreUnavailableError,
 )
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
+from .redact import redacted
 from .settings import Settings, load_settings
 from .signature import fingerprint_fields
 from .timeline import describe, reporter
@@ -648,7 +649,10 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
         text, record = new_token(project, int(time.time() * 1000), "demo")
         await app.state.service.store.save_token(record)
     url = f"http://{chosen.host}:{chosen.port}"
-    print(f"anomaly-counter {__version__} on {chosen.store_url}: {url}  (API docs: {url}/docs)")
+    print(
+        f"anomaly-counter {__version__} on {redacted(chosen.store_url)}: {url}"
+        f"  (API docs: {url}/docs)"
+    )
     if args.demo_token:
         hint = "open it, and sign in with the token below"
     else:

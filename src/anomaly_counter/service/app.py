@@ -223,13 +223,16 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             async with service.metrics.timing("ping"):
                 await service.store.ping()
         except StoreUnavailableError as exc:
+            # the reason goes to the log: it names the store's address, which this unauthenticated
+            # answer does not
+            logger.warning("not_ready", error=str(exc))
             if service.spool is None:
-                return PlainTextResponse(f"store unavailable: {exc}", status_code=503)
+                return PlainTextResponse("store unavailable", status_code=503)
             stats = service.spool.stats()
             if service.spool.full:
-                return PlainTextResponse(f"store unavailable and spool full: {exc}", 503)
+                return PlainTextResponse("store unavailable and spool full", 503)
             return PlainTextResponse(
-                f"on spool: store unavailable ({exc}); {stats.depth} occurrences waiting"
+                f"on spool: store unavailable; {stats.depth} occurrences waiting"
             )
         if waiting:
             return PlainTextResponse(f"ok; replaying the spool: {waiting} occurrences waiting")

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigurationError
 from ..model import DISPOSITION_TYPES, empty_disposition_counts
+from ..redact import redacted
 from ..tokens import TokenRecord
 from ..windows import WindowState
 
@@ -325,7 +326,7 @@ def store_from_url(url: str, settings: Settings) -> Store:
     target = _SCHEMES.get(scheme)
     if target is None:
         raise ConfigurationError(
-            f"setting store_url: unknown scheme {scheme!r} in {url!r};"
+            f"setting store_url: unknown scheme {scheme!r} in {redacted(url)!r};"
             f" supported: {', '.join(s + '://' for s in _SCHEMES)}"
         )
     module_name, class_name = target.split(":")

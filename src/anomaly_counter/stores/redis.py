@@ -29,6 +29,7 @@ import functools
 import hashlib
 import heapq
 import json
+import re
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
@@ -45,6 +46,7 @@ from redis.exceptions import NoScriptError
 from .. import search, timeline
 from ..errors import ConfigurationError, StoreUnavailableError
 from ..model import DISPOSITION_TYPES
+from ..redact import redacted
 from ..tokens import TokenRecord
 from ..windows import NEVER, WindowState
 from .base import (
@@ -616,6 +618,12 @@ class RedisStore(RedisScripts):
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> RedisStore:
         options = connection_options(settings)
+        path = urlsplit(url).path
+        if url.startswith(("redis://", "rediss://")) and not re.fullmatch(r"/?\d*", path):
+            # (redis-py would ignore it, and use database 0)
+            raise ConfigurationError(
+                f"setting store_url: the path of {redacted(url)!r} must be a database number"
+            )
         try:
             if url.startswith("redis+sentinel://"):
                 client = _sentinel_client(url, options)
