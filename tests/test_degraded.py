@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings, StoreUnavailableError
 
 from .conftest import SIG, free_port
+from .servers import ServiceServer, v1
 
 
 def unreachable(**options: object) -> AnomalyCounter:
@@ -51,3 +57,36 @@ async def test_sqlite_on_an_unwritable_path_degrades(tmp_path: object) -> None:
     counter = AnomalyCounter.from_url(url, "team-a", settings=Settings())
     assert (await counter.record_anomaly(SIG)).degraded
     await counter.aclose()
+
+
+async def test_a_sqlite_lock_held_elsewhere_does_not_stall_the_service(tmp_path: Path) -> None:
+    """Found by an attacker: while another process held the write lock for 3 s, /healthz took
+    1.96 s: the store waited on the lock on the event loop's thread."""
+    path = tmp_path / "locked.db"
+    settings = Settings(store_url=f"sqlite:///{path}", store_timeout=5.0)
+    with ServiceServer(settings) as server:
+        async with server.client(server.token("team-a")) as http:
+            await http.post(v1("/occurrences"), json={"signature": SIG})  # the file exists
+            holder = await asyncio.create_subprocess_exec(
+                sys.executable, "-c",
+                "import sqlite3, sys, time\n"
+                f"db = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+                "db.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(1.5)\n"
+                "db.execute('COMMIT')",
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert holder.stdout is not None and await holder.stdout.readline() == b"held\n"
+            began = time.monotonic()
+            write = asyncio.create_task(http.post(v1("/occurrences"), json={"signature": SIG}))
+            waits = []
+            async with httpx.AsyncClient(base_url=server.url) as probe:
+                while not write.done():
+                    t = time.monotonic()
+                    assert (await probe.get("/healthz")).status_code == 200
+                    waits.append(time.monotonic() - t)
+                    await asyncio.sleep(0.05)
+            await asyncio.wait_for(holder.wait(), 10)
+            r = await write
+            assert r.status_code == 200 and r.json()["count_1h"] == 2  # it waited, then wrote
+            assert time.monotonic() - began >= 1.0 and len(waits) >= 10
+            assert max(waits) < 0.25, waits  # (the target is 50 ms; a shared machine is noisy)

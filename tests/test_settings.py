@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from anomaly_counter import AnomalyCounter, ConfigurationError, Thresholds, load_settings
-from anomaly_counter.redact import redacted
 from anomaly_counter.counter import get_anomaly_counter, reset_anomaly_counter
+from anomaly_counter.redact import redacted
 
 
 def test_defaults() -> None:

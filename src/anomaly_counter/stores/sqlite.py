@@ -4,13 +4,18 @@ Safe with several processes on one host (SQLite's own locking, ``BEGIN IMMEDIATE
 queue instead of failing, for at most ``store_timeout``). ``synchronous=FULL``: a committed
 occurrence survives a power cut.
 
-Calls run on the caller's thread: a transaction takes a fraction of a millisecond on a local
-disk, less than handing it to a worker thread and back costs (measured: 40 % more records a
-second this way). A service under heavy load belongs on Redis.
+Calls run on the caller's thread when they need not wait: a transaction takes a fraction of a
+millisecond on a local disk, less than handing it to a worker thread and back costs (measured:
+40 % more records a second this way). That first try never waits on a lock (its connection's
+busy timeout is zero); a call that would wait (another process holds the write lock, or
+another caller this connection) goes to a worker thread, on a connection of its own that waits
+up to ``store_timeout``, and the event loop serves everything else meanwhile. A service under
+heavy load belongs on Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import sqlite3
@@ -164,8 +169,12 @@ class SQLiteStore(Store):
         self._path = path
         self._settings = settings
         self._busy_timeout = settings.store_timeout
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        # [0] for the caller's thread (never waits), [1] for a worker thread (waits): each
+        # connection serves one caller at a time, so that no statement lands in another's
+        # transaction
+        self._dbs: list[sqlite3.Connection | None] = [None, None]
+        self._locks = (threading.Lock(), threading.Lock())
+        self._local = threading.local()  # which of the two the running call uses
         self._last_housekeeping = 0
 
     @classmethod
@@ -183,15 +192,23 @@ class SQLiteStore(Store):
     # -- plumbing -----------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            if self._path != ":memory:":
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self._path,
-                timeout=self._busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,  # one counter may serve several loops in turn
-            )
+        waits = int(getattr(self._local, "waits", True))
+        db = self._dbs[waits]
+        if db is None:
+            db = self._open(self._busy_timeout if waits else 0.0)
+            self._dbs[waits] = db
+        return db
+
+    def _open(self, busy_timeout: float) -> sqlite3.Connection:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            self._path,
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,  # one counter may serve several loops, and workers
+        )
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
@@ -199,27 +216,46 @@ class SQLiteStore(Store):
                 columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            self._db = db
-        return self._db
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            # one connection: callers on other threads (other event loops) take turns, so
-            # that no statement lands inside another caller's transaction
-            with self._lock:
-                return fn(*args)
+            if self._locks[0].acquire(blocking=False):
+                try:
+                    self._local.waits = False
+                    return fn(*args)
+                except sqlite3.OperationalError as exc:
+                    if not _busy(exc):
+                        raise
+                finally:
+                    self._local.waits = True
+                    self._locks[0].release()
+            return await asyncio.to_thread(self._waiting, fn, *args)
         except (sqlite3.OperationalError, OSError) as exc:
             raise StoreUnavailableError(f"sqlite store {self._path}: {exc}") from exc
+
+    def _waiting(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._locks[1].acquire(timeout=self._busy_timeout):
+            raise sqlite3.OperationalError("database is locked (by this process's other calls)")
+        try:
+            self._local.waits = True
+            return fn(*args)
+        finally:
+            self._locks[1].release()
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(db)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # (never left open: a retry elsewhere would wait on it)
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return result
 
     # -- occurrences --------------------------------------------------------------------------
@@ -928,11 +964,24 @@ class SQLiteStore(Store):
 
     async def aclose(self) -> None:
         def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            for i, db in enumerate(self._dbs):
+                if db is not None:
+                    db.close()
+                    self._dbs[i] = None
 
-        await self._run(close)
+        def close_after_calls() -> None:
+            with self._locks[0], self._locks[1]:  # (a call still running finishes first)
+                close()
+
+        await asyncio.to_thread(close_after_calls)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """The database was locked (by another connection): the call would have had to wait."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _after_prefix(prefix: str) -> str:
