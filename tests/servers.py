@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -60,6 +63,55 @@ class ServiceServer:
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
+
+
+class ServeProcess:
+    """``anomaly-counter serve`` in a process of its own (its memory measured apart from the
+    test's), on a free port, with a demo token of project ``team-a``."""
+
+    def __init__(self, store: str, cwd: Path, *options: str) -> None:
+        self.port = free_port()
+        self.command = [
+            sys.executable, "-m", "anomaly_counter.cli", "--store", store, "--project", "team-a",
+            "serve", "--port", str(self.port), "--demo-token", *options,
+        ]  # fmt: skip
+        self.cwd = cwd
+        self.token = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServeProcess:
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.cwd
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("a token of project"):
+                self.token = line.rsplit(" ", 1)[1].strip()
+                break
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError("serve did not start")
+
+    def rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        (line,) = [x for x in status.splitlines() if x.startswith("VmRSS:")]
+        return int(line.split()[1]) * 1024
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def v1(path: str, project: str = "team-a") -> str:

@@ -3,6 +3,8 @@ never a 5xx, and nothing stored from a request that was refused."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +13,7 @@ import pytest
 from anomaly_counter import AnomalyCounter
 
 from .conftest import SIG
-from .servers import ServiceServer, v1
+from .servers import ServeProcess, ServiceServer, v1
 
 KEY = AnomalyCounter.hash_signature(SIG)
 JSON_TYPE = {"content-type": "application/json"}
@@ -98,3 +100,40 @@ async def test_a_batch_with_one_bad_item_stores_nothing(service: ServiceServer, 
         assert "250" in r.text  # which item
         listed = (await http.get(v1("/anomalies"), params={"window": "1h"})).json()
         assert listed["anomalies"] == []
+
+
+async def test_no_body_is_read_before_the_token_is_checked(tmp_path: Path) -> None:
+    """Found by an attacker: ten connections with no token sending 31 MiB each to the
+    Alertmanager receiver took the service from 67 to 378 MiB; whole bodies were read and
+    parsed before the 401."""
+    with ServeProcess(f"sqlite:///{tmp_path / 'a.db'}", tmp_path) as serve:
+        before = serve.rss_bytes()
+        chunk = b"x" * (1 << 20)
+
+        async def upload(headers: dict[str, str]) -> int:
+            async def body() -> Any:
+                for _ in range(31):
+                    yield chunk
+
+            async with httpx.AsyncClient(base_url=serve.url, timeout=30) as http:
+                try:
+                    r = await http.post(v1("/alertmanager"), content=body(), headers=headers)
+                except httpx.HTTPError:
+                    return 0  # refused and cut off mid-upload: as good
+                return r.status_code
+
+        nobody = {"content-type": "application/json"}
+        stranger = {**nobody, "authorization": "Bearer act_0123456789abcdef_" + "a" * 32}
+        statuses = await asyncio.gather(*(upload(nobody) for _ in range(5)),
+                                        *(upload(stranger) for _ in range(5)))  # fmt: skip
+        grown = serve.rss_bytes() - before
+        assert set(statuses) <= {401, 0}, statuses
+        assert grown < 20 * (1 << 20), f"grew {grown / (1 << 20):.0f} MiB"
+        # the owner's large alert group still fits
+        own = {**nobody, "authorization": f"Bearer {serve.token}"}
+        alerts = [{"status": "firing", "labels": {"alertname": f"A{i}", "pad": "p" * 900},
+                   "startsAt": "2026-11-29T10:00:00Z"} for i in range(2_000)]  # fmt: skip
+        async with httpx.AsyncClient(base_url=serve.url, timeout=30) as http:
+            r = await http.post(v1("/alertmanager"), json={**_alert(), "alerts": alerts},
+                                headers=own)  # fmt: skip
+            assert r.status_code == 200, r.text

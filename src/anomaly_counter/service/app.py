@@ -3,17 +3,20 @@ metrics of this process. ``create_app(settings)`` builds it; ``anomaly-counter s
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match
+from starlette.types import Scope
 
 from .. import __version__
 from ..counter import AnomalyCounter
@@ -31,11 +34,13 @@ from ..spool import Spool, SpoolFullError
 from ..stores.base import Store, store_from_url
 from .auth import Authenticator
 from .metrics import CONTENT_TYPE, Metrics
-from .middleware import BodyLimit, HttpMetrics
+from .middleware import BodyLimit, HttpMetrics, Refused
 from .schemas import MatchesOut
 
 logger = structlog.get_logger("anomaly_counter.service")
 RETRY_AFTER_SECONDS = "5"
+_MAX_ERRORS_SHOWN = 20
+_PROJECT_ROUTE = re.compile(r"/v1/projects/([^/]+)/")
 
 
 class Service:
@@ -167,10 +172,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def unprocessable(_: Request, exc: RequestValidationError) -> JSONResponse:
         # Each error says where and what, never the value it refused: that value may not be
         # JSON at all (NaN, a lone surrogate) or may be a secret (a token in a query string).
-        detail = [
+        errors = exc.errors()
+        detail: list[dict[str, Any]] = [
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
-            for e in exc.errors()
+            for e in errors[:_MAX_ERRORS_SHOWN]
         ]
+        if len(errors) > _MAX_ERRORS_SHOWN:  # (a body of 2,000 bad items: the first few say it)
+            more = len(errors) - _MAX_ERRORS_SHOWN
+            detail.append({"loc": [], "msg": f"and {more} more errors", "type": "more"})
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(InvalidInputError)
@@ -243,10 +252,28 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         """Prometheus text format."""
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
 
+    async def gate(scope: Scope) -> bool:
+        found = _PROJECT_ROUTE.match(scope["path"])
+        if found is None:
+            return False  # (the dashboard's forms: the default limit)
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
+        try:
+            await service.auth.check(authorization, found.group(1))  # (path: decoded)
+        except HTTPException as exc:
+            raise Refused(exc.status_code, str(exc.detail), exc.headers) from None
+        except StoreUnavailableError as exc:
+            logger.warning("store_unavailable", error=str(exc))
+            detail = "the store cannot be reached; retry later"
+            raise Refused(503, detail, {"Retry-After": RETRY_AFTER_SECONDS}) from None
+        return True
+
     app.add_middleware(
         BodyLimit,
         limit=service.settings.max_body_bytes,
         alertmanager_limit=service.settings.max_alertmanager_body_bytes,
+        gate=gate,
     )
     app.add_middleware(HttpMetrics, metrics=service.metrics)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -11,27 +12,52 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .metrics import Metrics
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
+async def _reply(
+    send: Send, status: int, detail: str, extra: Mapping[str, str] | None = None
+) -> None:
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+class Refused(Exception):
+    """What ``BodyLimit``'s gate answers instead of reading a request's body."""
+
+    def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+Gate = Callable[[Scope], Awaitable[bool]]
+"""Checks a request from its headers before any byte of its body is read: raises ``Refused``,
+or says whether the request was authenticated (and may send the larger Alertmanager body)."""
+
+
 class BodyLimit:
     """Answers 413 to a body over its limit, declared or streamed, before any handler sees it
-    (the body is read once here, and handed on as it came). Alertmanager webhooks get a limit
-    of their own: a 4xx makes Alertmanager drop a notification, so a large alert group must
-    fit."""
+    (the body is read once here, and handed on as it came). The gate runs first: a request
+    without a valid token of its project is refused before its body is read, so that no one
+    can make the service read and hold large bodies without credentials. Alertmanager webhooks
+    that passed it get a limit of their own: a 4xx makes Alertmanager drop a notification, so a
+    large alert group must fit."""
 
-    def __init__(self, app: ASGIApp, limit: int, alertmanager_limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, alertmanager_limit: int, gate: Gate) -> None:
         self.app, self.default, self.alertmanager = app, limit, alertmanager_limit
+        self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        limit = self.alertmanager if scope["path"].endswith("/alertmanager") else self.default
+        try:
+            authenticated = await self.gate(scope)
+        except Refused as refused:
+            await _reply(send, refused.status, refused.detail, refused.headers)
+            return
+        large = authenticated and scope["path"].endswith("/alertmanager")
+        limit = self.alertmanager if large else self.default
         too_big = f"request body is larger than {limit} bytes"
         for name, value in scope["headers"]:
             if name == b"content-length":
