@@ -20,6 +20,7 @@ import uvicorn
 
 from anomaly_counter import Settings
 from anomaly_counter.service.app import create_app
+from anomaly_counter.service.server import uvicorn_config
 from anomaly_counter.stores.base import store_from_url
 from anomaly_counter.tokens import new_token
 
@@ -33,9 +34,10 @@ class ServiceServer:
         self.settings = settings
         self.port = free_port()
         self.app = create_app(settings)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
+        config = uvicorn_config(
+            self.app, settings, host="127.0.0.1", port=self.port, log_level="warning",
+            lifespan="on",
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

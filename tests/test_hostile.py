@@ -4,13 +4,14 @@ never a 5xx, and nothing stored from a request that was refused."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from anomaly_counter import AnomalyCounter
+from anomaly_counter import AnomalyCounter, Settings
 
 from .conftest import SIG
 from .servers import ServeProcess, ServiceServer, v1
@@ -137,3 +138,73 @@ async def test_no_body_is_read_before_the_token_is_checked(tmp_path: Path) -> No
             r = await http.post(v1("/alertmanager"), json={**_alert(), "alerts": alerts},
                                 headers=own)  # fmt: skip
             assert r.status_code == 200, r.text
+
+
+async def _exchange(port: int, head: bytes, then: bytes = b"", wait: float = 5.0) -> bytes:
+    """Send a request's start (and more after a pause); what the server answered before closing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        if then:
+            await asyncio.sleep(0.2)
+            writer.write(then)
+        return await asyncio.wait_for(reader.read(), wait)  # (read() ends when it closes)
+    finally:
+        writer.close()
+
+
+async def test_slow_and_oversized_requests_are_cut_off(tmp_path: Path) -> None:
+    """Found by an attacker: 500 connections sending headers or bodies slowly stayed open 30 s,
+    none closed; a 1 MB header was accepted."""
+    settings = Settings(store_url=f"sqlite:///{tmp_path / 's.db'}", header_timeout=1.0,
+                        body_timeout=1.0, max_concurrent_requests=50)  # fmt: skip
+    with ServiceServer(settings) as server:
+        token = server.token("team-a")
+        began = time.monotonic()
+        slow_heads = [
+            _exchange(server.port, b"POST /v1/projects/team-a/occurrences HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(100)
+        ]
+        slow_body = _exchange(
+            server.port,
+            b"POST /v1/projects/team-a/occurrences HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+            b"Content-Type: application/json\r\nAuthorization: Bearer "
+            + token.encode()
+            + b"\r\n\r\n",
+            b'{"signature":',
+        )
+        answers = await asyncio.gather(*slow_heads, slow_body)
+        assert time.monotonic() - began < 4  # every one closed within its timeout
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:40] for a in answers}
+        assert b"did not arrive within 1 seconds" in answers[-1]
+        huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
+        assert (await _exchange(server.port, huge)).startswith(b"HTTP/1.1 431")
+        many = b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150))
+        assert (await _exchange(server.port, many + b"\r\n")).startswith(b"HTTP/1.1 431")
+        async with server.client(token) as http:  # and everyone else is served all along
+            assert (await http.post(v1("/occurrences"), json={"signature": SIG})).status_code == 200
+
+
+async def test_past_the_concurrency_bound_a_503_says_when_to_come_back(tmp_path: Path) -> None:
+    settings = Settings(store_url=f"sqlite:///{tmp_path / 'c.db'}", max_concurrent_requests=4,
+                        body_timeout=5.0)  # fmt: skip
+    with ServiceServer(settings) as server:
+        token = server.token("team-a")
+        head = (
+            b"POST /v1/projects/team-a/occurrences HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 50\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n"
+        )
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(4)]
+        for _, writer in held:  # four requests waiting for their bodies
+            writer.write(head)
+            await writer.drain()
+        await asyncio.sleep(0.3)
+        async with server.client(token) as http:
+            r = await http.post(v1("/occurrences"), json={"signature": SIG})
+            assert r.status_code == 503 and r.headers["retry-after"] == "5"
+            for _, writer in held:
+                writer.close()
+            await asyncio.sleep(0.3)
+            r = await http.post(v1("/occurrences"), json={"signature": SIG})
+            assert r.status_code == 200

@@ -632,6 +632,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from .service.app import create_app
+    from .service.server import uvicorn_config
 
     chosen = replace(
         settings,
@@ -664,9 +665,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
         print(f"  curl -H 'Authorization: Bearer {text}' {url}/v1/projects/{project}/anomalies")
         print(f"  Alertmanager receiver: {url}/v1/projects/{project}/alertmanager")
     sys.stdout.flush()
-    config = uvicorn.Config(
-        app, host=chosen.host, port=chosen.port, access_log=args.access_log, log_level="info"
-    )
+    config = uvicorn_config(app, chosen, access_log=args.access_log, log_level="info")
     await uvicorn.Server(config).serve()
 
 

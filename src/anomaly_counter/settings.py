@@ -82,6 +82,12 @@ class Settings:
     public_url: str = ""  # the base of links in notices (default: http://host:port)
     max_body_bytes: int = 1_048_576
     max_alertmanager_body_bytes: int = 33_554_432  # a large alert group must not be refused
+    header_timeout: float = 10.0  # seconds for a request's line and headers to arrive
+    body_timeout: float = 30.0  # seconds for its whole body
+    keep_alive_timeout: float = 5.0  # seconds an idle connection stays open
+    max_header_bytes: int = 65_536  # request line and headers together
+    max_headers: int = 100
+    max_concurrent_requests: int = 1_000  # in this process; past it, 503 and Retry-After
     alert_labels: AlertLabels = field(default_factory=AlertLabels)
     repair_actions: tuple[str, ...] = ("restart_pod", "scale_up", "rollback")
     # notices
@@ -113,6 +119,16 @@ class Settings:
             raise ConfigurationError(
                 f"max_body_bytes must be at least 1024, got {self.max_body_bytes}"
             )
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_header_bytes < 4096:
+            raise ConfigurationError(
+                f"max_header_bytes must be at least 4096, got {self.max_header_bytes}"
+            )
+        for name in ("max_headers", "max_concurrent_requests"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)}")
         if self.min_replicas < 0:
             raise ConfigurationError(f"min_replicas must not be negative, got {self.min_replicas}")
         if self.write_attempts < 1:
@@ -161,6 +177,12 @@ _SCALARS: dict[str, type] = {
     "public_url": str,
     "max_body_bytes": int,
     "max_alertmanager_body_bytes": int,
+    "header_timeout": float,
+    "body_timeout": float,
+    "keep_alive_timeout": float,
+    "max_header_bytes": int,
+    "max_headers": int,
+    "max_concurrent_requests": int,
     "telegram_api_url": str,
     "notify_attempts": int,
     "notify_backoff": float,

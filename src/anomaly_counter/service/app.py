@@ -34,7 +34,7 @@ from ..spool import Spool, SpoolFullError
 from ..stores.base import Store, store_from_url
 from .auth import Authenticator
 from .metrics import CONTENT_TYPE, Metrics
-from .middleware import BodyLimit, HttpMetrics, Refused
+from .middleware import Admission, BodyLimit, HttpMetrics, Refused
 from .schemas import MatchesOut
 
 logger = structlog.get_logger("anomaly_counter.service")
@@ -274,6 +274,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         limit=service.settings.max_body_bytes,
         alertmanager_limit=service.settings.max_alertmanager_body_bytes,
         gate=gate,
+        timeout=service.settings.body_timeout,
     )
     app.add_middleware(HttpMetrics, metrics=service.metrics)
+    app.add_middleware(
+        Admission,
+        limit=service.settings.max_concurrent_requests,
+        retry_after=RETRY_AFTER_SECONDS,
+    )
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,9 +44,11 @@ class BodyLimit:
     that passed it get a limit of their own: a 4xx makes Alertmanager drop a notification, so a
     large alert group must fit."""
 
-    def __init__(self, app: ASGIApp, limit: int, alertmanager_limit: int, gate: Gate) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, alertmanager_limit: int, gate: Gate, timeout: float
+    ) -> None:
         self.app, self.default, self.alertmanager = app, limit, alertmanager_limit
-        self.gate = gate
+        self.gate, self.timeout = gate, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -54,6 +57,8 @@ class BodyLimit:
         try:
             authenticated = await self.gate(scope)
         except Refused as refused:
+            # (what the client goes on sending is read and dropped, never held, so that it sees
+            # the answer: closing on an unread body would reset the connection under it)
             await _reply(send, refused.status, refused.detail, refused.headers)
             return
         large = authenticated and scope["path"].endswith("/alertmanager")
@@ -69,18 +74,18 @@ class BodyLimit:
                 if declared > limit:
                     await _reply(send, 413, too_big)
                     return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _reply(send, 413, too_big)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        chunks: list[bytes] = []
+        try:
+            async with asyncio.timeout(self.timeout):
+                if not await _read(receive, chunks, limit):
+                    await _reply(send, 413, too_big)
+                    return
+        except TimeoutError:
+            detail = f"the request body did not arrive within {self.timeout:g} seconds"
+            await _reply(send, 408, detail, _CLOSE)
+            return
+        except _Gone:
+            return
         body, sent = b"".join(chunks), False
 
         async def replay() -> Message:
@@ -91,6 +96,52 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+_CLOSE = {"Connection": "close"}
+
+
+class _Gone(Exception):
+    """The client went away while sending its body."""
+
+
+async def _read(receive: Receive, chunks: list[bytes], limit: int) -> bool:
+    """Read a body into chunks; False when it grows past the limit."""
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Gone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return False
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return True
+
+
+class Admission:
+    """At most ``limit`` requests at a time in this process: past it, 503 with Retry-After
+    before anything is read (a client should come back, not queue without bound)."""
+
+    def __init__(self, app: ASGIApp, limit: int, retry_after: str) -> None:
+        self.app, self.limit, self.retry_after = app, limit, retry_after
+        self.running = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.running >= self.limit:
+            detail = "the service is at its limit of concurrent requests; retry later"
+            await _reply(send, 503, detail, {"Retry-After": self.retry_after})
+            return
+        self.running += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.running -= 1
 
 
 class HttpMetrics:
