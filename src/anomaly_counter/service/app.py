@@ -39,6 +39,9 @@ from .schemas import MatchesOut
 
 logger = structlog.get_logger("anomaly_counter.service")
 RETRY_AFTER_SECONDS = "5"
+UNAVAILABLE = "the store cannot be reached; retry later"
+CHECKED_TOKEN = "checked_token"
+"""Where the body's gate leaves the token it checked, in the request's state."""
 _MAX_ERRORS_SHOWN = 20
 _PROJECT_ROUTE = re.compile(r"/v1/projects/([^/]+)/")
 
@@ -208,7 +211,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
         logger.warning("store_unavailable", error=str(exc))
         return JSONResponse(
-            {"detail": "the store cannot be reached; retry later"},
+            {"detail": UNAVAILABLE},
             status_code=503,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
@@ -260,13 +263,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
         )
         try:
-            await service.auth.check(authorization, found.group(1))  # (path: decoded)
+            record = await service.auth.check(authorization, found.group(1))  # (path: decoded)
         except HTTPException as exc:
             raise Refused(exc.status_code, str(exc.detail), exc.headers) from None
         except StoreUnavailableError as exc:
             logger.warning("store_unavailable", error=str(exc))
-            detail = "the store cannot be reached; retry later"
-            raise Refused(503, detail, {"Retry-After": RETRY_AFTER_SECONDS}) from None
+            raise Refused(503, UNAVAILABLE, {"Retry-After": RETRY_AFTER_SECONDS}) from None
+        scope.setdefault("state", {})[CHECKED_TOKEN] = record  # (the route takes it as checked)
         return True
 
     app.add_middleware(

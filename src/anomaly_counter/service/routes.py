@@ -25,7 +25,7 @@ from ..validation import MAX_KEY_CHARS
 from ..windows import HISTORY
 from . import schemas as s
 from .alertmanager import AlertmanagerPayload, episodes
-from .app import Service
+from .app import CHECKED_TOKEN, Service
 from .auth import may_write
 
 _bearer = HTTPBearer(auto_error=False, description="A token of the project (token create)")
@@ -68,10 +68,14 @@ class Project:
 
 
 async def _project(
+    request: Request,
     project: ProjectId,
     service: Annotated[Service, Depends(_service)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Project:
+    checked: TokenRecord | None = getattr(request.state, CHECKED_TOKEN, None)
+    if checked is not None:  # a write: checked for this path's project before its body was read
+        return Project(service, project, checked)
     token = f"Bearer {credentials.credentials}" if credentials else None
     return Project(service, project, await service.auth.check(token, project))
 
