@@ -653,9 +653,9 @@ class AnomalyCounter:
         words = search.words(query)
         if not words:
             raise InvalidInputError("search query has no words")
-        answers = [
-            await self.store.search(self.project_id, word, search.MAX_CANDIDATES) for word in words
-        ]
+        answers = await asyncio.gather(  # (the words' look-ups are independent)
+            *(self.store.search(self.project_id, word, search.MAX_CANDIDATES) for word in words)
+        )
         pairs, truncated = min(answers, key=lambda answer: (answer[1], len(answer[0])))
         keys = sorted({key for _, key in pairs})
         now = self._clock()
@@ -705,8 +705,9 @@ class AnomalyCounter:
         return await self._guard("chronic_anomalies", walk(), AnomalyList([], 0))
 
     def _level_floor(self, level: str) -> int:
-        names = ("REPEAT", "ESCALATE", "PERMANENT_FIX")
-        floors = dict(zip(names, self.thresholds.as_tuple(), strict=True))
+        floors = {
+            lv.name: floor for lv, floor in zip(_LEVELS, self.thresholds.as_tuple(), strict=True)
+        }
         if level not in floors:
             raise InvalidInputError(f"unknown level {level!r}: expected one of {', '.join(floors)}")
         return floors[level]

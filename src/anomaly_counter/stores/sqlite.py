@@ -280,15 +280,16 @@ class SQLiteStore(Store):
         key, at = request.anomaly_key, request.at_ms
         row = db.execute(
             "SELECT first_seen, last_seen, level, state, fix_at, regressed_at, ids_count,"
-            " has_days, indexed, touched, score_1h, score_24h, score_7d, score_30d"
+            " has_days, indexed, touched, fix_description, fix_by,"
+            " score_1h, score_24h, score_7d, score_30d"
             " FROM anomalies WHERE project = ? AND anomaly_key = ?",
             (project, key),
         ).fetchone()
         is_new = row is None
         if row is None:
-            row = (None, None, 0, None, None, None, 0, 0, 0, None, 0, 0, 0, 0)
+            row = (None, None, 0, None, None, None, 0, 0, 0, None, None, None, 0, 0, 0, 0)
         first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, has_days = row[:8]
-        indexed, row_touched, bounds = row[8], row[9], row[10:]
+        indexed, row_touched, fix_record, bounds = row[8], row[9], row[10:12], row[12:]
         if request.occurrence_id is not None:
             digest = id_digest(request.occurrence_id)
             seen = db.execute(
@@ -370,17 +371,8 @@ class SQLiteStore(Store):
         snapshot.regressed = snapshot.regressed_ms is not None
         snapshot.newly_regressed = newly_regressed
         if snapshot.fix_at_ms is not None:
-            self._fix_record(db, project, key, snapshot)
+            snapshot.fix_description, snapshot.fix_by = fix_record
         return snapshot
-
-    def _fix_record(
-        self, db: sqlite3.Connection, project: str, key: str, snapshot: Snapshot
-    ) -> None:
-        row = db.execute(
-            "SELECT fix_description, fix_by FROM anomalies WHERE project = ? AND anomaly_key = ?",
-            (project, key),
-        ).fetchone()
-        snapshot.fix_description, snapshot.fix_by = row if row else (None, None)
 
     # -- the story ----------------------------------------------------------------------------
 
