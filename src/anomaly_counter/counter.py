@@ -870,6 +870,11 @@ class AnomalyCounter:
             anomaly_key=key,
         )
 
+    async def disposition_summary(self) -> dict[str, int]:
+        """The project's dispositions of the last 30 days by type, and their total."""
+        summary = self.store.disposition_summary(self.project_id, _ms(self._clock()))
+        return await self._guard("disposition_summary", summary, empty_disposition_counts())
+
     async def get_all_disposition_stats(
         self, limit: int = 20
     ) -> tuple[dict[str, int], list[dict[str, Any]]]:

@@ -151,10 +151,8 @@ async def rows_for(counter: AnomalyCounter, found: Sequence[AnomalyFrequency]) -
 
 @dataclass
 class ProjectView:
-    project: str
     window: str
     level: str
-    query: str
     rows: list[Row]
     total: int
     truncated: bool
@@ -172,10 +170,10 @@ async def project_view(
 ) -> ProjectView:
     """The project page: its chronic anomalies (or a search, or every anomaly), the level
     tiles, escalations per day and the disposition mix."""
-    chronic_all, days, (summary, _) = await asyncio.gather(
+    chronic_all, days, summary = await asyncio.gather(
         counter.chronic_anomalies("REPEAT", window, MAX_CHRONIC),  # all: the tiles count them
         counter.escalations_by_day(30),
-        counter.get_all_disposition_stats(limit=1),
+        counter.disposition_summary(),
     )
     tiles = {name: 0 for name in (*LEVELS, "regressed")}
     for f in chronic_all.anomalies:
@@ -225,10 +223,8 @@ async def project_view(
         f"dispositions of the last 30 days: {summary['total']}",
     )
     return ProjectView(
-        project=counter.project_id,
         window=window,
         level=level,
-        query=query,
         rows=await rows_for(counter, listed),
         total=total,
         truncated=truncated,
@@ -281,8 +277,11 @@ async def anomaly_view(
 ) -> AnomalyView:
     """The anomaly page: figures, history, story, repairs (``who``: token id -> label)."""
     key = frequency.anomaly_key
-    (week, month), entries, (ranked,) = await asyncio.gather(
-        _both_histories(counter, key), counter.timeline(key), counter.recommendations([key])
+    week, month, entries, (ranked,) = await asyncio.gather(
+        counter.history(key, "7d"),
+        counter.history(key, "30d"),
+        counter.timeline(key),
+        counter.recommendations([key]),
     )
     labels = labels_of(frequency)
     shown = set(fingerprint_fields({})) | {"alertname", "job", "reason"}
@@ -323,13 +322,6 @@ async def anomaly_view(
             f"dispositions of the last 30 days: {sum(counts.values())}",
         ),
     )
-
-
-async def _both_histories(
-    counter: AnomalyCounter, key: str
-) -> tuple[list[tuple[datetime, int]] | None, list[tuple[datetime, int]] | None]:
-    week, month = await asyncio.gather(counter.history(key, "7d"), counter.history(key, "30d"))
-    return week, month
 
 
 def _repair_row(action: ActionRecommendation) -> RepairRow:
