@@ -72,13 +72,17 @@ class Snapshot:
     dispositions: dict[str, int]
     signature: dict[str, Any] = field(default_factory=dict)
     escalated_to: int = 0
-    regressed: bool = False
     newly_regressed: bool = False
     duplicate: bool = False
     resolved_ms: int | None = None  # the latest resolution of one of its episodes (reads only)
     fix_description: str | None = None  # the fix in force (with fix_at_ms), and who marked it
     fix_by: str | None = None
     regressed_ms: int | None = None  # the first occurrence after the fix in force
+
+    @property
+    def regressed(self) -> bool:
+        """It came back after the fix in force."""
+        return self.regressed_ms is not None
 
 
 class Store(ABC):

@@ -741,7 +741,6 @@ def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, dict[st
     if snapshot.fix_at_ms is not None:
         regressed = int(named.get("regressed_at", -1))
         snapshot.regressed_ms = regressed if regressed >= 0 else None
-        snapshot.regressed = snapshot.regressed_ms is not None
         text, by = named.get("fix_text"), named.get("fix_by")
         snapshot.fix_description = text.decode() if text else None
         snapshot.fix_by = by.decode() if by else None

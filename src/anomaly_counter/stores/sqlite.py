@@ -368,7 +368,6 @@ class SQLiteStore(Store):
         snapshot = _make_snapshot(key, counts_at, first_seen, last_seen, fix_at, days, now_ms)
         snapshot.escalated_to = int(escalated or 0)
         snapshot.regressed_ms = regressed_at if snapshot.fix_at_ms is not None else None
-        snapshot.regressed = snapshot.regressed_ms is not None
         snapshot.newly_regressed = newly_regressed
         if snapshot.fix_at_ms is not None:
             snapshot.fix_description, snapshot.fix_by = fix_record
@@ -472,7 +471,6 @@ class SQLiteStore(Store):
         if snapshot.fix_at_ms is not None:
             snapshot.fix_description, snapshot.fix_by = fix_description, fix_by
             snapshot.regressed_ms = regressed_at
-            snapshot.regressed = regressed_at is not None
         return snapshot
 
     async def read(
