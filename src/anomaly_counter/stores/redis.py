@@ -31,7 +31,7 @@ import heapq
 import json
 import re
 import struct
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -411,14 +411,11 @@ class RedisScripts(Store):
 
     async def summary_days(self, project: str, now_ms: int) -> dict[int, dict[str, int]]:
         keys = [_shard_index_key(self._prefix, project, s, "summary") for s in range(SHARDS)]
-        since = day_of(now_ms) - RETENTION_DAYS
         days: dict[int, dict[str, int]] = {}
         for raw in await self._queries([("HGETALL", key) for key in keys]):
-            for field, value in _pairs(raw).items():
-                day, bar, name = field.decode().partition("|")
-                if bar and int(day) >= since:
-                    names = days.setdefault(int(day), {})
-                    names[name] = names.get(name, 0) + int(value)
+            for day, name, n in _day_fields(_pairs(raw), now_ms):
+                names = days.setdefault(day, {})
+                names[name] = names.get(name, 0) + n
         return days
 
     async def repair_stats_many(
@@ -835,12 +832,18 @@ def _token_from_json(raw: bytes) -> TokenRecord:
     return TokenRecord(**json.loads(raw))
 
 
-def day_totals(raw: dict[bytes, bytes], now_ms: int) -> dict[str, int]:
-    """Totals of day counters (fields ``<day>|<name>``) over the retained days."""
+def _day_fields(raw: dict[bytes, bytes], now_ms: int) -> Iterator[tuple[int, str, int]]:
+    """The day counters (fields ``<day>|<name>``) of the retained days: (day, name, count)."""
     since = day_of(now_ms) - RETENTION_DAYS
-    totals: dict[str, int] = {}
     for field, value in raw.items():
         day, bar, name = field.decode().partition("|")
         if bar and int(day) >= since:
-            totals[name] = totals.get(name, 0) + int(value)
+            yield int(day), name, int(value)
+
+
+def day_totals(raw: dict[bytes, bytes], now_ms: int) -> dict[str, int]:
+    """Totals of day counters over the retained days."""
+    totals: dict[str, int] = {}
+    for _, name, n in _day_fields(raw, now_ms):
+        totals[name] = totals.get(name, 0) + n
     return totals
