@@ -436,19 +436,23 @@ end
 -- Index a new anomaly under its search terms: the fingerprint terms, GROUP_SEP, the others
 -- (TERM_SEP between terms); a fingerprint term is also indexed under its grams the first time
 -- the shard meets it (see anomaly_counter.search: GRAM bytes from each byte, GRAM_PAD after).
+-- The grams index's members of a fingerprint term: '<gram>\0<term>' for each byte's gram.
+local function gram_members(term)
+  local padded, members = term .. GRAM_PAD, {}
+  for i = 1, #term do members[i] = string.sub(padded, i, i + GRAM - 1) .. '\0' .. term end
+  return members
+end
+
 local function index_terms(meta, member, terms)
   local term_key, gram_key = shard_key(meta, 'terms'), shard_key(meta, 'grams')
   local cut = string.find(terms, GROUP_SEP, 1, true) or (#terms + 1)
   local pattern = '[^' .. TERM_SEP .. ']+'
   for term in string.gmatch(string.sub(terms, 1, cut - 1), pattern) do
     redis.call('ZADD', term_key, 0, term .. '\0' .. member)
-    local padded = term .. GRAM_PAD
-    if not redis.call('ZSCORE', gram_key, string.sub(padded, 1, GRAM) .. '\0' .. term) then
+    local members = gram_members(term)
+    if #members > 0 and not redis.call('ZSCORE', gram_key, members[1]) then
       local args = {}
-      for i = 1, #term do
-        args[#args + 1] = 0
-        args[#args + 1] = string.sub(padded, i, i + GRAM - 1) .. '\0' .. term
-      end
+      for i, m in ipairs(members) do args[2 * i - 1], args[2 * i] = 0, m end
       redis.call('ZADD', gram_key, unpack(args))
     end
   end

@@ -8,7 +8,6 @@ if #redis.call('ZRANGEBYLEX', KEYS[1], '[' .. term .. '\0', '[' .. term .. '\0\2
                'LIMIT', 0, 1) > 0 then
   return 0
 end
-local padded, members = term .. GRAM_PAD, {}
-for i = 1, #term do members[#members + 1] = string.sub(padded, i, i + GRAM - 1) .. '\0' .. term end
+local members = gram_members(term)
 if #members > 0 then redis.call('ZREM', KEYS[2], unpack(members)) end
 return 1
