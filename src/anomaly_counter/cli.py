@@ -291,16 +291,11 @@ async def _named(args: argparse.Namespace, lookup: Coroutine[Any, Any, T]) -> T:
     try:
         return await lookup
     except AmbiguousAnomalyError as exc:
-        rows = [_row(f, "24h") for f in exc.matches]
+        rows = [f.row("24h") for f in exc.matches]
         _emit(args.json, {"matches": rows}, lambda: _top_text(rows, "24h"))
         _fail(str(exc), 1)
     except AnomalyNotFoundError as exc:
         _fail(str(exc), 1)
-
-
-def _row(f: AnomalyFrequency, window: str) -> dict[str, Any]:
-    return {**fingerprint_fields(f.signature), **f.to_dict(), "window": window,
-            "count": f.count(window)}  # fmt: skip
 
 
 async def _show(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -344,7 +339,7 @@ async def _token_labels(counter: AnomalyCounter) -> dict[str, str]:
 async def _search(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     query = " ".join(args.query)
     found = await counter.search(query, limit=args.limit)
-    rows = [_row(f, "24h") for f in found.anomalies]
+    rows = [f.row("24h") for f in found.anomalies]
 
     def text() -> str:
         if not rows:
@@ -403,7 +398,7 @@ async def _timeline(counter: AnomalyCounter, args: argparse.Namespace) -> None:
 async def _top(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     if args.level:
         chronic = await counter.chronic_anomalies(args.level, args.window, args.limit)
-        rows = [_row(f, args.window) for f in chronic.anomalies]
+        rows = [f.row(args.window) for f in chronic.anomalies]
     else:
         rows = await counter.top_anomalies(limit=args.limit, window=args.window)
     _emit(args.json, rows, lambda: _top_text(rows, args.window))

@@ -499,11 +499,7 @@ class AnomalyCounter:
         index kept on write (no scan), exact. ``top`` gives the same as typed answers."""
         window = validation.window(window)
         found = await self.top(limit, window)
-        return [
-            {**fingerprint_fields(f.signature), **f.to_dict(), "window": window,
-             "count": f.count(window)}
-            for f in found.anomalies
-        ]  # fmt: skip
+        return [f.row(window) for f in found.anomalies]
 
     async def top(self, limit: int = 20, window: str = "24h") -> AnomalyList:
         """The anomalies with the most occurrences in a window, most first."""

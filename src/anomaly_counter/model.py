@@ -8,6 +8,8 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any, Literal
 
+from .signature import fingerprint_fields
+
 WINDOWS: dict[str, int] = {"1h": 3_600, "24h": 86_400, "7d": 604_800, "30d": 2_592_000}
 """Sliding windows by name, in seconds; every window ends at the occurrence (or query) time."""
 
@@ -165,6 +167,12 @@ class AnomalyFrequency:
     def count(self, window: str) -> int:
         """The count of one window by its name (``1h``, ``24h``, ``7d``, ``30d``)."""
         return int(getattr(self, f"count_{window}"))
+
+    def row(self, window: str) -> dict[str, Any]:
+        """A row of a ranking by ``window``: its fingerprint fields, ``to_dict()``, and the
+        window and its count."""
+        return {**fingerprint_fields(self.signature), **self.to_dict(), "window": window,
+                "count": self.count(window)}  # fmt: skip
 
 
 @dataclass(slots=True)

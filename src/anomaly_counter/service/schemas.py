@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from ..model import AnomalyFrequency, TimelineEntry
-from ..signature import fingerprint_fields
 
 Label = str | int | float | bool | None
 
@@ -120,14 +119,7 @@ class TopRow(FrequencyOut):
 
     @classmethod
     def of(cls, frequency: AnomalyFrequency, window: str) -> TopRow:  # type: ignore[override]
-        return cls.model_validate(
-            {
-                **fingerprint_fields(frequency.signature),
-                **frequency.to_dict(),
-                "window": window,
-                "count": frequency.count(window),
-            }
-        )
+        return cls.model_validate(frequency.row(window))
 
 
 class TopOut(BaseModel):
