@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from .. import __version__, search
+from .. import __version__, search, timeline
 from ..errors import (
     AmbiguousAnomalyError,
     AnomalyNotFoundError,
@@ -43,6 +43,7 @@ _env.globals.update(
     window_names=views.WINDOW_NAMES,
     disposition_names=views.DISPOSITION_NAMES,
     utc_text=views.utc_text,
+    milestones=timeline.MILESTONES,
     params=lambda **kw: urlencode({k: v for k, v in kw.items() if v not in (None, "")}),
 )
 templates = Jinja2Templates(env=_env)

@@ -215,13 +215,7 @@ async def project_view(
         rows=[(day.strftime("%a %d %b"), sum(c.values())) for day, c in days if sum(c.values())],
         caption="Crossings into each level per day (UTC), last 30 days",
     )
-    kinds = list(DISPOSITION_TYPES)
-    mix = charts.proportion(
-        [summary[k] for k in kinds],
-        [f"d-{k}" for k in kinds],
-        [f"{DISPOSITION_NAMES[k]}: {summary[k]}" for k in kinds],
-        f"dispositions of the last 30 days: {summary['total']}",
-    )
+    mix = _disposition_bar(summary)
     return ProjectView(
         window=window,
         level=level,
@@ -315,12 +309,18 @@ async def anomaly_view(
         fixed_by=reporter(frequency.permanent_fix.by if frequency.permanent_fix else None, who),
         repairs=[_repair_row(r) for r in ranked],
         dispositions=[(k, DISPOSITION_NAMES[k], counts[k]) for k in kinds],
-        disposition_bar=charts.proportion(
-            [counts[k] for k in kinds],
-            [f"d-{k}" for k in kinds],
-            [f"{DISPOSITION_NAMES[k]}: {counts[k]}" for k in kinds],
-            f"dispositions of the last 30 days: {sum(counts.values())}",
-        ),
+        disposition_bar=_disposition_bar(counts),
+    )
+
+
+def _disposition_bar(counts: Mapping[str, int]) -> Markup:
+    """How alerts were disposed of, as one bar of the five types' shares."""
+    kinds = DISPOSITION_TYPES
+    return charts.proportion(
+        [counts[k] for k in kinds],
+        [f"d-{k}" for k in kinds],
+        [f"{DISPOSITION_NAMES[k]}: {counts[k]}" for k in kinds],
+        f"dispositions of the last 30 days: {sum(counts[k] for k in kinds)}",
     )
 
 
