@@ -97,6 +97,18 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, persisting every write (AOF, fsync always), so that a
+    stop and start keeps what it acknowledged."""
+    server = RedisServer(
+        free_port(), str(tmp_path), extra=["--appendonly", "yes", "--appendfsync", "always"]
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def fresh_redis(redis_server: RedisServer) -> RedisServer:
     with redis_server.client() as client:
         client.flushall()

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,16 +70,28 @@ class ServiceServer:
 
 class ServeProcess:
     """``anomaly-counter serve`` in a process of its own (its memory measured apart from the
-    test's), on a free port, with a demo token of project ``team-a``."""
+    test's), on a free port, with a demo token of project ``team-a``. ``wrap`` goes before
+    the command (say, to run it in a namespace of its own); ``env`` adds to the environment.
+    What it prints is kept in ``output`` (read all along, so that a full pipe never stops it).
+    """
 
-    def __init__(self, store: str, cwd: Path, *options: str) -> None:
+    def __init__(
+        self,
+        store: str,
+        cwd: Path,
+        *options: str,
+        wrap: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.command = [
-            sys.executable, "-m", "anomaly_counter.cli", "--store", store, "--project", "team-a",
-            "serve", "--port", str(self.port), "--demo-token", *options,
+            *wrap, sys.executable, "-m", "anomaly_counter.cli", "--store", store,
+            "--project", "team-a", "serve", "--port", str(self.port), "--demo-token", *options,
         ]  # fmt: skip
         self.cwd = cwd
+        self.env = {**os.environ, **(env or {})}
         self.token = ""
+        self.output: list[str] = []
 
     @property
     def url(self) -> str:
@@ -86,22 +99,27 @@ class ServeProcess:
 
     def __enter__(self) -> ServeProcess:
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.cwd
-        )
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("a token of project"):
-                self.token = line.rsplit(" ", 1)[1].strip()
-                break
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=self.cwd, env=self.env,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                if self.token and httpx.get(f"{self.url}/healthz").status_code == 200:
                     return self
             except httpx.HTTPError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.__exit__()
-        raise RuntimeError("serve did not start")
+        raise RuntimeError("serve did not start:\n" + "".join(self.output[-20:]))
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if not self.token and line.startswith("a token of project"):
+                self.token = line.rsplit(" ", 1)[1].strip()
 
     def rss_bytes(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()

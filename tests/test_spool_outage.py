@@ -4,7 +4,6 @@ occurrence acknowledged is counted exactly once; a full spool refuses loudly."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,10 @@ import pytest
 from anomaly_counter import AnomalyCounter, ConfigurationError, Settings, SpoolFullError
 from anomaly_counter.spool import Spool
 
-from .conftest import SIG, RedisServer, free_port
+from .conftest import SIG, RedisServer
 from .servers import ServiceServer, eventually
 
 KEY = AnomalyCounter.hash_signature(SIG)
-
-
-@pytest.fixture
-def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, persisting every write (AOF, fsync always), so that a
-    stop and start keeps what it acknowledged."""
-    server = RedisServer(
-        free_port(), str(tmp_path), extra=["--appendonly", "yes", "--appendfsync", "always"]
-    )
-    server.start()
-    yield server
-    server.stop()
 
 
 def _settings(redis: RedisServer, tmp_path: Path, **options: object) -> Settings:
@@ -190,7 +177,7 @@ async def test_the_service_accepts_into_its_spool_and_says_so(
 async def test_the_service_answers_503_when_its_spool_is_full_and_reports_losses(
     durable_redis: RedisServer, tmp_path: Path
 ) -> None:
-    settings = _settings(durable_redis, tmp_path, spool_max_bytes=2048)
+    settings = _settings(durable_redis, tmp_path, spool_max_bytes=2048, spool_project_share=1.0)
     with ServiceServer(settings) as server:
         async with server.client(server.token("team-a")) as http:
             assert (await http.get("/v1/projects/team-a/anomalies")).status_code == 200

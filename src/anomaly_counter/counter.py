@@ -38,7 +38,7 @@ from .ranking import Evaluate, select_top
 from .replay import Replayer
 from .settings import Settings, load_settings
 from .signature import derive_key_from_incident, fingerprint_fields, hash_signature
-from .spool import Spool
+from .spool import Spool, spool_of
 from .stores.base import DAY_MS, RecordRequest, Snapshot, Store, WritePolicy, store_from_url
 from .windows import HISTORY, NEVER, WindowState, tail_capacity
 
@@ -127,7 +127,7 @@ class AnomalyCounter:
         chosen = replace(base, **options) if options else base
         if url is not None:
             chosen = replace(chosen, store_url=url)
-        spool = Spool(chosen.spool_dir, chosen.spool_max_bytes) if chosen.spool_dir else None
+        spool = spool_of(chosen)
         return cls(
             store_from_url(chosen.store_url, chosen),
             chosen.project if project_id is None else project_id,

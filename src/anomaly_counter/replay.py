@@ -61,6 +61,8 @@ class Replayer:
         failures = 0
         while True:
             if not self.spool.depth:
+                if not self.spool.checkpoint_saved:  # (an I/O error kept it from the disk)
+                    await asyncio.to_thread(self.spool.save_checkpoint)
                 await asyncio.sleep(self._idle)
                 continue
             try:

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigurationError
+from .limits import LIMIT_NAMES, Limits
 from .notify.channels import Channel, SlackChannel, TelegramChannel, WebhookChannel
 from .policy import Thresholds
 from .validation import PROJECT_ID
@@ -69,6 +70,8 @@ class Settings:
     project: str = "default"
     thresholds: Thresholds = field(default_factory=Thresholds)
     project_thresholds: Mapping[str, Thresholds] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    project_limits: Mapping[str, Limits] = field(default_factory=dict)
     strict: bool = False
     store_timeout: float = 2.0
     write_attempts: int = 3  # repairs, dispositions, fixes: tries while the store is away
@@ -99,6 +102,9 @@ class Settings:
     # the durable spool ("" : none)
     spool_dir: str = ""
     spool_max_bytes: int = 268_435_456
+    spool_project_share: float = 0.5  # of the spool's room, the most one project's backlog takes
+    start_on_spool: bool = False  # serve: start although the store was never reached
+    auth_stale_seconds: float = 86_400.0  # a known token's answer kept while the store errs
 
     def __post_init__(self) -> None:
         if not self.store_timeout > 0:
@@ -110,7 +116,7 @@ class Settings:
             )
         if self.dedup_max_ids < 1:
             raise ConfigurationError(f"dedup_max_ids must be positive, got {self.dedup_max_ids}")
-        for project in self.project_thresholds:
+        for project in (*self.project_thresholds, *self.project_limits):
             if not PROJECT_ID.fullmatch(project):
                 raise ConfigurationError(f"projects: invalid project id {project!r}")
         if not 0 < self.port < 65536:
@@ -129,6 +135,14 @@ class Settings:
         for name in ("max_headers", "max_concurrent_requests"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.spool_project_share <= 1:
+            raise ConfigurationError(
+                f"spool_project_share must be above 0 and at most 1, got {self.spool_project_share}"
+            )
+        if self.auth_stale_seconds < 0:
+            raise ConfigurationError(
+                f"auth_stale_seconds must not be negative, got {self.auth_stale_seconds}"
+            )
         if self.min_replicas < 0:
             raise ConfigurationError(f"min_replicas must not be negative, got {self.min_replicas}")
         if self.write_attempts < 1:
@@ -161,6 +175,10 @@ class Settings:
         """The thresholds of a project: its override, else the global ones."""
         return self.project_thresholds.get(project, self.thresholds)
 
+    def limits_for(self, project: str) -> Limits:
+        """The limits of a project: its override, else the global ones."""
+        return self.project_limits.get(project, self.limits)
+
 
 _SCALARS: dict[str, type] = {
     "store_url": str,
@@ -189,8 +207,12 @@ _SCALARS: dict[str, type] = {
     "notify_timeout": float,
     "spool_dir": str,
     "spool_max_bytes": int,
+    "spool_project_share": float,
+    "start_on_spool": bool,
+    "auth_stale_seconds": float,
 }
 _THRESHOLD_NAMES = ("repeat", "escalate", "permanent_fix")
+_Table = TypeVar("_Table", Thresholds, Limits)
 
 
 def _convert(name: str, raw: object, kind: type) -> Any:
@@ -216,14 +238,28 @@ def _convert(name: str, raw: object, kind: type) -> Any:
     raise ConfigurationError(f"setting {name} must be a {kind.__name__}, got {raw!r}")
 
 
-def _thresholds(name: str, table: object, base: Thresholds) -> Thresholds:
+def _overlay(name: str, table: object, base: _Table, kinds: Mapping[str, type]) -> _Table:
+    """``base`` with the values of a settings table (each checked against its kind)."""
     if not isinstance(table, Mapping):
         raise ConfigurationError(f"setting {name} must be a table")
-    unknown = set(table) - set(_THRESHOLD_NAMES)
+    unknown = set(table) - set(kinds)
     if unknown:
         raise ConfigurationError(f"setting {name} has unknown keys: {', '.join(sorted(unknown))}")
-    values = {k: _convert(f"{name}.{k}", v, int) for k, v in table.items()}
+    values = {k: _convert(f"{name}.{k}", v, kinds[k]) for k, v in table.items()}
     return replace(base, **values)
+
+
+def _thresholds(name: str, table: object, base: Thresholds) -> Thresholds:
+    return _overlay(name, table, base, dict.fromkeys(_THRESHOLD_NAMES, int))
+
+
+def _limits(name: str, table: object, base: Limits) -> Limits:
+    return _overlay(name, table, base, LIMIT_NAMES)
+
+
+def _from_env(env: Mapping[str, str], prefix: str, names: Iterable[str]) -> dict[str, str]:
+    """The values of ``<prefix><NAME>`` variables that are set, by name."""
+    return {n: env[f"{prefix}{n.upper()}"] for n in names if f"{prefix}{n.upper()}" in env}
 
 
 def _names(name: str, raw: object) -> tuple[str, ...]:
@@ -301,7 +337,9 @@ def load_settings(
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     thresholds = Thresholds()
+    limits = Limits()
     per_project: dict[str, Any] = {}
+    per_project_limits: dict[str, Any] = {}
     notify: dict[str, Any] = {}
     path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
     if path:
@@ -314,11 +352,13 @@ def load_settings(
                 values[key] = _convert(key, raw, _SCALARS[key])
             elif key == "thresholds":
                 thresholds = _thresholds("thresholds", raw, thresholds)
+            elif key == "limits":
+                limits = _limits("limits", raw, limits)
             elif key == "projects" and isinstance(raw, Mapping):
                 for project, table in raw.items():
                     if not isinstance(table, Mapping):
                         raise ConfigurationError(f"setting projects.{project} must be a table")
-                    unknown = set(table) - {"thresholds", "notify"}
+                    unknown = set(table) - {"thresholds", "limits", "notify"}
                     if unknown:
                         raise ConfigurationError(
                             f"setting projects.{project} has unknown keys:"
@@ -326,6 +366,8 @@ def load_settings(
                         )
                     if "thresholds" in table:
                         per_project[project] = table["thresholds"]
+                    if "limits" in table:
+                        per_project_limits[project] = table["limits"]
                     if "notify" in table:
                         notify[project] = table["notify"]
             elif key == "alertmanager":
@@ -339,16 +381,19 @@ def load_settings(
             values[key] = _convert(
                 f"{ENV_PREFIX}{key.upper()}", env[f"{ENV_PREFIX}{key.upper()}"], kind
             )
-    env_thresholds = {
-        name: env[f"{ENV_PREFIX}THRESHOLD_{name.upper()}"]
-        for name in _THRESHOLD_NAMES
-        if f"{ENV_PREFIX}THRESHOLD_{name.upper()}" in env
-    }
+    env_thresholds = _from_env(env, f"{ENV_PREFIX}THRESHOLD_", _THRESHOLD_NAMES)
     if env_thresholds:
         thresholds = _thresholds(f"{ENV_PREFIX}THRESHOLD_*", env_thresholds, thresholds)
+    env_limits = _from_env(env, f"{ENV_PREFIX}LIMIT_", LIMIT_NAMES)
+    if env_limits:
+        limits = _limits(f"{ENV_PREFIX}LIMIT_*", env_limits, limits)
     resolved = {
         project: _thresholds(f"projects.{project}.thresholds", table, thresholds)
         for project, table in per_project.items()
+    }
+    values["project_limits"] = {
+        project: _limits(f"projects.{project}.limits", table, limits)
+        for project, table in per_project_limits.items()
     }
     telegram_api_url = values.get("telegram_api_url", DEFAULT_TELEGRAM_API_URL)
     if notify:
@@ -362,4 +407,4 @@ def load_settings(
             raise ConfigurationError(f"unknown setting {key!r}")
         if raw is not None:
             values[key] = raw
-    return Settings(thresholds=thresholds, project_thresholds=resolved, **values)
+    return Settings(thresholds=thresholds, project_thresholds=resolved, limits=limits, **values)

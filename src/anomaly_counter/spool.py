@@ -11,28 +11,54 @@ payload is JSON). Opening a spool checks every record after the checkpoint: a to
 record cut short by a crash, never acknowledged) is cut off; a damaged record (a flipped bit)
 is skipped by searching for the next MAGIC, and counted as lost. Only what is intact is
 replayed; ``SpoolStats.lost`` says how many records were lost.
+
+Room is shared: the spool takes at most ``max_bytes``, or what the disk has free, whichever is
+less; and one project's backlog at most ``project_share`` of that room, so that a flood of one
+project cannot refuse another's first occurrence. A write that does not fit (including one the
+disk refuses half-way) is cut back and refused with SpoolFullError, having stored nothing.
+
+The checkpoint lives in two fixed slots of one small file, rewritten in place (never a new file):
+moving it needs no free space, so a spool on a full disk can always record what was replayed,
+delete it, and so get its room back. Should the checkpoint still fail to be written (an I/O
+error), replay goes on from memory and the write is tried again; only the deletion of replayed
+segments waits for it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import io
 import json
 import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from .errors import AnomalyCounterError, ConfigurationError
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+logger = structlog.get_logger("anomaly_counter.spool")
 
 MAGIC = b"ACS1"
 _HEADER = struct.Struct("<4sII")
 MAX_RECORD_BYTES = 1 << 20
 SEGMENT_BYTES = 8 << 20
-_CHECKPOINT = "checkpoint.json"
+_CHECKPOINT = "checkpoint"
+_LEGACY_CHECKPOINT = "checkpoint.json"  # written by versions before the slots
+_SLOT = struct.Struct("<QQQI")  # sequence, segment, offset, CRC-32 of the three
+DISK_RESERVE_BYTES = 16_384
+"""Left free on the disk for the file system's own needs (a new segment's first block)."""
 
 
 class SpoolFullError(AnomalyCounterError):
@@ -51,6 +77,8 @@ class SpoolStats:
 class Position:
     segment: int
     offset: int
+    # bytes of the records before it (from the checkpoint), by project: peek's to commit's
+    consumed: Mapping[str, int] = field(default_factory=dict, compare=False)
 
 
 def _segment_name(number: int) -> str:
@@ -97,15 +125,32 @@ def _scan(data: bytes, start: int) -> Iterator[tuple[int, int, bytes | None]]:
         offset = following
 
 
+def spool_of(settings: Settings) -> Spool | None:
+    """The spool the settings name (``spool_dir``), or None."""
+    if not settings.spool_dir:
+        return None
+    return Spool(
+        settings.spool_dir, settings.spool_max_bytes, project_share=settings.spool_project_share
+    )
+
+
 class Spool:
     """The spool of one directory; safe to use from several threads of one process (only one
     process may own a directory)."""
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int, *, project_share: float = 1.0
+    ) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
-        self._owner = open(self.directory / "lock", "a")  # noqa: SIM115 (held while open)
+        self.project_share = project_share
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._owner = open(self.directory / "lock", "a")  # noqa: SIM115 (held while open)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"setting spool_dir: cannot use {self.directory}: {_reason(exc)}"
+            ) from None
         try:
             fcntl.flock(self._owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,15 +160,23 @@ class Spool:
             ) from None
         self._lock = threading.Lock()
         self.lost = 0
-        self._checkpoint = self._read_checkpoint()
         self._sizes: dict[int, int] = {}  # bytes of each segment on disk
+        self._waiting: Counter[str] = Counter()  # bytes waiting, by project
         self._depth = 0
         self._oldest_ms: int | None = None
         self._refusing = False
-        self._recover()
-        self._active_number = max(self._sizes, default=self._checkpoint.segment)
-        self._sizes.setdefault(self._active_number, 0)
-        self._active = open(self._path(self._active_number), "ab")  # noqa: SIM115 (kept open)
+        self._unsaved: Position | None = None  # a checkpoint not yet written (an I/O error)
+        try:
+            self._slots, self._sequence, self._checkpoint = self._open_checkpoint()
+            self._recover()
+            self._active_number = max(self._sizes, default=self._checkpoint.segment)
+            self._sizes.setdefault(self._active_number, 0)
+            self._active = self._open_active()
+        except OSError as exc:
+            self._owner.close()
+            raise ConfigurationError(
+                f"setting spool_dir: cannot use {self.directory}: {_reason(exc)}"
+            ) from None
 
     # -- files ------------------------------------------------------------------------------
 
@@ -134,22 +187,41 @@ class Spool:
         names = (p.name for p in self.directory.glob("segment-*.log"))
         return sorted(int(n[len("segment-") : -len(".log")]) for n in names)
 
-    def _read_checkpoint(self) -> Position:
+    def _open_checkpoint(self) -> tuple[int, int, Position]:
+        """The checkpoint file (made, with both slots, when missing), the sequence of its
+        newest intact slot, and the position that slot holds."""
+        path = self.directory / _CHECKPOINT
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        data = os.pread(fd, 2 * _SLOT.size, 0)
+        best: tuple[int, Position] | None = None
+        for slot in range(len(data) // _SLOT.size):
+            sequence, segment, offset, crc = _SLOT.unpack_from(data, slot * _SLOT.size)
+            intact = zlib.crc32(_SLOT.pack(sequence, segment, offset, 0)[:-4]) == crc
+            if intact and sequence and (best is None or sequence > best[0]):
+                best = (sequence, Position(segment, offset))
+        if len(data) < 2 * _SLOT.size:  # new: room for both slots, taken now, while there is
+            os.pwrite(fd, bytes(2 * _SLOT.size - len(data)), len(data))
+            os.fsync(fd)
+            _fsync_directory(self.directory)
+        if best is None:
+            return fd, 0, self._legacy_checkpoint()
+        return fd, best[0], best[1]
+
+    def _legacy_checkpoint(self) -> Position:
         try:
-            raw = json.loads((self.directory / _CHECKPOINT).read_text())
+            raw = json.loads((self.directory / _LEGACY_CHECKPOINT).read_text())
             return Position(int(raw["segment"]), int(raw["offset"]))
         except (OSError, ValueError, KeyError, TypeError):
             return Position(0, 0)
 
     def _write_checkpoint(self, position: Position) -> None:
-        temporary = self.directory / f"{_CHECKPOINT}.tmp"
-        with open(temporary, "w") as f:
-            json.dump({"segment": position.segment, "offset": position.offset}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.directory / _CHECKPOINT)
-        _fsync_directory(self.directory)
-        self._checkpoint = position
+        """Overwrite the older slot in place (no new block, so a full disk cannot refuse it)."""
+        sequence = self._sequence + 1
+        body = _SLOT.pack(sequence, position.segment, position.offset, 0)[:-4]
+        slot = _SLOT.pack(sequence, position.segment, position.offset, zlib.crc32(body))
+        os.pwrite(self._slots, slot, (sequence % 2) * _SLOT.size)
+        os.fdatasync(self._slots)
+        self._sequence = sequence
 
     def _recover(self) -> None:
         """Count what waits, cut torn tails off, count damaged records as lost."""
@@ -161,14 +233,16 @@ class Spool:
             data = path.read_bytes()
             start = self._checkpoint.offset if number == self._checkpoint.segment else 0
             valid_end = start
-            for _, end, payload in _scan(data, start):
+            for offset, end, payload in _scan(data, start):
                 valid_end = end
                 if payload is None:
                     self.lost += 1
                     continue
+                record = json.loads(payload)
                 self._depth += 1
+                self._waiting[_project(record)] += end - offset
                 if self._oldest_ms is None:
-                    self._oldest_ms = json.loads(payload).get("accepted_ms")
+                    self._oldest_ms = record.get("accepted_ms")
             if valid_end < len(data):  # a torn tail: never acknowledged
                 with open(path, "r+b") as f:
                     f.truncate(valid_end)
@@ -182,32 +256,68 @@ class Spool:
 
     # -- writing ----------------------------------------------------------------------------
 
+    def room(self) -> int:
+        """Bytes the spool may hold in all: ``max_bytes``, or less when the disk is fuller."""
+        try:
+            disk = os.statvfs(self.directory)
+        except OSError:
+            return self.max_bytes
+        free = disk.f_bavail * disk.f_frsize - DISK_RESERVE_BYTES
+        return max(0, min(self.max_bytes, self._waiting_bytes() + free))
+
     def append(self, payloads: list[dict[str, Any]]) -> None:
         """Store records durably (written and fsynced), or raise SpoolFullError having written
         nothing."""
-        records = b"".join(encode(p) for p in payloads)
+        encoded = [encode(p) for p in payloads]
+        records = b"".join(encoded)
         with self._lock:
-            if self._waiting_bytes() + len(records) > self.max_bytes:
+            room, waiting = self.room(), self._waiting_bytes()
+            if waiting + len(records) > room:
                 self._refusing = True
-                raise SpoolFullError(
-                    f"the spool is full ({self._waiting_bytes():,} of {self.max_bytes:,} bytes)"
-                )
-            if self._sizes[self._active_number] + len(records) > SEGMENT_BYTES:
-                self._rotate()
-            self._active.write(records)
-            self._active.flush()
-            os.fsync(self._active.fileno())
-            self._sizes[self._active_number] += len(records)
+                raise SpoolFullError(f"the spool is full ({waiting:,} of {room:,} bytes)")
+            added = Counter[str]()
+            for payload, record in zip(payloads, encoded, strict=True):
+                added[_project(payload)] += len(record)
+            for project, size in added.items():
+                share = int(room * self.project_share)
+                if self._waiting[project] + size > share:
+                    raise SpoolFullError(
+                        f"project {project}'s share of the spool is full"
+                        f" ({self._waiting[project]:,} of {share:,} bytes)"
+                    )
+            self._write(records)
+            self._waiting.update(added)
             self._refusing = False
             if self._depth == 0:
                 self._oldest_ms = payloads[0].get("accepted_ms")
             self._depth += len(payloads)
 
+    def _write(self, records: bytes) -> None:
+        """Append to the active segment, all or nothing: a write the disk refuses half-way is
+        cut off again."""
+        try:
+            if self._sizes[self._active_number] + len(records) > SEGMENT_BYTES:
+                self._rotate()
+            written = memoryview(records)
+            while written:  # (a raw file may take part of a write)
+                written = written[self._active.write(written) or 0 :]
+            os.fsync(self._active.fileno())
+        except OSError as exc:
+            self._refusing = True
+            with contextlib.suppress(OSError):  # (it stays torn: recovery cuts it the same)
+                os.ftruncate(self._active.fileno(), self._sizes[self._active_number])
+            raise SpoolFullError(f"the spool cannot be written ({_reason(exc)})") from None
+        self._sizes[self._active_number] += len(records)
+
+    def _open_active(self) -> io.FileIO:
+        """Unbuffered: what a write could not put on disk is never left in a buffer."""
+        return open(self._path(self._active_number), "ab", buffering=0)
+
     def _rotate(self) -> None:
         self._active.close()
         self._active_number += 1
         self._sizes[self._active_number] = 0
-        self._active = open(self._path(self._active_number), "ab")  # noqa: SIM115
+        self._active = self._open_active()
         _fsync_directory(self.directory)
 
     # -- reading ----------------------------------------------------------------------------
@@ -219,6 +329,7 @@ class Spool:
         with self._lock:
             position = self._checkpoint
             records: list[dict[str, Any]] = []
+            consumed = Counter[str]()
             while len(records) < limit:
                 if position.segment not in self._sizes:
                     if position.segment >= self._active_number:
@@ -228,36 +339,79 @@ class Spool:
                 with open(self._path(position.segment), "rb") as f:
                     f.seek(position.offset)
                     data = f.read(self._sizes[position.segment] - position.offset)
-                for _, end, payload in _scan(data, 0):
+                read = 0
+                for start, end, payload in _scan(data, 0):
                     if payload is not None:
                         records.append(json.loads(payload))
-                    consumed = end
+                        consumed[_project(records[-1])] += end - start
+                    read = end
                     if len(records) >= limit:
                         break
                 else:
-                    consumed = len(data)
-                position = Position(position.segment, position.offset + consumed)
+                    read = len(data)
+                position = Position(position.segment, position.offset + read)
                 if len(records) >= limit or position.segment >= self._active_number:
                     break
                 position = Position(position.segment + 1, 0)  # this segment is read through
-            return records, position
+            return records, Position(position.segment, position.offset, consumed)
 
     def commit(self, position: Position, count: int) -> None:
         """The ``count`` records before ``position`` are stored: move the checkpoint past
-        them and delete the segments wholly behind it."""
+        them and delete the segments wholly behind it. When it cannot be written, replay goes
+        on from memory (``save_checkpoint`` tries again) and the segments stay."""
         with self._lock:
-            self._write_checkpoint(position)
-            for number in [n for n in self._sizes if n < position.segment]:
-                self._path(number).unlink(missing_ok=True)
-                del self._sizes[number]
+            if (
+                position.segment == self._active_number
+                and self._sizes[self._active_number] == position.offset
+                and not self._active.closed
+            ):
+                position = self._start_over(position)  # all replayed: the room comes back
+            self._checkpoint = position
+            self._unsaved = position
             self._depth = max(0, self._depth - count)
+            self._waiting.subtract(position.consumed)
+            self._waiting = +self._waiting  # (drops the projects with nothing left)
             self._refusing = False
             self._oldest_ms = None  # found again by stats() when asked
+            self._save()
+
+    def _start_over(self, position: Position) -> Position:
+        """A new, empty active segment, so that the one wholly replayed can go."""
+        try:
+            self._rotate()
+        except OSError:
+            return position  # (no room for a new file: the old one stays active)
+        return Position(self._active_number, 0, position.consumed)
+
+    def save_checkpoint(self) -> bool:
+        """Write a checkpoint that could not be written before; True when none is left."""
+        with self._lock:
+            return self._save()
+
+    def _save(self) -> bool:
+        position = self._unsaved
+        if position is None:
+            return True
+        try:
+            self._write_checkpoint(position)
+        except OSError as exc:
+            logger.warning("spool_checkpoint_failed", error=_reason(exc))
+            return False
+        self._unsaved = None
+        for number in [n for n in self._sizes if n < position.segment]:
+            self._path(number).unlink(missing_ok=True)
+            del self._sizes[number]
+        return True
 
     @property
     def full(self) -> bool:
-        """It refused its last record, and nothing was replayed since."""
+        """It refused its last record for want of room (not a project's share), and nothing
+        was replayed since."""
         return self._refusing
+
+    @property
+    def checkpoint_saved(self) -> bool:
+        return self._unsaved is None
 
     @property
     def depth(self) -> int:
@@ -276,5 +430,18 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             if not self._active.closed:
+                self._save()
                 self._active.close()
+                os.close(self._slots)
                 self._owner.close()  # releases the directory
+
+
+def _project(record: Mapping[str, Any]) -> str:
+    return str(record.get("project", ""))
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error in a few words (its errno's text; never the whole path twice)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno) + (" (the disk is full)" if exc.errno == errno.ENOSPC else "")
+    return str(exc)

@@ -30,7 +30,7 @@ from ..model import AnomalyFrequency, Occurrence
 from ..notify.dispatcher import Dispatcher
 from ..replay import Replayer
 from ..settings import Settings
-from ..spool import Spool, SpoolFullError
+from ..spool import SpoolFullError, spool_of
 from ..stores.base import Store, store_from_url
 from .auth import Authenticator
 from .metrics import CONTENT_TYPE, Metrics
@@ -57,10 +57,9 @@ class Service:
         self.auth = Authenticator(self.store)
         self._counters: dict[str, AnomalyCounter] = {}
         self.dispatcher = Dispatcher(self.settings, self.counter, self.metrics)
-        self.spool: Spool | None = None
         self.replayer: Replayer | None = None
-        if self.settings.spool_dir:
-            self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
+        self.spool = spool_of(self.settings)
+        if self.spool is not None:
             self.replayer = Replayer(self.spool, self.counter, self._replayed)
             self.metrics.watch_spool(self.spool)
 

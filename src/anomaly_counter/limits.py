@@ -1,0 +1,51 @@
+"""What one project may take of what all projects share: generous by default, per project.
+
+The store enforces the bounds on what it keeps (anomalies, action names), atomically with the
+write that would pass them; the service enforces the bounds on its own time (requests per
+second and at once, in each process), so that one project's flood cannot starve another's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_anomalies: int = 100_000  # distinct anomalies a project keeps; a new one past it: 429
+    max_actions: int = 50  # distinct repair action names per anomaly; a new one past it: 429
+    requests_per_second: float = 1_000.0  # per service process, sustained (0: no limit)
+    burst: int = 2_000  # requests above the sustained rate taken at once
+    concurrent_requests: int = 8  # served at once per process; later ones wait their turn
+    waiting_requests: int = 256  # waiting their turn; past it, 429
+
+    def __post_init__(self) -> None:
+        for name in ("max_anomalies", "max_actions", "burst", "concurrent_requests"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"limit {name} must be a positive integer, got {value!r}")
+        if isinstance(self.waiting_requests, bool) or not isinstance(self.waiting_requests, int):
+            raise ConfigurationError(
+                f"limit waiting_requests must be an integer, got {self.waiting_requests!r}"
+            )
+        if self.waiting_requests < 0:
+            raise ConfigurationError(
+                f"limit waiting_requests must not be negative, got {self.waiting_requests}"
+            )
+        rate = self.requests_per_second
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1e9:
+            raise ConfigurationError(
+                f"limit requests_per_second must be a number from 0 (no limit), got {rate!r}"
+            )
+
+
+LIMIT_NAMES: dict[str, type] = {
+    "max_anomalies": int,
+    "max_actions": int,
+    "requests_per_second": float,
+    "burst": int,
+    "concurrent_requests": int,
+    "waiting_requests": int,
+}
