@@ -18,7 +18,7 @@ class Limits:
     max_actions: int = 50  # distinct repair action names per anomaly; a new one past it: 429
     requests_per_second: float = 1_000.0  # per service process, sustained (0: no limit)
     burst: int = 2_000  # requests above the sustained rate taken at once
-    concurrent_requests: int = 8  # served at once per process; later ones wait their turn
+    concurrent_requests: int = 2  # served at once per process; later ones wait their turn
     waiting_requests: int = 256  # waiting their turn; past it, 429
 
     def __post_init__(self) -> None:

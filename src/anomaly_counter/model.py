@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, Literal
@@ -114,7 +114,7 @@ class TimelineEntry:
     by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {name: value for name, value in asdict(self).items() if value is not None}
+        out = {name: value for name, value in _fields_of(self).items() if value is not None}
         out["at"] = self.at.isoformat()
         return out
 
@@ -156,7 +156,8 @@ class AnomalyFrequency:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (ISO times): the reference's keys and ours."""
-        out = asdict(self)
+        out = _fields_of(self)
+        out["signature"] = dict(self.signature)
         out["first_seen"] = self.first_seen.isoformat()
         out["last_seen"] = self.last_seen.isoformat()
         out["last_resolved"] = self.last_resolved.isoformat() if self.last_resolved else None
@@ -200,3 +201,9 @@ def empty_disposition_counts() -> dict[str, int]:
     counts = dict.fromkeys(DISPOSITION_TYPES, 0)
     counts["total"] = 0
     return counts
+
+
+def _fields_of(instance: Any) -> dict[str, Any]:
+    """A dataclass's fields by name, not copied (``asdict`` deep-copies every value: most of
+    the time of a batch's answer went there)."""
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}

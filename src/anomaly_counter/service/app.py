@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -33,8 +33,9 @@ from ..settings import Settings
 from ..spool import SpoolFullError, spool_of
 from ..stores.base import Store, store_from_url
 from .auth import Authenticator
+from .lanes import Lanes
 from .metrics import CONTENT_TYPE, Metrics
-from .middleware import Admission, BodyLimit, HttpMetrics, Refused
+from .middleware import Admission, BodyLimit, HttpMetrics, Passed, Refused
 from .schemas import MatchesOut
 
 logger = structlog.get_logger("anomaly_counter.service")
@@ -54,6 +55,7 @@ class Service:
         self.settings = replace(settings, strict=True)
         self.store = store or store_from_url(self.settings.store_url, self.settings)
         self.metrics = Metrics()
+        self.lanes = Lanes(settings.limits_for, settings.body_timeout, self.metrics.limit_reached)
         self.auth = Authenticator(self.store)
         self._counters: dict[str, AnomalyCounter] = {}
         self.dispatcher = Dispatcher(self.settings, self.counter, self.metrics)
@@ -254,10 +256,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         """Prometheus text format."""
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
 
-    async def gate(scope: Scope) -> bool:
+    async def gate(scope: Scope) -> Passed:
         found = _PROJECT_ROUTE.match(scope["path"])
         if found is None:
-            return False  # (the dashboard's forms: the default limit)
+            return Passed(False, nullcontext())  # (the dashboard's forms: the default limit)
         authorization = next(
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
         )
@@ -269,7 +271,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             logger.warning("store_unavailable", error=str(exc))
             raise Refused(503, UNAVAILABLE, {"Retry-After": RETRY_AFTER_SECONDS}) from None
         scope.setdefault("state", {})[CHECKED_TOKEN] = record  # (the route takes it as checked)
-        return True
+        return Passed(True, service.lanes.of(record.project).turn())
 
     app.add_middleware(
         BodyLimit,

@@ -58,6 +58,12 @@ class Metrics:
             buckets=_FAST,
             registry=r,
         )
+        self.limited = Counter(
+            "anomaly_counter_limited",
+            "Requests refused (429) by a limit of their project, by limit",
+            ["project", "limit"],
+            registry=r,
+        )
         self.spool_replayed = Counter(
             "anomaly_counter_spool_replayed",
             "Occurrences stored from the spool (its rate is the replay rate)",
@@ -76,6 +82,9 @@ class Metrics:
             buckets=_FAST,
             registry=r,
         )
+
+    def limit_reached(self, project: str, limit: str) -> None:
+        self.limited.labels(project, limit).inc()
 
     def watch_spool(self, spool: Spool) -> None:
         """Spool gauges, read when scraped."""

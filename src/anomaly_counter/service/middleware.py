@@ -6,6 +6,8 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,9 +33,19 @@ class Refused(Exception):
         self.status, self.detail, self.headers = status, detail, headers
 
 
-Gate = Callable[[Scope], Awaitable[bool]]
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """A request the gate let through: whether it was authenticated (and may send the larger
+    Alertmanager body), and the turn it holds while its body is read and handled (entering it
+    may wait, or raise ``Refused``)."""
+
+    authenticated: bool
+    turn: AbstractAsyncContextManager[None]
+
+
+Gate = Callable[[Scope], Awaitable[Passed]]
 """Checks a request from its headers before any byte of its body is read: raises ``Refused``,
-or says whether the request was authenticated (and may send the larger Alertmanager body)."""
+or lets it pass."""
 
 
 class BodyLimit:
@@ -55,12 +67,15 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         try:
-            authenticated = await self.gate(scope)
+            passed = await self.gate(scope)
+            async with passed.turn:
+                await self._serve(scope, receive, send, passed.authenticated)
         except Refused as refused:
             # (what the client goes on sending is read and dropped, never held, so that it sees
             # the answer: closing on an unread body would reset the connection under it)
             await _reply(send, refused.status, refused.detail, refused.headers)
-            return
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, authenticated: bool) -> None:
         large = authenticated and scope["path"].endswith("/alertmanager")
         limit = self.alertmanager if large else self.default
         too_big = f"request body is larger than {limit} bytes"
