@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -105,6 +106,8 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     )
     server.start()
     yield server
+    if server.process is not None:
+        server.process.send_signal(signal.SIGCONT)  # (a test that froze it)
     server.stop()
 
 

@@ -82,12 +82,15 @@ class ServeProcess:
         *options: str,
         wrap: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        demo_token: bool = True,  # (making one needs the store: not during an outage)
     ) -> None:
         self.port = free_port()
         self.command = [
             *wrap, sys.executable, "-m", "anomaly_counter.cli", "--store", store,
-            "--project", "team-a", "serve", "--port", str(self.port), "--demo-token", *options,
+            "--project", "team-a", "serve", "--port", str(self.port),
+            *(["--demo-token"] if demo_token else []), *options,
         ]  # fmt: skip
+        self.demo_token = demo_token
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
         self.token = ""
@@ -106,7 +109,8 @@ class ServeProcess:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if self.token and httpx.get(f"{self.url}/healthz").status_code == 200:
+                ready = self.token or not self.demo_token
+                if ready and httpx.get(f"{self.url}/healthz").status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -121,6 +125,10 @@ class ServeProcess:
             if not self.token and line.startswith("a token of project"):
                 self.token = line.rsplit(" ", 1)[1].strip()
 
+    def client(self, token: str) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
+
     def rss_bytes(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         (line,) = [x for x in status.splitlines() if x.startswith("VmRSS:")]
@@ -132,6 +140,7 @@ class ServeProcess:
             self.process.wait(15)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
 
 
 def v1(path: str, project: str = "team-a") -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from anomaly_counter import AmbiguousAnomalyError, AnomalyCounter, InvalidInputError
 from anomaly_counter import counter as counter_module
+from anomaly_counter.limits import Limits
 from anomaly_counter.timeline import (
     MAX_ENTRIES,
     MAX_TEXT_CHARS,
@@ -178,7 +179,7 @@ async def test_routine_entries_never_push_out_the_turning_points(
 async def test_timeline_bytes_are_bounded_and_the_newest_kept(
     make_counter: CounterFactory, clock: Clock
 ) -> None:
-    counter = make_counter()
+    counter = make_counter(limits=Limits(max_actions=500))  # (200 action names below)
     await counter.record_anomaly(SIG)
     for i in range(12):
         clock.advance(seconds=1)

@@ -10,29 +10,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
-import pytest
 
 from anomaly_counter import AnomalyCounter, Settings, StoreUnavailableError
+from anomaly_counter.limits import Limits
 
 from .conftest import SIG, RedisServer, free_port
 from .servers import eventually, make_token, wait_until_up
 
 KEY = AnomalyCounter.hash_signature(SIG)
-
-
-@pytest.fixture
-def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(
-        free_port(), str(tmp_path), extra=["--appendonly", "yes", "--appendfsync", "always"]
-    )
-    server.start()
-    yield server
-    server.stop()
 
 
 async def _counted(counter: AnomalyCounter) -> int:
@@ -218,6 +207,7 @@ async def test_replies_lost_on_the_way(durable_redis: RedisServer, tmp_path: Pat
         store_url=f"redis://127.0.0.1:{proxy.port}/0",
         store_timeout=0.5,
         spool_dir=str(tmp_path / "spool"),
+        limits=Limits(max_actions=100),  # (60 action names below)
     )
     counter = AnomalyCounter.from_url(settings=settings)
     direct = AnomalyCounter.from_url(durable_redis.url)

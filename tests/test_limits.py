@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from anomaly_counter import Settings
+import pytest
+
+from anomaly_counter import LimitExceededError, Settings
 from anomaly_counter.limits import Limits
 
-from .conftest import SIG
+from .conftest import SIG, CounterFactory
 from .servers import ServiceServer, v1
 
 
@@ -67,3 +69,51 @@ async def test_turns_are_taken_in_order_and_a_full_line_is_refused(tmp_path: Pat
             assert r.status_code == 200  # another project does not wait at all
             writer.close()  # the held request goes away: the waiting one takes its turn
             assert (await asyncio.wait_for(waiting, 10)).status_code == 200
+
+
+async def test_an_anomaly_takes_at_most_max_actions_names(make_counter: CounterFactory) -> None:
+    counter = make_counter(project_limits={"team-a": Limits(max_actions=3)})
+    other = make_counter("team-b")  # the default limit (50): not this one's
+    key = (await counter.record_anomaly(SIG)).anomaly_key
+    for action in ("restart_pod", "scale_up", "rollback"):
+        await counter.record_repair_attempt(key, action, True)
+    with pytest.raises(LimitExceededError, match="at most 3") as refused:
+        await counter.record_repair_attempt(key, "action-4", True)
+    assert refused.value.limit == "max_actions"
+    await counter.record_repair_attempt(key, "restart_pod", False)  # a known name still counts
+    stats = await counter.get_all_repair_stats(key)
+    assert set(stats) == {"restart_pod", "scale_up", "rollback"}
+    assert stats["restart_pod"]["total"] == 2
+    other_key = (await other.record_anomaly(SIG)).anomaly_key
+    for i in range(5):
+        await other.record_repair_attempt(other_key, f"action-{i}", True)
+    # recommendations stay bounded by the limit even for names kept before it was lowered
+    lowered = make_counter("team-b", project_limits={"team-b": Limits(max_actions=2)})
+    (ranked,) = await lowered.recommendations([other_key], candidates=None)
+    assert len(ranked) <= 2 + len(Settings().repair_actions)
+
+
+async def test_the_api_answers_429_past_max_actions_and_counts_it(tmp_path: Path) -> None:
+    with ServiceServer(_settings(tmp_path, max_actions=1)) as server:
+        async with server.client(server.token("team-a")) as http:
+            key = (await http.post(v1("/occurrences"), json={"signature": SIG})).json()[
+                "anomaly_key"
+            ]
+            repairs = v1(f"/anomalies/{key}/repairs")
+            assert (await http.post(repairs, json={"action": "a", "success": True})).is_success
+            r = await http.post(repairs, json={"action": "b", "success": True})
+            assert r.status_code == 429 and "max_actions" in r.json()["detail"]
+            metrics = (await http.get("/metrics")).text
+            assert 'limit="max_actions",project="team-a"} 1.0' in metrics
+
+
+async def test_the_signature_bound_holds_for_every_kind_of_label(tmp_path: Path) -> None:
+    with ServiceServer(_settings(tmp_path)) as server:
+        async with server.client(server.token("team-a")) as http:
+            huge = {f"n{i}": int("9" * 4000) for i in range(32)}  # 128 KB of digits
+            r = await http.post(v1("/occurrences"), json={"signature": huge})
+            assert r.status_code == 400 and "64 bits" in r.text, r.text
+            wide = {f"label{i:02d}": "x" * 250 for i in range(20)}  # 5 KB as JSON
+            r = await http.post(v1("/occurrences"), json={"signature": wide})
+            assert r.status_code == 400 and "4096 bytes" in r.text, r.text
+            assert (await http.get(v1("/anomalies"))).json()["anomalies"] == []

@@ -38,12 +38,14 @@ from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
 from .redact import redacted
 from .settings import Settings, load_settings
 from .signature import fingerprint_fields
+from .stores.base import Store, store_from_url
 from .timeline import describe, reporter
 from .tokens import new_token
 from .windows import HISTORY
 
 PROG = "anomaly-counter"
 T = TypeVar("T")
+logger = structlog.get_logger("anomaly_counter.cli")
 DEFAULT_SERVICE_SPOOL = "anomaly-counter-spool"
 
 
@@ -164,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"answer 503 while the store is down instead of spooling (default spool:"
         f" settings' spool_dir, else ./{DEFAULT_SERVICE_SPOOL})",
+    )
+    serve.add_argument(
+        "--start-on-spool",
+        action="store_true",
+        default=None,
+        help="start although the store cannot be reached, taking writes into the spool until"
+        " it answers (default: settings' start_on_spool, else refuse to start: exit 3)",
     )
 
     token = commands.add_parser("token", help="API tokens of projects")
@@ -588,7 +597,8 @@ def _who(signature: dict[str, Any]) -> str:
 
 
 def _fail(message: str, status: int) -> NoReturn:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    one_line = " ".join(message.splitlines())  # (a library's message may span several)
+    sys.stderr.write(f"{PROG}: error: {one_line}\n")
     raise SystemExit(status)
 
 
@@ -635,11 +645,23 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     )
     if args.store:
         chosen = replace(chosen, store_url=args.store)
+    if args.start_on_spool:
+        chosen = replace(chosen, start_on_spool=True)
     if args.no_spool:
+        if chosen.start_on_spool:
+            raise ConfigurationError(
+                "--start-on-spool (start_on_spool) needs the spool that --no-spool turns off"
+            )
         chosen = replace(chosen, spool_dir="")
     elif not chosen.spool_dir:  # the service never drops what it acknowledged
         chosen = replace(chosen, spool_dir=DEFAULT_SERVICE_SPOOL)
-    app = create_app(chosen)
+    store = store_from_url(chosen.store_url, chosen)
+    try:
+        await _check_store(store, chosen)
+        app = create_app(chosen, store)
+    except BaseException:
+        await store.aclose()
+        raise
     if args.demo_token:
         project = args.project or chosen.project
         text, record = new_token(project, int(time.time() * 1000), "demo")
@@ -662,6 +684,24 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     sys.stdout.flush()
     config = uvicorn_config(app, chosen, access_log=args.access_log, log_level="info")
     await uvicorn.Server(config).serve()
+
+
+async def _check_store(store: Store, settings: Settings) -> None:
+    """Refuse to serve a store that cannot be used (a file that is not a database:
+    ConfigurationError) or reached (StoreUnavailableError, unless ``start_on_spool``): a typo
+    in its address must not start a service that says it is ready and spools forever."""
+    shown = redacted(settings.store_url)
+    try:
+        await store.ping()
+    except StoreUnavailableError as exc:
+        if not settings.start_on_spool:
+            raise StoreUnavailableError(
+                f"{shown} cannot be reached, so the service does not start ({exc});"
+                " --start-on-spool starts it anyway, taking writes into the spool"
+            ) from exc
+        logger.warning(
+            "store_unreachable_at_start", store=shown, error=str(exc), spool=settings.spool_dir
+        )
 
 
 _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[Any, Any, None]]] = {
@@ -705,6 +745,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BrokenPipeError:  # the reader went away (`... | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
+    except KeyboardInterrupt:  # Ctrl-C: stopped as asked (serve has shut down cleanly)
+        raise SystemExit(130) from None
     except StoreUnavailableError as exc:
         _fail(f"store unavailable: {exc}", 3)
     except ConfigurationError as exc:

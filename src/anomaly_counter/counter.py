@@ -19,6 +19,7 @@ from .errors import (
     AmbiguousAnomalyError,
     AnomalyNotFoundError,
     InvalidInputError,
+    LimitExceededError,
     StoreUnavailableError,
 )
 from .model import (
@@ -741,7 +742,11 @@ class AnomalyCounter:
             "recommendations", self.store.repair_stats_many(self.project_id, keys, now_ms), none
         )
         ranked = []
+        limit = self.settings.limits_for(self.project_id).max_actions
         for tried in stats:
+            if len(tried) > limit:  # (kept before the limit, or raised since): the most tried
+                most = sorted(tried.items(), key=lambda item: -item[1][0])[:limit]
+                tried = dict(most)
             chosen = names if names is not None else [*tried, *self.settings.repair_actions]
             evidence = {a: {"total": t, "success": ok} for a, (t, ok) in tried.items()}
             ranked.append(recommend(chosen, evidence, floor) if chosen else [])
@@ -767,6 +772,7 @@ class AnomalyCounter:
         reporter = validation.reporter(by)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
+        await self._within_action_limit(key, name, _ms(now))
         write_id = uuid.uuid4().hex
         await self._retried(
             "record_repair_attempt",
@@ -776,6 +782,20 @@ class AnomalyCounter:
             None,
             anomaly_key=key,
         )
+
+    async def _within_action_limit(self, key: str, action: str, now_ms: int) -> None:
+        """Refuse a new action name past ``max_actions`` of the anomaly (a look-up first: two
+        writers racing with two new names may pass it by one each, never by more)."""
+        limit = self.settings.limits_for(self.project_id).max_actions
+        tried = await self._guard(
+            "record_repair_attempt", self.store.repair_stats(self.project_id, key, now_ms), {}
+        )
+        if action not in tried and len(tried) >= limit:
+            raise LimitExceededError(
+                f"anomaly {key} has {len(tried)} repair actions, at most {limit}"
+                " (limit max_actions): record an action it has, or raise the limit",
+                "max_actions",
+            )
 
     async def get_all_repair_stats(self, anomaly_key: str) -> dict[str, dict[str, Any]]:
         """Per action: total, success and success_rate over every attempt of the last 30 days."""

@@ -47,3 +47,18 @@ class ConfigurationError(AnomalyCounterError):
 class StoreUnavailableError(AnomalyCounterError):
     """The store could not be reached or did not answer in time (the facade's calls raise it
     with ``strict=True``, and answer ``degraded`` without)."""
+
+
+class StoreFileError(ConfigurationError):
+    """The SQLite store's file cannot be used as it is: not an SQLite database, damaged, a
+    directory, or a path that cannot be created or written. Retrying cannot help; the message
+    names the file and what is wrong."""
+
+
+class LimitExceededError(InvalidInputError):
+    """A write would take its project past one of its limits (``limit`` names the setting):
+    refused, nothing stored. It stays refused until the limit is raised (the API: 429)."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit

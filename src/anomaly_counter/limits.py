@@ -1,8 +1,8 @@
 """What one project may take of what all projects share: generous by default, per project.
 
-The store enforces the bounds on what it keeps (anomalies, action names), atomically with the
-write that would pass them; the service enforces the bounds on its own time (requests per
-second and at once, in each process), so that one project's flood cannot starve another's.
+The counter bounds what a project keeps (action names per anomaly); the service bounds its own
+time (requests per second and at once, in each process), so that one project's flood cannot
+starve another's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from .errors import ConfigurationError
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_anomalies: int = 100_000  # distinct anomalies a project keeps; a new one past it: 429
     max_actions: int = 50  # distinct repair action names per anomaly; a new one past it: 429
     requests_per_second: float = 1_000.0  # per service process, sustained (0: no limit)
     burst: int = 2_000  # requests above the sustained rate taken at once
@@ -22,7 +21,7 @@ class Limits:
     waiting_requests: int = 256  # waiting their turn; past it, 429
 
     def __post_init__(self) -> None:
-        for name in ("max_anomalies", "max_actions", "burst", "concurrent_requests"):
+        for name in ("max_actions", "burst", "concurrent_requests"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"limit {name} must be a positive integer, got {value!r}")
@@ -42,7 +41,6 @@ class Limits:
 
 
 LIMIT_NAMES: dict[str, type] = {
-    "max_anomalies": int,
     "max_actions": int,
     "requests_per_second": float,
     "burst": int,

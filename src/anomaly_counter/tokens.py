@@ -18,6 +18,8 @@ from .errors import InvalidInputError
 from .validation import project_id
 
 _TOKEN = re.compile(r"act_([0-9a-f]{16})_([A-Za-z0-9_-]{32})")
+TOKEN_LIKE = re.compile(r"act_[0-9a-f]{16}_[A-Za-z0-9_-]*")
+"""A token, or the start of one, anywhere in a text (to keep tokens out of URLs and logs)."""
 _LABEL_CHARS = 200
 
 

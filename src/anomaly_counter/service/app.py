@@ -24,6 +24,8 @@ from ..errors import (
     AmbiguousAnomalyError,
     AnomalyNotFoundError,
     InvalidInputError,
+    LimitExceededError,
+    StoreFileError,
     StoreUnavailableError,
 )
 from ..model import AnomalyFrequency, Occurrence
@@ -33,10 +35,12 @@ from ..settings import Settings
 from ..spool import SpoolFullError, spool_of
 from ..stores.base import Store, store_from_url
 from .auth import Authenticator
+from .known_tokens import KnownTokens
 from .lanes import Lanes
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import Admission, BodyLimit, HttpMetrics, Passed, Refused
 from .schemas import MatchesOut
+from .server import NoTokenInQuery
 
 logger = structlog.get_logger("anomaly_counter.service")
 RETRY_AFTER_SECONDS = "5"
@@ -56,7 +60,6 @@ class Service:
         self.store = store or store_from_url(self.settings.store_url, self.settings)
         self.metrics = Metrics()
         self.lanes = Lanes(settings.limits_for, settings.body_timeout, self.metrics.limit_reached)
-        self.auth = Authenticator(self.store)
         self._counters: dict[str, AnomalyCounter] = {}
         self.dispatcher = Dispatcher(self.settings, self.counter, self.metrics)
         self.replayer: Replayer | None = None
@@ -64,6 +67,11 @@ class Service:
         if self.spool is not None:
             self.replayer = Replayer(self.spool, self.counter, self._replayed)
             self.metrics.watch_spool(self.spool)
+        # the tokens the store vouched for, kept beside the spool (its lock makes this process
+        # the file's only writer) for an outage, and a restart during one
+        directory = self.spool.directory if self.spool is not None else None
+        known = KnownTokens(directory, self.settings.auth_stale_seconds)
+        self.auth = Authenticator(self.store, known)
 
     def counter(self, project: str) -> AnomalyCounter:
         counter = self._counters.get(project)
@@ -199,6 +207,21 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         matches = MatchesOut.of(str(exc), exc.matches)
         return JSONResponse(matches.model_dump(mode="json"), status_code=300)
 
+    @app.exception_handler(StoreFileError)
+    async def store_file(_: Request, exc: StoreFileError) -> JSONResponse:
+        logger.error("store_file_unusable", error=str(exc))  # (the file's name: logs only)
+        return JSONResponse(
+            {"detail": "the store's file cannot be used (see the service's log)"},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    @app.exception_handler(LimitExceededError)
+    async def limit_exceeded(request: Request, exc: LimitExceededError) -> JSONResponse:
+        found = _PROJECT_ROUTE.match(request.url.path)
+        service.metrics.limit_reached(found.group(1) if found else "", exc.limit)
+        return JSONResponse({"detail": str(exc)}, status_code=429)
+
     @app.exception_handler(SpoolFullError)
     async def spool_full(_: Request, exc: SpoolFullError) -> JSONResponse:
         logger.error("spool_full", error=str(exc))
@@ -280,6 +303,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         gate=gate,
         timeout=service.settings.body_timeout,
     )
+    app.add_middleware(NoTokenInQuery)  # (before the gate: a token there is refused unread)
     app.add_middleware(HttpMetrics, metrics=service.metrics)
     app.add_middleware(
         Admission,

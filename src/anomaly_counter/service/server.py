@@ -6,17 +6,78 @@ headers of any size. ``GuardedHttp`` closes a connection whose request line and 
 arrived within ``header_timeout`` (408), and refuses headers past ``max_header_bytes`` or
 ``max_headers`` (431). The body's own limits (size, ``body_timeout``) are ``BodyLimit``'s, in the
 application.
+
+A token belongs in the Authorization header: a URL is kept by access logs, proxies and browser
+histories. ``NoTokenInQuery`` refuses a request whose query string holds one (400), and the
+access log never shows one (``hide_tokens``), refused or not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+from urllib.parse import unquote_plus
 
 import uvicorn
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..settings import Settings
+from ..tokens import TOKEN_LIKE
+
+TOKEN_IN_QUERY = (
+    "a token in the URL is refused: tokens go in the Authorization header"
+    " (Authorization: Bearer <token>), which logs and browser histories do not keep"
+)
+
+
+def _holds_token(text: str) -> bool:
+    """Whether a part of a URL holds a token, as sent or percent-decoded."""
+    return bool(TOKEN_LIKE.search(text) or TOKEN_LIKE.search(unquote_plus(text)))
+
+
+def hide_tokens(target: str) -> str:
+    """A request's path and query fit for a log: a token in the path shown as ``***``, and so
+    is each query value (or name) that holds one."""
+    path, mark, query = target.partition("?")
+    path = TOKEN_LIKE.sub("***", path)
+    if mark and _holds_token(query):
+        query = "&".join(_hide_parameter(part) for part in query.split("&"))
+    return path + mark + query
+
+
+def _hide_parameter(part: str) -> str:
+    name, _, value = part.partition("=")
+    if _holds_token(name):
+        return "***"
+    return f"{name}=***" if _holds_token(value) else part
+
+
+class NoTokenInQuery:
+    """Refuses (400) a request whose query string holds a token, before anything reads it:
+    the answer says where tokens go, and never repeats the token."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _holds_token(scope["query_string"].decode("latin-1")):
+            await JSONResponse({"detail": TOKEN_IN_QUERY}, status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class _HideTokens(logging.Filter):
+    """Keeps tokens out of uvicorn's access log, which shows each request's path and query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = hide_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(hide_tokens(a) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -107,7 +168,7 @@ def uvicorn_config(
 ) -> uvicorn.Config:
     """The uvicorn configuration of the service (``serve``, and the tests' servers)."""
     protocol = type("Http", (GuardedHttp,), {"settings": settings})
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=options.pop("host", settings.host),
         port=options.pop("port", settings.port),
@@ -116,3 +177,8 @@ def uvicorn_config(
         access_log=access_log,
         **options,
     )
+    # (after the Config, which sets uvicorn's logging up; the logger is the process's)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _HideTokens) for f in access.filters):
+        access.addFilter(_HideTokens())
+    return config

@@ -16,8 +16,10 @@ heavy load belongs on Redis.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .. import timeline
-from ..errors import ConfigurationError, StoreUnavailableError
+from ..errors import ConfigurationError, StoreFileError, StoreUnavailableError
 from ..model import EscalationLevel
 from ..policy import Thresholds, crossing, level_for
 from ..ranking import index_bound
@@ -186,6 +188,11 @@ class SQLiteStore(Store):
                 f"setting store_url: {url!r} is not sqlite:///relative/path or"
                 " sqlite:////absolute/path"
             )
+        if "\x00" in path:
+            raise ConfigurationError(
+                f"setting store_url: {url!r} names a file with a NUL character (%00), which"
+                " no file name can hold"
+            )
         # sqlite:///x.db is the relative path x.db; sqlite:////tmp/x.db the absolute /tmp/x.db
         return cls(path[1:] if path.startswith("/") else path, settings)
 
@@ -200,14 +207,19 @@ class SQLiteStore(Store):
         return db
 
     def _open(self, busy_timeout: float) -> sqlite3.Connection:
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(
-            self._path,
-            timeout=busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,  # one counter may serve several loops, and workers
-        )
+        """A connection to the file, made ready; ``StoreFileError`` when the file cannot be
+        used as it is (another process holding a lock is no such error: the caller waits)."""
+        try:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self._path,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,  # one counter may serve several loops, and workers
+            )
+        except (ValueError, OSError, sqlite3.Error) as exc:  # (ValueError: a NUL in the path)
+            raise self._unusable(exc) from exc
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -216,10 +228,37 @@ class SQLiteStore(Store):
                 columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        except BaseException:
+        except BaseException as exc:
             db.close()
+            if isinstance(exc, sqlite3.Error) and not (
+                isinstance(exc, sqlite3.OperationalError) and _busy(exc)
+            ):
+                raise self._unusable(exc) from exc
             raise
         return db
+
+    def _unusable(self, exc: Exception) -> StoreFileError | StoreUnavailableError:
+        """What opening the file failed on, in one line naming it: a ``StoreFileError`` when
+        the file or its path cannot be used as they are, else ``StoreUnavailableError``."""
+        shown = "sqlite:///" + "".join(
+            c if c.isprintable() else f"%{ord(c):02X}" for c in self._path
+        )
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if isinstance(exc, ValueError):
+            return StoreFileError(f"{shown}: a file name cannot hold a NUL character ({exc})")
+        if code == sqlite3.SQLITE_NOTADB:
+            return StoreFileError(f"{shown} is not an SQLite database ({exc})")
+        if code == sqlite3.SQLITE_CORRUPT:
+            return StoreFileError(f"{shown} is a damaged SQLite database ({exc})")
+        problem = _path_problem(Path(self._path)) if self._path != ":memory:" else None
+        if problem is not None:
+            return StoreFileError(f"{shown} {problem}")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if code == sqlite3.SQLITE_READONLY or (
+            isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        ):
+            return StoreFileError(f"{shown} cannot be written ({reason})")
+        return StoreUnavailableError(f"{shown} cannot be opened ({reason})")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -236,6 +275,8 @@ class SQLiteStore(Store):
             return await asyncio.to_thread(self._waiting, fn, *args)
         except (sqlite3.OperationalError, OSError) as exc:
             raise StoreUnavailableError(f"sqlite store {self._path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # (a page damaged after it opened)
+            raise self._unusable(exc) from None
 
     def _waiting(self, fn: Callable[..., T], *args: Any) -> T:
         if not self._locks[1].acquire(timeout=self._busy_timeout):
@@ -964,6 +1005,30 @@ class SQLiteStore(Store):
                 close()
 
         await asyncio.to_thread(close_after_calls)
+
+
+def _path_problem(path: Path) -> str | None:
+    """Why a database file cannot be at ``path`` (or be written there), if the file system
+    says so: a directory, under a file, or in a directory this process cannot write to (WAL
+    keeps two files beside the database)."""
+    if path.is_dir():
+        return "is a directory, not a database file"
+    existing = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
+    if existing is None:  # (not even the working directory: it was removed)
+        return None
+    if not existing.is_dir():
+        return f"is under {existing}, which is not a directory"
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            return "cannot be read and written by this process"
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return (
+                f"is in {path.parent}, which is not writable by this process (SQLite keeps"
+                f" {path.name}-wal and {path.name}-shm beside it)"
+            )
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be created: {existing} is not writable by this process"
+    return None
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
