@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
@@ -25,35 +26,7 @@ from bench_service import CLI, Service
 
 FLOOD_SECONDS = 10.0
 SAMPLES = 300
-_FLOOD = """
-import asyncio, json, sys, time
-import httpx
-
-url, token, project, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-body = json.dumps({"occurrences": [
-    {"signature": {"alert_name": f"Flood{i % 7}", "service": "s", "namespace": "n"}}
-    for i in range(100)
-]}).encode()
-headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-statuses = {}
-
-async def sender(http, until):
-    while time.monotonic() < until:
-        r = await http.post(f"/v1/projects/{project}/occurrences/batch", content=body,
-                            headers=headers)
-        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-        if r.status_code == 429:
-            await asyncio.sleep(0.05)
-
-async def main():
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-        until = time.monotonic() + seconds
-        await asyncio.gather(*(sender(http, until) for _ in range(64)))
-    print(json.dumps(statuses))
-
-asyncio.run(main())
-"""
+FLOOD = Path(__file__).with_name("flood.py")
 
 
 def _token(store_url: str, project: str) -> str:
@@ -94,7 +67,7 @@ def main() -> None:
                     _singles(http, token_b, 50)  # warm up
                     idle = _singles(http, token_b, SAMPLES)
                     flood = subprocess.Popen(
-                        [sys.executable, "-c", _FLOOD, service.url,
+                        [sys.executable, str(FLOOD), service.url,
                          service.token, "bench", str(FLOOD_SECONDS)],
                         stdout=subprocess.PIPE, text=True,
                     )  # fmt: skip

@@ -5,6 +5,7 @@ client are processes of their own, as in production."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -18,34 +19,7 @@ from anomaly_counter import Settings
 from .conftest import SIG, RedisServer
 from .servers import ServeProcess, make_token, v1
 
-_FLOOD = """
-import asyncio, json, sys, time
-import httpx
-
-url, token, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-body = json.dumps({"occurrences": [
-    {"signature": {"alert_name": f"Flood{i % 7}", "service": "s", "namespace": "n"}}
-    for i in range(100)
-]}).encode()
-headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-statuses = {}
-
-async def sender(http, until):
-    while time.monotonic() < until:
-        r = await http.post("/v1/projects/team-a/occurrences/batch", content=body, headers=headers)
-        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-        if r.status_code == 429:
-            await asyncio.sleep(0.05)
-
-async def main():
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-        until = time.monotonic() + seconds
-        await asyncio.gather(*(sender(http, until) for _ in range(64)))
-    print(json.dumps(statuses))
-
-asyncio.run(main())
-"""
+FLOOD = Path(__file__).parents[1] / "bench" / "flood.py"
 
 
 def _p99(http: httpx.Client, token: str, n: int = 300) -> float:
@@ -70,14 +44,14 @@ def test_a_flooding_project_does_not_starve_another(
             _p99(http, token_b, 50)  # warm up
             idle = _p99(http, token_b)
             flood = subprocess.Popen(
-                [sys.executable, "-c", _FLOOD, serve.url, serve.token, "8"],
+                [sys.executable, str(FLOOD), serve.url, serve.token, "team-a", "8"],
                 stdout=subprocess.PIPE,
                 text=True,
             )
             time.sleep(1.5)  # the flood under way
             loaded = _p99(http, token_b)
             out, _ = flood.communicate(timeout=60)
-    statuses = {int(k): v for k, v in __import__("json").loads(out).items()}
+    statuses = {int(k): v for k, v in json.loads(out).items()}
     assert statuses.get(200, 0) > 50, statuses  # the flood was served, not just refused
     bound = max(3 * idle, 0.100)
     assert loaded <= bound, f"p99 {loaded * 1000:.1f} ms under a flood, idle {idle * 1000:.1f} ms"

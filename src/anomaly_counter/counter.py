@@ -772,24 +772,21 @@ class AnomalyCounter:
         reporter = validation.reporter(by)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
-        await self._within_action_limit(key, name, _ms(now))
         write_id = uuid.uuid4().hex
-        await self._retried(
-            "record_repair_attempt",
-            lambda: self.store.record_repair(
+
+        async def write() -> None:  # (the check is part of the write: retried with it)
+            await self._within_action_limit(key, name, _ms(now))
+            await self.store.record_repair(
                 self.project_id, key, name, success, _ms(moment), _ms(now), write_id, reporter
-            ),
-            None,
-            anomaly_key=key,
-        )
+            )
+
+        await self._retried("record_repair_attempt", write, None, anomaly_key=key)
 
     async def _within_action_limit(self, key: str, action: str, now_ms: int) -> None:
         """Refuse a new action name past ``max_actions`` of the anomaly (a look-up first: two
         writers racing with two new names may pass it by one each, never by more)."""
         limit = self.settings.limits_for(self.project_id).max_actions
-        tried = await self._guard(
-            "record_repair_attempt", self.store.repair_stats(self.project_id, key, now_ms), {}
-        )
+        tried = await self.store.repair_stats(self.project_id, key, now_ms)
         if action not in tried and len(tried) >= limit:
             raise LimitExceededError(
                 f"anomaly {key} has {len(tried)} repair actions, at most {limit}"

@@ -56,7 +56,8 @@ MAX_RECORD_BYTES = 1 << 20
 SEGMENT_BYTES = 8 << 20
 _CHECKPOINT = "checkpoint"
 _LEGACY_CHECKPOINT = "checkpoint.json"  # written by versions before the slots
-_SLOT = struct.Struct("<QQQI")  # sequence, segment, offset, CRC-32 of the three
+_SLOT_NUMBERS = struct.Struct("<QQQ")  # a checkpoint slot: sequence, segment, offset,
+_SLOT_SIZE = _SLOT_NUMBERS.size + 4  # and the CRC-32 of the three (u32)
 DISK_RESERVE_BYTES = 16_384
 """Left free on the disk for the file system's own needs (a new segment's first block)."""
 
@@ -81,11 +82,18 @@ class Position:
     consumed: Mapping[str, int] = field(default_factory=dict, compare=False)
 
 
+def _slot(sequence: int, segment: int, offset: int) -> bytes:
+    """A checkpoint slot as written: the three numbers and the CRC-32 of them."""
+    numbers = _SLOT_NUMBERS.pack(sequence, segment, offset)
+    return numbers + zlib.crc32(numbers).to_bytes(4, "little")
+
+
 def _segment_name(number: int) -> str:
     return f"segment-{number:012d}.log"
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make a directory's entries (files made, renamed, removed) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -192,17 +200,18 @@ class Spool:
         newest intact slot, and the position that slot holds."""
         path = self.directory / _CHECKPOINT
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        data = os.pread(fd, 2 * _SLOT.size, 0)
+        data = os.pread(fd, 2 * _SLOT_SIZE, 0)
         best: tuple[int, Position] | None = None
-        for slot in range(len(data) // _SLOT.size):
-            sequence, segment, offset, crc = _SLOT.unpack_from(data, slot * _SLOT.size)
-            intact = zlib.crc32(_SLOT.pack(sequence, segment, offset, 0)[:-4]) == crc
+        for slot in range(len(data) // _SLOT_SIZE):
+            stored = data[slot * _SLOT_SIZE : (slot + 1) * _SLOT_SIZE]
+            sequence, segment, offset = _SLOT_NUMBERS.unpack_from(stored)
+            intact = _slot(sequence, segment, offset) == stored
             if intact and sequence and (best is None or sequence > best[0]):
                 best = (sequence, Position(segment, offset))
-        if len(data) < 2 * _SLOT.size:  # new: room for both slots, taken now, while there is
-            os.pwrite(fd, bytes(2 * _SLOT.size - len(data)), len(data))
+        if len(data) < 2 * _SLOT_SIZE:  # new: room for both slots, taken now, while there is
+            os.pwrite(fd, bytes(2 * _SLOT_SIZE - len(data)), len(data))
             os.fsync(fd)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         if best is None:
             return fd, 0, self._legacy_checkpoint()
         return fd, best[0], best[1]
@@ -217,9 +226,8 @@ class Spool:
     def _write_checkpoint(self, position: Position) -> None:
         """Overwrite the older slot in place (no new block, so a full disk cannot refuse it)."""
         sequence = self._sequence + 1
-        body = _SLOT.pack(sequence, position.segment, position.offset, 0)[:-4]
-        slot = _SLOT.pack(sequence, position.segment, position.offset, zlib.crc32(body))
-        os.pwrite(self._slots, slot, (sequence % 2) * _SLOT.size)
+        slot = _slot(sequence, position.segment, position.offset)
+        os.pwrite(self._slots, slot, (sequence % 2) * _SLOT_SIZE)
         os.fdatasync(self._slots)
         self._sequence = sequence
 
@@ -318,7 +326,7 @@ class Spool:
         self._active_number += 1
         self._sizes[self._active_number] = 0
         self._active = self._open_active()
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     # -- reading ----------------------------------------------------------------------------
 

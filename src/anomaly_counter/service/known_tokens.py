@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from ..spool import fsync_directory
 from ..tokens import TokenRecord
 from ..validation import PROJECT_ID
 
@@ -225,8 +226,4 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except OSError:
         temporary.unlink(missing_ok=True)  # (its room, on a full disk)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_directory(path.parent)

@@ -238,8 +238,9 @@ class SQLiteStore(Store):
         return db
 
     def _unusable(self, exc: Exception) -> StoreFileError | StoreUnavailableError:
-        """What opening the file failed on, in one line naming it: a ``StoreFileError`` when
-        the file or its path cannot be used as they are, else ``StoreUnavailableError``."""
+        """What the file failed on (when opened, or a page found damaged later), in one line
+        naming it: a ``StoreFileError`` when the file or its path cannot be used as they are,
+        else ``StoreUnavailableError``."""
         shown = "sqlite:///" + "".join(
             c if c.isprintable() else f"%{ord(c):02X}" for c in self._path
         )
