@@ -3,9 +3,10 @@
 Checks out the earlier commit into a temporary git worktree, then runs the same workload in
 alternating child processes, one importing each tree (``PYTHONPATH``), each with its own key
 prefix: sequential ``record_anomaly``, 100 concurrent tasks, ``record_many`` in batches of 100,
-over 1,000 anomalies. Pairs alternate which goes first; each figure is the median of the pairs,
-and the ratio (this tree / the earlier one) the median of the pairs' ratios, so that the drift
-of a shared machine falls on both alike. Prints the machine and Markdown.
+over 1,000 anomalies; and batches of 100 new anomalies each. Pairs alternate which goes first;
+each figure is the median of the pairs, and the ratio (this tree / the earlier one) the median
+of the pairs' ratios, so that the drift of a shared machine falls on both alike. Prints the
+machine and Markdown.
 
     python bench/ab_record.py --base 340a3f0 [--pairs 9]
 """
@@ -58,6 +59,12 @@ async def main():
             await counter.record_many(
                 [{"signature": signatures[(start + i) % 1000]} for i in range(100)])
         out["batches of 100"] = 10000 / (time.perf_counter() - began)
+        began = time.perf_counter()  # every occurrence a new anomaly (room made for each)
+        for start in range(0, 5000, 100):
+            await counter.record_many(
+                [{"signature": {**signatures[0], "reason": f"new-{start + i}"}}
+                 for i in range(100)])
+        out["new anomalies, batches of 100"] = 5000 / (time.perf_counter() - began)
     print(json.dumps(out))
 
 asyncio.run(main())
@@ -91,7 +98,7 @@ def main() -> None:
     ratios: dict[str, list[float]] = {}
     try:
         for pair in range(options.pairs):
-            sides = [("base", base_tree, "b"), ("this", ROOT, "t")]
+            sides = [("base", base_tree, f"b{pair}"), ("this", ROOT, f"t{pair}")]
             if pair % 2:
                 sides.reverse()
             measured = {name: run(tree, server.url, prefix) for name, tree, prefix in sides}

@@ -51,6 +51,7 @@ async def test_record_anomaly_is_one_command(fresh_redis: RedisServer) -> None:
     key = AnomalyCounter.hash_signature(SIG)
     async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
         await counter.record_anomaly(SIG)  # loads the script once
+        await counter.record_many([{"signature": {"alertname": "new"}}])  # and admit's
         await counter.get_frequency(key)
         with Monitor(fresh_redis) as record:
             await counter.record_anomaly(SIG, occurrence_id="a")
@@ -62,6 +63,9 @@ async def test_record_anomaly_is_one_command(fresh_redis: RedisServer) -> None:
             await counter.record_many([{"signature": SIG}] * 100)
             await asyncio.sleep(0.05)
         spread = [{"signature": {"alertname": f"A{i}"}} for i in range(100)]
+        with Monitor(fresh_redis) as new_batch:
+            await counter.record_many(spread)
+            await asyncio.sleep(0.05)
         with Monitor(fresh_redis) as spread_batch:
             await counter.record_many(spread)
             await asyncio.sleep(0.05)
@@ -72,6 +76,8 @@ async def test_record_anomaly_is_one_command(fresh_redis: RedisServer) -> None:
     # chunks of 50, pipelined
     assert batch.commands == ["EVALSHA"]
     assert spread_batch.commands == ["EVALSHA", "EVALSHA"]
+    # new anomalies: room is made for them first (max_anomalies), one call more, once
+    assert new_batch.commands == ["EVALSHA"] * 3
 
 
 async def test_memory_of_one_anomaly_is_bounded(fresh_redis: RedisServer) -> None:

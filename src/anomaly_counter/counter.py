@@ -22,6 +22,7 @@ from .errors import (
     LimitExceededError,
     StoreUnavailableError,
 )
+from .limits import anomaly_limit_error
 from .model import (
     DISPOSITION_TYPES,
     WINDOWS,
@@ -102,7 +103,11 @@ class AnomalyCounter:
             tail_capacity=tail_capacity(thresholds.highest),
             dedup_horizon_ms=self.settings.dedup_horizon_days * 86_400_000,
             dedup_max_ids=self.settings.dedup_max_ids,
+            max_anomalies=self.settings.limits_for(self.project_id).max_anomalies,
         )
+        self.on_replay_refused: Callable[[str], None] | None = None
+        """Told the limit's name for each spooled occurrence refused when replayed (the
+        service counts them; the API's refusals are counted where they are answered)."""
 
     @property
     def THRESHOLDS(self) -> dict[str, int]:
@@ -317,12 +322,18 @@ class AnomalyCounter:
             except StoreUnavailableError as exc:
                 logger.warning("anomaly_counter_spooling", project=self.project_id, error=str(exc))
                 return (await self._to_spool([request], now))[0]
-            return self._results([request], stored)[0]
+            return self._results([request], self._admitted(stored))[0]
         write = self.store.record(self.project_id, [request], self._policy, _ms(now))
         snapshots = await self._guard("record", write, None)
         if snapshots is None:
             return self._degraded(request.anomaly_key, _time(request.at_ms))
-        return self._results([request], snapshots)[0]
+        return self._results([request], self._admitted(snapshots))[0]
+
+    def _admitted(self, snapshots: list[Snapshot]) -> list[Snapshot]:
+        """The snapshots of stored occurrences, else LimitExceededError."""
+        if any(s.refused for s in snapshots):
+            raise anomaly_limit_error(self.project_id, self._policy.max_anomalies)
+        return snapshots
 
     async def _to_spool(
         self, requests: Sequence[RecordRequest], now: datetime
@@ -397,7 +408,22 @@ class AnomalyCounter:
         answers = self.store.record_chunks(self.project_id, chunks, self._policy, _ms(now))
         done = 0
         async for snapshots in answers:
-            frequencies += self._results(chunks[done], snapshots)
+            # Acknowledged long ago, and refused now: the spool must move on, so it is dropped,
+            # and said (a log line and, in the service, the limit's metric).
+            stored = []
+            for request, snapshot in zip(chunks[done], snapshots, strict=True):
+                if snapshot.refused:
+                    logger.warning(
+                        "spool_replay_refused",
+                        project=self.project_id,
+                        anomaly_key=request.anomaly_key,
+                        limit="max_anomalies",
+                    )
+                    if self.on_replay_refused is not None:
+                        self.on_replay_refused("max_anomalies")
+                else:
+                    stored.append((request, snapshot))
+            frequencies += self._results([r for r, _ in stored], [s for _, s in stored])
             done += 1
         return frequencies
 
@@ -430,9 +456,14 @@ class AnomalyCounter:
                 yield requests[-1]
 
         frequencies: list[AnomalyFrequency | None] = [None] * len(checked)
-        answers = self.store.record_chunks(self.project_id, prepared(), self._policy, _ms(now))
         done = 0
         try:
+            # room for the batch's new anomalies first: refused whole, or stored whole
+            keys = list(dict.fromkeys(c.anomaly_key for c in checked))
+            await self.store.admit(self.project_id, keys, self._policy, _ms(now))
+            answers = self.store.record_chunks(
+                self.project_id, prepared(), self._policy, _ms(now), whole=True
+            )
             async for snapshots in answers:
                 for i, frequency in zip(
                     chunks[done], self._results(requests[done], snapshots), strict=True

@@ -3,6 +3,7 @@ metrics of this process. ``create_app(settings)`` builds it; ``anomaly-counter s
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, nullcontext
@@ -79,6 +80,7 @@ class Service:
             counter = AnomalyCounter(
                 self.store, project, settings=self.settings, spool=self.spool, replay=False
             )
+            counter.on_replay_refused = functools.partial(self.metrics.limit_reached, project)
             self._counters[project] = counter
         return counter
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigurationError
+from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, empty_disposition_counts
 from ..redact import redacted
 from ..tokens import TokenRecord
@@ -57,6 +58,8 @@ class WritePolicy:
     tail_capacity: int
     dedup_horizon_ms: int
     dedup_max_ids: int
+    max_anomalies: int = 20_000  # distinct anomalies the project may hold (a new one past it:
+    # not stored, ``refused``)
 
 
 @dataclass(slots=True)
@@ -74,6 +77,7 @@ class Snapshot:
     escalated_to: int = 0
     newly_regressed: bool = False
     duplicate: bool = False
+    refused: bool = False  # not stored: it would have been a new anomaly past max_anomalies
     resolved_ms: int | None = None  # the latest resolution of one of its episodes (reads only)
     fix_description: str | None = None  # the fix in force (with fix_at_ms), and who marked it
     fix_by: str | None = None
@@ -83,6 +87,27 @@ class Snapshot:
     def regressed(self) -> bool:
         """It came back after the fix in force."""
         return self.regressed_ms is not None
+
+
+def refused_snapshot(anomaly_key: str) -> Snapshot:
+    """The answer for an occurrence not stored: a new anomaly past max_anomalies."""
+    return Snapshot(
+        anomaly_key=anomaly_key,
+        counts=(0, 0, 0, 0),
+        first_seen_ms=None,
+        last_seen_ms=None,
+        repair_total=0,
+        fix_at_ms=None,
+        dispositions=empty_disposition_counts(),
+        refused=True,
+    )
+
+
+def all_stored(snapshots: list[Snapshot], project: str, policy: WritePolicy) -> list[Snapshot]:
+    """The snapshots of a batch, or LimitExceededError when any occurrence was refused."""
+    if any(s.refused for s in snapshots):
+        raise anomaly_limit_error(project, policy.max_anomalies)
+    return snapshots
 
 
 class Store(ABC):
@@ -96,7 +121,9 @@ class Store(ABC):
     async def record(
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
     ) -> list[Snapshot]:
-        """Count occurrences in order (pipelined where the store can), each atomically."""
+        """Count occurrences in order (pipelined where the store can), each atomically. One
+        that would make a new anomaly past ``policy.max_anomalies`` is not stored (its snapshot
+        says ``refused``); the others are."""
 
     async def record_chunks(
         self,
@@ -104,11 +131,25 @@ class Store(ABC):
         chunks: Iterable[Sequence[RecordRequest]],
         policy: WritePolicy,
         now_ms: int,
+        *,
+        whole: bool = False,
     ) -> AsyncIterator[list[Snapshot]]:
         """``record`` for each chunk, answers in order. Stores that can pipeline send the next
-        chunks while the caller handles the answers of the first."""
+        chunks while the caller handles the answers of the first. ``whole``: the chunks are a
+        batch that is stored whole or not at all, for the anomaly limit too (after ``admit``):
+        LimitExceededError when any of it is refused."""
         for chunk in chunks:
-            yield await self.record(project, chunk, policy, now_ms)
+            snapshots = await self.record(project, chunk, policy, now_ms)
+            yield all_stored(snapshots, project, policy) if whole else snapshots
+
+    async def admit(
+        self, project: str, anomaly_keys: Sequence[str], policy: WritePolicy, now_ms: int
+    ) -> None:
+        """Make room for the new anomalies among these before a batch of them is written, or
+        raise LimitExceededError (nothing reserved, nothing stored). For stores whose batch
+        cannot be refused whole once it has begun (Redis: it runs in many calls); a store that
+        writes a batch in one transaction checks there, and has nothing to do here."""
+        return None
 
     @abstractmethod
     async def read(

@@ -45,6 +45,7 @@ from redis.exceptions import NoScriptError
 
 from .. import search, timeline
 from ..errors import ConfigurationError, StoreUnavailableError
+from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES
 from ..redact import redacted
 from ..tokens import TokenRecord
@@ -58,6 +59,7 @@ from .base import (
     Snapshot,
     Store,
     WritePolicy,
+    all_stored,
     day_of,
     dispositions_from,
     encode_part,
@@ -75,9 +77,15 @@ SHARDS = 16
 _CHUNKS_PER_ROUND = 20
 _BOUND_INDEX = {"1h": 1, "24h": 2, "7d": 3, "30d": 4}
 _FIRST_PAGE, _LAST_PAGE = 8, 512  # index entries read from a shard at a time
-_WRITES = frozenset({"record", "repair", "disposition", "fix", "undo", "resolve", "note", "forget"})
+_WRITES = frozenset(
+    {"record", "admit", "repair", "disposition", "fix", "undo", "resolve", "note", "forget"}
+)
 _SCRIPTS = ("record", "read", "repair", "disposition", "fix", "undo", "reindex", "resolve",
-            "note", "state", "forget")  # fmt: skip
+            "note", "state", "forget", "admit")  # fmt: skip
+_ADMIT_HOLD_MS = 300_000  # how long admit holds a new anomaly's place before its occurrence
+_ADMIT_KEYS_PER_CALL = 1_000
+_KNOWN_FOR_MS = 3_600_000  # an anomaly stored this recently lives on (35 days): admit skips it
+_KNOWN_MOST = 65_536
 _NOTHING_NAMED: dict[str, Any] = {}
 
 
@@ -134,8 +142,14 @@ _Write = tuple[str, _Policy, int, RecordRequest]
 def _policy_args(policy: WritePolicy) -> _Policy:
     return (
         *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS, policy.dedup_horizon_ms,
-        policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS,
+        policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS, _shard_share(policy),
     )  # fmt: skip
+
+
+def _shard_share(policy: WritePolicy) -> int:
+    """What each shard of a project may hold of its max_anomalies: a shard cannot see the
+    others' counts (on a cluster they live on other nodes), so each holds its part."""
+    return -(-policy.max_anomalies // SHARDS)
 
 
 _Group = tuple[list[str], list[Any], list[int]]
@@ -165,16 +179,26 @@ def _record_groups(prefix: str, items: Sequence[_Write], by_slot: bool = False) 
 
 
 def _record_snapshots(
-    items: Sequence[_Write], groups: Sequence[_Group], replies: Sequence[Any]
+    items: Sequence[_Write],
+    groups: Sequence[_Group],
+    replies: Sequence[Any],
+    known: dict[tuple[str, str], int],
 ) -> list[Snapshot]:
+    """The snapshots of a record batch's replies; the anomalies stored noted in ``known``."""
     snapshots: list[Snapshot] = [None] * len(items)  # type: ignore[list-item]
     for (_, _, positions), group_replies in zip(groups, replies, strict=True):
         for position, reply in zip(positions, group_replies, strict=True):
-            snapshot, named = _snapshot(items[position][3].anomaly_key, reply)
+            project, _, now_ms, request = items[position]
+            snapshot, named = _snapshot(request.anomaly_key, reply)
             snapshot.duplicate = bool(named.get("duplicate"))
             snapshot.escalated_to = int(named.get("escalated", 0))
             snapshot.newly_regressed = bool(named.get("newly_regressed"))
+            snapshot.refused = bool(named.get("refused"))
+            if not snapshot.refused:
+                known[project, request.anomaly_key] = now_ms
             snapshots[position] = snapshot
+    while len(known) > _KNOWN_MOST:
+        del known[next(iter(known))]
     return snapshots
 
 
@@ -232,6 +256,7 @@ class RedisScripts(Store):
         self._sources = {name: _script_source(name) for name in _SCRIPTS}
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
         self._writes: Coalescer[_Write, Snapshot] = Coalescer(self._record_now)
+        self._known: dict[tuple[str, str], int] = {}  # (project, anomaly) -> when last stored
 
     async def _run(self, commands: Sequence[tuple[Any, ...]], replicate: bool) -> list[Any]:
         """Replies to commands (errors as values), in as few round trips as may be. Writes
@@ -281,7 +306,30 @@ class RedisScripts(Store):
     async def _record_now(self, items: Sequence[_Write]) -> list[Snapshot]:
         groups = _record_groups(self._prefix, items, self._calls_by_slot)
         replies = await self._eval("record", [(keys, args) for keys, args, _ in groups])
-        return _record_snapshots(items, groups, replies)
+        return _record_snapshots(items, groups, replies, self._known)
+
+    async def admit(
+        self, project: str, anomaly_keys: Sequence[str], policy: WritePolicy, now_ms: int
+    ) -> None:
+        since = now_ms - _KNOWN_FOR_MS
+        unknown = [k for k in anomaly_keys if self._known.get((project, k), since) <= since]
+        if not unknown:
+            return
+        head = (_shard_share(policy), now_ms, _ADMIT_HOLD_MS)
+        calls: list[tuple[list[str], list[Any]]] = []
+        open_calls: dict[str, tuple[list[str], list[Any]]] = {}  # by slot, until full
+        for key in unknown:
+            keys = _keys(self._prefix, project, key)
+            slot = keys.shard if self._calls_by_slot else ""
+            call = open_calls.get(slot)
+            if call is None or len(call[0]) == _ADMIT_KEYS_PER_CALL:
+                call = open_calls[slot] = ([], [*head])
+                calls.append(call)
+            call[0].append(keys.meta)
+            call[1].append(key)
+        # (calls that made room before one that could not: their places are held a while only)
+        if not all(await self._eval("admit", calls)):
+            raise anomaly_limit_error(project, policy.max_anomalies)
 
     async def record_chunks(
         self,
@@ -289,6 +337,8 @@ class RedisScripts(Store):
         chunks: Iterable[Sequence[RecordRequest]],
         policy: WritePolicy,
         now_ms: int,
+        *,
+        whole: bool = False,
     ) -> AsyncIterator[list[Snapshot]]:
         """Chunks in rounds of up to _CHUNKS_PER_ROUND, each round one ``_eval``: its
         occurrences grouped into as few calls as may be (on a cluster one per slot: a round's
@@ -301,11 +351,11 @@ class RedisScripts(Store):
             round_.append([(project, policy_args, now_ms, request) for request in chunk])
             if len(round_) == _CHUNKS_PER_ROUND:
                 for snapshots in await self._record_round(round_):
-                    yield snapshots
+                    yield all_stored(snapshots, project, policy) if whole else snapshots
                 round_ = []
         if round_:
             for snapshots in await self._record_round(round_):
-                yield snapshots
+                yield all_stored(snapshots, project, policy) if whole else snapshots
 
     async def _record_round(self, round_: Sequence[list[_Write]]) -> list[list[Snapshot]]:
         items = [item for chunk in round_ for item in chunk]
@@ -647,13 +697,16 @@ class RedisStore(RedisScripts):
         chunks: Iterable[Sequence[RecordRequest]],
         policy: WritePolicy,
         now_ms: int,
+        *,
+        whole: bool = False,
     ) -> AsyncIterator[list[Snapshot]]:
         # Every chunk goes out on one connection before any answer is read: the server works
         # through them in order while the caller reads and handles the first answers. (Two
         # connections would not do: the server interleaves them, and the first chunk's answers
         # would come back last.)
         if self._wait:
-            async for snapshots in super().record_chunks(project, chunks, policy, now_ms):
+            answers = super().record_chunks(project, chunks, policy, now_ms, whole=whole)
+            async for snapshots in answers:
                 yield snapshots
             return
         policy_args = _policy_args(policy)
@@ -681,9 +734,13 @@ class RedisStore(RedisScripts):
                     rest = zip(sent[index:], [replies, *later], strict=True)
                     for (rest_items, rest_groups), rest_replies in rest:
                         await self._rerun_missing(rest_groups, rest_replies)
-                        yield _record_snapshots(rest_items, rest_groups, rest_replies)
+                        snapshots = _record_snapshots(
+                            rest_items, rest_groups, rest_replies, self._known
+                        )
+                        yield all_stored(snapshots, project, policy) if whole else snapshots
                     return
-                yield _record_snapshots(items, groups, replies)
+                snapshots = _record_snapshots(items, groups, replies, self._known)
+                yield all_stored(snapshots, project, policy) if whole else snapshots
         except BaseException as exc:
             if held:
                 await self._link.discard(connection)

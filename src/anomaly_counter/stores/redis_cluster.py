@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 SLOTS = 16384
 _SIBLINGS = ("t", "s", "i", "d", "h", "k", "l", "r0", "r1", "r2", "r3")
 _SHARD_INDEXES = (
-    "1h", "24h", "7d", "30d", "summary", "dispositions", "terms", "grams", "chronic",
+    "1h", "24h", "7d", "30d", "summary", "dispositions", "terms", "grams", "chronic", "live",
 )  # fmt: skip
 _RETRYABLE = (TryAgainError, ClusterDownError, ReadOnlyError)
 _NOT_RUN = (AskError, NoScriptError, *_RETRYABLE)  # replies of commands that did not run

@@ -22,13 +22,14 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .. import timeline
 from ..errors import ConfigurationError, StoreFileError, StoreUnavailableError
+from ..limits import anomaly_limit_error
 from ..model import EscalationLevel
 from ..policy import Thresholds, crossing, level_for
 from ..ranking import index_bound
@@ -48,6 +49,7 @@ from .base import (
     day_of,
     dispositions_from,
     id_digest,
+    refused_snapshot,
     repairs_from,
 )
 
@@ -133,6 +135,12 @@ CREATE TABLE IF NOT EXISTS timeline (
     seq INTEGER NOT NULL,
     entry TEXT NOT NULL,
     PRIMARY KEY (project, anomaly_key, part, seq)
+) WITHOUT ROWID;
+-- How many anomalies (with an occurrence) each project holds, for max_anomalies. A missing row
+-- is counted again from the anomalies (files of earlier versions; after housekeeping).
+CREATE TABLE IF NOT EXISTS project_anomalies (
+    project TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
 ) WITHOUT ROWID;
 -- Search (anomaly_counter.search): term -> anomalies, and gram -> terms.
 CREATE TABLE IF NOT EXISTS search_terms (
@@ -305,11 +313,51 @@ class SQLiteStore(Store):
     async def record(
         self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
     ) -> list[Snapshot]:
+        return await self._run(self._write, self._recording(project, requests, policy, now_ms))
+
+    async def record_chunks(
+        self,
+        project: str,
+        chunks: Iterable[Sequence[RecordRequest]],
+        policy: WritePolicy,
+        now_ms: int,
+        *,
+        whole: bool = False,
+    ) -> AsyncIterator[list[Snapshot]]:
+        if not whole:
+            async for snapshots in super().record_chunks(project, chunks, policy, now_ms):
+                yield snapshots
+            return
+        # a whole batch is one transaction: a refusal anywhere rolls all of it back
+        sizes: list[int] = []
+        requests: list[RecordRequest] = []
+        for chunk in chunks:
+            sizes.append(len(chunk))
+            requests.extend(chunk)
+        work = self._recording(project, requests, policy, now_ms, whole=True)
+        snapshots = await self._run(self._write, work)
+        for size in sizes:
+            yield snapshots[:size]
+            snapshots = snapshots[size:]
+
+    def _recording(
+        self,
+        project: str,
+        requests: Sequence[RecordRequest],
+        policy: WritePolicy,
+        now_ms: int,
+        whole: bool = False,
+    ) -> Callable[[sqlite3.Connection], list[Snapshot]]:
         def work(db: sqlite3.Connection) -> list[Snapshot]:
             self._housekeeping(db, now_ms)
-            return [self._record_one(db, project, r, policy, now_ms) for r in requests]
+            snapshots = []
+            for request in requests:
+                snapshots.append(self._record_one(db, project, request, policy, now_ms))
+                if whole and snapshots[-1].refused:
+                    raise anomaly_limit_error(project, policy.max_anomalies)
+            return snapshots
 
-        return await self._run(self._write, work)
+        return work
 
     def _record_one(
         self,
@@ -328,6 +376,8 @@ class SQLiteStore(Store):
             (project, key),
         ).fetchone()
         is_new = row is None
+        if (is_new or row[0] is None) and not self._room_for(db, project, policy.max_anomalies):
+            return refused_snapshot(key)  # a new anomaly past the limit: nothing stored
         if row is None:
             row = (None, None, 0, None, None, None, 0, 0, 0, None, None, None, 0, 0, 0, 0)
         first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, has_days = row[:8]
@@ -414,6 +464,23 @@ class SQLiteStore(Store):
         if snapshot.fix_at_ms is not None:
             snapshot.fix_description, snapshot.fix_by = fix_record
         return snapshot
+
+    def _room_for(self, db: sqlite3.Connection, project: str, limit: int) -> bool:
+        """Count one more anomaly of the project, unless it holds ``limit`` already."""
+        row = db.execute("SELECT n FROM project_anomalies WHERE project = ?", (project,)).fetchone()
+        if row is None:
+            row = db.execute(
+                "SELECT COUNT(*) FROM anomalies WHERE project = ? AND first_seen IS NOT NULL",
+                (project,),
+            ).fetchone()
+        if row[0] >= limit:
+            return False
+        db.execute(
+            "INSERT INTO project_anomalies (project, n) VALUES (?, ?)"
+            " ON CONFLICT (project) DO UPDATE SET n = excluded.n",
+            (project, row[0] + 1),
+        )
+        return True
 
     # -- the story ----------------------------------------------------------------------------
 
@@ -990,6 +1057,8 @@ class SQLiteStore(Store):
             db.executemany(f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", stale)
         for project, term in orphans:
             self._forget_orphan(db, project, term)
+        # (counted again from what is left when next needed)
+        db.executemany("DELETE FROM project_anomalies WHERE project = ?", {(p,) for p, _ in stale})
 
     async def ping(self) -> None:
         await self._run(lambda: self._connection().execute("SELECT 1").fetchone())

@@ -329,9 +329,18 @@ end
 -- The shard's keys that anomalies are found by (search, chronic, rankings) and counted in:
 -- each anomaly's state pushes their lifetime out to its own (extend).
 local SHARD_KEYS = {'terms', 'grams', 'chronic', 'summary', 'dispositions', '1h', '24h', '7d',
-                    '30d'}
+                    '30d', 'live'}
 local function extend_shard(meta, seconds)
   for _, name in ipairs(SHARD_KEYS) do extend(shard_key(meta, name), seconds) end
+end
+
+-- True when the shard whose live set (member -> when it expires, ms) is given may take `n` new
+-- anomalies and hold at most `share`; a member the set has already (room made for it by
+-- admit, or an anomaly that expired and comes back) takes no new room. Forgets the expired.
+local function has_room(live, member, now, share, n)
+  if member and redis.call('ZSCORE', live, member) then return true end
+  redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. now)
+  return redis.call('ZCARD', live) + n <= share
 end
 
 -- True the first time a write with this id (a digest, '' for none) reaches the anomaly whose

@@ -4,23 +4,30 @@
 --       shard_key), and only when it uses them: a busy anomaly's call touches its meta and its
 --       tail alone. On a cluster, the caller groups the occurrences of one slot.
 -- ARGV: the policy (t_repeat t_escalate t_fix tail_capacity ttl_seconds dedup_horizon_ms
---       dedup_max_ids fix_validity_ms retention_days), then for each occurrence:
+--       dedup_max_ids fix_validity_ms retention_days shard_share), then for each occurrence:
 --       anomaly_key at now id_digest('' = none) signature search_terms
 -- Returns one reply() per occurrence, named: 'duplicate', 'escalated' (the level crossed into)
--- and 'newly_regressed' when set, and no signature (the caller has the one it sent).
+-- and 'newly_regressed' when set, and no signature (the caller has the one it sent); or named
+-- 'refused' when it was not stored: it would have made a new anomaly in a shard that holds its
+-- share of the project's max_anomalies (shard_share) already.
 -- The first occurrence of an anomaly also indexes it for search and starts its timeline; a
 -- crossing and a regression are told in the timeline (and a crossing counted for the project
 -- by day), all in the same call.
 local p = {}
-for i = 1, 9 do p[i] = tonumber(ARGV[i]) end
-local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention =
-  p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+for i = 1, 10 do p[i] = tonumber(ARGV[i]) end
+local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention, share =
+  p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
 local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
 local NO_NAMES = {}
+local REFUSED = {'refused', 1}
 
 local function record_one(meta, member, at_text, now, id, signature, terms)
   local at = tonumber(at_text)
   local s = load_state(meta)
+
+  if s[FIRST] < 0 and not has_room(shard_key(meta, 'live'), member, now, share, 1) then
+    return reply(s, {0, 0, 0, 0}, now, retention, fix_validity, '', REFUSED)
+  end
 
   if id ~= '' then
     local ids = key_of(s, 'i')
@@ -113,6 +120,8 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
     for _, name in ipairs({meta, s[TAIL_KEY], key_of(s, 'k'), key_of(s, 'l'), key_of(s, 's')}) do
       redis.call('EXPIRE', name, meta_ttl)
     end
+    -- the shard's live anomalies, scored by when each expires (has_room counts them)
+    redis.call('ZADD', shard_key(meta, 'live'), now + meta_ttl * 1000, member)
     if level > 0 then  -- (also written by versions before the index: it heals within the hour)
       redis.call('ZADD', shard_key(meta, 'chronic'), level, member)
     end
@@ -132,7 +141,7 @@ end
 
 local out = {}
 local k = 1
-for a = 10, #ARGV, 6 do
+for a = 11, #ARGV, 6 do
   out[k] = record_one(KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
                       ARGV[a + 4], ARGV[a + 5])
   k = k + 1
