@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -247,3 +248,63 @@ async def wait_until_up(http: httpx.AsyncClient) -> None:
             pass
         await asyncio.sleep(0.05)
     raise RuntimeError("the service did not start")
+
+
+class FaultyProxy:
+    """A TCP proxy to Redis owned by a test, which breaks the connection on purpose:
+
+    - ``loss``: now and then closes it after the server answered, without passing the answer
+      on (a write that landed but whose reply was lost), or in the middle of a reply;
+    - ``budget`` (bytes, once): forwards that many more bytes of commands, then closes it (what
+      follows never reaches the server; what came whole is answered first).
+    """
+
+    def __init__(self, target_port: int, loss: float = 0.0) -> None:
+        from .conftest import free_port  # (conftest imports this module)
+
+        self.target_port, self.loss, self.port = target_port, loss, free_port()
+        self.budget: int | None = None
+        self.forwarded = 0  # command bytes forwarded since last set to 0
+        self.cut = 0  # connections broken
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
+
+        async def forward_commands() -> None:
+            while data := await reader.read(65536):
+                if self.budget is not None and self.forwarded + len(data) > self.budget:
+                    upstream_writer.write(data[: self.budget - self.forwarded])
+                    await upstream_writer.drain()
+                    self.budget = None
+                    self.cut += 1
+                    await asyncio.sleep(0.2)  # the server answers what it got whole
+                    upstream_writer.close()
+                    writer.close()
+                    return
+                self.forwarded += len(data)
+                upstream_writer.write(data)
+                await upstream_writer.drain()
+            upstream_writer.close()
+
+        async def forward_replies() -> None:
+            while data := await upstream_reader.read(65536):
+                if random.random() < self.loss:
+                    self.cut += 1
+                    if random.random() < 0.5:
+                        writer.write(data[: len(data) // 2])  # cut in the middle of a reply
+                    writer.close()
+                    upstream_writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await asyncio.gather(forward_commands(), forward_replies(), return_exceptions=True)
+
+    async def stop(self) -> None:
+        self.server.close()

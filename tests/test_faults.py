@@ -19,7 +19,7 @@ from anomaly_counter import AnomalyCounter, Settings, StoreUnavailableError
 from anomaly_counter.limits import Limits
 
 from .conftest import SIG, RedisServer, free_port
-from .servers import eventually, make_token, wait_until_up
+from .servers import FaultyProxy, eventually, make_token, wait_until_up
 
 KEY = AnomalyCounter.hash_signature(SIG)
 
@@ -158,50 +158,8 @@ async def test_redis_frozen_under_load(durable_redis: RedisServer, tmp_path: Pat
         await counter.aclose()
 
 
-class LossyProxy:
-    """A TCP proxy owned by the test: forwards commands to Redis, and now and then closes the
-    connection after the server answered, without passing the answer on (a write that landed
-    but whose reply was lost), or in the middle of a reply."""
-
-    def __init__(self, target_port: int, loss: float) -> None:
-        self.target_port, self.loss, self.port = target_port, loss, free_port()
-        self.cut = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(
-            "127.0.0.1", self.target_port
-        )
-
-        async def forward_commands() -> None:
-            while data := await reader.read(65536):
-                upstream_writer.write(data)
-                await upstream_writer.drain()
-            upstream_writer.close()
-
-        async def forward_replies() -> None:
-            while data := await upstream_reader.read(65536):
-                if random.random() < self.loss:
-                    self.cut += 1
-                    if random.random() < 0.5:
-                        writer.write(data[: len(data) // 2])  # cut in the middle of a reply
-                    writer.close()
-                    upstream_writer.close()
-                    return
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        await asyncio.gather(forward_commands(), forward_replies(), return_exceptions=True)
-
-    async def stop(self) -> None:
-        self.server.close()
-
-
 async def test_replies_lost_on_the_way(durable_redis: RedisServer, tmp_path: Path) -> None:
-    proxy = LossyProxy(durable_redis.port, loss=0.05)
+    proxy = FaultyProxy(durable_redis.port, loss=0.05)
     await proxy.start()
     settings = Settings(
         store_url=f"redis://127.0.0.1:{proxy.port}/0",
