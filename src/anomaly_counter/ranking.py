@@ -18,11 +18,15 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+INDEX_SLACK, INDEX_SPREAD = 2, 2
+"""index_bound(c) = c + INDEX_SLACK + c // INDEX_SPREAD (the Redis scripts get them from here)."""
+
+
 def index_bound(value: int) -> int:
     """The score an index keeps for a value: a little above it, so that a busy anomaly
     rewrites its index entries only now and then. Any upper bound keeps the top k exact; a
-    looser one only makes a query look at a few more candidates. (Mirrored in common.lua.)"""
-    return value + 2 + value // 2
+    looser one only makes a query look at a few more candidates."""
+    return value + INDEX_SLACK + value // INDEX_SPREAD
 
 
 Evaluate = Callable[[Sequence[str]], Awaitable[Sequence[tuple[int, T] | None]]]

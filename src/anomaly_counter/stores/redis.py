@@ -46,12 +46,14 @@ from redis.exceptions import NoScriptError
 from .. import search, timeline
 from ..errors import ConfigurationError, StoreUnavailableError
 from ..limits import anomaly_limit_error
-from ..model import DISPOSITION_TYPES
+from ..model import DISPOSITION_TYPES, WINDOWS, EscalationLevel
+from ..ranking import INDEX_SLACK, INDEX_SPREAD
 from ..redact import redacted
 from ..tokens import TokenRecord
-from ..windows import NEVER, WindowState
+from ..windows import GRAIN_MS, NEVER, RING_SLOTS, WINDOW_MS, WindowState
 from .base import (
     ANOMALY_TTL_SECONDS,
+    DAY_MS,
     FIX_VALIDITY_MS,
     REPAIR_HISTORY_LENGTH,
     RETENTION_DAYS,
@@ -75,7 +77,7 @@ if TYPE_CHECKING:
 
 SHARDS = 16
 _CHUNKS_PER_ROUND = 20
-_BOUND_INDEX = {"1h": 1, "24h": 2, "7d": 3, "30d": 4}
+_BOUND_INDEX = {name: w for w, name in enumerate(WINDOWS, 1)}  # the scripts' window numbers
 _FIRST_PAGE, _LAST_PAGE = 8, 512  # index entries read from a shard at a time
 _WRITES = frozenset(
     {"record", "admit", "repair", "disposition", "fix", "undo", "resolve", "note", "forget"}
@@ -87,6 +89,11 @@ _ADMIT_KEYS_PER_CALL = 1_000
 _KNOWN_FOR_MS = 3_600_000  # an anomaly stored this recently lives on (35 days): admit skips it
 _KNOWN_MOST = 65_536
 _NOTHING_NAMED: dict[str, Any] = {}
+_NO_DISPOSITIONS = (0,) * len(DISPOSITION_TYPES)
+SHARD_KEYS = ("terms", "grams", "chronic", "summary", "dispositions", *WINDOWS, "live")
+"""The keys of a project shard (``{prefix}:{P.s}:x:<name>``): its search index, its chronic
+anomalies, its day summary, its indexes by disposition total and by each window's count, and
+its live anomalies (for max_anomalies)."""
 
 
 def _lua_string(text: str) -> str:
@@ -103,12 +110,27 @@ def _lua_string(text: str) -> str:
     )
 
 
+def _lua_list(values: Iterable[int | str]) -> str:
+    return "{" + ", ".join(_lua_string(v) if isinstance(v, str) else str(v) for v in values) + "}"
+
+
 def lua_constants() -> str:
-    """The constants the scripts share with Python, defined there (timeline codes and bounds,
-    search grams), as Lua source."""
+    """The rules the scripts share with Python, defined there (windows and their rings, index
+    bounds, levels, dispositions, shard keys, timeline codes and bounds, search grams), as Lua
+    source: each is written once, in Python."""
     codes = {f"TL_{kind.upper()}": code for kind, code in timeline.CODES.items()}
     milestones = timeline.MILESTONES
-    lines = [f"local {name} = {_lua_string(code)}" for name, code in codes.items()]
+    levels = ", ".join(f"LEVEL_{level.name}" for level in EscalationLevel)
+    lines = [
+        f"local WINDOW, GRAIN = {_lua_list(WINDOW_MS)}, {_lua_list(GRAIN_MS)}",
+        f"local RING, DAY = {RING_SLOTS}, {DAY_MS}",
+        f"local INDEX_NAMES = {_lua_list(WINDOWS)}",
+        f"local INDEX_SLACK, INDEX_SPREAD = {INDEX_SLACK}, {INDEX_SPREAD}",
+        f"local {levels} = {', '.join(str(int(level)) for level in EscalationLevel)}",
+        f"local DISPOSITIONS = {_lua_list(DISPOSITION_TYPES)}",
+        f"local SHARD_KEYS = {_lua_list(SHARD_KEYS)}",
+    ]
+    lines += [f"local {name} = {_lua_string(code)}" for name, code in codes.items()]
     lines += [
         f"local TL_SEP = {_lua_string(timeline.SEP)}",
         "local TL_MILESTONE = {"
@@ -122,9 +144,7 @@ def lua_constants() -> str:
         f"local TERM_SEP, GROUP_SEP = {_lua_string(search.TERM_SEP)},"
         f" {_lua_string(search.GROUP_SEP)}",
     ]
-    return "-- generated from anomaly_counter.timeline and anomaly_counter.search\n" + "\n".join(
-        lines
-    )
+    return "-- generated from anomaly_counter's Python modules (lua_constants)\n" + "\n".join(lines)
 
 
 def _script_source(name: str) -> str:
@@ -773,10 +793,10 @@ def connection_options(settings: Settings) -> dict[str, Any]:
 
 def _snapshot(anomaly_key: str, reply: Sequence[Any]) -> tuple[Snapshot, dict[str, Any]]:
     """A snapshot from a script's reply (see reply() in common.lua), and its named values."""
-    c1, c2, c3, c4, first, last, repairs, fix = reply[:8]
-    dispositions = dict(zip(DISPOSITION_TYPES, reply[8:13], strict=True))
+    c1, c2, c3, c4, first, last, repairs, fix, flat, signature = reply[:10]
+    # (by name: the scripts' DISPOSITIONS are generated from DISPOSITION_TYPES, in its order)
+    dispositions = dict(zip(DISPOSITION_TYPES, reply[10:] or _NO_DISPOSITIONS, strict=True))
     dispositions["total"] = sum(dispositions.values())
-    flat, signature = reply[13], reply[14] if len(reply) > 14 else None
     named = (
         {name.decode(): value for name, value in zip(flat[::2], flat[1::2], strict=True)}
         if flat

@@ -44,7 +44,7 @@ from redis.exceptions import (
 )
 
 from ..errors import ConfigurationError, StoreUnavailableError
-from .redis import RedisScripts, connection_options, raise_errors
+from .redis import SHARD_KEYS, RedisScripts, connection_options, raise_errors
 from .redis_link import Link, hiredis_packing
 
 if TYPE_CHECKING:
@@ -52,9 +52,6 @@ if TYPE_CHECKING:
 
 SLOTS = 16384
 _SIBLINGS = ("t", "s", "i", "d", "h", "k", "l", "r0", "r1", "r2", "r3")
-_SHARD_INDEXES = (
-    "1h", "24h", "7d", "30d", "summary", "dispositions", "terms", "grams", "chronic", "live",
-)  # fmt: skip
 _RETRYABLE = (TryAgainError, ClusterDownError, ReadOnlyError)
 _NOT_RUN = (AskError, NoScriptError, *_RETRYABLE)  # replies of commands that did not run
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.005, 0.1
@@ -112,7 +109,7 @@ def _declared(keys: Sequence[str]) -> list[str]:
             continue
         base = key[:-1]
         shard = key[: key.index("}") + 1] + ":x:"
-        for name in (*(base + s for s in _SIBLINGS), *(shard + i for i in _SHARD_INDEXES)):
+        for name in (*(base + s for s in _SIBLINGS), *(shard + i for i in SHARD_KEYS)):
             if name not in seen:
                 seen.add(name)
                 declared.append(name)

@@ -1,4 +1,6 @@
--- Shared by every anomaly-counter script (prepended to each at load time).
+-- Shared by every anomaly-counter script (prepended to each at load time, after the constants
+-- generated from Python: WINDOW, GRAIN, RING, DAY, INDEX_NAMES, SHARD_KEYS, DISPOSITIONS,
+-- INDEX_SLACK, INDEX_SPREAD, LEVEL_*; see stores/redis.py lua_constants).
 -- Mirrors anomaly_counter/windows.py: the same tail, rings and error bound; the contract tests
 -- hold both to one brute-force model. All times are integer milliseconds, UTC.
 --
@@ -9,10 +11,6 @@
 -- numbers, unpacked and packed by one C call each; key names are made only when used; and the
 -- tail is changed in place rather than copied.
 
-local WINDOW = {3600000, 86400000, 604800000, 2592000000}
-local GRAIN = {60000, 1440000, 10080000, 43200000}
-local RING = 124
-local DAY = 86400000
 local floor = math.floor
 
 local function num(value, default)
@@ -74,7 +72,6 @@ end
 
 -- The key of a project index (INDEX_NAMES) of the shard the meta key belongs to: everything up
 -- to the hash tag's end is the shard's prefix (key prefixes and encoded parts hold no '}').
-local INDEX_NAMES = {'1h', '24h', '7d', '30d'}
 local function shard_key(meta, name)
   return string.sub(meta, 1, string.find(meta, '}', 1, true)) .. ':x:' .. name
 end
@@ -85,7 +82,7 @@ end
 -- The score an index keeps for a count: a little above it, so that a busy anomaly rewrites its
 -- index entries only now and then. Any upper bound keeps the top-k exact (ranking.index_bound).
 local function index_bound(c)
-  return c + 2 + floor(c / 2)
+  return c + INDEX_SLACK + floor(c / INDEX_SPREAD)
 end
 
 -- Add ring r's pending count to its hash, and keep the cached sums that cover it current.
@@ -328,8 +325,6 @@ end
 
 -- The shard's keys that anomalies are found by (search, chronic, rankings) and counted in:
 -- each anomaly's state pushes their lifetime out to its own (extend).
-local SHARD_KEYS = {'terms', 'grams', 'chronic', 'summary', 'dispositions', '1h', '24h', '7d',
-                    '30d', 'live'}
 local function extend_shard(meta, seconds)
   for _, name in ipairs(SHARD_KEYS) do extend(shard_key(meta, name), seconds) end
 end
@@ -381,12 +376,9 @@ local function day_add(key, at, now, retention_days, name, n)
   end
 end
 
-local DISPOSITIONS = {'auto_repair', 'human_approved', 'manual_resolved', 'cold_start_trust',
-                      'timeout_ignored'}
-
--- The reply: {c1h, c24h, c7d, c30d, first, last, repairs, fix, d1..d5, named, signature},
--- `named` a flat list of names and values: the caller's, and the fix in force ('regressed_at',
--- 'fix_text', 'fix_by').
+-- The reply: {c1h, c24h, c7d, c30d, first, last, repairs, fix, named, signature, and the
+-- count of each of DISPOSITIONS in its order when there are any}, `named` a flat list of
+-- names and values: the caller's, and the fix in force ('regressed_at', 'fix_text', 'fix_by').
 local function reply(s, c, now, retention_days, fix_validity, signature, named)
   local fix = s[FIX]
   if fix >= 0 and now - fix >= fix_validity then fix = -1 end
@@ -398,7 +390,7 @@ local function reply(s, c, now, retention_days, fix_validity, signature, named)
     named[n + 3], named[n + 4] = 'fix_text', record[1]
     named[n + 5], named[n + 6] = 'fix_by', record[2]
   end
-  local out = {c[1], c[2], c[3], c[4], s[FIRST], s[NEWEST], 0, fix, 0, 0, 0, 0, 0, named}
+  local out = {c[1], c[2], c[3], c[4], s[FIRST], s[NEWEST], 0, fix, named, signature}
   if s[HAS_DAYS] > 0 then
     local totals = day_totals(key_of(s, 'd'), now, retention_days)
     local repairs = 0
@@ -406,9 +398,8 @@ local function reply(s, c, now, retention_days, fix_validity, signature, named)
       if string.sub(name, 1, 2) == 't:' then repairs = repairs + n end
     end
     out[7] = repairs
-    for i, kind in ipairs(DISPOSITIONS) do out[8 + i] = totals['d:' .. kind] or 0 end
+    for i, kind in ipairs(DISPOSITIONS) do out[10 + i] = totals['d:' .. kind] or 0 end
   end
-  out[#out + 1] = signature
   return out
 end
 
@@ -471,6 +462,7 @@ local function index_terms(meta, member, terms)
 end
 
 local function level_for(c24, t1, t2, t3)
-  if c24 >= t3 then return 3 elseif c24 >= t2 then return 2 elseif c24 >= t1 then return 1 end
-  return 0
+  if c24 >= t3 then return LEVEL_PERMANENT_FIX elseif c24 >= t2 then return LEVEL_ESCALATE
+  elseif c24 >= t1 then return LEVEL_REPEAT end
+  return LEVEL_NONE
 end
