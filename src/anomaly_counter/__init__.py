@@ -11,6 +11,8 @@ from .errors import (
     InvalidInputError,
     LimitExceededError,
     OccurrenceTimeError,
+    SpoolFullError,
+    StoreError,
     StoreFileError,
     StoreUnavailableError,
     UnknownDispositionError,
@@ -24,7 +26,6 @@ from .model import (
 )
 from .policy import ActionRecommendation, Thresholds
 from .settings import Settings, load_settings
-from .spool import SpoolFullError
 
 try:
     __version__ = version("anomaly-counter")
@@ -49,6 +50,7 @@ __all__ = [
     "OccurrenceTimeError",
     "Settings",
     "SpoolFullError",
+    "StoreError",
     "StoreFileError",
     "StoreUnavailableError",
     "Thresholds",

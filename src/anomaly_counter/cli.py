@@ -32,6 +32,7 @@ from .errors import (
     AnomalyCounterError,
     AnomalyNotFoundError,
     ConfigurationError,
+    StoreError,
     StoreUnavailableError,
 )
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
@@ -749,6 +750,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(130) from None
     except StoreUnavailableError as exc:
         _fail(f"store unavailable: {exc}", 3)
+    except StoreError as exc:
+        _fail(f"store error: {exc}", 3)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except AnomalyCounterError as exc:

@@ -296,9 +296,6 @@ class AnomalyCounter:
         """A checked occurrence, ready to store (this part cannot fail)."""
         return _record_request(*checked)
 
-    def _request(self, occurrence: Occurrence | Mapping[str, Any], now: datetime) -> RecordRequest:
-        return self._prepare(self._check(occurrence, now))
-
     async def record_anomaly(
         self,
         signature: Mapping[str, Any],
@@ -313,7 +310,7 @@ class AnomalyCounter:
         A repeated ``occurrence_id`` is not counted again (``duplicate``).
         """
         now = self._clock()
-        request = self._request(Occurrence(signature, at, occurrence_id), now)
+        request = self._prepare(self._check(Occurrence(signature, at, occurrence_id), now))
         if self.spool is not None:
             if self.spool.depth:  # a backlog: join it, so that the order is kept
                 return (await self._to_spool([request], now))[0]

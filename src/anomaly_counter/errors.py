@@ -45,8 +45,21 @@ class ConfigurationError(AnomalyCounterError):
 
 
 class StoreUnavailableError(AnomalyCounterError):
-    """The store could not be reached or did not answer in time (the facade's calls raise it
-    with ``strict=True``, and answer ``degraded`` without)."""
+    """The store could not be reached, did not answer in time, or cannot take writes for now
+    (a replica after a failover, loading, out of memory). Stores and the spool's replay raise
+    it; the facade's calls raise it with ``strict=True``, spool the write when a spool is set,
+    and answer ``degraded`` otherwise. Retrying later may succeed."""
+
+
+class StoreError(AnomalyCounterError):
+    """The store refused an operation for a reason retrying will not fix: the user lacks a
+    permission, a constraint failed, a script failed. A fault in the deployment or a bug, not
+    in the input; the message says what the store said."""
+
+
+class SpoolFullError(AnomalyCounterError):
+    """The store cannot take a write and the spool holds its maximum (or its disk is full):
+    the occurrence was refused, not stored anywhere. Retrying later may succeed."""
 
 
 class StoreFileError(ConfigurationError):

@@ -44,7 +44,6 @@ class Replayer:
         self._idle = idle_seconds
         self._max_backoff = max_backoff
         self._task: asyncio.Task[None] | None = None
-        self.replayed = 0  # records stored from the spool since start
 
     def start(self) -> None:
         """Run in the background (on the running loop) until ``stop``."""
@@ -87,7 +86,6 @@ class Replayer:
             for project, group in _runs(records)
         ]
         await asyncio.to_thread(self.spool.commit, position, len(records))
-        self.replayed += len(records)
         if self._on_replayed is not None:  # after the commit: figures match the spool's
             for project, frequencies in stored:
                 self._on_replayed(project, frequencies)

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .errors import AnomalyCounterError, ConfigurationError
+from .errors import ConfigurationError, SpoolFullError
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -60,10 +60,6 @@ _SLOT_NUMBERS = struct.Struct("<QQQ")  # a checkpoint slot: sequence, segment, o
 _SLOT_SIZE = _SLOT_NUMBERS.size + 4  # and the CRC-32 of the three (u32)
 DISK_RESERVE_BYTES = 16_384
 """Left free on the disk for the file system's own needs (a new segment's first block)."""
-
-
-class SpoolFullError(AnomalyCounterError):
-    """The spool holds its maximum: the occurrence was refused, not stored anywhere."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ from ..errors import (
     AnomalyNotFoundError,
     InvalidInputError,
     LimitExceededError,
+    SpoolFullError,
+    StoreError,
     StoreFileError,
     StoreUnavailableError,
 )
@@ -33,7 +35,7 @@ from ..model import AnomalyFrequency, Occurrence
 from ..notify.dispatcher import Dispatcher
 from ..replay import Replayer
 from ..settings import Settings
-from ..spool import SpoolFullError, spool_of
+from ..spool import spool_of
 from ..stores.base import Store, store_from_url
 from .auth import Authenticator
 from .known_tokens import KnownTokens
@@ -231,6 +233,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             {"detail": f"the store cannot be reached and {exc}; retry later"},
             status_code=503,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    @app.exception_handler(StoreError)
+    async def store_error(_: Request, exc: StoreError) -> JSONResponse:
+        logger.error("store_error", error=str(exc))  # (what the store said: logs only)
+        return JSONResponse(
+            {"detail": "the store refused the operation (see the service's log)"},
+            status_code=500,
         )
 
     @app.exception_handler(StoreUnavailableError)

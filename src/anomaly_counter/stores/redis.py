@@ -41,10 +41,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
 
 from .. import search, timeline
-from ..errors import ConfigurationError, StoreUnavailableError
+from ..errors import ConfigurationError, StoreError, StoreUnavailableError
 from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, WINDOWS, EscalationLevel
 from ..ranking import INDEX_SLACK, INDEX_SPREAD
@@ -844,10 +852,23 @@ def _state(reply: Sequence[Any]) -> WindowState:
 
 
 def raise_errors(replies: Sequence[Any]) -> None:
-    """Raise the first error among replies read with errors as values."""
+    """Raise the first error among replies read with errors as values, as one of ours:
+    StoreUnavailableError when the server cannot take it for now, StoreError otherwise."""
     for reply in replies:
         if isinstance(reply, Exception):
-            raise reply
+            raise store_error(reply) from reply
+
+
+_FOR_NOW = (BusyLoadingError, ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError,
+            OutOfMemoryError)  # fmt: skip
+_FOR_NOW_CODES = ("BUSY ", "NOREPLICAS ", "MISCONF ")  # (error replies redis-py leaves unnamed)
+
+
+def store_error(exc: Exception) -> StoreUnavailableError | StoreError:
+    """One of our errors for an error reply of the server."""
+    if isinstance(exc, _FOR_NOW) or str(exc).startswith(_FOR_NOW_CODES):
+        return StoreUnavailableError(f"redis store: {exc}")
+    return StoreError(f"redis store: {exc}")
 
 
 def _pairs(raw: dict[bytes, bytes] | Sequence[bytes]) -> dict[bytes, bytes]:

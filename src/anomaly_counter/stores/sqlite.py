@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .. import timeline
-from ..errors import ConfigurationError, StoreFileError, StoreUnavailableError
+from ..errors import ConfigurationError, StoreError, StoreFileError, StoreUnavailableError
 from ..limits import anomaly_limit_error
 from ..model import EscalationLevel
 from ..policy import Thresholds, crossing, level_for
@@ -284,6 +284,8 @@ class SQLiteStore(Store):
             return await asyncio.to_thread(self._waiting, fn, *args)
         except (sqlite3.OperationalError, OSError) as exc:
             raise StoreUnavailableError(f"sqlite store {self._path}: {exc}") from exc
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError) as exc:  # (a bug: not the file)
+            raise StoreError(f"sqlite store {self._path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # (a page damaged after it opened)
             raise self._unusable(exc) from None
 
