@@ -153,7 +153,13 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", "redis", "cluster"])
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.cluster),
+    ]
+)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/counter.db"
@@ -191,6 +197,27 @@ async def make_counter(store_url: str, clock: Clock) -> AsyncIterator[CounterFac
 
 
 SIG = {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod"}
+
+
+# Marks by what a test runs on, for a quicker loop (`pytest -m "not cluster"`); `make test`
+# runs everything. Tests of the parametrised stores get theirs from store_url's params.
+_MARKED_BY_FIXTURE = {
+    "redis_server": "redis", "fresh_redis": "redis", "durable_redis": "redis",
+    "redis_cluster": "cluster", "fresh_cluster": "cluster",
+}  # fmt: skip
+_MARKED_BY_MODULE = {"test_sentinel": "redis", "test_cluster": "cluster",
+                     "test_dashboard": "browser", "test_alertmanager": "alertmanager"}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        marks = {mark for fixture, mark in _MARKED_BY_FIXTURE.items() if fixture in names}
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in _MARKED_BY_MODULE:
+            marks.add(_MARKED_BY_MODULE[module])
+        for mark in sorted(marks):
+            item.add_marker(mark)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
