@@ -6,6 +6,7 @@ another project is never affected; on every store."""
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 
 from anomaly_counter import AnomalyCounter, LimitExceededError, Settings
 from anomaly_counter.limits import Limits
+from anomaly_counter.stores.base import shard_of
 
-from .conftest import SIG, CounterFactory
+from .conftest import SIG, Clock, CounterFactory, RedisServer
 from .servers import ServiceServer, v1
 
 
@@ -63,12 +65,13 @@ async def test_a_batch_is_refused_whole_or_stored_whole(make_counter: CounterFac
     assert refused.value.limit == "max_anomalies"
     listed = (await counter.top(5000, "30d")).anomalies
     assert len(listed) == 50 and all(f.count_24h == 2 for f in listed)  # nothing of it stored
-    # a batch that fits is stored whole, new anomalies and all
+    # a batch that fits is stored whole, new anomalies and all: the refused one's room (made
+    # on Redis before its first call) was given back
     fits = [{"signature": sig(i)} for i in range(50)] + [
-        {"signature": sig(i)} for i in range(1000, 1040)
+        {"signature": sig(i)} for i in range(5000, 5800)
     ]
-    assert len(await counter.record_many(fits)) == 90
-    assert len((await counter.top(5000, "30d")).anomalies) == 90
+    assert len(await counter.record_many(fits)) == 850
+    assert len((await counter.top(5000, "30d")).anomalies) == 850
 
 
 async def test_a_refused_spooled_occurrence_is_dropped_on_replay(
@@ -121,3 +124,81 @@ async def test_the_api_answers_429_past_max_anomalies(tmp_path: Path) -> None:
             assert r.status_code == 200
             metrics = (await a.get("/metrics")).text
             assert 'limit="max_anomalies",project="team-a"} 2.0' in metrics
+
+
+async def test_anomalies_known_by_a_repair_disposition_or_fix_count_too(
+    make_counter: CounterFactory,
+) -> None:
+    counter = make_counter(**_limited(160))  # 10 a shard on Redis
+    made = 0
+    for i in range(600):  # keys of anomalies never seen
+        key = f"{i:016x}"
+        writes = (
+            lambda k: counter.record_repair_attempt(k, "restart_pod", True),
+            lambda k: counter.record_disposition(k, "auto_repair"),
+            lambda k: counter.mark_permanent_fix_applied(k, "raised the limit"),
+        )
+        try:
+            await writes[i % 3](key)
+            made += 1
+        except LimitExceededError as exc:
+            assert exc.limit == "max_anomalies"
+    assert made == 160
+    with pytest.raises(LimitExceededError):
+        for i in range(200):  # and no room is left for an occurrence's anomaly either
+            await counter.record_anomaly(sig(i))
+    await counter.record_repair_attempt(f"{0:016x}", "scale_up", True)  # one it holds: counted
+
+
+async def test_a_project_never_holds_more_than_its_limit(make_counter: CounterFactory) -> None:
+    # 20 is not a multiple of Redis's 16 shards: each holds one, never 16 x 2
+    counter = make_counter(**_limited(20))
+    for i in range(300):
+        with contextlib.suppress(LimitExceededError):
+            await counter.record_anomaly(sig(i))
+    held = len((await counter.top(1000, "30d")).anomalies)
+    assert held <= 20 and held >= 16
+
+
+async def test_a_place_that_ended_is_room_for_one_anomaly_only(fresh_redis: RedisServer) -> None:
+    """An anomaly that ended (its place in the live set not yet forgotten) and comes back in a
+    batch with another new one: there is room for one, so the batch is refused whole."""
+    settings = Settings(store_url=fresh_redis.url, **_limited(16))  # one a shard
+    keys = [AnomalyCounter.hash_signature(sig(i)) for i in range(2000)]
+    shard = shard_of(keys[0], 16)
+    ended, new = [i for i, key in enumerate(keys) if shard_of(key, 16) == shard][:2]
+    with fresh_redis.client() as client:  # the place of an anomaly that ended a minute ago
+        live = f"ac:{{team-a.{shard}}}:x:live"
+        client.zadd(live, {keys[ended]: int(time.time() * 1000) - 60_000})
+    async with AnomalyCounter.from_url(settings=settings, project_id="team-a") as counter:
+        with pytest.raises(LimitExceededError):
+            await counter.record_many([{"signature": sig(new)}, {"signature": sig(ended)}])
+        assert await counter.get_frequency(keys[new]) is None  # nothing of it stored
+        assert await counter.get_frequency(keys[ended]) is None
+
+
+async def test_a_fixed_anomaly_keeps_its_place_as_long_as_it_lives(
+    fresh_redis: RedisServer,
+) -> None:
+    async with AnomalyCounter.from_url(fresh_redis.url, "team-a") as counter:
+        key = (await counter.record_anomaly(SIG)).anomaly_key
+        await counter.mark_permanent_fix_applied(key, "raised the memory limit")
+    with fresh_redis.client() as client:
+        meta_ms = client.pttl(f"ac:{{team-a.{shard_of(key, 16)}}}:a:{key}:m")
+        place = client.zscore(f"ac:{{team-a.{shard_of(key, 16)}}}:x:live", key)
+        assert meta_ms > 80 * 86_400_000  # a fix keeps the anomaly 90 days...
+        assert place is not None and place > time.time() * 1000 + meta_ms - 60_000  # ...its place
+
+
+async def test_room_freed_by_housekeeping_survives_a_refused_batch(
+    tmp_path: Path, clock: Clock
+) -> None:
+    settings = Settings(store_url=f"sqlite:///{tmp_path / 'c.db'}", **_limited(10))
+    async with AnomalyCounter.from_url(settings=settings, project_id="team-a", clock=clock) as c:
+        for i in range(10):
+            await c.record_anomaly(sig(i))
+        clock.advance(days=40)  # all ten forgotten at the next write
+        with pytest.raises(LimitExceededError):
+            await c.record_many([{"signature": sig(i)} for i in range(100, 111)])
+        clock.advance(minutes=10)
+        assert (await c.record_anomaly(sig(200))).count_24h == 1

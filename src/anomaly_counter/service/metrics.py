@@ -60,7 +60,8 @@ class Metrics:
         )
         self.limited = Counter(
             "anomaly_counter_limited",
-            "Requests refused (429) by a limit of their project, by limit",
+            "Requests refused (429) by a limit of their project, and spooled occurrences"
+            " dropped on replay by one (max_anomalies), by limit",
             ["project", "limit"],
             registry=r,
         )

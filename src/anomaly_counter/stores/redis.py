@@ -88,10 +88,21 @@ _CHUNKS_PER_ROUND = 20
 _BOUND_INDEX = {name: w for w, name in enumerate(WINDOWS, 1)}  # the scripts' window numbers
 _FIRST_PAGE, _LAST_PAGE = 8, 512  # index entries read from a shard at a time
 _WRITES = frozenset(
-    {"record", "admit", "repair", "disposition", "fix", "undo", "resolve", "note", "forget"}
+    {
+        "record",
+        "admit",
+        "unhold",
+        "repair",
+        "disposition",
+        "fix",
+        "undo",
+        "resolve",
+        "note",
+        "forget",
+    }
 )
 _SCRIPTS = ("record", "read", "repair", "disposition", "fix", "undo", "reindex", "resolve",
-            "note", "state", "forget", "admit")  # fmt: skip
+            "note", "state", "forget", "admit", "unhold")  # fmt: skip
 _ADMIT_HOLD_MS = 300_000  # how long admit holds a new anomaly's place before its occurrence
 _ADMIT_KEYS_PER_CALL = 1_000
 _KNOWN_FOR_MS = 3_600_000  # an anomaly stored this recently lives on (35 days): admit skips it
@@ -170,14 +181,15 @@ _Write = tuple[str, _Policy, int, RecordRequest]
 def _policy_args(policy: WritePolicy) -> _Policy:
     return (
         *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS, policy.dedup_horizon_ms,
-        policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS, _shard_share(policy),
+        policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS, _shard_share(policy.max_anomalies),
     )  # fmt: skip
 
 
-def _shard_share(policy: WritePolicy) -> int:
+def _shard_share(max_anomalies: int) -> int:
     """What each shard of a project may hold of its max_anomalies: a shard cannot see the
-    others' counts (on a cluster they live on other nodes), so each holds its part."""
-    return -(-policy.max_anomalies // SHARDS)
+    others' counts (on a cluster they live on other nodes), so each holds its part, rounded
+    down (so that all hold no more than the limit), and at least one."""
+    return max(1, max_anomalies // SHARDS)
 
 
 _Group = tuple[list[str], list[Any], list[int]]
@@ -281,10 +293,19 @@ class RedisScripts(Store):
             else []
         )
         self._tokens = f"{self._prefix}:tokens"
+        self._limits_for = settings.limits_for
         self._sources = {name: _script_source(name) for name in _SCRIPTS}
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
         self._writes: Coalescer[_Write, Snapshot] = Coalescer(self._record_now)
         self._known: dict[tuple[str, str], int] = {}  # (project, anomaly) -> when last stored
+
+    def _share(self, project: str) -> int:
+        return _shard_share(self._limits_for(project).max_anomalies)
+
+    def _placed(self, project: str, placed: bool) -> None:
+        """Raise the refusal of a write that would have made a new anomaly past the limit."""
+        if not placed:
+            raise anomaly_limit_error(project, self._limits_for(project).max_anomalies)
 
     async def _run(self, commands: Sequence[tuple[Any, ...]], replicate: bool) -> list[Any]:
         """Replies to commands (errors as values), in as few round trips as may be. Writes
@@ -343,7 +364,7 @@ class RedisScripts(Store):
         unknown = [k for k in anomaly_keys if self._known.get((project, k), since) <= since]
         if not unknown:
             return
-        head = (_shard_share(policy), now_ms, _ADMIT_HOLD_MS)
+        head = (_shard_share(policy.max_anomalies), _ADMIT_HOLD_MS)
         calls: list[tuple[list[str], list[Any]]] = []
         open_calls: dict[str, tuple[list[str], list[Any]]] = {}  # by slot, until full
         for key in unknown:
@@ -355,9 +376,15 @@ class RedisScripts(Store):
                 calls.append(call)
             call[0].append(keys.meta)
             call[1].append(key)
-        # (calls that made room before one that could not: their places are held a while only)
-        if not all(await self._eval("admit", calls)):
-            raise anomaly_limit_error(project, policy.max_anomalies)
+        held = await self._eval("admit", calls)
+        if all(held):
+            return
+        # Refused: the places the other calls held are given back (else they would keep room
+        # from the project's next batch until they end).
+        given = [(k, [h, *a[2:]]) for (k, a), h in zip(calls, held, strict=True) if h]
+        if given:
+            await self._eval("unhold", given)
+        raise anomaly_limit_error(project, policy.max_anomalies)
 
     async def record_chunks(
         self,
@@ -440,7 +467,9 @@ class RedisScripts(Store):
         script_keys = [keys.days, keys.history, keys.meta]
         digest = id_digest(write_id) if write_id else ""
         entry = timeline.encode("repair", at_ms, action, success, by)
-        await self._eval("repair", [(script_keys, [*args, REPAIR_HISTORY_LENGTH, digest, entry])])
+        tail = [REPAIR_HISTORY_LENGTH, digest, entry, anomaly_key, self._share(project)]
+        (done,) = await self._eval("repair", [(script_keys, [*args, *tail])])
+        self._placed(project, done != -1)
 
     async def _day_totals(self, key: str, now_ms: int) -> dict[str, int]:
         return day_totals(_pairs(await self._query(("HGETALL", key))), now_ms)
@@ -472,7 +501,9 @@ class RedisScripts(Store):
         args = [anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
         digest = id_digest(write_id) if write_id else ""
         entry = timeline.encode("disposition", at_ms, disposition, by)
-        await self._eval("disposition", [(script_keys, [*args, digest, entry])])
+        share = self._share(project)
+        (done,) = await self._eval("disposition", [(script_keys, [*args, digest, entry, share])])
+        self._placed(project, done != -2)
 
     async def disposition_stats(
         self, project: str, anomaly_key: str, now_ms: int
@@ -564,7 +595,9 @@ class RedisScripts(Store):
         digest = id_digest(write_id) if write_id else ""
         entry = timeline.encode("fix", at_ms, description, by)
         args = [at_ms, description, ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS, now_ms, digest, by, entry]
-        await self._eval("fix", [([keys.meta], args)])
+        args += [anomaly_key, self._share(project)]
+        (done,) = await self._eval("fix", [([keys.meta], args)])
+        self._placed(project, done != -1)
 
     async def undo_fix(
         self, project: str, anomaly_key: str, at_ms: int, now_ms: int, write_id: str = "",

@@ -170,6 +170,7 @@ _PAGE = 200
 _GRAM_COUNT_CAP = 10_000
 _HOUR_MS = 3_600_000
 _HOUSEKEEPING_EVERY_MS = _HOUR_MS
+_HOUSEKEEPING_STEP = 1_000  # anomalies forgotten in one write's transaction at most
 
 
 class SQLiteStore(Store):
@@ -351,12 +352,18 @@ class SQLiteStore(Store):
         whole: bool = False,
     ) -> Callable[[sqlite3.Connection], list[Snapshot]]:
         def work(db: sqlite3.Connection) -> list[Snapshot]:
+            last_housekeeping = self._last_housekeeping
             self._housekeeping(db, now_ms)
             snapshots = []
-            for request in requests:
-                snapshots.append(self._record_one(db, project, request, policy, now_ms))
-                if whole and snapshots[-1].refused:
-                    raise anomaly_limit_error(project, policy.max_anomalies)
+            try:
+                for request in requests:
+                    snapshots.append(self._record_one(db, project, request, policy, now_ms))
+                    if whole and snapshots[-1].refused:
+                        raise anomaly_limit_error(project, policy.max_anomalies)
+            except BaseException:
+                # its deletes are rolled back with the batch: they are done again next time
+                self._last_housekeeping = last_housekeeping
+                raise
             return snapshots
 
         return work
@@ -378,7 +385,7 @@ class SQLiteStore(Store):
             (project, key),
         ).fetchone()
         is_new = row is None
-        if (is_new or row[0] is None) and not self._room_for(db, project, policy.max_anomalies):
+        if is_new and not self._room_for(db, project, policy.max_anomalies):
             return refused_snapshot(key)  # a new anomaly past the limit: nothing stored
         if row is None:
             row = (None, None, 0, None, None, None, 0, 0, 0, None, None, None, 0, 0, 0, 0)
@@ -468,12 +475,12 @@ class SQLiteStore(Store):
         return snapshot
 
     def _room_for(self, db: sqlite3.Connection, project: str, limit: int) -> bool:
-        """Count one more anomaly of the project, unless it holds ``limit`` already."""
+        """Count one more anomaly of the project (with occurrences, or known by a repair, a
+        disposition or a fix only), unless it holds ``limit`` already."""
         row = db.execute("SELECT n FROM project_anomalies WHERE project = ?", (project,)).fetchone()
         if row is None:
             row = db.execute(
-                "SELECT COUNT(*) FROM anomalies WHERE project = ? AND first_seen IS NOT NULL",
-                (project,),
+                "SELECT COUNT(*) FROM anomalies WHERE project = ?", (project,)
             ).fetchone()
         if row[0] >= limit:
             return False
@@ -483,6 +490,16 @@ class SQLiteStore(Store):
             (project, row[0] + 1),
         )
         return True
+
+    def _claim(self, db: sqlite3.Connection, project: str, key: str) -> None:
+        """A repair, disposition or fix of an anomaly the project does not hold yet makes it:
+        room is taken for it, or the write is refused (and its transaction rolled back)."""
+        held = db.execute(
+            "SELECT 1 FROM anomalies WHERE project = ? AND anomaly_key = ?", (project, key)
+        ).fetchone()
+        limit = self._settings.limits_for(project).max_anomalies
+        if held is None and not self._room_for(db, project, limit):
+            raise anomaly_limit_error(project, limit)
 
     # -- the story ----------------------------------------------------------------------------
 
@@ -655,6 +672,7 @@ class SQLiteStore(Store):
         by: str = "",
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
+            self._claim(db, project, anomaly_key)
             if not self._first_write(db, project, anomaly_key, write_id, now_ms):
                 return
             self._tell(
@@ -710,6 +728,7 @@ class SQLiteStore(Store):
         by: str = "",
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
+            self._claim(db, project, anomaly_key)
             if not self._first_write(db, project, anomaly_key, write_id, now_ms):
                 return
             self._tell(
@@ -835,6 +854,7 @@ class SQLiteStore(Store):
         by: str = "",
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
+            self._claim(db, project, anomaly_key)
             if not self._first_write(db, project, anomaly_key, write_id, now_ms):
                 return
             db.execute(
@@ -1042,9 +1062,11 @@ class SQLiteStore(Store):
             return
         self._last_housekeeping = now_ms
         stale = db.execute(
-            "SELECT project, anomaly_key FROM anomalies WHERE touched < ? LIMIT 1000",
-            (now_ms - ANOMALY_TTL_SECONDS * 1000,),
+            "SELECT project, anomaly_key FROM anomalies WHERE touched < ? LIMIT ?",
+            (now_ms - ANOMALY_TTL_SECONDS * 1000, _HOUSEKEEPING_STEP),
         ).fetchall()
+        if len(stale) == _HOUSEKEEPING_STEP:  # more to forget: another step at the next write
+            self._last_housekeeping = 0
         orphans = {
             (project, term)
             for project, key in stale

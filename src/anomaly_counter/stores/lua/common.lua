@@ -34,7 +34,7 @@ local STORED = 47
 -- ... and, not stored, for the call: the anomaly's key names without their last letter, its
 -- tail's key, and the tail as read (false: not read yet). (Positions in this file only: replies
 -- name what they carry.)
-local BASE, TAIL_KEY, BUFFER = 48, 49, 50
+local BASE, TAIL_KEY, BUFFER, FRESH = 48, 49, 50, 51  -- FRESH: its meta held no state
 
 local STATE = '<' .. string.rep('d', STORED)
 local NEW_STATE = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -53,7 +53,7 @@ local function load_state(meta)
     s = {unpack(NEW_STATE)}
   end
   local base = string.sub(meta, 1, -2)
-  s[BASE], s[TAIL_KEY], s[BUFFER] = base, base .. 't', false
+  s[BASE], s[TAIL_KEY], s[BUFFER], s[FRESH] = base, base .. 't', false, not packed
   return s
 end
 
@@ -329,13 +329,43 @@ local function extend_shard(meta, seconds)
   for _, name in ipairs(SHARD_KEYS) do extend(shard_key(meta, name), seconds) end
 end
 
--- True when the shard whose live set (member -> when it expires, ms) is given may take `n` new
--- anomalies and hold at most `share`; a member the set has already (room made for it by
--- admit, or an anomaly that expired and comes back) takes no new room. Forgets the expired.
-local function has_room(live, member, now, share, n)
+-- The server's clock, in ms. The live sets (below) compare their entries' ends with it, as the
+-- keys' own lifetimes do, so that processes whose clocks differ agree on what has ended.
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+end
+
+-- A shard's live set: each anomaly it holds (with occurrences, or known by a repair, a
+-- disposition or a fix only), scored by when it ends (server ms): max_anomalies counts them.
+local function live_key(meta)
+  return shard_key(meta, 'live')
+end
+
+-- Forget the ended; then true when `member` (false: none) has a place in the live set, or the
+-- set has room for `n` more within `share`.
+local function has_room(live, member, clock, share, n)
+  redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. clock)
   if member and redis.call('ZSCORE', live, member) then return true end
-  redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. now)
   return redis.call('ZCARD', live) + n <= share
+end
+
+-- A new anomaly (its meta holds no state yet: is_new) takes a place in its shard's live set for
+-- `seconds`, if there is room: false when there is none (then nothing may be written).
+local function take_place(meta, member, share, seconds)
+  local clock = server_ms()
+  if not has_room(live_key(meta), member, clock, share, 1) then return false end
+  redis.call('ZADD', live_key(meta), 'GT', clock + seconds * 1000, member)
+  return true
+end
+
+local function is_new(meta)
+  return redis.call('HEXISTS', meta, 'st') == 0
+end
+
+-- Keep the anomaly's place at least `seconds` more (never shortened: a fix keeps it longer).
+local function keep_place(meta, member, seconds)
+  redis.call('ZADD', live_key(meta), 'GT', server_ms() + seconds * 1000, member)
 end
 
 -- True the first time a write with this id (a digest, '' for none) reaches the anomaly whose

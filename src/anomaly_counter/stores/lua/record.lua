@@ -24,8 +24,7 @@ local REFUSED = {'refused', 1}
 local function record_one(meta, member, at_text, now, id, signature, terms)
   local at = tonumber(at_text)
   local s = load_state(meta)
-
-  if s[FIRST] < 0 and not has_room(shard_key(meta, 'live'), member, now, share, 1) then
+  if s[FRESH] and not take_place(meta, member, share, ttl) then
     return reply(s, {0, 0, 0, 0}, now, retention, fix_validity, '', REFUSED)
   end
 
@@ -120,8 +119,7 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
     for _, name in ipairs({meta, s[TAIL_KEY], key_of(s, 'k'), key_of(s, 'l'), key_of(s, 's')}) do
       redis.call('EXPIRE', name, meta_ttl)
     end
-    -- the shard's live anomalies, scored by when each expires (has_room counts them)
-    redis.call('ZADD', shard_key(meta, 'live'), now + meta_ttl * 1000, member)
+    keep_place(meta, member, meta_ttl)  -- (and a place for one stored by an earlier version)
     if level > 0 then  -- (also written by versions before the index: it heals within the hour)
       redis.call('ZADD', shard_key(meta, 'chronic'), level, member)
     end

@@ -1,11 +1,15 @@
 -- Count one repair attempt, keep it in the last-100 history, and tell it in the timeline.
 -- KEYS: days history meta
 -- ARGV: action success(0|1) at now ttl_seconds retention_days history_length write_id
---       timeline_entry
--- Returns 0 for a write already applied (a retry), else 1.
+--       timeline_entry anomaly_key shard_share
+-- Returns 0 for a write already applied (a retry), -1 for one refused (a new anomaly past the
+-- shard's share of max_anomalies: nothing written), else 1.
 local action, success = ARGV[1], ARGV[2] == '1'
 local at, now, ttl, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
                                 tonumber(ARGV[6])
+if is_new(KEYS[3]) and not take_place(KEYS[3], ARGV[10], tonumber(ARGV[11]), ttl) then
+  return -1
+end
 if not first_write(KEYS[3], ARGV[8], now, ttl) then return 0 end
 day_add(KEYS[1], at, now, retention, 't:' .. action, 1)
 if success then day_add(KEYS[1], at, now, retention, 's:' .. action, 1) end
