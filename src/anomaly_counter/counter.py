@@ -4,7 +4,6 @@ store snapshots into public types, and degrades instead of raising when the stor
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -15,6 +14,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import structlog
 
 from . import search, timeline, validation
+from .backoff import pauses
 from .errors import (
     AmbiguousAnomalyError,
     AnomalyNotFoundError,
@@ -189,7 +189,7 @@ class AnomalyCounter:
         """A write, tried ``write_attempts`` times with exponential backoff and full jitter
         while the store cannot be reached (then ``fallback``, unless strict). Safe: each write
         carries an id, so one that landed although its answer was lost is not applied again."""
-        delay = _RETRY_BASE_SECONDS
+        waits = pauses(_RETRY_BASE_SECONDS)
         for attempt in range(1, self.settings.write_attempts + 1):
             try:
                 return await write()
@@ -197,8 +197,7 @@ class AnomalyCounter:
                 if attempt == self.settings.write_attempts:
                     self._unavailable(op, exc, **context)
                     return fallback
-                await asyncio.sleep(random.uniform(0, delay))
-                delay *= 2
+                await asyncio.sleep(next(waits))
         return fallback
 
     async def _guard(self, op: str, call: Awaitable[T], fallback: T, **context: Any) -> T:

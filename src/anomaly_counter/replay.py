@@ -9,12 +9,12 @@ id). While the store is down the replayer waits, with exponential backoff and ji
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from .backoff import pauses
 from .errors import StoreUnavailableError
 from .spool import Spool
 
@@ -57,7 +57,7 @@ class Replayer:
             self._task = None
 
     async def _run(self) -> None:
-        failures = 0
+        waits = self._pauses()
         while True:
             if not self.spool.depth:
                 if not self.spool.checkpoint_saved:  # (an I/O error kept it from the disk)
@@ -66,15 +66,17 @@ class Replayer:
                 continue
             try:
                 await self.drain_once()
-                failures = 0
+                waits = self._pauses()
             except StoreUnavailableError as exc:
-                failures += 1
-                delay = min(self._max_backoff, 0.1 * 2**failures)
-                logger.info("spool_replay_waiting", error=str(exc), retry_in=round(delay, 2))
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                wait = next(waits)
+                logger.info("spool_replay_waiting", error=str(exc), retry_in=round(wait, 2))
+                await asyncio.sleep(wait)
             except Exception:  # a bug must not stop the replay for good
                 logger.exception("spool_replay_failed")
                 await asyncio.sleep(self._max_backoff)
+
+    def _pauses(self) -> Iterator[float]:
+        return pauses(0.2, self._max_backoff, jitter="half")
 
     async def drain_once(self) -> int:
         """Store one batch of the oldest records and move past them; the number stored."""

@@ -9,7 +9,6 @@ the ingesting caller. The queue is bounded: past it, a notice is dropped, logged
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 import structlog
 
+from ..backoff import pauses
 from ..errors import AnomalyCounterError
 from ..model import AnomalyFrequency
 from .notice import ESCALATION, REGRESSION, Notice
@@ -137,7 +137,7 @@ class Dispatcher:
     async def _deliver(self, channel: Channel, notice: Notice) -> None:
         assert self._client is not None, "start() first"
         request = channel.request(notice)
-        delay = self._settings.notify_backoff
+        waits = pauses(self._settings.notify_backoff)
         attempts = self._settings.notify_attempts
         for attempt in range(1, attempts + 1):
             wait: float | None = None
@@ -164,9 +164,7 @@ class Dispatcher:
                 problem = f"{type(exc).__name__}: {exc}"
             if not retry or attempt == attempts:
                 break
-            # full jitter: senders retrying after one outage do not all come back together
-            await asyncio.sleep(wait if wait is not None else random.uniform(0, delay))
-            delay *= 2
+            await asyncio.sleep(wait if wait is not None else next(waits))  # (Retry-After first)
         self._outcomes.notice_failed(channel.name)
         logger.error(
             "notice_failed",
