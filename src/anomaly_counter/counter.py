@@ -26,12 +26,14 @@ from .limits import anomaly_limit_error
 from .model import (
     DISPOSITION_TYPES,
     WINDOWS,
+    ActionStats,
     AnomalyFrequency,
     AnomalyList,
     EscalationLevel,
     Lookup,
     Occurrence,
     PermanentFix,
+    RepairAttempt,
     TimelineEntry,
     empty_disposition_counts,
 )
@@ -723,7 +725,7 @@ class AnomalyCounter:
             found = [
                 self._frequency(s, at) for s in snapshots if s is not None and s.counts[1] >= floor
             ]
-            found.sort(key=lambda f: (-f.count(window), -f.count_24h, f.anomaly_key))
+            found.sort(key=lambda f: (-f.count_in(window), -f.count_24h, f.anomaly_key))
             return AnomalyList(found[:limit], len(found), len(entries) > len(looked_at))
 
         return await self._guard("chronic_anomalies", walk(), AnomalyList([], 0))
@@ -821,8 +823,8 @@ class AnomalyCounter:
                 "max_actions",
             )
 
-    async def get_all_repair_stats(self, anomaly_key: str) -> dict[str, dict[str, Any]]:
-        """Per action: total, success and success_rate over every attempt of the last 30 days."""
+    async def repair_stats(self, anomaly_key: str) -> dict[str, ActionStats]:
+        """Per action, every attempt of the last 30 days: total, success, success_rate."""
         key = validation.anomaly_key(anomaly_key)
         stats = await self._guard(
             "get_all_repair_stats",
@@ -831,9 +833,14 @@ class AnomalyCounter:
             anomaly_key=key,
         )
         return {
-            action: {"total": total, "success": ok, "success_rate": success_rate(total, ok)}
+            action: ActionStats(total, ok, success_rate(total, ok))
             for action, (total, ok) in stats.items()
         }
+
+    async def get_all_repair_stats(self, anomaly_key: str) -> dict[str, dict[str, Any]]:
+        """Per action: total, success and success_rate over every attempt of the last 30 days
+        (``repair_stats`` as the reference's dicts)."""
+        return {a: stats.to_dict() for a, stats in (await self.repair_stats(anomaly_key)).items()}
 
     async def get_repair_success_rate(self, anomaly_key: str, action: str) -> dict[str, Any]:
         """One action's total, success and success_rate over the last 30 days."""
@@ -843,16 +850,17 @@ class AnomalyCounter:
             entry = {"total": 0, "success": 0, "success_rate": 0.0}
         return {"action": name, **entry}
 
-    async def get_repair_history(self, anomaly_key: str) -> list[dict[str, Any]]:
+    async def repair_history(self, anomaly_key: str) -> list[RepairAttempt]:
         """The last 100 attempts, newest first: action, success and time, for audit."""
         key = validation.anomaly_key(anomaly_key)
         history = await self._guard(
             "get_repair_history", self.store.repair_history(self.project_id, key), []
         )
-        return [
-            {"action": h["action"], "success": h["success"], "timestamp": _time(h["at_ms"])}
-            for h in history
-        ]
+        return [RepairAttempt(h["action"], h["success"], _time(h["at_ms"])) for h in history]
+
+    async def get_repair_history(self, anomaly_key: str) -> list[dict[str, Any]]:
+        """The last 100 attempts, newest first (``repair_history`` as the reference's dicts)."""
+        return [attempt.to_dict() for attempt in await self.repair_history(anomaly_key)]
 
     async def should_skip_action(
         self, anomaly_key: str, action: str, min_success_rate: float = 0.2

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .signature import fingerprint_fields
 
@@ -119,6 +119,12 @@ class TimelineEntry:
         return out
 
 
+# The value types below are also the HTTP API's answers: its schema takes their attribute
+# docstrings as the fields' descriptions (a plain dict: pydantic reads it, this module does not
+# need it).
+_DESCRIBED: dict[str, Any] = {"use_attribute_docstrings": True}
+
+
 @dataclass(slots=True)
 class AnomalyFrequency:
     """How often one anomaly occurred, as of one point in time.
@@ -127,7 +133,10 @@ class AnomalyFrequency:
     are ours.
     """
 
+    __pydantic_config__: ClassVar[dict[str, Any]] = _DESCRIBED
+
     anomaly_key: str
+    """The anomaly's fingerprint: 16 hex digits of its four fingerprint labels."""
     count_1h: int
     count_24h: int
     count_7d: int
@@ -135,8 +144,10 @@ class AnomalyFrequency:
     first_seen: datetime
     last_seen: datetime
     auto_repair_count: int
+    """Repair attempts of the last 30 days."""
     permanent_fix_applied: bool
     escalation_level: str | None
+    """REPEAT, ESCALATE or PERMANENT_FIX by the 24 h count; null below REPEAT."""
     human_approved_count: int = 0
     manual_resolved_count: int = 0
     cold_start_trust_count: int = 0
@@ -144,15 +155,25 @@ class AnomalyFrequency:
     auto_repair_disposition_count: int = 0
     timeout_ignored_count: int = 0
     escalated_to: str | None = None
+    """The level this occurrence newly crossed into."""
     regressed: bool = False
+    """It came back after its permanent fix."""
     newly_regressed: bool = False
+    """This occurrence is the first after the fix."""
     duplicate: bool = False
+    """An occurrence id seen before: not counted again."""
     degraded: bool = False
+    """The store could not be reached: the counts are zeros, not the truth."""
     signature: dict[str, Any] = field(default_factory=dict)
-    last_resolved: datetime | None = None  # the latest resolution of an episode (reads only)
-    spooled: bool = False  # kept in the durable spool, to be counted when the store is back
-    permanent_fix: PermanentFix | None = None  # the fix in force: text, time, who
-    regressed_at: datetime | None = None  # the first occurrence after the fix in force
+    """The labels of this occurrence (reads: of the first one)."""
+    last_resolved: datetime | None = None
+    """The latest resolution of one of its episodes (reads only)."""
+    spooled: bool = False
+    """Kept in the durable spool: counted when the store is back."""
+    permanent_fix: PermanentFix | None = None
+    """The permanent fix in force (90 days): what, when, who."""
+    regressed_at: datetime | None = None
+    """The first occurrence after the fix in force (regressed stays true)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (ISO times): the reference's keys and ours."""
@@ -165,7 +186,7 @@ class AnomalyFrequency:
         out["regressed_at"] = self.regressed_at.isoformat() if self.regressed_at else None
         return out
 
-    def count(self, window: str) -> int:
+    def count_in(self, window: str) -> int:
         """The count of one window by its name (``1h``, ``24h``, ``7d``, ``30d``)."""
         return int(getattr(self, f"count_{window}"))
 
@@ -173,7 +194,58 @@ class AnomalyFrequency:
         """A row of a ranking by ``window``: its fingerprint fields, ``to_dict()``, and the
         window and its count."""
         return {**fingerprint_fields(self.signature), **self.to_dict(), "window": window,
-                "count": self.count(window)}  # fmt: skip
+                "count": self.count_in(window)}  # fmt: skip
+
+
+@dataclass(slots=True)
+class AnomalyRow(AnomalyFrequency):
+    """An anomaly in a ranking: its figures, its four fingerprint fields, and the window it
+    is ranked by with its count there."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _DESCRIBED
+
+    alert_name: str | int | float | bool | None = None
+    service: str | int | float | bool | None = None
+    namespace: str | int | float | bool | None = None
+    error_type: str | int | float | bool | None = None
+    window: str = "24h"
+    """The window it is ranked by."""
+    count: int = 0
+    """Its count in that window."""
+
+    @classmethod
+    def of(cls, frequency: AnomalyFrequency, window: str) -> AnomalyRow:
+        return cls(
+            **_fields_of(frequency),
+            **fingerprint_fields(frequency.signature),
+            window=window,
+            count=frequency.count_in(window),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ActionStats:
+    """One repair action's attempts over the last 30 days."""
+
+    total: int
+    success: int
+    success_rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return _fields_of(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairAttempt:
+    """One repair attempt, as the audit history keeps it."""
+
+    action: str
+    success: bool
+    timestamp: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reference's entry: the time as a datetime."""
+        return _fields_of(self)
 
 
 @dataclass(slots=True)

@@ -47,7 +47,7 @@ class Notice:
             anomaly_key=frequency.anomaly_key,
             labels=labels,
             level=frequency.escalated_to or frequency.escalation_level,
-            counts={window: frequency.count(window) for window in WINDOWS},
+            counts={window: frequency.count_in(window) for window in WINDOWS},
             first_seen=frequency.first_seen,
             last_seen=frequency.last_seen,
             repairs={action: dict(stats) for action, stats in repairs.items()},

@@ -9,16 +9,18 @@ anomaly's timeline (``by``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from .. import validation
 from ..counter import AnomalyCounter
-from ..model import Occurrence
+from ..model import ActionStats, AnomalyFrequency, AnomalyRow, Occurrence
 from ..policy import should_skip
 from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
@@ -28,6 +30,7 @@ from .alertmanager import AlertmanagerPayload, episodes
 from .app import CHECKED_TOKEN, Service
 from .auth import may_write
 
+T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="A token of the project (token create)")
 _ERROR = {"model": s.ErrorBody}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -62,7 +65,7 @@ class Project:
         """Who writes, as the timeline tells it: the token's id."""
         return self.token.token_id
 
-    async def timed(self, operation: str, call: Any) -> Any:
+    async def timed(self, operation: str, call: Awaitable[T]) -> T:
         async with self.service.metrics.timing(operation):
             return await call
 
@@ -160,14 +163,16 @@ _SPOOLED: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "/occurrences", tags=["occurrences"], response_model=s.FrequencyOut, responses=_SPOOLED
+    "/occurrences", tags=["occurrences"], response_model=AnomalyFrequency, responses=_SPOOLED
 )
-async def record_occurrence(body: s.OccurrenceIn, p: Writer, response: Response) -> s.FrequencyOut:
+async def record_occurrence(
+    body: s.OccurrenceIn, p: Writer, response: Response
+) -> AnomalyFrequency:
     """Count one occurrence; the answer has its windows and whether it crossed a level."""
     (frequency,) = await p.service.record(p.id, [_occurrence(body)])
     if frequency.spooled:
         response.status_code = 202
-    return s.FrequencyOut.of(frequency)
+    return frequency
 
 
 @router.post(
@@ -178,7 +183,7 @@ async def record_batch(body: s.BatchIn, p: Writer, response: Response) -> s.Batc
     frequencies = await p.service.record(p.id, [_occurrence(o) for o in body.occurrences])
     if any(f.spooled for f in frequencies):
         response.status_code = 202
-    return s.BatchOut(results=[s.FrequencyOut.of(f) for f in frequencies])
+    return s.BatchOut(results=frequencies)
 
 
 @router.post(
@@ -249,11 +254,12 @@ async def top_anomalies(
     elif level is not None:
         found = await p.timed("top", p.counter.chronic_anomalies(level, window, limit))
     else:
-        rows = await p.timed("top", p.counter.top_anomalies(limit=limit, window=window))
-        return s.TopOut(window=window, anomalies=[s.TopRow.model_validate(r) for r in rows])
+        found = await p.timed("top", p.counter.top(limit=limit, window=window))
+        rows = [AnomalyRow.of(f, window) for f in found.anomalies]
+        return s.TopOut(window=window, anomalies=rows)
     return s.TopOut(
         window=window,
-        anomalies=[s.TopRow.of(f, window) for f in found.anomalies],
+        anomalies=[AnomalyRow.of(f, window) for f in found.anomalies],
         total=found.total,
         truncated=found.truncated,
     )
@@ -262,14 +268,14 @@ async def top_anomalies(
 @router.get(
     "/anomalies/{anomaly_key}",
     tags=["anomalies"],
-    response_model=s.FrequencyOut,
+    response_model=AnomalyFrequency,
     responses=_NAMED,
 )
-async def get_anomaly(anomaly_key: AnomalyKey, p: Checked) -> s.FrequencyOut:
+async def get_anomaly(anomaly_key: AnomalyKey, p: Checked) -> AnomalyFrequency:
     """One anomaly's windows, first and last seen, repairs, dispositions, fix and regression;
     by its key, or by a name (``PodCrashLoopBackOff``, ``PodCrashLoopBackOff api``): one
     anomaly matching it, else 300 with the matches to choose from."""
-    return s.FrequencyOut.of(await p.timed("read", p.counter.anomaly(anomaly_key)))
+    return await p.timed("read", p.counter.anomaly(anomaly_key))
 
 
 @router.get(
@@ -343,9 +349,9 @@ async def record_repair(p: Writer, anomaly_key: Named, body: s.RepairIn) -> s.Do
 )
 async def repairs(p: Checked, anomaly_key: Named) -> s.RepairsOut:
     """Per action, every attempt of the last 30 days; and the last 100 attempts."""
-    stats = await p.timed("read", p.counter.get_all_repair_stats(anomaly_key))
-    history = await p.timed("read", p.counter.get_repair_history(anomaly_key))
-    return s.RepairsOut.model_validate({"actions": stats, "history": history})
+    stats = await p.timed("read", p.counter.repair_stats(anomaly_key))
+    history = await p.timed("read", p.counter.repair_history(anomaly_key))
+    return s.RepairsOut(actions=stats, history=history)
 
 
 @router.get(
@@ -361,9 +367,11 @@ async def should_skip_action(
     min_success_rate: Annotated[float, Query(ge=0, le=1)] = 0.2,
 ) -> s.SkipOut:
     """Whether automation should stop trying this action (the reference's rule)."""
-    stats = await p.timed("read", p.counter.get_repair_success_rate(anomaly_key, action))
-    skip = should_skip(stats["total"], stats["success"], min_success_rate)
-    return s.SkipOut(**stats, skip=skip, min_success_rate=min_success_rate)
+    name = validation.action(action)
+    found = await p.timed("read", p.counter.repair_stats(anomaly_key))
+    stats = found.get(name, ActionStats(0, 0, 0.0))
+    skip = should_skip(stats.total, stats.success, min_success_rate)
+    return s.SkipOut(**stats.to_dict(), action=name, skip=skip, min_success_rate=min_success_rate)
 
 
 @router.post(
@@ -383,7 +391,7 @@ async def recommendations(
         "read",
         p.counter.recommendations([anomaly_key], body.candidates or None, body.min_success_rate),
     )
-    return s.RecommendationsOut(recommendations=[r.to_dict() for r in ranked])
+    return s.RecommendationsOut(recommendations=ranked)
 
 
 @router.post(

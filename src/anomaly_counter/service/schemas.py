@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from ..model import AnomalyFrequency, TimelineEntry
+from ..model import ActionStats, AnomalyFrequency, AnomalyRow, RepairAttempt, TimelineEntry
+from ..policy import ActionRecommendation
 
 Label = str | int | float | bool | None
 
@@ -51,51 +53,8 @@ class BatchIn(_In):
     occurrences: list[OccurrenceIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class PermanentFixOut(BaseModel):
-    description: str
-    at: datetime
-    by: str | None = Field(description="Who marked it: a token id, cli, or the library's by")
-
-
-class FrequencyOut(BaseModel):
-    anomaly_key: str
-    count_1h: int
-    count_24h: int
-    count_7d: int
-    count_30d: int
-    first_seen: datetime
-    last_seen: datetime
-    auto_repair_count: int
-    permanent_fix_applied: bool
-    escalation_level: str | None
-    human_approved_count: int
-    manual_resolved_count: int
-    cold_start_trust_count: int
-    total_resolution_count: int
-    auto_repair_disposition_count: int
-    timeout_ignored_count: int
-    escalated_to: str | None = Field(description="The level this occurrence newly crossed into")
-    regressed: bool
-    newly_regressed: bool
-    duplicate: bool
-    degraded: bool
-    signature: dict[str, Any]
-    last_resolved: datetime | None
-    spooled: bool = Field(False, description="Kept in the spool: counted when the store is back")
-    permanent_fix: PermanentFixOut | None = Field(
-        None, description="The permanent fix in force (90 days): what, when, who"
-    )
-    regressed_at: datetime | None = Field(
-        None, description="The first occurrence after the fix in force (regressed stays true)"
-    )
-
-    @classmethod
-    def of(cls, frequency: AnomalyFrequency) -> FrequencyOut:
-        return cls.model_validate(frequency.to_dict())
-
-
 class BatchOut(BaseModel):
-    results: list[FrequencyOut]
+    results: list[AnomalyFrequency]
 
 
 class AlertmanagerOut(BaseModel):
@@ -109,22 +68,9 @@ class AlertmanagerOut(BaseModel):
     too_old: int = Field(description="Alerts that started more than 30 days ago (not counted)")
 
 
-class TopRow(FrequencyOut):
-    alert_name: str | int | float | bool | None
-    service: str | int | float | bool | None
-    namespace: str | int | float | bool | None
-    error_type: str | int | float | bool | None
-    window: str
-    count: int
-
-    @classmethod
-    def of(cls, frequency: AnomalyFrequency, window: str) -> TopRow:  # type: ignore[override]
-        return cls.model_validate(frequency.row(window))
-
-
 class TopOut(BaseModel):
     window: str
-    anomalies: list[TopRow]
+    anomalies: list[AnomalyRow]
     total: int | None = Field(
         default=None, description="With q or level: how many matched (at most the cap)"
     )
@@ -133,11 +79,11 @@ class TopOut(BaseModel):
 
 class MatchesOut(BaseModel):
     detail: str
-    matches: list[TopRow] = Field(description="The anomalies the name matches, best first")
+    matches: list[AnomalyRow] = Field(description="The anomalies the name matches, best first")
 
     @classmethod
     def of(cls, detail: str, matches: list[AnomalyFrequency]) -> MatchesOut:
-        return cls(detail=detail, matches=[TopRow.of(f, "24h") for f in matches])
+        return cls(detail=detail, matches=[AnomalyRow.of(f, "24h") for f in matches])
 
 
 class HistoryBucket(BaseModel):
@@ -177,26 +123,18 @@ class RepairIn(_In):
     at: IsoTime | None = None
 
 
-class ActionStats(BaseModel):
-    total: int
-    success: int
-    success_rate: float
-
-
-class RepairAttempt(BaseModel):
-    action: str
-    success: bool
-    timestamp: datetime
-
-
 class RepairsOut(BaseModel):
     actions: dict[str, ActionStats] = Field(description="Every attempt of the last 30 days")
     history: list[RepairAttempt] = Field(description="The last 100 attempts, newest first")
 
 
+@dataclass(frozen=True, slots=True)
 class SkipOut(ActionStats):
+    """An action's attempts of the last 30 days, and whether automation should stop trying
+    it (``skip``: tried at least twice and succeeds less than ``min_success_rate``)."""
+
     action: str
-    skip: bool = Field(description="Tried at least twice and succeeds less than the floor")
+    skip: bool
     min_success_rate: float
 
 
@@ -207,19 +145,8 @@ class RecommendIn(_In):
     min_success_rate: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.2
 
 
-class Recommendation(BaseModel):
-    action: str
-    rank: int
-    score: float
-    total: int
-    success: int
-    success_rate: float
-    skip: bool
-    reason: str
-
-
 class RecommendationsOut(BaseModel):
-    recommendations: list[Recommendation]
+    recommendations: list[ActionRecommendation]
 
 
 class DispositionIn(_In):
