@@ -15,6 +15,7 @@ from anomaly_counter import (
     UnknownDispositionError,
 )
 from anomaly_counter.model import PermanentFix
+from anomaly_counter.stores.base import AnomalyWrite
 
 from .conftest import SIG, Clock, CounterFactory
 
@@ -468,11 +469,17 @@ async def test_a_retried_repair_or_disposition_counts_once(
     counter = make_counter()
     store, now = counter.store, int(clock.now.timestamp() * 1000)
     for write_id in ("w1", "w1", "w2"):  # the second is a retry of the first
-        await store.record_repair("team-a", KEY, "restart_pod", True, now, now, write_id)
-        await store.record_disposition("team-a", KEY, "auto_repair", now, now, f"d-{write_id}")
-    await store.record_repair("team-a", KEY, "restart_pod", False, now, now)  # no id: counted
+        await store.record_repair(
+            "team-a", AnomalyWrite(KEY, now, now, write_id), "restart_pod", True
+        )
+        await store.record_disposition(
+            "team-a", AnomalyWrite(KEY, now, now, f"d-{write_id}"), "auto_repair"
+        )
+    await store.record_repair("team-a", AnomalyWrite(KEY, now, now), "restart_pod", False)  # no id
     assert (await counter.get_all_repair_stats(KEY))["restart_pod"]["total"] == 3
     assert (await counter.get_disposition_stats(KEY))["auto_repair"] == 2
     other = make_counter("team-b")  # ids are per anomaly and project
-    await other.store.record_repair("team-b", KEY, "restart_pod", True, now, now, "w1")
+    await other.store.record_repair(
+        "team-b", AnomalyWrite(KEY, now, now, "w1"), "restart_pod", True
+    )
     assert (await other.get_all_repair_stats(KEY))["restart_pod"]["total"] == 1

@@ -10,6 +10,7 @@ import pytest
 from anomaly_counter import AmbiguousAnomalyError, AnomalyCounter, InvalidInputError
 from anomaly_counter import counter as counter_module
 from anomaly_counter.limits import Limits
+from anomaly_counter.stores.base import AnomalyWrite
 from anomaly_counter.timeline import (
     MAX_ENTRIES,
     MAX_TEXT_CHARS,
@@ -209,13 +210,14 @@ async def test_a_retried_write_tells_its_story_once(
     counter = make_counter()
     store, now = counter.store, _ms(clock.now)
     await counter.record_anomaly(SIG)
+    write = AnomalyWrite(KEY, now, now, "w1", "tok")
     for _ in range(2):  # the second is the retry of a write whose answer was lost
-        await store.record_repair("team-a", KEY, "restart_pod", True, now, now, "w1", "tok")
-        await store.record_disposition("team-a", KEY, "auto_repair", now, now, "w2", "tok")
-        await store.mark_fix("team-a", KEY, "the fix", now, now, "w3", "tok")
-    assert await store.undo_fix("team-a", KEY, now, now, "w4", "tok")
-    assert await store.undo_fix("team-a", KEY, now, now, "w4", "tok")  # a retry: it happened
-    assert not await store.undo_fix("team-a", KEY, now, now, "w5", "tok")  # nothing to undo
+        await store.record_repair("team-a", write, "restart_pod", True)
+        await store.record_disposition("team-a", write._replace(write_id="w2"), "auto_repair")
+        await store.mark_fix("team-a", write._replace(write_id="w3"), "the fix")
+    assert await store.undo_fix("team-a", write._replace(write_id="w4"))
+    assert await store.undo_fix("team-a", write._replace(write_id="w4"))  # a retry: it happened
+    assert not await store.undo_fix("team-a", write._replace(write_id="w5"))  # nothing to undo
     kinds = [e.kind for e in await counter.timeline(KEY)]
     assert sorted(kinds) == sorted(["first_seen", "repair", "disposition", "fix", "fix_undone"])
     assert (await counter.get_all_repair_stats(KEY))["restart_pod"]["total"] == 1

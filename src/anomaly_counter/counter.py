@@ -43,7 +43,15 @@ from .replay import Replayer
 from .settings import Settings, load_settings
 from .signature import derive_key_from_incident, fingerprint_fields, hash_signature
 from .spool import Spool, spool_of
-from .stores.base import DAY_MS, RecordRequest, Snapshot, Store, WritePolicy, store_from_url
+from .stores.base import (
+    DAY_MS,
+    AnomalyWrite,
+    RecordRequest,
+    Snapshot,
+    Store,
+    WritePolicy,
+    store_from_url,
+)
 from .windows import HISTORY, NEVER, WindowState, tail_capacity
 
 logger = structlog.get_logger("anomaly_counter")
@@ -798,18 +806,21 @@ class AnomalyCounter:
         name = validation.action(action)
         if not isinstance(success, bool):
             raise InvalidInputError(f"success must be true or false, got {success!r}")
+        event = self._event(key, at, by)
+
+        async def write() -> None:  # (the check is part of the write: retried with it)
+            await self._within_action_limit(key, name, event.now_ms)
+            await self.store.record_repair(self.project_id, event, name, success)
+
+        await self._retried("record_repair_attempt", write, None, anomaly_key=key)
+
+    def _event(self, key: str, at: datetime | None, by: str | None) -> AnomalyWrite:
+        """A write of an event to an anomaly: checked, timed, with a write id of its own (its
+        retries are applied once)."""
         reporter = validation.reporter(by)
         now = self._clock()
         moment = validation.occurrence_time(at, now)
-        write_id = uuid.uuid4().hex
-
-        async def write() -> None:  # (the check is part of the write: retried with it)
-            await self._within_action_limit(key, name, _ms(now))
-            await self.store.record_repair(
-                self.project_id, key, name, success, _ms(moment), _ms(now), write_id, reporter
-            )
-
-        await self._retried("record_repair_attempt", write, None, anomaly_key=key)
+        return AnomalyWrite(key, _ms(moment), _ms(now), uuid.uuid4().hex, reporter)
 
     async def _within_action_limit(self, key: str, action: str, now_ms: int) -> None:
         """Refuse a new action name past ``max_actions`` of the anomaly (a look-up first: two
@@ -895,15 +906,10 @@ class AnomalyCounter:
         ``by`` names who reported it (kept in the timeline)."""
         key = validation.anomaly_key(anomaly_key)
         kind = validation.disposition(disposition_type)
-        reporter = validation.reporter(by)
-        now = self._clock()
-        moment = validation.occurrence_time(at, now)
-        write_id = uuid.uuid4().hex
+        event = self._event(key, at, by)
         await self._retried(
             "record_disposition",
-            lambda: self.store.record_disposition(
-                self.project_id, key, kind, _ms(moment), _ms(now), write_id, reporter
-            ),
+            lambda: self.store.record_disposition(self.project_id, event, kind),
             None,
             anomaly_key=key,
         )
@@ -972,15 +978,10 @@ class AnomalyCounter:
         (text, time, ``by``) is in the anomaly's ``permanent_fix`` and its timeline."""
         key = validation.anomaly_key(anomaly_key)
         text = validation.description(fix_description)
-        reporter = validation.reporter(by)
-        now = self._clock()
-        moment = validation.occurrence_time(at, now)
-        write_id = uuid.uuid4().hex
+        event = self._event(key, at, by)
         await self._retried(
             "mark_permanent_fix_applied",
-            lambda: self.store.mark_fix(
-                self.project_id, key, text, _ms(moment), _ms(now), write_id, reporter
-            ),
+            lambda: self.store.mark_fix(self.project_id, event, text),
             None,
             anomaly_key=key,
         )
@@ -992,15 +993,10 @@ class AnomalyCounter:
         the anomaly is no longer fixed nor regressed, and its timeline says who undid it.
         False when it had no fix in force."""
         key = validation.anomaly_key(anomaly_key)
-        reporter = validation.reporter(by)
-        now = self._clock()
-        moment = validation.occurrence_time(at, now)
-        write_id = uuid.uuid4().hex
+        event = self._event(key, at, by)
         return await self._retried(
             "undo_permanent_fix",
-            lambda: self.store.undo_fix(
-                self.project_id, key, _ms(moment), _ms(now), write_id, reporter
-            ),
+            lambda: self.store.undo_fix(self.project_id, event),
             False,
             anomaly_key=key,
         )

@@ -12,7 +12,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigurationError
@@ -48,6 +48,19 @@ class RecordRequest:
     at_ms: int
     occurrence_id: str | None
     search_terms: str = ""  # the signature's search terms (search.joined_terms), indexed once
+
+
+class AnomalyWrite(NamedTuple):
+    """What every write of an event to an anomaly (a repair, a disposition, a fix or its undo)
+    carries: which anomaly, when it happened, when it is written, its write id (a retry with
+    the same id is applied once; "" for none) and who reported it (a token id, ``cli``, the
+    library caller's ``by``; "" for nobody)."""
+
+    anomaly_key: str
+    at_ms: int
+    now_ms: int
+    write_id: str = ""
+    by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +174,9 @@ class Store(ABC):
     async def record_repair(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         action: str,
         success: bool,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
         """Count one attempt, and tell it in the timeline; a write id already applied to this
         anomaly (a retry) is not counted again."""
@@ -186,12 +195,8 @@ class Store(ABC):
     async def record_disposition(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         disposition: str,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
         """Count one disposition, and tell it in the timeline; a write id already applied (a
         retry) is not counted again."""
@@ -227,21 +232,14 @@ class Store(ABC):
     async def mark_fix(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         description: str,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
         """Mark a permanent fix (the next occurrence after it is a regression), and tell it in
         the timeline; a write id already applied (a retry) changes nothing."""
 
     @abstractmethod
-    async def undo_fix(
-        self, project: str, anomaly_key: str, at_ms: int, now_ms: int, write_id: str = "",
-        by: str = "",
-    ) -> bool:  # fmt: skip
+    async def undo_fix(self, project: str, write: AnomalyWrite) -> bool:
         """Take back the fix in force (and its regression), and tell it in the timeline;
         False when no fix was in force. A retry of an undo that happened (its write id
         already applied) is True again and changes nothing."""

@@ -65,6 +65,7 @@ from .base import (
     FIX_VALIDITY_MS,
     REPAIR_HISTORY_LENGTH,
     RETENTION_DAYS,
+    AnomalyWrite,
     RecordRequest,
     Snapshot,
     Store,
@@ -454,14 +455,11 @@ class RedisScripts(Store):
     async def record_repair(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         action: str,
         success: bool,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
+        anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)
         args = [action, int(success), at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
         script_keys = [keys.days, keys.history, keys.meta]
@@ -489,13 +487,10 @@ class RedisScripts(Store):
     async def record_disposition(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         disposition: str,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
+        anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)
         script_keys = [keys.days, keys.index("dispositions"), keys.index("summary"), keys.meta]
         args = [anomaly_key, disposition, at_ms, now_ms, ANOMALY_TTL_SECONDS, RETENTION_DAYS]
@@ -584,13 +579,10 @@ class RedisScripts(Store):
     async def mark_fix(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         description: str,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
+        anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)
         digest = id_digest(write_id) if write_id else ""
         entry = timeline.encode("fix", at_ms, description, by)
@@ -599,10 +591,8 @@ class RedisScripts(Store):
         (done,) = await self._eval("fix", [([keys.meta], args)])
         self._placed(project, done != -1)
 
-    async def undo_fix(
-        self, project: str, anomaly_key: str, at_ms: int, now_ms: int, write_id: str = "",
-        by: str = "",
-    ) -> bool:  # fmt: skip
+    async def undo_fix(self, project: str, write: AnomalyWrite) -> bool:
+        anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)
         digest = id_digest(write_id) if write_id else ""
         entry = timeline.encode("fix_undone", at_ms, by)

@@ -42,6 +42,7 @@ from .base import (
     INDEXES,
     REPAIR_HISTORY_LENGTH,
     RETENTION_DAYS,
+    AnomalyWrite,
     RecordRequest,
     Snapshot,
     Store,
@@ -663,14 +664,12 @@ class SQLiteStore(Store):
     async def record_repair(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         action: str,
         success: bool,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
+        anomaly_key, at_ms, now_ms, write_id, by = write
+
         def work(db: sqlite3.Connection) -> None:
             self._claim(db, project, anomaly_key)
             if not self._first_write(db, project, anomaly_key, write_id, now_ms):
@@ -720,13 +719,11 @@ class SQLiteStore(Store):
     async def record_disposition(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         disposition: str,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
+        anomaly_key, at_ms, now_ms, write_id, by = write
+
         def work(db: sqlite3.Connection) -> None:
             self._claim(db, project, anomaly_key)
             if not self._first_write(db, project, anomaly_key, write_id, now_ms):
@@ -846,13 +843,11 @@ class SQLiteStore(Store):
     async def mark_fix(
         self,
         project: str,
-        anomaly_key: str,
+        write: AnomalyWrite,
         description: str,
-        at_ms: int,
-        now_ms: int,
-        write_id: str = "",
-        by: str = "",
     ) -> None:
+        anomaly_key, at_ms, now_ms, write_id, by = write
+
         def work(db: sqlite3.Connection) -> None:
             self._claim(db, project, anomaly_key)
             if not self._first_write(db, project, anomaly_key, write_id, now_ms):
@@ -868,10 +863,9 @@ class SQLiteStore(Store):
 
         await self._run(self._write, work)
 
-    async def undo_fix(
-        self, project: str, anomaly_key: str, at_ms: int, now_ms: int, write_id: str = "",
-        by: str = "",
-    ) -> bool:  # fmt: skip
+    async def undo_fix(self, project: str, write: AnomalyWrite) -> bool:
+        anomaly_key, at_ms, now_ms, write_id, by = write
+
         def work(db: sqlite3.Connection) -> bool:
             # The id is remembered only with an undo that happened: a retry of one whose
             # answer was lost finds it and says so; a retry of a refusal is refused again.
