@@ -46,6 +46,7 @@ from .spool import Spool, spool_of
 from .stores.base import (
     DAY_MS,
     AnomalyWrite,
+    Recording,
     RecordRequest,
     Snapshot,
     Store,
@@ -324,16 +325,19 @@ class AnomalyCounter:
             if self.spool.depth:  # a backlog: join it, so that the order is kept
                 return (await self._to_spool([request], now))[0]
             try:
-                stored = await self.store.record(self.project_id, [request], self._policy, _ms(now))
+                stored = await self.store.record(self._recording(now), [request])
             except StoreUnavailableError as exc:
                 logger.warning("anomaly_counter_spooling", project=self.project_id, error=str(exc))
                 return (await self._to_spool([request], now))[0]
             return self._results([request], self._admitted(stored))[0]
-        write = self.store.record(self.project_id, [request], self._policy, _ms(now))
+        write = self.store.record(self._recording(now), [request])
         snapshots = await self._guard("record", write, None)
         if snapshots is None:
             return self._degraded(request.anomaly_key, _time(request.at_ms))
         return self._results([request], self._admitted(snapshots))[0]
+
+    def _recording(self, now: datetime) -> Recording:
+        return Recording(self.project_id, self._policy, _ms(now))
 
     def _admitted(self, snapshots: list[Snapshot]) -> list[Snapshot]:
         """The snapshots of stored occurrences, else LimitExceededError."""
@@ -411,7 +415,7 @@ class AnomalyCounter:
         size = self.store.pipeline_chunk or len(requests)
         chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
         frequencies: list[AnomalyFrequency] = []
-        answers = self.store.record_chunks(self.project_id, chunks, self._policy, _ms(now))
+        answers = self.store.record_chunks(self._recording(now), chunks)
         done = 0
         async for snapshots in answers:
             # Acknowledged long ago, and refused now: the spool must move on, so it is dropped,
@@ -466,10 +470,9 @@ class AnomalyCounter:
         try:
             # room for the batch's new anomalies first: refused whole, or stored whole
             keys = list(dict.fromkeys(c.anomaly_key for c in checked))
-            await self.store.admit(self.project_id, keys, self._policy, _ms(now))
-            answers = self.store.record_chunks(
-                self.project_id, prepared(), self._policy, _ms(now), whole=True
-            )
+            recording = self._recording(now)
+            await self.store.admit(recording, keys)
+            answers = self.store.record_chunks(recording, prepared(), whole=True)
             async for snapshots in answers:
                 for i, frequency in zip(
                     chunks[done], self._results(requests[done], snapshots), strict=True

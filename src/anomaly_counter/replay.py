@@ -9,28 +9,31 @@ id). While the store is down the replayer waits, with exponential backoff and ji
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import structlog
 
 from .backoff import pauses
 from .errors import StoreUnavailableError
+from .model import AnomalyFrequency
 from .spool import Spool
 
-if TYPE_CHECKING:
-    from .counter import AnomalyCounter
-    from .model import AnomalyFrequency
-
 logger = structlog.get_logger("anomaly_counter.replay")
-Replayed = Callable[[str, "list[AnomalyFrequency]"], None]
+Replayed = Callable[[str, list[AnomalyFrequency]], None]
+
+
+class Replays(Protocol):
+    """What stores one project's spooled records (the counter of that project)."""
+
+    async def replay(self, records: Sequence[Mapping[str, Any]]) -> list[AnomalyFrequency]: ...
 
 
 class Replayer:
     def __init__(
         self,
         spool: Spool,
-        counter_for: Callable[[str], AnomalyCounter],
+        counter_for: Callable[[str], Replays],
         on_replayed: Replayed | None = None,
         *,
         batch: int = 2_000,

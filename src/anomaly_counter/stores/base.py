@@ -75,6 +75,19 @@ class WritePolicy:
     # not stored, ``refused``)
 
 
+Chunks = Iterable[Sequence[RecordRequest]]
+"""A batch in chunks, in order (each chunk a store call; all of one anomaly in one chunk)."""
+
+
+class Recording(NamedTuple):
+    """What a record call applies to its occurrences: their project, its rules, and the
+    writer's time."""
+
+    project: str
+    policy: WritePolicy
+    now_ms: int
+
+
 @dataclass(slots=True)
 class Snapshot:
     """What a store knows of one anomaly as of one time (windows end at that time)."""
@@ -116,10 +129,10 @@ def refused_snapshot(anomaly_key: str) -> Snapshot:
     )
 
 
-def all_stored(snapshots: list[Snapshot], project: str, policy: WritePolicy) -> list[Snapshot]:
+def all_stored(snapshots: list[Snapshot], recording: Recording) -> list[Snapshot]:
     """The snapshots of a batch, or LimitExceededError when any occurrence was refused."""
     if any(s.refused for s in snapshots):
-        raise anomaly_limit_error(project, policy.max_anomalies)
+        raise anomaly_limit_error(recording.project, recording.policy.max_anomalies)
     return snapshots
 
 
@@ -132,7 +145,7 @@ class Store(ABC):
 
     @abstractmethod
     async def record(
-        self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
+        self, recording: Recording, requests: Sequence[RecordRequest]
     ) -> list[Snapshot]:
         """Count occurrences in order (pipelined where the store can), each atomically. One
         that would make a new anomaly past ``policy.max_anomalies`` is not stored (its snapshot
@@ -140,10 +153,8 @@ class Store(ABC):
 
     async def record_chunks(
         self,
-        project: str,
+        recording: Recording,
         chunks: Iterable[Sequence[RecordRequest]],
-        policy: WritePolicy,
-        now_ms: int,
         *,
         whole: bool = False,
     ) -> AsyncIterator[list[Snapshot]]:
@@ -152,12 +163,10 @@ class Store(ABC):
         batch that is stored whole or not at all, for the anomaly limit too (after ``admit``):
         LimitExceededError when any of it is refused."""
         for chunk in chunks:
-            snapshots = await self.record(project, chunk, policy, now_ms)
-            yield all_stored(snapshots, project, policy) if whole else snapshots
+            snapshots = await self.record(recording, chunk)
+            yield all_stored(snapshots, recording) if whole else snapshots
 
-    async def admit(
-        self, project: str, anomaly_keys: Sequence[str], policy: WritePolicy, now_ms: int
-    ) -> None:
+    async def admit(self, recording: Recording, anomaly_keys: Sequence[str]) -> None:
         """Make room for the new anomalies among these before a batch of them is written, or
         raise LimitExceededError (nothing reserved, nothing stored). For stores whose batch
         cannot be refused whole once it has begun (Redis: it runs in many calls); a store that

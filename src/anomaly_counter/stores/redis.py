@@ -66,6 +66,7 @@ from .base import (
     REPAIR_HISTORY_LENGTH,
     RETENTION_DAYS,
     AnomalyWrite,
+    Recording,
     RecordRequest,
     Snapshot,
     Store,
@@ -345,8 +346,9 @@ class RedisScripts(Store):
     # -- occurrences --------------------------------------------------------------------------
 
     async def record(
-        self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
+        self, recording: Recording, requests: Sequence[RecordRequest]
     ) -> list[Snapshot]:
+        project, policy, now_ms = recording
         policy_args = _policy_args(policy)
         results = await self._writes.submit(
             [(project, policy_args, now_ms, request) for request in requests]
@@ -358,9 +360,8 @@ class RedisScripts(Store):
         replies = await self._eval("record", [(keys, args) for keys, args, _ in groups])
         return _record_snapshots(items, groups, replies, self._known)
 
-    async def admit(
-        self, project: str, anomaly_keys: Sequence[str], policy: WritePolicy, now_ms: int
-    ) -> None:
+    async def admit(self, recording: Recording, anomaly_keys: Sequence[str]) -> None:
+        project, policy, now_ms = recording
         since = now_ms - _KNOWN_FOR_MS
         unknown = [k for k in anomaly_keys if self._known.get((project, k), since) <= since]
         if not unknown:
@@ -389,13 +390,12 @@ class RedisScripts(Store):
 
     async def record_chunks(
         self,
-        project: str,
+        recording: Recording,
         chunks: Iterable[Sequence[RecordRequest]],
-        policy: WritePolicy,
-        now_ms: int,
         *,
         whole: bool = False,
     ) -> AsyncIterator[list[Snapshot]]:
+        project, policy, now_ms = recording
         """Chunks in rounds of up to _CHUNKS_PER_ROUND, each round one ``_eval``: its
         occurrences grouped into as few calls as may be (on a cluster one per slot: a round's
         calls then carry many occurrences each, and the server pays per call). With
@@ -407,11 +407,11 @@ class RedisScripts(Store):
             round_.append([(project, policy_args, now_ms, request) for request in chunk])
             if len(round_) == _CHUNKS_PER_ROUND:
                 for snapshots in await self._record_round(round_):
-                    yield all_stored(snapshots, project, policy) if whole else snapshots
+                    yield all_stored(snapshots, recording) if whole else snapshots
                 round_ = []
         if round_:
             for snapshots in await self._record_round(round_):
-                yield all_stored(snapshots, project, policy) if whole else snapshots
+                yield all_stored(snapshots, recording) if whole else snapshots
 
     async def _record_round(self, round_: Sequence[list[_Write]]) -> list[list[Snapshot]]:
         items = [item for chunk in round_ for item in chunk]
@@ -744,19 +744,18 @@ class RedisStore(RedisScripts):
 
     async def record_chunks(
         self,
-        project: str,
+        recording: Recording,
         chunks: Iterable[Sequence[RecordRequest]],
-        policy: WritePolicy,
-        now_ms: int,
         *,
         whole: bool = False,
     ) -> AsyncIterator[list[Snapshot]]:
+        project, policy, now_ms = recording
         # Every chunk goes out on one connection before any answer is read: the server works
         # through them in order while the caller reads and handles the first answers. (Two
         # connections would not do: the server interleaves them, and the first chunk's answers
         # would come back last.)
         if self._wait:
-            answers = super().record_chunks(project, chunks, policy, now_ms, whole=whole)
+            answers = super().record_chunks(recording, chunks, whole=whole)
             async for snapshots in answers:
                 yield snapshots
             return
@@ -788,10 +787,10 @@ class RedisStore(RedisScripts):
                         snapshots = _record_snapshots(
                             rest_items, rest_groups, rest_replies, self._known
                         )
-                        yield all_stored(snapshots, project, policy) if whole else snapshots
+                        yield all_stored(snapshots, recording) if whole else snapshots
                     return
                 snapshots = _record_snapshots(items, groups, replies, self._known)
-                yield all_stored(snapshots, project, policy) if whole else snapshots
+                yield all_stored(snapshots, recording) if whole else snapshots
         except BaseException as exc:
             if held:
                 await self._link.discard(connection)

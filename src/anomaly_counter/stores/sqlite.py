@@ -43,6 +43,7 @@ from .base import (
     REPAIR_HISTORY_LENGTH,
     RETENTION_DAYS,
     AnomalyWrite,
+    Recording,
     RecordRequest,
     Snapshot,
     Store,
@@ -315,21 +316,19 @@ class SQLiteStore(Store):
     # -- occurrences --------------------------------------------------------------------------
 
     async def record(
-        self, project: str, requests: Sequence[RecordRequest], policy: WritePolicy, now_ms: int
+        self, recording: Recording, requests: Sequence[RecordRequest]
     ) -> list[Snapshot]:
-        return await self._run(self._write, self._recording(project, requests, policy, now_ms))
+        return await self._run(self._write, self._recording(recording, requests))
 
     async def record_chunks(
         self,
-        project: str,
+        recording: Recording,
         chunks: Iterable[Sequence[RecordRequest]],
-        policy: WritePolicy,
-        now_ms: int,
         *,
         whole: bool = False,
     ) -> AsyncIterator[list[Snapshot]]:
         if not whole:
-            async for snapshots in super().record_chunks(project, chunks, policy, now_ms):
+            async for snapshots in super().record_chunks(recording, chunks):
                 yield snapshots
             return
         # a whole batch is one transaction: a refusal anywhere rolls all of it back
@@ -338,20 +337,17 @@ class SQLiteStore(Store):
         for chunk in chunks:
             sizes.append(len(chunk))
             requests.extend(chunk)
-        work = self._recording(project, requests, policy, now_ms, whole=True)
+        work = self._recording(recording, requests, whole=True)
         snapshots = await self._run(self._write, work)
         for size in sizes:
             yield snapshots[:size]
             snapshots = snapshots[size:]
 
     def _recording(
-        self,
-        project: str,
-        requests: Sequence[RecordRequest],
-        policy: WritePolicy,
-        now_ms: int,
-        whole: bool = False,
+        self, recording: Recording, requests: Sequence[RecordRequest], whole: bool = False
     ) -> Callable[[sqlite3.Connection], list[Snapshot]]:
+        project, policy, now_ms = recording
+
         def work(db: sqlite3.Connection) -> list[Snapshot]:
             last_housekeeping = self._last_housekeeping
             self._housekeeping(db, now_ms)
