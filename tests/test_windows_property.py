@@ -148,7 +148,7 @@ async def test_stores_count_within_bound(
         assert frequency is not None
         for window, name in enumerate(("1h", "24h", "7d", "30d")):
             expected = brute(ordered, at - WINDOW_MS[window], at)
-            assert abs(frequency.count(name) - expected) <= bound(
+            assert abs(frequency.count_in(name) - expected) <= bound(
                 ordered, window, at, max(inserted)
             )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from types import TracebackType
@@ -14,7 +14,6 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import structlog
 
 from . import search, timeline, validation
-from .backoff import pauses
 from .errors import (
     AmbiguousAnomalyError,
     AnomalyNotFoundError,
@@ -35,7 +34,6 @@ from .model import (
     PermanentFix,
     RepairAttempt,
     TimelineEntry,
-    empty_disposition_counts,
 )
 from .policy import ActionRecommendation, level_for, recommend, should_skip, success_rate
 from .ranking import Evaluate, select_top
@@ -53,7 +51,9 @@ from .stores.base import (
     WritePolicy,
     store_from_url,
 )
-from .windows import HISTORY, NEVER, WindowState, tail_capacity
+from .stores.resilient import ResilientStore
+from .stores.spooling import SpoolingStore
+from .windows import HISTORY, NEVER, tail_capacity
 
 logger = structlog.get_logger("anomaly_counter")
 T = TypeVar("T")
@@ -98,7 +98,6 @@ class AnomalyCounter:
     ) -> None:
         self.project_id = validation.project_id(project_id)
         self.settings = settings or Settings()
-        self.store = store
         self._clock = clock
         self.spool = spool
         """Where occurrences go while the store cannot take them (None: they are answered
@@ -107,6 +106,16 @@ class AnomalyCounter:
         self._replayer: Replayer | None = None
         if spool is not None and replay:
             self._replayer = Replayer(spool, self._counter_for)
+        # What a call does while the store is away is the store's: the spool keeps what it
+        # cannot take (stores/spooling.py), and the rest degrades or raises (resilient.py).
+        # Replays write to the store itself: there, an outage must stop the replay.
+        self.store = store
+        """The store itself (what the counter writes through is composed around it)."""
+        kept = SpoolingStore(store, spool, self._start_replayer) if spool is not None else store
+        self._resilient = ResilientStore(
+            kept, strict=self.settings.strict, write_attempts=self.settings.write_attempts
+        )
+        self._store: Store = self._resilient
         thresholds = self.settings.thresholds_for(self.project_id)
         self.thresholds = thresholds
         self._policy = WritePolicy(
@@ -159,6 +168,10 @@ class AnomalyCounter:
             return self
         return AnomalyCounter(self.store, project, settings=self.settings, clock=self._clock)
 
+    def _start_replayer(self) -> None:
+        if self._replayer is not None:
+            self._replayer.start()
+
     async def __aenter__(self) -> AnomalyCounter:
         return self
 
@@ -190,45 +203,9 @@ class AnomalyCounter:
             await self._replayer.stop()
         if self.spool is not None:
             self.spool.close()
-        await self.store.aclose()
+        await self._store.aclose()
 
-    # -- degradation --------------------------------------------------------------------------
-
-    async def _retried(
-        self, op: str, write: Callable[[], Awaitable[T]], fallback: T, **context: Any
-    ) -> T:
-        """A write, tried ``write_attempts`` times with exponential backoff and full jitter
-        while the store cannot be reached (then ``fallback``, unless strict). Safe: each write
-        carries an id, so one that landed although its answer was lost is not applied again."""
-        waits = pauses(_RETRY_BASE_SECONDS)
-        for attempt in range(1, self.settings.write_attempts + 1):
-            try:
-                return await write()
-            except StoreUnavailableError as exc:
-                if attempt == self.settings.write_attempts:
-                    self._unavailable(op, exc, **context)
-                    return fallback
-                await asyncio.sleep(next(waits))
-        return fallback
-
-    async def _guard(self, op: str, call: Awaitable[T], fallback: T, **context: Any) -> T:
-        try:
-            return await call
-        except StoreUnavailableError as exc:
-            self._unavailable(op, exc, **context)
-            return fallback
-
-    def _unavailable(self, op: str, exc: StoreUnavailableError, **context: Any) -> None:
-        """Raise when strict; else log the outage, and the caller answers ``degraded``."""
-        if self.settings.strict:
-            raise exc
-        logger.warning(
-            "anomaly_counter_store_unavailable",
-            operation=op,
-            project=self.project_id,
-            error=str(exc),
-            **context,
-        )
+    # -- mapping ------------------------------------------------------------------------------
 
     def _degraded(self, key: str, at: datetime) -> AnomalyFrequency:
         return AnomalyFrequency(
@@ -290,10 +267,6 @@ class AnomalyCounter:
             )
         signature = validation.signature(occurrence.signature)
         occurrence_id = validation.occurrence_id(occurrence.occurrence_id)
-        if occurrence_id is None and self.spool is not None:
-            # With a spool, a write whose answer was lost is retried through it: an id made
-            # now, before the first attempt, makes the retry count once if the first landed.
-            occurrence_id = f"auto:{uuid.uuid4().hex}"
         return _Checked(
             hash_signature(signature),
             signature,
@@ -321,19 +294,7 @@ class AnomalyCounter:
         """
         now = self._clock()
         request = self._prepare(self._check(Occurrence(signature, at, occurrence_id), now))
-        if self.spool is not None:
-            if self.spool.depth:  # a backlog: join it, so that the order is kept
-                return (await self._to_spool([request], now))[0]
-            try:
-                stored = await self.store.record(self._recording(now), [request])
-            except StoreUnavailableError as exc:
-                logger.warning("anomaly_counter_spooling", project=self.project_id, error=str(exc))
-                return (await self._to_spool([request], now))[0]
-            return self._results([request], self._admitted(stored))[0]
-        write = self.store.record(self._recording(now), [request])
-        snapshots = await self._guard("record", write, None)
-        if snapshots is None:
-            return self._degraded(request.anomaly_key, _time(request.at_ms))
+        snapshots = await self._store.record(self._recording(now), [request])
         return self._results([request], self._admitted(snapshots))[0]
 
     def _recording(self, now: datetime) -> Recording:
@@ -344,39 +305,6 @@ class AnomalyCounter:
         if any(s.refused for s in snapshots):
             raise anomaly_limit_error(self.project_id, self._policy.max_anomalies)
         return snapshots
-
-    async def _to_spool(
-        self, requests: Sequence[RecordRequest], now: datetime
-    ) -> list[AnomalyFrequency]:
-        """Keep occurrences in the durable spool (fsynced before this returns); each gets an
-        occurrence id if it has none, so that its replay counts once. Raises SpoolFullError."""
-        assert self.spool is not None
-        accepted = _ms(now)
-        payloads = [
-            {
-                "project": self.project_id,
-                "signature": r.signature,
-                "at_ms": r.at_ms,
-                "occurrence_id": r.occurrence_id or f"spool:{uuid.uuid4().hex}",
-                "accepted_ms": accepted,
-            }
-            for r in requests
-        ]
-        await self._spool_append(payloads)
-        frequencies = []
-        for r in requests:
-            frequency = self._degraded(r.anomaly_key, _time(r.at_ms))
-            frequency.spooled = True
-            frequency.signature = r.signature
-            frequencies.append(frequency)
-        return frequencies
-
-    async def _spool_append(self, payloads: list[dict[str, Any]]) -> None:
-        """Append (fsync off the event loop) and make sure this counter's replayer runs."""
-        assert self.spool is not None
-        await asyncio.to_thread(self.spool.append, payloads)
-        if self._replayer is not None:
-            self._replayer.start()
 
     async def replay(self, records: Sequence[Mapping[str, Any]]) -> list[AnomalyFrequency]:
         """Store spooled records of this project, in order, as they were accepted (checked
@@ -412,7 +340,7 @@ class AnomalyCounter:
                     str(record["occurrence_id"]),
                 )
             )
-        size = self.store.pipeline_chunk or len(requests)
+        size = self._store.pipeline_chunk or len(requests)
         chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
         frequencies: list[AnomalyFrequency] = []
         answers = self.store.record_chunks(self._recording(now), chunks)
@@ -452,11 +380,9 @@ class AnomalyCounter:
                 raise type(exc)(f"occurrence {index}: {exc}") from exc
         if not checked:
             return []
-        if self.spool is not None and self.spool.depth:  # a backlog: join it, keep the order
-            return await self._to_spool([self._prepare(c) for c in checked], now)
         # All is checked: now each chunk is prepared just before it is sent, and each chunk's
         # answers are turned into results while the store works on the next ones.
-        size = self.store.pipeline_chunk or len(checked)
+        size = self._store.pipeline_chunk or len(checked)
         chunks = _chunks([c.anomaly_key for c in checked], size)
         requests: list[list[RecordRequest]] = []
 
@@ -466,33 +392,16 @@ class AnomalyCounter:
                 yield requests[-1]
 
         frequencies: list[AnomalyFrequency | None] = [None] * len(checked)
+        # room for the batch's new anomalies first: refused whole, or stored whole
+        recording = self._recording(now)
+        await self._store.admit(recording, list(dict.fromkeys(c.anomaly_key for c in checked)))
         done = 0
-        try:
-            # room for the batch's new anomalies first: refused whole, or stored whole
-            keys = list(dict.fromkeys(c.anomaly_key for c in checked))
-            recording = self._recording(now)
-            await self.store.admit(recording, keys)
-            answers = self.store.record_chunks(recording, prepared(), whole=True)
-            async for snapshots in answers:
-                for i, frequency in zip(
-                    chunks[done], self._results(requests[done], snapshots), strict=True
-                ):
-                    frequencies[i] = frequency
-                done += 1
-        except StoreUnavailableError as exc:
-            left = [i for chunk in chunks[done:] for i in chunk]
-            if self.spool is not None:
-                logger.warning("anomaly_counter_spooling", project=self.project_id, error=str(exc))
-                # the very requests sent (same ids), then those not prepared yet
-                waiting = [r for sent in requests[done:] for r in sent]
-                waiting += [self._prepare(checked[i]) for i in left[len(waiting) :]]
-                spooled = await self._to_spool(waiting, now)
-                for i, frequency in zip(left, spooled, strict=True):
-                    frequencies[i] = frequency
-                return [f for f in frequencies if f is not None]
-            self._unavailable("record", exc)
-            for i in left:
-                frequencies[i] = self._degraded(checked[i].anomaly_key, _time(checked[i].at_ms))
+        async for snapshots in self._store.record_chunks(recording, prepared(), whole=True):
+            for i, frequency in zip(
+                chunks[done], self._results(requests[done], snapshots), strict=True
+            ):
+                frequencies[i] = frequency
+            done += 1
         return [f for f in frequencies if f is not None]
 
     def _results(
@@ -500,7 +409,11 @@ class AnomalyCounter:
     ) -> list[AnomalyFrequency]:
         frequencies = []
         for request, snapshot in zip(requests, snapshots, strict=True):
-            frequency = self._frequency(snapshot, _time(request.at_ms))
+            if snapshot.degraded or snapshot.spooled:  # (not counted yet: nothing to say)
+                frequency = self._degraded(request.anomaly_key, _time(request.at_ms))
+                frequency.spooled = snapshot.spooled
+            else:
+                frequency = self._frequency(snapshot, _time(request.at_ms))
             frequency.signature = request.signature  # the labels of this very occurrence
             frequencies.append(frequency)
             if frequency.escalated_to or frequency.newly_regressed:
@@ -521,15 +434,9 @@ class AnomalyCounter:
         key = validation.anomaly_key(anomaly_key)
         now = self._clock()
         moment = validation.aware(at) if at is not None else now
-        snapshots = await self._guard(
-            "get_frequency",
-            self.store.read(self.project_id, [key], _ms(moment), _ms(now)),
-            None,
-            anomaly_key=key,
-        )
-        if snapshots is None:
+        (snapshot,) = await self._store.read(self.project_id, [key], _ms(moment), _ms(now))
+        if snapshot is not None and snapshot.degraded:
             return self._degraded(key, moment)
-        snapshot = snapshots[0]
         if snapshot is None or snapshot.first_seen_ms is None:
             return None
         return self._frequency(snapshot, moment)
@@ -550,22 +457,22 @@ class AnomalyCounter:
         now_ms = _ms(self._clock())
 
         async def evaluate(keys: Sequence[str]) -> list[tuple[int, Snapshot] | None]:
-            snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
+            snapshots = await self._store.read(self.project_id, keys, now_ms, now_ms)
             return [
                 (s.counts[index], s) if s is not None and s.counts[index] > 0 else None
                 for s in snapshots
             ]
 
-        selected = await self._guard("top_anomalies", self._top(window, evaluate, limit), [])
+        selected = await self._top(window, evaluate, limit)
         found = [self._frequency(snapshot, _time(now_ms)) for _, _, snapshot in selected]
         return AnomalyList(found, len(found))
 
     async def _top(
         self, index: str, evaluate: Evaluate[Snapshot], limit: int
     ) -> list[tuple[str, int, Snapshot]]:
-        result = await select_top(self.store.candidates(self.project_id, index), evaluate, limit)
+        result = await select_top(self._store.candidates(self.project_id, index), evaluate, limit)
         # Lower what cooled down, so the next query walks past fewer stale entries.
-        await self.store.refresh_index(self.project_id, index, result.stale)
+        await self._store.refresh_index(self.project_id, index, result.stale)
         return result.top
 
     # -- the story: history, timeline, search, the project's view -----------------------------
@@ -588,8 +495,7 @@ class AnomalyCounter:
         keys = [validation.anomaly_key(key) for key in anomaly_keys]
         bucket_ms, buckets = HISTORY[validation.window(window)]
         end = _ms(validation.aware(at)) if at is not None else _ms(self._clock())
-        unknown: list[WindowState | None] = [None] * len(keys)
-        states = await self._guard("history", self.store.states(self.project_id, keys), unknown)
+        states = await self._store.states(self.project_id, keys)
         starts: dict[int, datetime] = {}  # every series has the same buckets: made once
         series: list[list[tuple[datetime, int]] | None] = []
         for state in states:
@@ -605,9 +511,7 @@ class AnomalyCounter:
         fixes and their undoing, regressions, resolutions and notices (the latest 200 entries
         at most; see ``anomaly_counter.timeline``)."""
         key = validation.anomaly_key(anomaly_key)
-        lines = await self._guard(
-            "timeline", self.store.timeline(self.project_id, key), [], anomaly_key=key
-        )
+        lines = await self._store.timeline(self.project_id, key)
         entries = timeline.decode_all(lines)
         return entries[: validation.limit(limit)] if limit is not None else entries
 
@@ -617,9 +521,7 @@ class AnomalyCounter:
         key = validation.anomaly_key(anomaly_key)
         now = _ms(self._clock())
         entry = timeline.encode("notice", now, channel, notice, outcome)
-        await self._guard(
-            "note_notice", self.store.note(self.project_id, key, entry), None, anomaly_key=key
-        )
+        await self._store.note(self.project_id, key, entry)
 
     async def search(
         self, query: str, limit: int = 20, *, min_level: str | None = None
@@ -632,9 +534,7 @@ class AnomalyCounter:
         follows what is found, never the project's size."""
         limit = validation.limit(limit)
         floor = self._level_floor(min_level) if min_level is not None else 0
-        found, truncated = await self._guard(
-            "search", self._search(validation.query(query)), ([], False)
-        )
+        found, truncated = await self._search(validation.query(query))
         chosen = [f for _, f in found if f.count_24h >= floor]
         return AnomalyList(chosen[:limit], len(chosen), truncated)
 
@@ -651,7 +551,7 @@ class AnomalyCounter:
             frequency = await self.get_frequency(key)
             if frequency is not None:
                 return Lookup(frequency, [frequency])
-        found, truncated = await self._guard("find", self._search(text), ([], False))
+        found, truncated = await self._search(text)
         exact = [f for quality, f in found if quality == 0]
         if not truncated and (len(found) == 1 or len(exact) == 1):
             # (a name names one anomaly only when every match was seen)
@@ -691,15 +591,15 @@ class AnomalyCounter:
         if not words:
             raise InvalidInputError("search query has no words")
         answers = await asyncio.gather(  # (the words' look-ups are independent)
-            *(self.store.search(self.project_id, word, search.MAX_CANDIDATES) for word in words)
+            *(self._store.search(self.project_id, word, search.MAX_CANDIDATES) for word in words)
         )
         pairs, truncated = min(answers, key=lambda answer: (answer[1], len(answer[0])))
         keys = sorted({key for _, key in pairs})
         now = self._clock()
-        snapshots = await self.store.read(self.project_id, keys, _ms(now), _ms(now))
+        snapshots = await self._store.read(self.project_id, keys, _ms(now), _ms(now))
         gone = {key for key, snapshot in zip(keys, snapshots, strict=True) if snapshot is None}
         if gone:  # expired since they were indexed: their entries go as they are met
-            await self.store.forget_terms(self.project_id, [p for p in pairs if p[1] in gone])
+            await self._store.forget_terms(self.project_id, [p for p in pairs if p[1] in gone])
         results: list[tuple[int, AnomalyFrequency]] = []
         for snapshot in snapshots:
             if snapshot is None or snapshot.first_seen_ms is None:
@@ -723,15 +623,15 @@ class AnomalyCounter:
         now_ms = _ms(self._clock())
 
         async def walk() -> AnomalyList:
-            entries = await self.store.chronic(self.project_id)
+            entries = await self._store.chronic(self.project_id)
             entries.sort(key=lambda entry: -entry[1])  # a cut keeps the most chronic
             looked_at = entries[:MAX_CHRONIC]
             keys = [key for key, _ in looked_at]
-            snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
+            snapshots = await self._store.read(self.project_id, keys, now_ms, now_ms)
             gone = [(k, level, 0) for (k, level), s in zip(looked_at, snapshots, strict=True)
                     if s is None]  # fmt: skip
             if gone:
-                await self.store.refresh_index(self.project_id, "chronic", gone)
+                await self._store.refresh_index(self.project_id, "chronic", gone)
             at = _time(now_ms)
             found = [
                 self._frequency(s, at) for s in snapshots if s is not None and s.counts[1] >= floor
@@ -739,7 +639,7 @@ class AnomalyCounter:
             found.sort(key=lambda f: (-f.count_in(window), -f.count_24h, f.anomaly_key))
             return AnomalyList(found[:limit], len(found), len(entries) > len(looked_at))
 
-        return await self._guard("chronic_anomalies", walk(), AnomalyList([], 0))
+        return await walk()
 
     def _level_floor(self, level: str) -> int:
         floors = {
@@ -755,8 +655,7 @@ class AnomalyCounter:
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 30:
             raise InvalidInputError(f"days must be an integer from 1 to 30, got {days!r}")
         now_ms = _ms(self._clock())
-        days_read = self.store.summary_days(self.project_id, now_ms)
-        raw = await self._guard("escalations_by_day", days_read, {})
+        raw = await self._store.summary_days(self.project_id, now_ms)
         today = now_ms // DAY_MS
         out = []
         for day in range(today - days + 1, today + 1):
@@ -777,10 +676,7 @@ class AnomalyCounter:
         names = [validation.action(c) for c in candidates] if candidates is not None else None
         floor = validation.rate(min_success_rate)
         now_ms = _ms(self._clock())
-        none: list[dict[str, tuple[int, int]]] = [{} for _ in keys]
-        stats = await self._guard(
-            "recommendations", self.store.repair_stats_many(self.project_id, keys, now_ms), none
-        )
+        stats = await self._store.repair_stats_many(self.project_id, keys, now_ms)
         ranked = []
         limit = self.settings.limits_for(self.project_id).max_actions
         for tried in stats:
@@ -810,12 +706,15 @@ class AnomalyCounter:
         if not isinstance(success, bool):
             raise InvalidInputError(f"success must be true or false, got {success!r}")
         event = self._event(key, at, by)
+        store = self._resilient.inner  # (retried here, check and write together)
 
-        async def write() -> None:  # (the check is part of the write: retried with it)
-            await self._within_action_limit(key, name, event.now_ms)
-            await self.store.record_repair(self.project_id, event, name, success)
+        async def write() -> None:
+            await self._within_action_limit(store, key, name, event.now_ms)
+            await store.record_repair(self.project_id, event, name, success)
 
-        await self._retried("record_repair_attempt", write, None, anomaly_key=key)
+        await self._resilient.retried(
+            "record_repair_attempt", write, None, project=self.project_id, anomaly_key=key
+        )
 
     def _event(self, key: str, at: datetime | None, by: str | None) -> AnomalyWrite:
         """A write of an event to an anomaly: checked, timed, with a write id of its own (its
@@ -825,11 +724,11 @@ class AnomalyCounter:
         moment = validation.occurrence_time(at, now)
         return AnomalyWrite(key, _ms(moment), _ms(now), uuid.uuid4().hex, reporter)
 
-    async def _within_action_limit(self, key: str, action: str, now_ms: int) -> None:
+    async def _within_action_limit(self, store: Store, key: str, action: str, now_ms: int) -> None:
         """Refuse a new action name past ``max_actions`` of the anomaly (a look-up first: two
         writers racing with two new names may pass it by one each, never by more)."""
         limit = self.settings.limits_for(self.project_id).max_actions
-        tried = await self.store.repair_stats(self.project_id, key, now_ms)
+        tried = await store.repair_stats(self.project_id, key, now_ms)
         if action not in tried and len(tried) >= limit:
             raise LimitExceededError(
                 f"anomaly {key} has {len(tried)} repair actions, at most {limit}"
@@ -840,12 +739,7 @@ class AnomalyCounter:
     async def repair_stats(self, anomaly_key: str) -> dict[str, ActionStats]:
         """Per action, every attempt of the last 30 days: total, success, success_rate."""
         key = validation.anomaly_key(anomaly_key)
-        stats = await self._guard(
-            "get_all_repair_stats",
-            self.store.repair_stats(self.project_id, key, _ms(self._clock())),
-            {},
-            anomaly_key=key,
-        )
+        stats = await self._store.repair_stats(self.project_id, key, _ms(self._clock()))
         return {
             action: ActionStats(total, ok, success_rate(total, ok))
             for action, (total, ok) in stats.items()
@@ -867,9 +761,7 @@ class AnomalyCounter:
     async def repair_history(self, anomaly_key: str) -> list[RepairAttempt]:
         """The last 100 attempts, newest first: action, success and time, for audit."""
         key = validation.anomaly_key(anomaly_key)
-        history = await self._guard(
-            "get_repair_history", self.store.repair_history(self.project_id, key), []
-        )
+        history = await self._store.repair_history(self.project_id, key)
         return [RepairAttempt(h["action"], h["success"], _time(h["at_ms"])) for h in history]
 
     async def get_repair_history(self, anomaly_key: str) -> list[dict[str, Any]]:
@@ -909,28 +801,16 @@ class AnomalyCounter:
         ``by`` names who reported it (kept in the timeline)."""
         key = validation.anomaly_key(anomaly_key)
         kind = validation.disposition(disposition_type)
-        event = self._event(key, at, by)
-        await self._retried(
-            "record_disposition",
-            lambda: self.store.record_disposition(self.project_id, event, kind),
-            None,
-            anomaly_key=key,
-        )
+        await self._store.record_disposition(self.project_id, self._event(key, at, by), kind)
 
     async def get_disposition_stats(self, anomaly_key: str) -> dict[str, int]:
         """All five disposition counts of the last 30 days and their total."""
         key = validation.anomaly_key(anomaly_key)
-        return await self._guard(
-            "get_disposition_stats",
-            self.store.disposition_stats(self.project_id, key, _ms(self._clock())),
-            empty_disposition_counts(),
-            anomaly_key=key,
-        )
+        return await self._store.disposition_stats(self.project_id, key, _ms(self._clock()))
 
     async def disposition_summary(self) -> dict[str, int]:
         """The project's dispositions of the last 30 days by type, and their total."""
-        summary = self.store.disposition_summary(self.project_id, _ms(self._clock()))
-        return await self._guard("disposition_summary", summary, empty_disposition_counts())
+        return await self._store.disposition_summary(self.project_id, _ms(self._clock()))
 
     async def get_all_disposition_stats(
         self, limit: int = 20
@@ -941,7 +821,7 @@ class AnomalyCounter:
         now_ms = _ms(self._clock())
 
         async def evaluate(keys: Sequence[str]) -> list[tuple[int, Snapshot] | None]:
-            snapshots = await self.store.read(self.project_id, keys, now_ms, now_ms)
+            snapshots = await self._store.read(self.project_id, keys, now_ms, now_ms)
             return [
                 (s.dispositions["total"], s)
                 if s is not None and s.dispositions["total"] > 0
@@ -949,22 +829,17 @@ class AnomalyCounter:
                 for s in snapshots
             ]
 
-        async def both() -> tuple[dict[str, int], list[dict[str, Any]]]:
-            summary = await self.store.disposition_summary(self.project_id, now_ms)
-            top = await self._top("dispositions", evaluate, limit)
-            rows = [
-                {
-                    "anomaly_key": key,
-                    "alert_name": fingerprint_fields(snapshot.signature)["alert_name"],
-                    **snapshot.dispositions,
-                }
-                for key, _, snapshot in top
-            ]
-            return summary, rows
-
-        return await self._guard(
-            "get_all_disposition_stats", both(), (empty_disposition_counts(), [])
-        )
+        summary = await self._store.disposition_summary(self.project_id, now_ms)
+        top = await self._top("dispositions", evaluate, limit)
+        rows = [
+            {
+                "anomaly_key": key,
+                "alert_name": fingerprint_fields(snapshot.signature)["alert_name"],
+                **snapshot.dispositions,
+            }
+            for key, _, snapshot in top
+        ]
+        return summary, rows
 
     # -- permanent fixes ----------------------------------------------------------------------
 
@@ -981,13 +856,7 @@ class AnomalyCounter:
         (text, time, ``by``) is in the anomaly's ``permanent_fix`` and its timeline."""
         key = validation.anomaly_key(anomaly_key)
         text = validation.description(fix_description)
-        event = self._event(key, at, by)
-        await self._retried(
-            "mark_permanent_fix_applied",
-            lambda: self.store.mark_fix(self.project_id, event, text),
-            None,
-            anomaly_key=key,
-        )
+        await self._store.mark_fix(self.project_id, self._event(key, at, by), text)
 
     async def undo_permanent_fix(
         self, anomaly_key: str, *, at: datetime | None = None, by: str | None = None
@@ -996,13 +865,7 @@ class AnomalyCounter:
         the anomaly is no longer fixed nor regressed, and its timeline says who undid it.
         False when it had no fix in force."""
         key = validation.anomaly_key(anomaly_key)
-        event = self._event(key, at, by)
-        return await self._retried(
-            "undo_permanent_fix",
-            lambda: self.store.undo_fix(self.project_id, event),
-            False,
-            anomaly_key=key,
-        )
+        return await self._store.undo_fix(self.project_id, self._event(key, at, by))
 
     async def record_resolution(
         self, anomaly_key: str, *, at: datetime | None = None, by: str | None = None
@@ -1011,32 +874,12 @@ class AnomalyCounter:
         resolution is kept (``last_resolved`` of reads, and the timeline). Counts nothing.
         While the store is down it goes to the spool, after the occurrences already there."""
         key = validation.anomaly_key(anomaly_key)
-        reporter = validation.reporter(by)
-        now = self._clock()
-        moment = validation.occurrence_time(at, now)
-        if self.spool is not None:
-            if not self.spool.depth:
-                try:
-                    await self.store.resolve(self.project_id, key, _ms(moment), reporter)
-                    return
-                except StoreUnavailableError as exc:
-                    logger.warning(
-                        "anomaly_counter_spooling", project=self.project_id, error=str(exc)
-                    )
-            record = {"kind": "resolve", "project": self.project_id, "anomaly_key": key,
-                      "at_ms": _ms(moment), "accepted_ms": _ms(now), "by": reporter}  # fmt: skip
-            await self._spool_append([record])
-            return
-        await self._guard(
-            "record_resolution",
-            self.store.resolve(self.project_id, key, _ms(moment), reporter),
-            None,
-            anomaly_key=key,
-        )
+        event = self._event(key, at, by)
+        await self._store.resolve(self.project_id, key, event.at_ms, event.by)
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError when the store cannot be reached."""
-        await self.store.ping()
+        await self._store.ping()
 
 
 class _Checked(NamedTuple):

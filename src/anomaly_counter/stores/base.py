@@ -104,6 +104,8 @@ class Snapshot:
     newly_regressed: bool = False
     duplicate: bool = False
     refused: bool = False  # not stored: it would have been a new anomaly past max_anomalies
+    degraded: bool = False  # the store could not be reached: zeros, not the truth
+    spooled: bool = False  # kept in the durable spool, to be counted when the store is back
     resolved_ms: int | None = None  # the latest resolution of one of its episodes (reads only)
     fix_description: str | None = None  # the fix in force (with fix_at_ms), and who marked it
     fix_by: str | None = None
@@ -115,8 +117,9 @@ class Snapshot:
         return self.regressed_ms is not None
 
 
-def refused_snapshot(anomaly_key: str) -> Snapshot:
-    """The answer for an occurrence not stored: a new anomaly past max_anomalies."""
+def blank_snapshot(anomaly_key: str, **flags: Any) -> Snapshot:
+    """The answer for an anomaly the store could not tell of: ``refused`` (a new anomaly past
+    max_anomalies), ``degraded`` (the store was away), ``spooled`` (kept for later)."""
     return Snapshot(
         anomaly_key=anomaly_key,
         counts=(0, 0, 0, 0),
@@ -125,7 +128,7 @@ def refused_snapshot(anomaly_key: str) -> Snapshot:
         repair_total=0,
         fix_at_ms=None,
         dispositions=empty_disposition_counts(),
-        refused=True,
+        **flags,
     )
 
 

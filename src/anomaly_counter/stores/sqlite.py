@@ -48,10 +48,10 @@ from .base import (
     Snapshot,
     Store,
     WritePolicy,
+    blank_snapshot,
     day_of,
     dispositions_from,
     id_digest,
-    refused_snapshot,
     repairs_from,
 )
 
@@ -383,7 +383,7 @@ class SQLiteStore(Store):
         ).fetchone()
         is_new = row is None
         if is_new and not self._room_for(db, project, policy.max_anomalies):
-            return refused_snapshot(key)  # a new anomaly past the limit: nothing stored
+            return blank_snapshot(key, refused=True)  # a new anomaly past the limit: nothing stored
         if row is None:
             row = (None, None, 0, None, None, None, 0, 0, 0, None, None, None, 0, 0, 0, 0)
         first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, has_days = row[:8]

@@ -1,0 +1,225 @@
+"""What a call does while the store cannot be reached: it degrades, as the reference design
+did, rather than fail the caller's work; or, when ``strict``, raises StoreUnavailableError.
+
+Reads answer "nothing known" (a degraded snapshot, no stats, no entries) and log a warning
+(``anomaly_counter_store_unavailable``). Writes of events (repairs, dispositions, fixes) are
+tried ``write_attempts`` times first, with backoff: safe, because each carries a write id and
+one that landed although its answer was lost is not applied again. Occurrences are not retried
+here: with a spool (stores/spooling.py, inside this one) they never reach here unstored; without
+one they are answered ``degraded``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import structlog
+
+from ..backoff import pauses
+from ..errors import StoreUnavailableError
+from ..model import empty_disposition_counts
+from ..windows import WindowState
+from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Snapshot, Store, blank_snapshot
+from .wrapper import StoreWrapper
+
+logger = structlog.get_logger("anomaly_counter.counter")
+T = TypeVar("T")
+_FIRST_PAUSE = 0.05  # seconds before an event write is tried again; doubles, with jitter
+
+
+class ResilientStore(StoreWrapper):
+    def __init__(self, inner: Store, *, strict: bool, write_attempts: int) -> None:
+        super().__init__(inner)
+        self.strict = strict
+        self.write_attempts = write_attempts
+
+    # -- the two rules ------------------------------------------------------------------------
+
+    def _unavailable(self, op: str, exc: StoreUnavailableError, **context: Any) -> None:
+        """Raise when strict; else log the outage, and the caller answers with nothing known."""
+        if self.strict:
+            raise exc
+        logger.warning("anomaly_counter_store_unavailable", operation=op, error=str(exc), **context)
+
+    async def _or(self, op: str, call: Awaitable[T], fallback: T, **context: Any) -> T:
+        try:
+            return await call
+        except StoreUnavailableError as exc:
+            self._unavailable(op, exc, **context)
+            return fallback
+
+    async def retried(
+        self, op: str, write: Callable[[], Awaitable[T]], fallback: T, **context: Any
+    ) -> T:
+        """``write`` tried ``write_attempts`` times with backoff while the store cannot be
+        reached, then ``fallback`` (raised, when strict). Only for writes that carry a write id
+        (a retry of one that landed is not applied again)."""
+        waits = pauses(_FIRST_PAUSE)
+        for attempt in range(1, self.write_attempts + 1):
+            try:
+                return await write()
+            except StoreUnavailableError as exc:
+                if attempt == self.write_attempts:
+                    self._unavailable(op, exc, **context)
+                    return fallback
+                await asyncio.sleep(next(waits))
+        return fallback
+
+    # -- occurrences --------------------------------------------------------------------------
+
+    async def record(
+        self, recording: Recording, requests: Sequence[RecordRequest]
+    ) -> list[Snapshot]:
+        degraded = [blank_snapshot(r.anomaly_key, degraded=True) for r in requests]
+        call = self.inner.record(recording, requests)
+        return await self._or("record", call, degraded, project=recording.project)
+
+    async def record_chunks(
+        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+    ) -> AsyncIterator[list[Snapshot]]:
+        pulled: list[Sequence[RecordRequest]] = []  # handed to the store, in order
+
+        def feed() -> Chunks:
+            for chunk in chunks:
+                pulled.append(chunk)
+                yield chunk
+
+        answered = 0
+        try:
+            async for snapshots in self.inner.record_chunks(recording, feed(), whole=whole):
+                answered += 1
+                yield snapshots
+        except StoreUnavailableError as exc:
+            self._unavailable("record", exc, project=recording.project)
+            for chunk in [*pulled[answered:], *feed()]:  # the rest: never stored, or not known
+                yield [blank_snapshot(r.anomaly_key, degraded=True) for r in chunk]
+
+    async def admit(self, recording: Recording, anomaly_keys: Sequence[str]) -> None:
+        # (no room made: the batch's record calls will find the store away too, as a rule)
+        await self._or("record", self.inner.admit(recording, anomaly_keys), None)
+
+    async def read(
+        self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
+    ) -> list[Snapshot | None]:
+        nothing: list[Snapshot | None] = [
+            blank_snapshot(key, degraded=True) for key in anomaly_keys
+        ]
+        call = self.inner.read(project, anomaly_keys, at_ms, now_ms)
+        return await self._or("read", call, nothing, project=project)
+
+    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
+        call = self.inner.resolve(project, anomaly_key, at_ms, by)
+        await self._or("record_resolution", call, None, project=project, anomaly_key=anomaly_key)
+
+    # -- events: tried again, then degraded ---------------------------------------------------
+
+    async def record_repair(
+        self, project: str, write: AnomalyWrite, action: str, success: bool
+    ) -> None:
+        await self.retried(
+            "record_repair_attempt",
+            lambda: self.inner.record_repair(project, write, action, success),
+            None,
+            project=project,
+            anomaly_key=write.anomaly_key,
+        )
+
+    async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
+        await self.retried(
+            "record_disposition",
+            lambda: self.inner.record_disposition(project, write, disposition),
+            None,
+            project=project,
+            anomaly_key=write.anomaly_key,
+        )
+
+    async def mark_fix(self, project: str, write: AnomalyWrite, description: str) -> None:
+        await self.retried(
+            "mark_permanent_fix_applied",
+            lambda: self.inner.mark_fix(project, write, description),
+            None,
+            project=project,
+            anomaly_key=write.anomaly_key,
+        )
+
+    async def undo_fix(self, project: str, write: AnomalyWrite) -> bool:
+        return await self.retried(
+            "undo_permanent_fix",
+            lambda: self.inner.undo_fix(project, write),
+            False,
+            project=project,
+            anomaly_key=write.anomaly_key,
+        )
+
+    # -- the rest of what is read and kept ----------------------------------------------------
+
+    async def repair_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, tuple[int, int]]:
+        call = self.inner.repair_stats(project, anomaly_key, now_ms)
+        return await self._or("repair_stats", call, {}, project=project, anomaly_key=anomaly_key)
+
+    async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
+        call = self.inner.repair_history(project, anomaly_key)
+        return await self._or("repair_history", call, [], project=project, anomaly_key=anomaly_key)
+
+    async def disposition_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, int]:
+        call = self.inner.disposition_stats(project, anomaly_key, now_ms)
+        nothing = empty_disposition_counts()
+        return await self._or("disposition_stats", call, nothing, project=project)
+
+    async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
+        call = self.inner.disposition_summary(project, now_ms)
+        return await self._or("disposition_summary", call, empty_disposition_counts())
+
+    async def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
+        try:
+            async for candidate in self.inner.candidates(project, index):
+                yield candidate
+        except StoreUnavailableError as exc:  # (what came before is all there is)
+            self._unavailable("candidates", exc, project=project)
+
+    async def chronic(self, project: str) -> list[tuple[str, int]]:
+        return await self._or("chronic", self.inner.chronic(project), [], project=project)
+
+    async def refresh_index(
+        self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
+    ) -> None:
+        call = self.inner.refresh_index(project, index, entries)
+        await self._or("refresh_index", call, None, project=project)
+
+    async def states(self, project: str, anomaly_keys: Sequence[str]) -> list[WindowState | None]:
+        unknown: list[WindowState | None] = [None] * len(anomaly_keys)
+        return await self._or("history", self.inner.states(project, anomaly_keys), unknown)
+
+    async def timeline(self, project: str, anomaly_key: str) -> list[str]:
+        call = self.inner.timeline(project, anomaly_key)
+        return await self._or("timeline", call, [], project=project, anomaly_key=anomaly_key)
+
+    async def note(self, project: str, anomaly_key: str, entry: str) -> None:
+        call = self.inner.note(project, anomaly_key, entry)
+        await self._or("note_notice", call, None, project=project, anomaly_key=anomaly_key)
+
+    async def summary_days(self, project: str, now_ms: int) -> dict[int, dict[str, int]]:
+        call = self.inner.summary_days(project, now_ms)
+        return await self._or("escalations_by_day", call, {}, project=project)
+
+    async def repair_stats_many(
+        self, project: str, anomaly_keys: Sequence[str], now_ms: int
+    ) -> list[dict[str, tuple[int, int]]]:
+        nothing: list[dict[str, tuple[int, int]]] = [{} for _ in anomaly_keys]
+        call = self.inner.repair_stats_many(project, anomaly_keys, now_ms)
+        return await self._or("recommendations", call, nothing, project=project)
+
+    async def search(
+        self, project: str, word: str, limit: int
+    ) -> tuple[list[tuple[str, str]], bool]:
+        nothing: tuple[list[tuple[str, str]], bool] = ([], False)
+        return await self._or("search", self.inner.search(project, word, limit), nothing)
+
+    async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
+        await self._or("search", self.inner.forget_terms(project, entries), None)

@@ -1,0 +1,124 @@
+"""A store around another: every call goes through to it. The stores that add a behaviour to
+any store (the spool, resilience) take this and change only what they add to."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from ..tokens import TokenRecord
+from ..windows import WindowState
+from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Snapshot, Store
+
+
+class StoreWrapper(Store):
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.pipeline_chunk = inner.pipeline_chunk
+
+    async def record(
+        self, recording: Recording, requests: Sequence[RecordRequest]
+    ) -> list[Snapshot]:
+        return await self.inner.record(recording, requests)
+
+    async def record_chunks(
+        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+    ) -> AsyncIterator[list[Snapshot]]:
+        async for snapshots in self.inner.record_chunks(recording, chunks, whole=whole):
+            yield snapshots
+
+    async def admit(self, recording: Recording, anomaly_keys: Sequence[str]) -> None:
+        await self.inner.admit(recording, anomaly_keys)
+
+    async def read(
+        self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
+    ) -> list[Snapshot | None]:
+        return await self.inner.read(project, anomaly_keys, at_ms, now_ms)
+
+    async def record_repair(
+        self, project: str, write: AnomalyWrite, action: str, success: bool
+    ) -> None:
+        await self.inner.record_repair(project, write, action, success)
+
+    async def repair_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, tuple[int, int]]:
+        return await self.inner.repair_stats(project, anomaly_key, now_ms)
+
+    async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
+        return await self.inner.repair_history(project, anomaly_key)
+
+    async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
+        await self.inner.record_disposition(project, write, disposition)
+
+    async def disposition_stats(
+        self, project: str, anomaly_key: str, now_ms: int
+    ) -> dict[str, int]:
+        return await self.inner.disposition_stats(project, anomaly_key, now_ms)
+
+    async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
+        return await self.inner.disposition_summary(project, now_ms)
+
+    async def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
+        async for candidate in self.inner.candidates(project, index):
+            yield candidate
+
+    async def chronic(self, project: str) -> list[tuple[str, int]]:
+        return await self.inner.chronic(project)
+
+    async def refresh_index(
+        self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
+    ) -> None:
+        await self.inner.refresh_index(project, index, entries)
+
+    async def mark_fix(self, project: str, write: AnomalyWrite, description: str) -> None:
+        await self.inner.mark_fix(project, write, description)
+
+    async def undo_fix(self, project: str, write: AnomalyWrite) -> bool:
+        return await self.inner.undo_fix(project, write)
+
+    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
+        await self.inner.resolve(project, anomaly_key, at_ms, by)
+
+    async def states(self, project: str, anomaly_keys: Sequence[str]) -> list[WindowState | None]:
+        return await self.inner.states(project, anomaly_keys)
+
+    async def timeline(self, project: str, anomaly_key: str) -> list[str]:
+        return await self.inner.timeline(project, anomaly_key)
+
+    async def note(self, project: str, anomaly_key: str, entry: str) -> None:
+        await self.inner.note(project, anomaly_key, entry)
+
+    async def summary_days(self, project: str, now_ms: int) -> dict[int, dict[str, int]]:
+        return await self.inner.summary_days(project, now_ms)
+
+    async def repair_stats_many(
+        self, project: str, anomaly_keys: Sequence[str], now_ms: int
+    ) -> list[dict[str, tuple[int, int]]]:
+        return await self.inner.repair_stats_many(project, anomaly_keys, now_ms)
+
+    async def search(
+        self, project: str, word: str, limit: int
+    ) -> tuple[list[tuple[str, str]], bool]:
+        return await self.inner.search(project, word, limit)
+
+    async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
+        await self.inner.forget_terms(project, entries)
+
+    async def save_token(self, record: TokenRecord) -> None:
+        await self.inner.save_token(record)
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        return await self.inner.get_token(token_id)
+
+    async def list_tokens(self, project: str | None = None) -> list[TokenRecord]:
+        return await self.inner.list_tokens(project)
+
+    async def revoke_token(self, token_id: str) -> bool:
+        return await self.inner.revoke_token(token_id)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
