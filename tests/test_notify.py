@@ -12,12 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings
-from anomaly_counter.notify.channels import (
-    SIGNATURE_HEADER,
-    SlackChannel,
-    TelegramChannel,
-    WebhookChannel,
-)
+from anomaly_counter.notify.channels import SIGNATURE_HEADER
+from anomaly_counter.settings import SlackConfig, TelegramConfig, WebhookConfig
 
 from .conftest import SIG, free_port
 from .servers import ChatServer, ServiceServer, eventually
@@ -35,17 +31,47 @@ def chat() -> Iterator[ChatServer]:
 
 def _settings(store_url: str, chat: ChatServer, **options: object) -> Settings:
     channels = (
-        TelegramChannel("123:abc", "-100", api_url=chat.url),
-        SlackChannel(f"{chat.url}/slack/T1/B1/X"),
-        WebhookChannel(f"{chat.url}/hook", SECRET),
+        TelegramConfig("123:abc", "-100"),
+        SlackConfig(f"{chat.url}/slack/T1/B1/X"),
+        WebhookConfig(f"{chat.url}/hook", SECRET),
     )
     return Settings(
         store_url=store_url,
         project_channels={"team-a": channels},
+        telegram_api_url=chat.url,
         notify_backoff=0.01,
         public_url="https://counter.example.net",
         **options,  # type: ignore[arg-type]
     )
+
+
+def test_channels_are_made_from_the_settings() -> None:
+    from anomaly_counter.notify.channels import (
+        SlackChannel,
+        TelegramChannel,
+        WebhookChannel,
+        channels_for,
+    )
+
+    settings = Settings(
+        project_channels={
+            "team-a": (
+                TelegramConfig("1:a", "-5"),
+                TelegramConfig("2:b", "-6", api_url="http://proxy"),
+                SlackConfig("https://hooks.slack.com/x"),
+                WebhookConfig("https://a.example/h", SECRET),
+            )
+        },
+        telegram_api_url="http://local",
+    )
+    assert channels_for(settings, "team-a") == (
+        TelegramChannel("1:a", "-5", api_url="http://local"),  # the settings' telegram_api_url
+        TelegramChannel("2:b", "-6", api_url="http://proxy"),  # unless the channel has its own
+        SlackChannel("https://hooks.slack.com/x"),
+        WebhookChannel("https://a.example/h", SECRET),
+    )
+    assert channels_for(settings, "team-b") == ()
+    assert channels_for(Settings(), "team-a") == ()
 
 
 async def _record(server: ServiceServer, token: str, n: int, signature: dict = SIG) -> None:  # type: ignore[type-arg]
@@ -132,8 +158,8 @@ async def test_retries_then_gives_up_and_counts(store_url: str, chat: ChatServer
     settings = Settings(
         store_url=store_url,
         project_channels={
-            "team-a": (WebhookChannel(f"{chat.url}/flaky"),),
-            "team-b": (WebhookChannel(dead),),
+            "team-a": (WebhookConfig(f"{chat.url}/flaky"),),
+            "team-b": (WebhookConfig(dead),),
         },
         notify_backoff=0.01,
         notify_attempts=3,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
-from anomaly_counter import AnomalyCounter, ConfigurationError, Thresholds, load_settings
+from anomaly_counter import AnomalyCounter, ConfigurationError, Settings, Thresholds, load_settings
 from anomaly_counter.counter import get_anomaly_counter, reset_anomaly_counter
 from anomaly_counter.redact import redacted
 
@@ -105,7 +110,13 @@ def test_process_wide_accessor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_service_settings_channels_and_label_mapping(tmp_path: Path) -> None:
-    from anomaly_counter.notify.channels import SlackChannel, TelegramChannel, WebhookChannel
+    from anomaly_counter.notify.channels import (
+        SlackChannel,
+        TelegramChannel,
+        WebhookChannel,
+        channels_for,
+    )
+    from anomaly_counter.settings import SlackConfig, TelegramConfig, WebhookConfig
 
     config = tmp_path / "service.toml"
     config.write_text(
@@ -123,13 +134,19 @@ def test_service_settings_channels_and_label_mapping(tmp_path: Path) -> None:
     assert settings.host == "::" and settings.repair_actions == ("restart_pod", "drain_node")
     assert settings.alert_labels.service == ("app", "job")
     assert settings.alert_labels.alert_name == ("alertname",)
-    assert settings.channels_for("payments") == (
+    assert settings.project_channels["payments"] == (  # plain data in the settings...
+        TelegramConfig("1:a", "-5"),
+        SlackConfig("https://hooks.slack.com/x"),
+        WebhookConfig("https://a.example/h", "s"),
+        WebhookConfig("https://b.example/h"),
+    )
+    assert channels_for(settings, "payments") == (  # ...of which notify makes its channels
         TelegramChannel("1:a", "-5", api_url="http://127.0.0.1:1"),
         SlackChannel("https://hooks.slack.com/x"),
         WebhookChannel("https://a.example/h", "s"),
         WebhookChannel("https://b.example/h"),
     )
-    assert settings.channels_for("other") == ()
+    assert channels_for(settings, "other") == ()
     assert load_settings(environ={}).base_url == "http://127.0.0.1:8080"
 
 
@@ -171,3 +188,98 @@ def test_bad_sentinel_urls_are_configuration_errors(url: str) -> None:
 
     with pytest.raises(ConfigurationError, match="store_url"):
         store_from_url(url, Settings(store_url=url))
+
+
+def test_settings_import_nothing_of_notify() -> None:
+    """Settings are plain data: notify builds on them, never the other way round."""
+    code = (
+        "import sys, anomaly_counter.settings\n"
+        "assert not [m for m in sys.modules if m.startswith('anomaly_counter.notify')], "
+        "sorted(m for m in sys.modules if m.startswith('anomaly_counter.notify'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+_TABLES = {  # the fields set by TOML tables or lists, not by a scalar key or variable
+    "thresholds",
+    "project_thresholds",
+    "limits",
+    "project_limits",
+    "alert_labels",
+    "repair_actions",
+    "project_channels",
+}
+
+
+def _other_value(default: object) -> object:
+    """A valid value of a scalar setting other than its default."""
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, str):
+        return f"{default}x"
+    assert isinstance(default, int | float)
+    return default * 2 if default else type(default)(1)
+
+
+def _text(value: object, toml: bool) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if toml else str(value)
+
+
+def test_every_scalar_setting_comes_from_the_environment_and_the_file(tmp_path: Path) -> None:
+    """A new setting is one field: no list of settings to add it to as well."""
+    hints = get_type_hints(Settings)
+    defaults = Settings()
+    scalars = [f.name for f in fields(Settings) if f.name not in _TABLES]
+    assert len(scalars) >= 29
+    for name in scalars:
+        kind = hints[name]
+        assert kind in (str, int, float, bool), f"{name}: {kind} cannot come from TOML or env"
+        value = _other_value(getattr(defaults, name))
+        env = {f"ANOMALY_COUNTER_{name.upper()}": _text(value, toml=False)}
+        assert getattr(load_settings(environ=env), name) == value, name
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f"{name} = {_text(value, toml=True)}\n")
+        assert getattr(load_settings(config, environ={}), name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ANOMALY_COUNTER_PORT": "80a"}, "setting ANOMALY_COUNTER_PORT must be a int, got '80a'"),
+        ({"ANOMALY_COUNTER_NOTIFY_BACKOFF": "x"}, "must be a float, got 'x'"),
+        ({"ANOMALY_COUNTER_START_ON_SPOOL": "2"}, "must be a bool, got '2'"),
+        ({"ANOMALY_COUNTER_LIMIT_BURST": "1.5"}, "LIMIT_*.burst must be a int, got '1.5'"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        load_settings(environ=env)
+    assert message in str(error.value)
+
+
+def test_each_concern_checks_its_own_settings() -> None:
+    from anomaly_counter.notify.channels import TelegramChannel
+    from anomaly_counter.settings import CoreSettings, NotifySettings, ServiceSettings
+
+    settings = Settings(store_url="sqlite:///x.db", port=9000, notify_attempts=2)
+    assert all(isinstance(settings, c) for c in (CoreSettings, ServiceSettings, NotifySettings))
+    assert (settings.store_url, settings.port, settings.notify_attempts) == (
+        "sqlite:///x.db",
+        9000,
+        2,
+    )
+    for concern, bad in [
+        (CoreSettings, {"store_timeout": 0}),
+        (ServiceSettings, {"port": 0}),
+        (NotifySettings, {"notify_timeout": 0}),
+    ]:
+        name = next(iter(bad))
+        with pytest.raises(ConfigurationError, match=name):
+            concern(**bad)
+        with pytest.raises(ConfigurationError, match=name):
+            Settings(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="TelegramConfig, SlackConfig, WebhookConfig"):
+        Settings(project_channels={"p": (TelegramChannel("1:a", "-5"),)})  # type: ignore[dict-item]

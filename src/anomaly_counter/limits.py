@@ -42,16 +42,6 @@ class Limits:
             )
 
 
-LIMIT_NAMES: dict[str, type] = {
-    "max_anomalies": int,
-    "max_actions": int,
-    "requests_per_second": float,
-    "burst": int,
-    "concurrent_requests": int,
-    "waiting_requests": int,
-}
-
-
 def anomaly_limit_error(project: str, limit: int) -> LimitExceededError:
     """The refusal of an occurrence that would make a new anomaly past ``max_anomalies``."""
     return LimitExceededError(

@@ -21,6 +21,13 @@ TOML layout::
 
 The service's own settings (``host``, ``port``, ``public_url``, ...) are scalars like
 ``store_url``; every scalar can also come from ``ANOMALY_COUNTER_<NAME>``.
+
+Three concerns, each a dataclass with its own checks: ``CoreSettings`` (the library),
+``ServiceSettings`` (the HTTP service) and ``NotifySettings`` (notices). ``Settings`` is all three
+at once, flat: ``Settings(store_url=..., port=..., notify_attempts=...)``, ``settings.port``. The
+scalars that TOML keys and variables may set are read off the dataclasses' fields, so a new
+setting is one field. Channels are plain data here (``TelegramConfig``, ...); ``notify`` makes
+the channels that send (``notify.channels.channels_for``), and nothing here imports it.
 """
 
 from __future__ import annotations
@@ -28,13 +35,12 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypeVar, get_type_hints
 
 from .errors import ConfigurationError
-from .limits import LIMIT_NAMES, Limits
-from .notify.channels import Channel, SlackChannel, TelegramChannel, WebhookChannel
+from .limits import Limits
 from .policy import Thresholds
 from .validation import PROJECT_ID
 
@@ -62,9 +68,29 @@ class AlertLabels:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the counter can be configured with."""
+class _Concern:
+    """The root of the settings classes. Each concern's ``__post_init__`` calls on to the next
+    (``super()``) and checks its own fields, so ``Settings``, made of all three, checks them all."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+def _check_projects(projects: Iterable[str]) -> None:
+    for project in projects:
+        if not PROJECT_ID.fullmatch(project):
+            raise ConfigurationError(f"projects: invalid project id {project!r}")
+
+
+def _check_positive(settings: object, *names: str) -> None:
+    for name in names:
+        if not getattr(settings, name) > 0:
+            raise ConfigurationError(f"{name} must be positive, got {getattr(settings, name)}")
+
+
+@dataclass(frozen=True)
+class CoreSettings(_Concern):
+    """The library's settings: the store, the counting rules, and what the counter keeps."""
 
     store_url: str = DEFAULT_STORE_URL
     project: str = "default"
@@ -79,7 +105,48 @@ class Settings:
     dedup_horizon_days: int = 7
     dedup_max_ids: int = 10_000
     key_prefix: str = "ac"
-    # the service
+    alert_labels: AlertLabels = field(default_factory=AlertLabels)
+    repair_actions: tuple[str, ...] = ("restart_pod", "scale_up", "rollback")
+    # the durable spool ("" : none)
+    spool_dir: str = ""
+    spool_max_bytes: int = 268_435_456
+    spool_project_share: float = 0.5  # of the spool's room, the most one project's backlog takes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self, "store_timeout")
+        if self.dedup_horizon_days < MIN_DEDUP_HORIZON_DAYS:
+            raise ConfigurationError(
+                f"dedup_horizon_days must be at least {MIN_DEDUP_HORIZON_DAYS},"
+                f" got {self.dedup_horizon_days}"
+            )
+        _check_positive(self, "dedup_max_ids", "write_attempts")
+        _check_projects((*self.project_thresholds, *self.project_limits))
+        if not 0 < self.spool_project_share <= 1:
+            raise ConfigurationError(
+                f"spool_project_share must be above 0 and at most 1, got {self.spool_project_share}"
+            )
+        if self.min_replicas < 0:
+            raise ConfigurationError(f"min_replicas must not be negative, got {self.min_replicas}")
+        if not self.key_prefix or any(c in self.key_prefix for c in "{}:% "):
+            raise ConfigurationError(
+                f"key_prefix must be non-empty without '{{', '}}', ':', '%' or spaces,"
+                f" got {self.key_prefix!r}"
+            )
+
+    def thresholds_for(self, project: str) -> Thresholds:
+        """The thresholds of a project: its override, else the global ones."""
+        return self.project_thresholds.get(project, self.thresholds)
+
+    def limits_for(self, project: str) -> Limits:
+        """The limits of a project: its override, else the global ones."""
+        return self.project_limits.get(project, self.limits)
+
+
+@dataclass(frozen=True)
+class ServiceSettings(_Concern):
+    """The HTTP service's settings (``anomaly-counter serve``)."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""  # the base of links in notices (default: http://host:port)
@@ -91,76 +158,26 @@ class Settings:
     max_header_bytes: int = 65_536  # request line and headers together
     max_headers: int = 100
     max_concurrent_requests: int = 1_000  # in this process; past it, 503 and Retry-After
-    alert_labels: AlertLabels = field(default_factory=AlertLabels)
-    repair_actions: tuple[str, ...] = ("restart_pod", "scale_up", "rollback")
-    # notices
-    project_channels: Mapping[str, tuple[Channel, ...]] = field(default_factory=dict)
-    telegram_api_url: str = DEFAULT_TELEGRAM_API_URL
-    notify_attempts: int = 5
-    notify_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
-    notify_timeout: float = 5.0
-    # the durable spool ("" : none)
-    spool_dir: str = ""
-    spool_max_bytes: int = 268_435_456
-    spool_project_share: float = 0.5  # of the spool's room, the most one project's backlog takes
     start_on_spool: bool = False  # serve: start although the store was never reached
     auth_stale_seconds: float = 86_400.0  # a known token's answer kept while the store errs
 
     def __post_init__(self) -> None:
-        if not self.store_timeout > 0:
-            raise ConfigurationError(f"store_timeout must be positive, got {self.store_timeout}")
-        if self.dedup_horizon_days < MIN_DEDUP_HORIZON_DAYS:
-            raise ConfigurationError(
-                f"dedup_horizon_days must be at least {MIN_DEDUP_HORIZON_DAYS},"
-                f" got {self.dedup_horizon_days}"
-            )
-        if self.dedup_max_ids < 1:
-            raise ConfigurationError(f"dedup_max_ids must be positive, got {self.dedup_max_ids}")
-        for project in (*self.project_thresholds, *self.project_limits):
-            if not PROJECT_ID.fullmatch(project):
-                raise ConfigurationError(f"projects: invalid project id {project!r}")
+        super().__post_init__()
         if not 0 < self.port < 65536:
             raise ConfigurationError(f"port must be from 1 to 65535, got {self.port}")
         if self.max_body_bytes < 1024:
             raise ConfigurationError(
                 f"max_body_bytes must be at least 1024, got {self.max_body_bytes}"
             )
-        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)}")
+        _check_positive(self, "header_timeout", "body_timeout", "keep_alive_timeout")
         if self.max_header_bytes < 4096:
             raise ConfigurationError(
                 f"max_header_bytes must be at least 4096, got {self.max_header_bytes}"
             )
-        for name in ("max_headers", "max_concurrent_requests"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.spool_project_share <= 1:
-            raise ConfigurationError(
-                f"spool_project_share must be above 0 and at most 1, got {self.spool_project_share}"
-            )
+        _check_positive(self, "max_headers", "max_concurrent_requests")
         if self.auth_stale_seconds < 0:
             raise ConfigurationError(
                 f"auth_stale_seconds must not be negative, got {self.auth_stale_seconds}"
-            )
-        if self.min_replicas < 0:
-            raise ConfigurationError(f"min_replicas must not be negative, got {self.min_replicas}")
-        if self.write_attempts < 1:
-            raise ConfigurationError(f"write_attempts must be positive, got {self.write_attempts}")
-        if self.notify_attempts < 1:
-            raise ConfigurationError(
-                f"notify_attempts must be positive, got {self.notify_attempts}"
-            )
-        for name in ("notify_backoff", "notify_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)}")
-        for project in self.project_channels:
-            if not PROJECT_ID.fullmatch(project):
-                raise ConfigurationError(f"projects: invalid project id {project!r}")
-        if not self.key_prefix or any(c in self.key_prefix for c in "{}:% "):
-            raise ConfigurationError(
-                f"key_prefix must be non-empty without '{{', '}}', ':', '%' or spaces,"
-                f" got {self.key_prefix!r}"
             )
 
     @property
@@ -168,50 +185,80 @@ class Settings:
         """Where the service is reached, for links: ``public_url`` or http://host:port."""
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
-    def channels_for(self, project: str) -> tuple[Channel, ...]:
-        return self.project_channels.get(project, ())
 
-    def thresholds_for(self, project: str) -> Thresholds:
-        """The thresholds of a project: its override, else the global ones."""
-        return self.project_thresholds.get(project, self.thresholds)
+@dataclass(frozen=True, slots=True)
+class TelegramConfig:
+    """``telegram = { bot_token, chat_id }``: Bot API ``sendMessage`` to one chat."""
 
-    def limits_for(self, project: str) -> Limits:
-        """The limits of a project: its override, else the global ones."""
-        return self.project_limits.get(project, self.limits)
+    kind: ClassVar[str] = "telegram"
+    bot_token: str
+    chat_id: str
+    api_url: str = ""  # "" : the settings' telegram_api_url
 
 
-_SCALARS: dict[str, type] = {
-    "store_url": str,
-    "project": str,
-    "strict": bool,
-    "store_timeout": float,
-    "write_attempts": int,
-    "min_replicas": int,
-    "dedup_horizon_days": int,
-    "dedup_max_ids": int,
-    "key_prefix": str,
-    "host": str,
-    "port": int,
-    "public_url": str,
-    "max_body_bytes": int,
-    "max_alertmanager_body_bytes": int,
-    "header_timeout": float,
-    "body_timeout": float,
-    "keep_alive_timeout": float,
-    "max_header_bytes": int,
-    "max_headers": int,
-    "max_concurrent_requests": int,
-    "telegram_api_url": str,
-    "notify_attempts": int,
-    "notify_backoff": float,
-    "notify_timeout": float,
-    "spool_dir": str,
-    "spool_max_bytes": int,
-    "spool_project_share": float,
-    "start_on_spool": bool,
-    "auth_stale_seconds": float,
+@dataclass(frozen=True, slots=True)
+class SlackConfig:
+    """``slack = { webhook_url }``: a Slack incoming webhook."""
+
+    kind: ClassVar[str] = "slack"
+    webhook_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """``webhook = { url, secret }``: a JSON webhook, signed when it has a secret."""
+
+    kind: ClassVar[str] = "webhook"
+    url: str
+    secret: str = ""
+
+
+ChannelConfig: TypeAlias = TelegramConfig | SlackConfig | WebhookConfig
+"""Where a project's notices go, as settings (``notify`` makes the channels that send them)."""
+_CHANNEL_CONFIGS: dict[str, type[ChannelConfig]] = {
+    c.kind: c for c in (TelegramConfig, SlackConfig, WebhookConfig)
 }
-_THRESHOLD_NAMES = ("repeat", "escalate", "permanent_fix")
+
+
+@dataclass(frozen=True)
+class NotifySettings(_Concern):
+    """The settings of notices: each project's channels, and how they are sent."""
+
+    project_channels: Mapping[str, tuple[ChannelConfig, ...]] = field(default_factory=dict)
+    telegram_api_url: str = DEFAULT_TELEGRAM_API_URL
+    notify_attempts: int = 5
+    notify_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
+    notify_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self, "notify_attempts", "notify_backoff", "notify_timeout")
+        _check_projects(self.project_channels)
+        for project, configs in self.project_channels.items():
+            for config in configs:
+                if not isinstance(config, ChannelConfig):
+                    raise ConfigurationError(
+                        f"project_channels[{project!r}] must hold"
+                        f" {', '.join(c.__name__ for c in _CHANNEL_CONFIGS.values())},"
+                        f" got {type(config).__name__}"
+                    )
+
+
+@dataclass(frozen=True)
+class Settings(NotifySettings, ServiceSettings, CoreSettings):
+    """Everything the counter can be configured with: the three concerns' fields, flat."""
+
+
+def _scalar_kinds(cls: type[Any]) -> Mapping[str, type]:
+    """The scalar fields (str, int, float, bool) of a settings dataclass and their types: what
+    a TOML key or an ``ANOMALY_COUNTER_*`` variable may set."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if hints[f.name] in (str, int, float, bool)}
+
+
+_SCALARS = _scalar_kinds(Settings)
+_THRESHOLDS = _scalar_kinds(Thresholds)
+_LIMITS = _scalar_kinds(Limits)
 _Table = TypeVar("_Table", Thresholds, Limits)
 
 
@@ -250,11 +297,11 @@ def _overlay(name: str, table: object, base: _Table, kinds: Mapping[str, type]) 
 
 
 def _thresholds(name: str, table: object, base: Thresholds) -> Thresholds:
-    return _overlay(name, table, base, dict.fromkeys(_THRESHOLD_NAMES, int))
+    return _overlay(name, table, base, _THRESHOLDS)
 
 
 def _limits(name: str, table: object, base: Limits) -> Limits:
-    return _overlay(name, table, base, LIMIT_NAMES)
+    return _overlay(name, table, base, _LIMITS)
 
 
 def _from_env(env: Mapping[str, str], prefix: str, names: Iterable[str]) -> dict[str, str]:
@@ -290,40 +337,31 @@ def _alert_labels(raw: object) -> AlertLabels:
     )
 
 
-_CHANNEL_KEYS: dict[str, tuple[set[str], set[str]]] = {  # (required, optional)
-    "telegram": ({"bot_token", "chat_id"}, {"api_url"}),
-    "slack": ({"webhook_url"}, set()),
-    "webhook": ({"url"}, {"secret"}),
-}
-
-
-def _channels(name: str, table: object, telegram_api_url: str) -> tuple[Channel, ...]:
+def _channels(name: str, table: object) -> tuple[ChannelConfig, ...]:
     if not isinstance(table, Mapping):
         raise ConfigurationError(f"setting {name} must be a table")
-    channels: list[Channel] = []
+    channels: list[ChannelConfig] = []
     for kind, entries in table.items():
-        if kind not in _CHANNEL_KEYS:
+        config = _CHANNEL_CONFIGS.get(kind)
+        if config is None:
             raise ConfigurationError(
-                f"setting {name}.{kind}: unknown channel (known: {', '.join(_CHANNEL_KEYS)})"
+                f"setting {name}.{kind}: unknown channel (known: {', '.join(_CHANNEL_CONFIGS)})"
             )
+        keys = _scalar_kinds(config)  # (the keys a channel's table may have: its fields)
+        required = {
+            f.name for f in fields(config) if f.default is MISSING and f.default_factory is MISSING
+        }
         for entry in entries if isinstance(entries, list) else [entries]:
-            required, optional = _CHANNEL_KEYS[kind]
             if not isinstance(entry, Mapping):
                 raise ConfigurationError(f"setting {name}.{kind} must be a table")
-            missing, unknown = required - set(entry), set(entry) - required - optional
+            missing, unknown = required - set(entry), set(entry) - set(keys)
             if missing or unknown:
                 raise ConfigurationError(
                     f"setting {name}.{kind} needs {', '.join(sorted(required))}"
                     + (f"; unknown keys: {', '.join(sorted(unknown))}" if unknown else "")
                 )
-            text = {k: _convert(f"{name}.{kind}.{k}", v, str) for k, v in entry.items()}
-            if kind == "telegram":
-                text.setdefault("api_url", telegram_api_url)
-                channels.append(TelegramChannel(**text))
-            elif kind == "slack":
-                channels.append(SlackChannel(**text))
-            else:
-                channels.append(WebhookChannel(**text))
+            values = {k: _convert(f"{name}.{kind}.{k}", v, keys[k]) for k, v in entry.items()}
+            channels.append(config(**values))
     return tuple(channels)
 
 
@@ -381,10 +419,10 @@ def load_settings(
             values[key] = _convert(
                 f"{ENV_PREFIX}{key.upper()}", env[f"{ENV_PREFIX}{key.upper()}"], kind
             )
-    env_thresholds = _from_env(env, f"{ENV_PREFIX}THRESHOLD_", _THRESHOLD_NAMES)
+    env_thresholds = _from_env(env, f"{ENV_PREFIX}THRESHOLD_", _THRESHOLDS)
     if env_thresholds:
         thresholds = _thresholds(f"{ENV_PREFIX}THRESHOLD_*", env_thresholds, thresholds)
-    env_limits = _from_env(env, f"{ENV_PREFIX}LIMIT_", LIMIT_NAMES)
+    env_limits = _from_env(env, f"{ENV_PREFIX}LIMIT_", _LIMITS)
     if env_limits:
         limits = _limits(f"{ENV_PREFIX}LIMIT_*", env_limits, limits)
     resolved = {
@@ -395,10 +433,9 @@ def load_settings(
         project: _limits(f"projects.{project}.limits", table, limits)
         for project, table in per_project_limits.items()
     }
-    telegram_api_url = values.get("telegram_api_url", DEFAULT_TELEGRAM_API_URL)
     if notify:
         values["project_channels"] = {
-            project: _channels(f"projects.{project}.notify", table, telegram_api_url)
+            project: _channels(f"projects.{project}.notify", table)
             for project, table in notify.items()
         }
     known = {f.name for f in fields(Settings)}

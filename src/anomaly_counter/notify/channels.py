@@ -1,7 +1,8 @@
 """Where notices go: the HTTP request each channel makes of a notice (no I/O here).
 
-Channels come from settings (``[projects.<id>.notify]`` in the TOML file). Their base URLs are
-settings too, so a test or an air-gapped site points them at a server of its own.
+Channels are made from settings (``[projects.<id>.notify]`` in the TOML file, plain data there):
+``channels_for(settings, project)``. Their base URLs are settings too, so a test or an
+air-gapped site points them at a server of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, assert_never
+
+from ..settings import (
+    DEFAULT_TELEGRAM_API_URL,
+    ChannelConfig,
+    NotifySettings,
+    SlackConfig,
+    TelegramConfig,
+    WebhookConfig,
+)
 
 if TYPE_CHECKING:
     from .notice import Notice
@@ -50,7 +60,7 @@ class TelegramChannel:
 
     bot_token: str
     chat_id: str
-    api_url: str = "https://api.telegram.org"
+    api_url: str = DEFAULT_TELEGRAM_API_URL
 
     @property
     def name(self) -> str:
@@ -104,3 +114,23 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     """The signature header's value for a body sent at ``timestamp`` (unix seconds)."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def channel_of(config: ChannelConfig, telegram_api_url: str = DEFAULT_TELEGRAM_API_URL) -> Channel:
+    """The channel that sends to where a channel's settings point."""
+    match config:
+        case TelegramConfig():
+            api_url = config.api_url or telegram_api_url
+            return TelegramChannel(config.bot_token, config.chat_id, api_url)
+        case SlackConfig():
+            return SlackChannel(config.webhook_url)
+        case WebhookConfig():
+            return WebhookChannel(config.url, config.secret)
+        case _:
+            assert_never(config)
+
+
+def channels_for(settings: NotifySettings, project: str) -> tuple[Channel, ...]:
+    """The channels a project's notices go to (none without ``[projects.<id>.notify]``)."""
+    configs = settings.project_channels.get(project, ())
+    return tuple(channel_of(c, settings.telegram_api_url) for c in configs)

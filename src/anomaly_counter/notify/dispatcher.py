@@ -19,12 +19,12 @@ import structlog
 from ..backoff import pauses
 from ..errors import AnomalyCounterError
 from ..model import AnomalyFrequency
+from .channels import Channel, channels_for
 from .notice import ESCALATION, REGRESSION, Notice
 
 if TYPE_CHECKING:
     from ..counter import AnomalyCounter
     from ..settings import Settings
-    from .channels import Channel
 
 logger = structlog.get_logger("anomaly_counter.notify")
 
@@ -66,6 +66,7 @@ class Dispatcher:
         queue_size: int = 10_000,
     ) -> None:
         self._settings = settings
+        self._channels = {p: channels_for(settings, p) for p in settings.project_channels}
         self._counter_for = counter_for
         self._outcomes = outcomes or _NoOutcomes()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(queue_size)
@@ -75,7 +76,7 @@ class Dispatcher:
 
     def watch(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
         """Queue a notice for each occurrence that crossed into a level or regressed."""
-        if not self._settings.channels_for(project):
+        if not self._channels.get(project):
             return
         for frequency in frequencies:
             kinds = [ESCALATION] if frequency.escalated_to else []
@@ -88,7 +89,7 @@ class Dispatcher:
                     logger.error(
                         "notice_dropped", project=project, anomaly_key=frequency.anomaly_key
                     )
-                    for channel in self._settings.channels_for(project):
+                    for channel in self._channels[project]:
                         self._outcomes.notice_failed(channel.name)
 
     async def start(self) -> None:
@@ -113,7 +114,7 @@ class Dispatcher:
             try:
                 notice = await self._notice(job)
                 await asyncio.gather(
-                    *(self._deliver(c, notice) for c in self._settings.channels_for(job.project))
+                    *(self._deliver(c, notice) for c in self._channels[job.project])
                 )
             except Exception:  # a bug must not stop the notices that follow
                 logger.exception("notice_failed", project=job.project)

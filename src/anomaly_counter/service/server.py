@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..settings import Settings
+from ..settings import ServiceSettings
 from ..tokens import TOKEN_LIKE
 
 TOKEN_IN_QUERY = (
@@ -83,7 +83,7 @@ class _HideTokens(logging.Filter):
 class GuardedHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol, with a deadline and a size bound on each request's head."""
 
-    settings: Settings  # set on a subclass made for each server (uvicorn makes the instances)
+    settings: ServiceSettings  # set on a subclass made per server (uvicorn makes the instances)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -164,7 +164,7 @@ class GuardedHttp(HttpToolsProtocol):
 
 
 def uvicorn_config(
-    app: Any, settings: Settings, *, access_log: bool = False, **options: Any
+    app: Any, settings: ServiceSettings, *, access_log: bool = False, **options: Any
 ) -> uvicorn.Config:
     """The uvicorn configuration of the service (``serve``, and the tests' servers)."""
     protocol = type("Http", (GuardedHttp,), {"settings": settings})
