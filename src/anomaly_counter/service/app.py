@@ -3,11 +3,9 @@ metrics of this process. ``create_app(settings)`` builds it; ``anomaly-counter s
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
-from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -20,7 +18,6 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from .. import __version__
-from ..counter import AnomalyCounter
 from ..errors import (
     AmbiguousAnomalyError,
     AnomalyNotFoundError,
@@ -31,102 +28,24 @@ from ..errors import (
     StoreFileError,
     StoreUnavailableError,
 )
-from ..model import AnomalyFrequency, Occurrence
-from ..notify.dispatcher import Dispatcher
-from ..replay import Replayer
 from ..settings import Settings
-from ..spool import spool_of
-from ..stores.base import Store, store_from_url
-from .auth import Authenticator
-from .known_tokens import KnownTokens
-from .lanes import Lanes
-from .metrics import CONTENT_TYPE, Metrics
+from ..stores.base import Store
+from ..web.routes import router as pages
+from .metrics import CONTENT_TYPE
 from .middleware import Admission, BodyLimit, HttpMetrics, Passed, Refused
+from .routes import router
 from .schemas import MatchesOut
 from .server import NoTokenInQuery
+from .state import CHECKED_TOKEN, Service
 
 logger = structlog.get_logger("anomaly_counter.service")
 RETRY_AFTER_SECONDS = "5"
 UNAVAILABLE = "the store cannot be reached; retry later"
-CHECKED_TOKEN = "checked_token"
-"""Where the body's gate leaves the token it checked, in the request's state."""
 _MAX_ERRORS_SHOWN = 20
 _PROJECT_ROUTE = re.compile(r"/v1/projects/([^/]+)/")
 
 
-class Service:
-    """What the routes share. Counters answer strictly: a store that cannot take a write is a
-    503 (Alertmanager retries it), never a 2xx for something not stored."""
-
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
-        self.settings = replace(settings, strict=True)
-        self.store = store or store_from_url(self.settings.store_url, self.settings)
-        self.metrics = Metrics()
-        self.lanes = Lanes(settings.limits_for, settings.body_timeout, self.metrics.limit_reached)
-        self._counters: dict[str, AnomalyCounter] = {}
-        self.dispatcher = Dispatcher(self.settings, self.counter, self.metrics)
-        self.replayer: Replayer | None = None
-        self.spool = spool_of(self.settings)
-        if self.spool is not None:
-            self.replayer = Replayer(self.spool, self.counter, self._replayed)
-            self.metrics.watch_spool(self.spool)
-        # the tokens the store vouched for, kept beside the spool (its lock makes this process
-        # the file's only writer) for an outage, and a restart during one
-        directory = self.spool.directory if self.spool is not None else None
-        known = KnownTokens(directory, self.settings.auth_stale_seconds)
-        self.auth = Authenticator(self.store, known)
-
-    def counter(self, project: str) -> AnomalyCounter:
-        counter = self._counters.get(project)
-        if counter is None:
-            counter = AnomalyCounter(
-                self.store, project, settings=self.settings, spool=self.spool, replay=False
-            )
-            counter.on_replay_refused = functools.partial(self.metrics.limit_reached, project)
-            self._counters[project] = counter
-        return counter
-
-    def _replayed(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
-        self.metrics.spool_replayed.inc(len(frequencies))
-        self.metrics.counted(project, frequencies)
-        self.dispatcher.watch(project, frequencies)
-
-    async def record(
-        self, project: str, occurrences: Sequence[Occurrence]
-    ) -> list[AnomalyFrequency]:
-        """Count occurrences, account for them, and queue the notices they call for."""
-        counter = self.counter(project)
-        try:
-            async with self.metrics.timing("record"):
-                if len(occurrences) == 1:
-                    o = occurrences[0]
-                    frequencies = [
-                        await counter.record_anomaly(
-                            o.signature, at=o.at, occurrence_id=o.occurrence_id
-                        )
-                    ]
-                else:
-                    frequencies = await counter.record_many(occurrences)
-        except InvalidInputError:
-            self.metrics.refused(project, "rejected", len(occurrences))
-            raise
-        except StoreUnavailableError:
-            self.metrics.refused(project, "degraded", len(occurrences))
-            raise
-        except SpoolFullError:
-            self.metrics.refused(project, "refused", len(occurrences))
-            raise
-        spooled = sum(1 for f in frequencies if f.spooled)
-        self.metrics.refused(project, "spooled", spooled)
-        self.metrics.counted(project, [f for f in frequencies if not f.spooled])
-        self.dispatcher.watch(project, frequencies)
-        return frequencies
-
-
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
-    from ..web.routes import router as pages
-    from .routes import router  # the routes import this module's Service
-
     service = Service(settings, store)
 
     @asynccontextmanager

@@ -27,8 +27,8 @@ from ..validation import MAX_KEY_CHARS
 from ..windows import HISTORY
 from . import schemas as s
 from .alertmanager import AlertmanagerPayload, episodes
-from .app import CHECKED_TOKEN, Service
 from .auth import may_write
+from .state import CHECKED_TOKEN, Service
 
 T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="A token of the project (token create)")

@@ -25,8 +25,8 @@ from ..errors import (
     InvalidInputError,
     StoreUnavailableError,
 )
-from ..service.app import Service
 from ..service.schemas import MatchesOut
+from ..service.state import Service
 from ..tokens import TokenRecord
 from . import session, views
 
