@@ -155,11 +155,7 @@ class Store(ABC):
         says ``refused``); the others are."""
 
     async def record_chunks(
-        self,
-        recording: Recording,
-        chunks: Iterable[Sequence[RecordRequest]],
-        *,
-        whole: bool = False,
+        self, recording: Recording, chunks: Chunks, *, whole: bool = False
     ) -> AsyncIterator[list[Snapshot]]:
         """``record`` for each chunk, answers in order. Stores that can pipeline send the next
         chunks while the caller handles the answers of the first. ``whole``: the chunks are a
@@ -184,11 +180,7 @@ class Store(ABC):
 
     @abstractmethod
     async def record_repair(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        action: str,
-        success: bool,
+        self, project: str, write: AnomalyWrite, action: str, success: bool
     ) -> None:
         """Count one attempt, and tell it in the timeline; a write id already applied to this
         anomaly (a retry) is not counted again."""
@@ -204,12 +196,7 @@ class Store(ABC):
         """The last 100 attempts, newest first, for audit."""
 
     @abstractmethod
-    async def record_disposition(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        disposition: str,
-    ) -> None:
+    async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
         """Count one disposition, and tell it in the timeline; a write id already applied (a
         retry) is not counted again."""
 
@@ -241,12 +228,7 @@ class Store(ABC):
         a value of 0 drops the entry. An entry a write moved meanwhile is left alone."""
 
     @abstractmethod
-    async def mark_fix(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        description: str,
-    ) -> None:
+    async def mark_fix(self, project: str, write: AnomalyWrite, description: str) -> None:
         """Mark a permanent fix (the next occurrence after it is a regression), and tell it in
         the timeline; a write id already applied (a retry) changes nothing."""
 

@@ -22,7 +22,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -43,6 +43,7 @@ from .base import (
     REPAIR_HISTORY_LENGTH,
     RETENTION_DAYS,
     AnomalyWrite,
+    Chunks,
     Recording,
     RecordRequest,
     Snapshot,
@@ -321,11 +322,7 @@ class SQLiteStore(Store):
         return await self._run(self._write, self._recording(recording, requests))
 
     async def record_chunks(
-        self,
-        recording: Recording,
-        chunks: Iterable[Sequence[RecordRequest]],
-        *,
-        whole: bool = False,
+        self, recording: Recording, chunks: Chunks, *, whole: bool = False
     ) -> AsyncIterator[list[Snapshot]]:
         if not whole:
             async for snapshots in super().record_chunks(recording, chunks):
@@ -487,6 +484,12 @@ class SQLiteStore(Store):
             (project, row[0] + 1),
         )
         return True
+
+    def _first_event(self, db: sqlite3.Connection, project: str, write: AnomalyWrite) -> bool:
+        """Room for the anomaly (or LimitExceededError), then True the first time this write
+        reaches it (False for a retry of one applied)."""
+        self._claim(db, project, write.anomaly_key)
+        return self._first_write(db, project, write.anomaly_key, write.write_id, write.now_ms)
 
     def _claim(self, db: sqlite3.Connection, project: str, key: str) -> None:
         """A repair, disposition or fix of an anomaly the project does not hold yet makes it:
@@ -658,17 +661,12 @@ class SQLiteStore(Store):
         return cursor.rowcount > 0
 
     async def record_repair(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        action: str,
-        success: bool,
+        self, project: str, write: AnomalyWrite, action: str, success: bool
     ) -> None:
-        anomaly_key, at_ms, now_ms, write_id, by = write
+        anomaly_key, at_ms, now_ms, _, by = write
 
         def work(db: sqlite3.Connection) -> None:
-            self._claim(db, project, anomaly_key)
-            if not self._first_write(db, project, anomaly_key, write_id, now_ms):
+            if not self._first_event(db, project, write):
                 return
             self._tell(
                 db, project, anomaly_key, timeline.encode("repair", at_ms, action, success, by)
@@ -712,17 +710,11 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
-    async def record_disposition(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        disposition: str,
-    ) -> None:
-        anomaly_key, at_ms, now_ms, write_id, by = write
+    async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
+        anomaly_key, at_ms, now_ms, _, by = write
 
         def work(db: sqlite3.Connection) -> None:
-            self._claim(db, project, anomaly_key)
-            if not self._first_write(db, project, anomaly_key, write_id, now_ms):
+            if not self._first_event(db, project, write):
                 return
             self._tell(
                 db, project, anomaly_key, timeline.encode("disposition", at_ms, disposition, by)
@@ -836,17 +828,11 @@ class SQLiteStore(Store):
 
     # -- permanent fixes ----------------------------------------------------------------------
 
-    async def mark_fix(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        description: str,
-    ) -> None:
-        anomaly_key, at_ms, now_ms, write_id, by = write
+    async def mark_fix(self, project: str, write: AnomalyWrite, description: str) -> None:
+        anomaly_key, at_ms, _, _, by = write
 
         def work(db: sqlite3.Connection) -> None:
-            self._claim(db, project, anomaly_key)
-            if not self._first_write(db, project, anomaly_key, write_id, now_ms):
+            if not self._first_event(db, project, write):
                 return
             db.execute(
                 "INSERT INTO anomalies (project, anomaly_key, fix_at, fix_description, fix_by,"
