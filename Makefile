@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 DEMO_DB ?= .run/demo.db
 PORT ?= 8080
 
-.PHONY: run test lint bench install clean screenshots
+.PHONY: run test lint bench install clean screenshots newest
 
-$(STAMP): pyproject.toml
+# pyproject.toml gives ranges; constraints.txt the exact versions installed here and in CI.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,service]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,service]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +32,22 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q
+
+# The Redis stores' tests against the newest redis and hiredis that pyproject.toml admits (the
+# rest as constraints.txt pins them), in a second venv: a new redis-py release that breaks the
+# stores shows here before a user meets it. (CI runs it after `make test`.)
+NEWEST := $(VENV)/newest
+REDIS_TESTS := tests/test_contract.py tests/test_redis_budget.py tests/test_faults.py \
+	tests/test_reconnect.py tests/test_sentinel.py tests/test_cluster.py tests/test_redis_link.py \
+	tests/test_store_errors.py
+
+newest:
+	test -x $(NEWEST)/bin/python || $(PY) -m venv $(NEWEST)
+	grep -viE '^(redis|hiredis)==' constraints.txt > $(NEWEST)/constraints.txt
+	$(NEWEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager \
+		-c $(NEWEST)/constraints.txt -e '.[dev,service]'
+	$(NEWEST)/bin/python -c 'import redis, hiredis; print("redis", redis.__version__, "hiredis", hiredis.__version__)'
+	$(NEWEST)/bin/pytest -q -p no:cacheprovider $(REDIS_TESTS) -k 'not sqlite'
 
 # The dashboard's pages as PNGs, from the test browser (headless chromium), for the README.
 screenshots: $(STAMP)

@@ -80,7 +80,7 @@ from .base import (
     shard_of,
 )
 from .coalesce import Coalescer
-from .redis_link import UNAVAILABLE, Link, hiredis_packing, read_reply
+from .redis_link import UNAVAILABLE, Link, read_reply
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -729,8 +729,6 @@ class RedisStore(RedisScripts):
                 client = aioredis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigurationError(f"setting store_url: {exc}") from exc
-        pool = client.connection_pool
-        pool.connection_class = hiredis_packing(pool.connection_class)
         return cls(client, settings)
 
     async def _run(self, commands: Sequence[tuple[Any, ...]], replicate: bool) -> list[Any]:

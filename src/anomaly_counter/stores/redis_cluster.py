@@ -45,7 +45,7 @@ from redis.exceptions import (
 
 from ..errors import ConfigurationError, StoreUnavailableError
 from .redis import SHARD_KEYS, RedisScripts, connection_options, raise_errors
-from .redis_link import Link, hiredis_packing
+from .redis_link import Link
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -136,7 +136,7 @@ class _SlotMap:
             options = dict(self._options)
             connection_class = options.pop("connection_class", Connection)
             pool = ConnectionPool(
-                connection_class=hiredis_packing(connection_class),
+                connection_class=connection_class,
                 host=address[0],
                 port=address[1],
                 **options,
