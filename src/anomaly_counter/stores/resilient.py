@@ -43,12 +43,16 @@ class ResilientStore(StoreWrapper):
             raise exc
         logger.warning("anomaly_counter_store_unavailable", operation=op, error=str(exc), **context)
 
-    async def _or(self, op: str, call: Awaitable[T], fallback: T, **context: Any) -> T:
+    async def _or(
+        self, op: str, call: Awaitable[T], fallback: Callable[[], T], **context: Any
+    ) -> T:
+        """The call's answer, else (unless strict) ``fallback()``: made only when needed, so
+        that a call that succeeds costs no more than the call."""
         try:
             return await call
         except StoreUnavailableError as exc:
             self._unavailable(op, exc, **context)
-            return fallback
+            return fallback()
 
     async def retried(
         self, op: str, write: Callable[[], Awaitable[T]], fallback: T, **context: Any
@@ -72,9 +76,11 @@ class ResilientStore(StoreWrapper):
     async def record(
         self, recording: Recording, requests: Sequence[RecordRequest]
     ) -> list[Snapshot]:
-        degraded = [blank_snapshot(r.anomaly_key, degraded=True) for r in requests]
-        call = self.inner.record(recording, requests)
-        return await self._or("record", call, degraded, project=recording.project)
+        try:
+            return await self.inner.record(recording, requests)
+        except StoreUnavailableError as exc:
+            self._unavailable("record", exc, project=recording.project)
+            return [blank_snapshot(r.anomaly_key, degraded=True) for r in requests]
 
     async def record_chunks(
         self, recording: Recording, chunks: Chunks, *, whole: bool = False
@@ -98,20 +104,20 @@ class ResilientStore(StoreWrapper):
 
     async def admit(self, recording: Recording, anomaly_keys: Sequence[str]) -> None:
         # (no room made: the batch's record calls will find the store away too, as a rule)
-        await self._or("record", self.inner.admit(recording, anomaly_keys), None)
+        await self._or("record", self.inner.admit(recording, anomaly_keys), _none)
 
     async def read(
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
     ) -> list[Snapshot | None]:
-        nothing: list[Snapshot | None] = [
-            blank_snapshot(key, degraded=True) for key in anomaly_keys
-        ]
-        call = self.inner.read(project, anomaly_keys, at_ms, now_ms)
-        return await self._or("read", call, nothing, project=project)
+        try:
+            return await self.inner.read(project, anomaly_keys, at_ms, now_ms)
+        except StoreUnavailableError as exc:
+            self._unavailable("read", exc, project=project)
+            return [blank_snapshot(key, degraded=True) for key in anomaly_keys]
 
     async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
         call = self.inner.resolve(project, anomaly_key, at_ms, by)
-        await self._or("record_resolution", call, None, project=project, anomaly_key=anomaly_key)
+        await self._or("record_resolution", call, _none, project=project, anomaly_key=anomaly_key)
 
     # -- events: tried again, then degraded ---------------------------------------------------
 
@@ -159,22 +165,23 @@ class ResilientStore(StoreWrapper):
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, tuple[int, int]]:
         call = self.inner.repair_stats(project, anomaly_key, now_ms)
-        return await self._or("repair_stats", call, {}, project=project, anomaly_key=anomaly_key)
+        return await self._or("repair_stats", call, dict, project=project, anomaly_key=anomaly_key)
 
     async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
         call = self.inner.repair_history(project, anomaly_key)
-        return await self._or("repair_history", call, [], project=project, anomaly_key=anomaly_key)
+        return await self._or(
+            "repair_history", call, list, project=project, anomaly_key=anomaly_key
+        )
 
     async def disposition_stats(
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, int]:
         call = self.inner.disposition_stats(project, anomaly_key, now_ms)
-        nothing = empty_disposition_counts()
-        return await self._or("disposition_stats", call, nothing, project=project)
+        return await self._or("disposition_stats", call, empty_disposition_counts, project=project)
 
     async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
         call = self.inner.disposition_summary(project, now_ms)
-        return await self._or("disposition_summary", call, empty_disposition_counts())
+        return await self._or("disposition_summary", call, empty_disposition_counts)
 
     async def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
         try:
@@ -184,42 +191,48 @@ class ResilientStore(StoreWrapper):
             self._unavailable("candidates", exc, project=project)
 
     async def chronic(self, project: str) -> list[tuple[str, int]]:
-        return await self._or("chronic", self.inner.chronic(project), [], project=project)
+        return await self._or("chronic", self.inner.chronic(project), list, project=project)
 
     async def refresh_index(
         self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
     ) -> None:
         call = self.inner.refresh_index(project, index, entries)
-        await self._or("refresh_index", call, None, project=project)
+        await self._or("refresh_index", call, _none, project=project)
 
     async def states(self, project: str, anomaly_keys: Sequence[str]) -> list[WindowState | None]:
-        unknown: list[WindowState | None] = [None] * len(anomaly_keys)
-        return await self._or("history", self.inner.states(project, anomaly_keys), unknown)
+        call = self.inner.states(project, anomaly_keys)
+        return await self._or("history", call, lambda: [None] * len(anomaly_keys))
 
     async def timeline(self, project: str, anomaly_key: str) -> list[str]:
         call = self.inner.timeline(project, anomaly_key)
-        return await self._or("timeline", call, [], project=project, anomaly_key=anomaly_key)
+        return await self._or("timeline", call, list, project=project, anomaly_key=anomaly_key)
 
     async def note(self, project: str, anomaly_key: str, entry: str) -> None:
         call = self.inner.note(project, anomaly_key, entry)
-        await self._or("note_notice", call, None, project=project, anomaly_key=anomaly_key)
+        await self._or("note_notice", call, _none, project=project, anomaly_key=anomaly_key)
 
     async def summary_days(self, project: str, now_ms: int) -> dict[int, dict[str, int]]:
         call = self.inner.summary_days(project, now_ms)
-        return await self._or("escalations_by_day", call, {}, project=project)
+        return await self._or("escalations_by_day", call, dict, project=project)
 
     async def repair_stats_many(
         self, project: str, anomaly_keys: Sequence[str], now_ms: int
     ) -> list[dict[str, tuple[int, int]]]:
-        nothing: list[dict[str, tuple[int, int]]] = [{} for _ in anomaly_keys]
         call = self.inner.repair_stats_many(project, anomaly_keys, now_ms)
-        return await self._or("recommendations", call, nothing, project=project)
+        return await self._or("recommendations", call, lambda: [{} for _ in anomaly_keys])
 
     async def search(
         self, project: str, word: str, limit: int
     ) -> tuple[list[tuple[str, str]], bool]:
-        nothing: tuple[list[tuple[str, str]], bool] = ([], False)
-        return await self._or("search", self.inner.search(project, word, limit), nothing)
+        return await self._or("search", self.inner.search(project, word, limit), _no_matches)
 
     async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
-        await self._or("search", self.inner.forget_terms(project, entries), None)
+        await self._or("search", self.inner.forget_terms(project, entries), _none)
+
+
+def _none() -> None:
+    return None
+
+
+def _no_matches() -> tuple[list[tuple[str, str]], bool]:
+    return [], False
