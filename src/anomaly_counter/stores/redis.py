@@ -66,6 +66,7 @@ from .base import (
     REPAIR_HISTORY_LENGTH,
     RETENTION_DAYS,
     AnomalyWrite,
+    Chunks,
     Recording,
     RecordRequest,
     Snapshot,
@@ -389,11 +390,7 @@ class RedisScripts(Store):
         raise anomaly_limit_error(project, policy.max_anomalies)
 
     async def record_chunks(
-        self,
-        recording: Recording,
-        chunks: Iterable[Sequence[RecordRequest]],
-        *,
-        whole: bool = False,
+        self, recording: Recording, chunks: Chunks, *, whole: bool = False
     ) -> AsyncIterator[list[Snapshot]]:
         project, policy, now_ms = recording
         """Chunks in rounds of up to _CHUNKS_PER_ROUND, each round one ``_eval``: its
@@ -453,11 +450,7 @@ class RedisScripts(Store):
     # -- repairs and dispositions -------------------------------------------------------------
 
     async def record_repair(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        action: str,
-        success: bool,
+        self, project: str, write: AnomalyWrite, action: str, success: bool
     ) -> None:
         anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)
@@ -484,12 +477,7 @@ class RedisScripts(Store):
         entries = [json.loads(item) for item in raw]
         return [{"action": e["action"], "success": e["success"], "at_ms": e["at"]} for e in entries]
 
-    async def record_disposition(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        disposition: str,
-    ) -> None:
+    async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
         anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)
         script_keys = [keys.days, keys.index("dispositions"), keys.index("summary"), keys.meta]
@@ -576,12 +564,7 @@ class RedisScripts(Store):
 
     # -- permanent fixes ----------------------------------------------------------------------
 
-    async def mark_fix(
-        self,
-        project: str,
-        write: AnomalyWrite,
-        description: str,
-    ) -> None:
+    async def mark_fix(self, project: str, write: AnomalyWrite, description: str) -> None:
         anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)
         digest = id_digest(write_id) if write_id else ""
@@ -741,11 +724,7 @@ class RedisStore(RedisScripts):
         return replies
 
     async def record_chunks(
-        self,
-        recording: Recording,
-        chunks: Iterable[Sequence[RecordRequest]],
-        *,
-        whole: bool = False,
+        self, recording: Recording, chunks: Chunks, *, whole: bool = False
     ) -> AsyncIterator[list[Snapshot]]:
         project, policy, now_ms = recording
         # Every chunk goes out on one connection before any answer is read: the server works

@@ -43,6 +43,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from ..backoff import pauses
 from ..errors import ConfigurationError, StoreUnavailableError
 from .redis import SHARD_KEYS, RedisScripts, connection_options, raise_errors
 from .redis_link import Link
@@ -257,7 +258,7 @@ class RedisClusterStore(RedisScripts):
         todo = list(range(len(commands)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        pause = _FIRST_PAUSE
+        waits = pauses(_FIRST_PAUSE, _LONGEST_PAUSE, jitter="half")
         while True:
             by_node: dict[Address, list[int]] = {}
             for i in todo:
@@ -300,8 +301,7 @@ class RedisClusterStore(RedisScripts):
                     f"{self._timeout} s" + (f" ({refused[0]})" if refused else "")
                 )
             if refused:
-                await asyncio.sleep(pause * (0.5 + random.random()))
-                pause = min(pause * 2, _LONGEST_PAUSE)
+                await asyncio.sleep(next(waits))
             todo = again
 
     async def _node_for(self, slot: int | None) -> Address:
