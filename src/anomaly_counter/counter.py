@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from types import TracebackType
@@ -34,6 +34,7 @@ from .model import (
     PermanentFix,
     RepairAttempt,
     TimelineEntry,
+    empty_disposition_counts,
 )
 from .policy import ActionRecommendation, level_for, recommend, should_skip, success_rate
 from .ranking import Evaluate, select_top
@@ -116,6 +117,10 @@ class AnomalyCounter:
             kept, strict=self.settings.strict, write_attempts=self.settings.write_attempts
         )
         self._store: Store = self._resilient
+        # Reads made of many store calls (top, search, chronic) go to the store without the
+        # fallback of each call, under one for the whole: a partial answer, or a ranking index
+        # lowered by reads that failed, would look like the truth.
+        self._raw = self._resilient.inner
         thresholds = self.settings.thresholds_for(self.project_id)
         self.thresholds = thresholds
         self._policy = WritePolicy(
@@ -392,11 +397,11 @@ class AnomalyCounter:
                 yield requests[-1]
 
         frequencies: list[AnomalyFrequency | None] = [None] * len(checked)
-        # room for the batch's new anomalies first: refused whole, or stored whole
-        recording = self._recording(now)
-        await self._store.admit(recording, list(dict.fromkeys(c.anomaly_key for c in checked)))
+        # one batch: refused whole (room for its new anomalies is made first), or stored whole
+        whole = list(dict.fromkeys(c.anomaly_key for c in checked))
         done = 0
-        async for snapshots in self._store.record_chunks(recording, prepared(), whole=True):
+        answers = self._store.record_chunks(self._recording(now), prepared(), whole=whole)
+        async for snapshots in answers:
             for i, frequency in zip(
                 chunks[done], self._results(requests[done], snapshots), strict=True
             ):
@@ -457,23 +462,27 @@ class AnomalyCounter:
         now_ms = _ms(self._clock())
 
         async def evaluate(keys: Sequence[str]) -> list[tuple[int, Snapshot] | None]:
-            snapshots = await self._store.read(self.project_id, keys, now_ms, now_ms)
+            snapshots = await self._raw.read(self.project_id, keys, now_ms, now_ms)
             return [
                 (s.counts[index], s) if s is not None and s.counts[index] > 0 else None
                 for s in snapshots
             ]
 
-        selected = await self._top(window, evaluate, limit)
+        selected = await self._guarded("top_anomalies", self._top(window, evaluate, limit), list)
         found = [self._frequency(snapshot, _time(now_ms)) for _, _, snapshot in selected]
         return AnomalyList(found, len(found))
 
     async def _top(
         self, index: str, evaluate: Evaluate[Snapshot], limit: int
     ) -> list[tuple[str, int, Snapshot]]:
-        result = await select_top(self._store.candidates(self.project_id, index), evaluate, limit)
+        result = await select_top(self._raw.candidates(self.project_id, index), evaluate, limit)
         # Lower what cooled down, so the next query walks past fewer stale entries.
-        await self._store.refresh_index(self.project_id, index, result.stale)
+        await self._raw.refresh_index(self.project_id, index, result.stale)
         return result.top
+
+    async def _guarded(self, op: str, call: Awaitable[T], fallback: Callable[[], T]) -> T:
+        """A read of many store calls, degraded (or raised, when strict) as one."""
+        return await self._resilient.guard(op, call, fallback, project=self.project_id)
 
     # -- the story: history, timeline, search, the project's view -----------------------------
 
@@ -534,7 +543,9 @@ class AnomalyCounter:
         follows what is found, never the project's size."""
         limit = validation.limit(limit)
         floor = self._level_floor(min_level) if min_level is not None else 0
-        found, truncated = await self._search(validation.query(query))
+        found, truncated = await self._guarded(
+            "search", self._search(validation.query(query)), _no_matches
+        )
         chosen = [f for _, f in found if f.count_24h >= floor]
         return AnomalyList(chosen[:limit], len(chosen), truncated)
 
@@ -551,7 +562,7 @@ class AnomalyCounter:
             frequency = await self.get_frequency(key)
             if frequency is not None:
                 return Lookup(frequency, [frequency])
-        found, truncated = await self._search(text)
+        found, truncated = await self._guarded("find", self._search(text), _no_matches)
         exact = [f for quality, f in found if quality == 0]
         if not truncated and (len(found) == 1 or len(exact) == 1):
             # (a name names one anomaly only when every match was seen)
@@ -591,15 +602,15 @@ class AnomalyCounter:
         if not words:
             raise InvalidInputError("search query has no words")
         answers = await asyncio.gather(  # (the words' look-ups are independent)
-            *(self._store.search(self.project_id, word, search.MAX_CANDIDATES) for word in words)
+            *(self._raw.search(self.project_id, word, search.MAX_CANDIDATES) for word in words)
         )
         pairs, truncated = min(answers, key=lambda answer: (answer[1], len(answer[0])))
         keys = sorted({key for _, key in pairs})
         now = self._clock()
-        snapshots = await self._store.read(self.project_id, keys, _ms(now), _ms(now))
+        snapshots = await self._raw.read(self.project_id, keys, _ms(now), _ms(now))
         gone = {key for key, snapshot in zip(keys, snapshots, strict=True) if snapshot is None}
         if gone:  # expired since they were indexed: their entries go as they are met
-            await self._store.forget_terms(self.project_id, [p for p in pairs if p[1] in gone])
+            await self._raw.forget_terms(self.project_id, [p for p in pairs if p[1] in gone])
         results: list[tuple[int, AnomalyFrequency]] = []
         for snapshot in snapshots:
             if snapshot is None or snapshot.first_seen_ms is None:
@@ -623,15 +634,15 @@ class AnomalyCounter:
         now_ms = _ms(self._clock())
 
         async def walk() -> AnomalyList:
-            entries = await self._store.chronic(self.project_id)
+            entries = await self._raw.chronic(self.project_id)
             entries.sort(key=lambda entry: -entry[1])  # a cut keeps the most chronic
             looked_at = entries[:MAX_CHRONIC]
             keys = [key for key, _ in looked_at]
-            snapshots = await self._store.read(self.project_id, keys, now_ms, now_ms)
+            snapshots = await self._raw.read(self.project_id, keys, now_ms, now_ms)
             gone = [(k, level, 0) for (k, level), s in zip(looked_at, snapshots, strict=True)
                     if s is None]  # fmt: skip
             if gone:
-                await self._store.refresh_index(self.project_id, "chronic", gone)
+                await self._raw.refresh_index(self.project_id, "chronic", gone)
             at = _time(now_ms)
             found = [
                 self._frequency(s, at) for s in snapshots if s is not None and s.counts[1] >= floor
@@ -639,7 +650,7 @@ class AnomalyCounter:
             found.sort(key=lambda f: (-f.count_in(window), -f.count_24h, f.anomaly_key))
             return AnomalyList(found[:limit], len(found), len(entries) > len(looked_at))
 
-        return await walk()
+        return await self._guarded("chronic_anomalies", walk(), lambda: AnomalyList([], 0))
 
     def _level_floor(self, level: str) -> int:
         floors = {
@@ -821,7 +832,7 @@ class AnomalyCounter:
         now_ms = _ms(self._clock())
 
         async def evaluate(keys: Sequence[str]) -> list[tuple[int, Snapshot] | None]:
-            snapshots = await self._store.read(self.project_id, keys, now_ms, now_ms)
+            snapshots = await self._raw.read(self.project_id, keys, now_ms, now_ms)
             return [
                 (s.dispositions["total"], s)
                 if s is not None and s.dispositions["total"] > 0
@@ -829,17 +840,22 @@ class AnomalyCounter:
                 for s in snapshots
             ]
 
-        summary = await self._store.disposition_summary(self.project_id, now_ms)
-        top = await self._top("dispositions", evaluate, limit)
-        rows = [
-            {
-                "anomaly_key": key,
-                "alert_name": fingerprint_fields(snapshot.signature)["alert_name"],
-                **snapshot.dispositions,
-            }
-            for key, _, snapshot in top
-        ]
-        return summary, rows
+        async def both() -> tuple[dict[str, int], list[dict[str, Any]]]:
+            summary = await self._raw.disposition_summary(self.project_id, now_ms)
+            top = await self._top("dispositions", evaluate, limit)
+            rows = [
+                {
+                    "anomaly_key": key,
+                    "alert_name": fingerprint_fields(snapshot.signature)["alert_name"],
+                    **snapshot.dispositions,
+                }
+                for key, _, snapshot in top
+            ]
+            return summary, rows
+
+        return await self._guarded(
+            "get_all_disposition_stats", both(), lambda: (empty_disposition_counts(), [])
+        )
 
     # -- permanent fixes ----------------------------------------------------------------------
 
@@ -939,3 +955,7 @@ def reset_anomaly_counter() -> None:
     """Forget the process-wide counter (tests; after changing settings)."""
     global _counter
     _counter = None
+
+
+def _no_matches() -> tuple[list[tuple[int, AnomalyFrequency]], bool]:
+    return [], False

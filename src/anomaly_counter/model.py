@@ -60,6 +60,10 @@ class PermanentFix:
     """The root-cause fix in force: what was done, when, and who said so (a token id, ``cli``
     or what the library's caller passed as ``by``; None when nobody was named)."""
 
+    __pydantic_config__: ClassVar[dict[str, Any]] = {
+        "json_schema_serialization_defaults_required": True
+    }
+
     description: str
     at: datetime
     by: str | None = None
@@ -122,7 +126,10 @@ class TimelineEntry:
 # The value types below are also the HTTP API's answers: its schema takes their attribute
 # docstrings as the fields' descriptions (a plain dict: pydantic reads it, this module does not
 # need it).
-_DESCRIBED: dict[str, Any] = {"use_attribute_docstrings": True}
+_DESCRIBED: dict[str, Any] = {
+    "use_attribute_docstrings": True,
+    "json_schema_serialization_defaults_required": True,  # an answer always has every field
+}
 
 
 @dataclass(slots=True)

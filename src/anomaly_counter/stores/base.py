@@ -155,15 +155,17 @@ class Store(ABC):
         says ``refused``); the others are."""
 
     async def record_chunks(
-        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+        self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
         """``record`` for each chunk, answers in order. Stores that can pipeline send the next
         chunks while the caller handles the answers of the first. ``whole``: the chunks are a
-        batch that is stored whole or not at all, for the anomaly limit too (after ``admit``):
-        LimitExceededError when any of it is refused."""
+        batch of these anomalies, stored whole or not at all, for the anomaly limit too (room is
+        made for its new anomalies first, ``admit``): LimitExceededError when any is refused."""
+        if whole is not None:
+            await self.admit(recording, whole)
         for chunk in chunks:
             snapshots = await self.record(recording, chunk)
-            yield all_stored(snapshots, recording) if whole else snapshots
+            yield all_stored(snapshots, recording) if whole is not None else snapshots
 
     async def admit(self, recording: Recording, anomaly_keys: Sequence[str]) -> None:
         """Make room for the new anomalies among these before a batch of them is written, or

@@ -390,25 +390,27 @@ class RedisScripts(Store):
         raise anomaly_limit_error(project, policy.max_anomalies)
 
     async def record_chunks(
-        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+        self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
-        project, policy, now_ms = recording
         """Chunks in rounds of up to _CHUNKS_PER_ROUND, each round one ``_eval``: its
         occurrences grouped into as few calls as may be (on a cluster one per slot: a round's
         calls then carry many occurrences each, and the server pays per call). With
         min_replicas nothing of a round counts as stored before the replicas have all of it:
         answers are handed out only once its WAITs say so (else the whole round is retried)."""
+        project, policy, now_ms = recording
+        if whole is not None:
+            await self.admit(recording, whole)
         policy_args = _policy_args(policy)
         round_: list[list[_Write]] = []
         for chunk in chunks:
             round_.append([(project, policy_args, now_ms, request) for request in chunk])
             if len(round_) == _CHUNKS_PER_ROUND:
                 for snapshots in await self._record_round(round_):
-                    yield all_stored(snapshots, recording) if whole else snapshots
+                    yield all_stored(snapshots, recording) if whole is not None else snapshots
                 round_ = []
         if round_:
             for snapshots in await self._record_round(round_):
-                yield all_stored(snapshots, recording) if whole else snapshots
+                yield all_stored(snapshots, recording) if whole is not None else snapshots
 
     async def _record_round(self, round_: Sequence[list[_Write]]) -> list[list[Snapshot]]:
         items = [item for chunk in round_ for item in chunk]
@@ -724,7 +726,7 @@ class RedisStore(RedisScripts):
         return replies
 
     async def record_chunks(
-        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+        self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
         project, policy, now_ms = recording
         # Every chunk goes out on one connection before any answer is read: the server works
@@ -736,6 +738,8 @@ class RedisStore(RedisScripts):
             async for snapshots in answers:
                 yield snapshots
             return
+        if whole is not None:
+            await self.admit(recording, whole)
         policy_args = _policy_args(policy)
         sha = self._shas["record"]
         connection = await self._link.connection()
@@ -764,10 +768,10 @@ class RedisStore(RedisScripts):
                         snapshots = _record_snapshots(
                             rest_items, rest_groups, rest_replies, self._known
                         )
-                        yield all_stored(snapshots, recording) if whole else snapshots
+                        yield all_stored(snapshots, recording) if whole is not None else snapshots
                     return
                 snapshots = _record_snapshots(items, groups, replies, self._known)
-                yield all_stored(snapshots, recording) if whole else snapshots
+                yield all_stored(snapshots, recording) if whole is not None else snapshots
         except BaseException as exc:
             if held:
                 await self._link.discard(connection)

@@ -43,7 +43,7 @@ class ResilientStore(StoreWrapper):
             raise exc
         logger.warning("anomaly_counter_store_unavailable", operation=op, error=str(exc), **context)
 
-    async def _or(
+    async def guard(
         self, op: str, call: Awaitable[T], fallback: Callable[[], T], **context: Any
     ) -> T:
         """The call's answer, else (unless strict) ``fallback()``: made only when needed, so
@@ -83,7 +83,7 @@ class ResilientStore(StoreWrapper):
             return [blank_snapshot(r.anomaly_key, degraded=True) for r in requests]
 
     async def record_chunks(
-        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+        self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
         pulled: list[Sequence[RecordRequest]] = []  # handed to the store, in order
 
@@ -102,10 +102,6 @@ class ResilientStore(StoreWrapper):
             for chunk in [*pulled[answered:], *feed()]:  # the rest: never stored, or not known
                 yield [blank_snapshot(r.anomaly_key, degraded=True) for r in chunk]
 
-    async def admit(self, recording: Recording, anomaly_keys: Sequence[str]) -> None:
-        # (no room made: the batch's record calls will find the store away too, as a rule)
-        await self._or("record", self.inner.admit(recording, anomaly_keys), _none)
-
     async def read(
         self, project: str, anomaly_keys: Sequence[str], at_ms: int, now_ms: int
     ) -> list[Snapshot | None]:
@@ -117,7 +113,7 @@ class ResilientStore(StoreWrapper):
 
     async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
         call = self.inner.resolve(project, anomaly_key, at_ms, by)
-        await self._or("record_resolution", call, _none, project=project, anomaly_key=anomaly_key)
+        await self.guard("record_resolution", call, _none, project=project, anomaly_key=anomaly_key)
 
     # -- events: tried again, then degraded ---------------------------------------------------
 
@@ -165,11 +161,13 @@ class ResilientStore(StoreWrapper):
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, tuple[int, int]]:
         call = self.inner.repair_stats(project, anomaly_key, now_ms)
-        return await self._or("repair_stats", call, dict, project=project, anomaly_key=anomaly_key)
+        return await self.guard(
+            "repair_stats", call, dict, project=project, anomaly_key=anomaly_key
+        )
 
     async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
         call = self.inner.repair_history(project, anomaly_key)
-        return await self._or(
+        return await self.guard(
             "repair_history", call, list, project=project, anomaly_key=anomaly_key
         )
 
@@ -177,11 +175,15 @@ class ResilientStore(StoreWrapper):
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, int]:
         call = self.inner.disposition_stats(project, anomaly_key, now_ms)
-        return await self._or("disposition_stats", call, empty_disposition_counts, project=project)
+        return await self.guard(
+            "disposition_stats", call, empty_disposition_counts, project=project
+        )
 
     async def disposition_summary(self, project: str, now_ms: int) -> dict[str, int]:
         call = self.inner.disposition_summary(project, now_ms)
-        return await self._or("disposition_summary", call, empty_disposition_counts)
+        return await self.guard(
+            "disposition_summary", call, empty_disposition_counts, project=project
+        )
 
     async def candidates(self, project: str, index: str) -> AsyncIterator[tuple[str, int]]:
         try:
@@ -191,43 +193,52 @@ class ResilientStore(StoreWrapper):
             self._unavailable("candidates", exc, project=project)
 
     async def chronic(self, project: str) -> list[tuple[str, int]]:
-        return await self._or("chronic", self.inner.chronic(project), list, project=project)
+        return await self.guard("chronic", self.inner.chronic(project), list, project=project)
 
     async def refresh_index(
         self, project: str, index: str, entries: Sequence[tuple[str, int, int]]
     ) -> None:
         call = self.inner.refresh_index(project, index, entries)
-        await self._or("refresh_index", call, _none, project=project)
+        await self.guard("refresh_index", call, _none, project=project)
 
     async def states(self, project: str, anomaly_keys: Sequence[str]) -> list[WindowState | None]:
         call = self.inner.states(project, anomaly_keys)
-        return await self._or("history", call, lambda: [None] * len(anomaly_keys))
+        return await self.guard(
+            "history", call, lambda: [None] * len(anomaly_keys), project=project
+        )
 
     async def timeline(self, project: str, anomaly_key: str) -> list[str]:
         call = self.inner.timeline(project, anomaly_key)
-        return await self._or("timeline", call, list, project=project, anomaly_key=anomaly_key)
+        return await self.guard("timeline", call, list, project=project, anomaly_key=anomaly_key)
 
     async def note(self, project: str, anomaly_key: str, entry: str) -> None:
         call = self.inner.note(project, anomaly_key, entry)
-        await self._or("note_notice", call, _none, project=project, anomaly_key=anomaly_key)
+        await self.guard("note_notice", call, _none, project=project, anomaly_key=anomaly_key)
 
     async def summary_days(self, project: str, now_ms: int) -> dict[int, dict[str, int]]:
         call = self.inner.summary_days(project, now_ms)
-        return await self._or("escalations_by_day", call, dict, project=project)
+        return await self.guard("escalations_by_day", call, dict, project=project)
 
     async def repair_stats_many(
         self, project: str, anomaly_keys: Sequence[str], now_ms: int
     ) -> list[dict[str, tuple[int, int]]]:
         call = self.inner.repair_stats_many(project, anomaly_keys, now_ms)
-        return await self._or("recommendations", call, lambda: [{} for _ in anomaly_keys])
+
+        def nothing() -> list[dict[str, tuple[int, int]]]:
+            return [{} for _ in anomaly_keys]
+
+        return await self.guard("recommendations", call, nothing, project=project)
 
     async def search(
         self, project: str, word: str, limit: int
     ) -> tuple[list[tuple[str, str]], bool]:
-        return await self._or("search", self.inner.search(project, word, limit), _no_matches)
+        call = self.inner.search(project, word, limit)
+        return await self.guard("search", call, _no_matches, project=project)
 
     async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
-        await self._or("search", self.inner.forget_terms(project, entries), _none)
+        await self.guard(
+            "search", self.inner.forget_terms(project, entries), _none, project=project
+        )
 
 
 def _none() -> None:

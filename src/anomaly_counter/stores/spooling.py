@@ -10,7 +10,7 @@ refuses with SpoolFullError: nothing is kept, and the caller is told.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -47,7 +47,7 @@ class SpoolingStore(StoreWrapper):
             return await self._keep(recording, requests)
 
     async def record_chunks(
-        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+        self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
         pulled: list[Sequence[RecordRequest]] = []  # handed to the store (ids and all), in order
 
@@ -74,12 +74,6 @@ class SpoolingStore(StoreWrapper):
             yield kept[: len(chunk)]
             kept = kept[len(chunk) :]
 
-    async def admit(self, recording: Recording, anomaly_keys: Sequence[str]) -> None:
-        if self.spool.depth:
-            return  # the batch joins the backlog: its room is checked when it is replayed
-        with contextlib.suppress(StoreUnavailableError):  # (its record calls will find the
-            await self.inner.admit(recording, anomaly_keys)  # store away too, and spool it)
-
     async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
         """A resolution keeps its place among the occurrences: after those in the spool."""
         if not self.spool.depth:
@@ -88,8 +82,9 @@ class SpoolingStore(StoreWrapper):
                 return
             except StoreUnavailableError as exc:
                 logger.warning("anomaly_counter_spooling", project=project, error=str(exc))
+        accepted_ms = int(time.time() * 1000)  # (the spool's age is told by the wall clock)
         record = {"kind": "resolve", "project": project, "anomaly_key": anomaly_key,
-                  "at_ms": at_ms, "accepted_ms": at_ms, "by": by}  # fmt: skip
+                  "at_ms": at_ms, "accepted_ms": accepted_ms, "by": by}  # fmt: skip
         await self._append([record])
 
     async def _keep(

@@ -322,9 +322,9 @@ class SQLiteStore(Store):
         return await self._run(self._write, self._recording(recording, requests))
 
     async def record_chunks(
-        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+        self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
-        if not whole:
+        if whole is None:
             async for snapshots in super().record_chunks(recording, chunks):
                 yield snapshots
             return

@@ -22,7 +22,7 @@ class StoreWrapper(Store):
         return await self.inner.record(recording, requests)
 
     async def record_chunks(
-        self, recording: Recording, chunks: Chunks, *, whole: bool = False
+        self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
         async for snapshots in self.inner.record_chunks(recording, chunks, whole=whole):
             yield snapshots
