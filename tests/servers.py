@@ -256,7 +256,8 @@ class FaultyProxy:
     - ``loss``: now and then closes it after the server answered, without passing the answer
       on (a write that landed but whose reply was lost), or in the middle of a reply;
     - ``budget`` (bytes, once): forwards that many more bytes of commands, then closes it (what
-      follows never reaches the server; what came whole is answered first).
+      follows never reaches the server; what came whole is answered first);
+    - ``trickle`` (seconds): passes replies on one byte at a time, this long apart.
     """
 
     def __init__(self, target_port: int, loss: float = 0.0) -> None:
@@ -266,6 +267,7 @@ class FaultyProxy:
         self.budget: int | None = None
         self.forwarded = 0  # command bytes forwarded since last set to 0
         self.cut = 0  # connections broken
+        self.trickle = 0.0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -300,6 +302,12 @@ class FaultyProxy:
                     writer.close()
                     upstream_writer.close()
                     return
+                if self.trickle:
+                    for i in range(len(data)):
+                        writer.write(data[i : i + 1])
+                        await writer.drain()
+                        await asyncio.sleep(self.trickle)
+                    continue
                 writer.write(data)
                 await writer.drain()
             writer.close()

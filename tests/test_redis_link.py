@@ -10,7 +10,9 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ from anomaly_counter.errors import ConfigurationError
 from anomaly_counter.stores.redis_link import UNAVAILABLE, reply_error
 
 from .conftest import SIG, RedisServer, free_port, require_binary
+from .servers import FaultyProxy
 
 PACKAGE = Path(anomaly_counter.__file__).parent
 
@@ -215,3 +218,22 @@ async def test_connections_the_server_closed_while_idle_are_not_used(
             assert client.client_kill_filter(_type="normal", skipme=True) >= 1
         await asyncio.sleep(0.1)  # (the loop sees them closed)
         assert (await counter.record_anomaly(SIG)).count_24h == 6  # strict: no error
+
+
+async def test_a_server_that_trickles_its_reply_cannot_hold_a_call_past_the_timeout(
+    fresh_redis: RedisServer,
+) -> None:
+    proxy = FaultyProxy(fresh_redis.port)
+    await proxy.start()
+    settings = Settings(store_url=f"redis://127.0.0.1:{proxy.port}/0", store_timeout=0.3)
+    counter = AnomalyCounter.from_url(settings=replace(settings, strict=True))
+    try:
+        key = (await counter.record_anomaly(SIG)).anomaly_key
+        proxy.trickle = 0.05  # a byte every 50 ms: each wait is short, the reply takes seconds
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="Timeout"):
+            await counter.get_frequency(key)
+        assert time.monotonic() - began < 1.0
+    finally:
+        await counter.aclose()
+        await proxy.stop()

@@ -109,6 +109,9 @@ class Connection(asyncio.Protocol):
         self._closed: asyncio.Future[None] | None = None
         self._failure: Exception | None = None  # why it cannot be used any more
         self._paused = False
+        # The store timeout runs from the last write or whole reply, not from the last byte: a
+        # server that sends a reply a byte at a time cannot hold a call past it.
+        self._deadline = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -159,6 +162,7 @@ class Connection(asyncio.Protocol):
             raise self._failure
         assert self._transport is not None
         self._transport.write(packed[0] if len(packed) == 1 else b"".join(packed))
+        self._progress()
 
     async def drain(self) -> None:
         """Wait until the transport has passed most of what was written to the socket."""
@@ -178,8 +182,10 @@ class Connection(asyncio.Protocol):
                     raise self._failure
                 await self._wait("reading from")
             elif isinstance(reply, Exception):
+                self._progress()
                 return self._error(reply)
             elif not isinstance(reply, _PUSH):
+                self._progress()
                 return reply
 
     async def read_replies(self, count: int) -> list[Any]:
@@ -192,10 +198,15 @@ class Connection(asyncio.Protocol):
                     raise self._failure
                 await self._wait("reading from")
             elif isinstance(reply, Exception):
+                self._progress()
                 replies.append(self._error(reply))
             elif not isinstance(reply, _PUSH):
+                self._progress()
                 replies.append(reply)
         return replies
+
+    def _progress(self) -> None:
+        self._deadline = asyncio.get_running_loop().time() + self._timeout
 
     def _error(self, reply: Exception) -> Exception:
         if isinstance(reply, RedisConnectionError):
@@ -208,10 +219,12 @@ class Connection(asyncio.Protocol):
 
     async def _wait(self, doing: str) -> None:
         """Until data comes, the connection is lost, or the transport takes writes again; at
-        most the store timeout (then the connection is closed: a reply may still come)."""
+        most until the store timeout has passed since the last write or whole reply (then the
+        connection is closed: a reply may still come)."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(self._timeout, self._expire, waiter, doing)
+        left = max(0.0, self._deadline - loop.time()) if self._deadline else self._timeout
+        timer = loop.call_later(left, self._expire, waiter, doing)
         try:
             await waiter
         finally:
