@@ -81,7 +81,7 @@ from .base import (
     shard_of,
 )
 from .coalesce import Coalescer
-from .redis_link import UNAVAILABLE, Link, read_reply
+from .redis_link import UNAVAILABLE, Link
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -753,13 +753,11 @@ class RedisStore(RedisScripts):
                 await self._link.send(connection, [hiredis.pack_command(c) for c in commands])
                 sent.append((items, groups))
             for index, (items, groups) in enumerate(sent):
-                replies = [await read_reply(connection) for _ in groups]
+                replies = await connection.read_replies(len(groups))
                 if any(isinstance(reply, NoScriptError) for reply in replies):
                     # A restarted or flushed server: read what is still coming, then run again
                     # the calls that did not run.
-                    later = [
-                        [await read_reply(connection) for _ in g] for _, g in sent[index + 1 :]
-                    ]
+                    later = [await connection.read_replies(len(g)) for _, g in sent[index + 1 :]]
                     self._link.give_back(connection)
                     held = False
                     rest = zip(sent[index:], [replies, *later], strict=True)

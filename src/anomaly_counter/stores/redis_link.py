@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,24 +171,9 @@ class Connection(asyncio.Protocol):
                 raise self._failure
             await self._wait("writing to")
 
-    async def read_reply(self) -> Any:
-        """One reply; an error reply is returned as its exception, not raised (unless it says
-        the server cannot serve: see _ERRORS)."""
-        gets = self._parser.gets
-        while True:
-            reply = gets()
-            if reply is _MORE:
-                if self._failure is not None:
-                    raise self._failure
-                await self._wait("reading from")
-            elif isinstance(reply, Exception):
-                self._progress()
-                return self._error(reply)
-            elif not isinstance(reply, _PUSH):
-                self._progress()
-                return reply
-
     async def read_replies(self, count: int) -> list[Any]:
+        """The next ``count`` replies; an error reply is returned as its exception, not raised
+        (unless it says the server cannot serve: see _ERRORS)."""
         replies: list[Any] = []
         gets = self._parser.gets
         while len(replies) < count:
@@ -354,11 +339,6 @@ def _verify_mode(options: dict[str, Any]) -> ssl.VerifyMode:
             f"setting store_url: ssl_cert_reqs={reqs!r} is not one of {', '.join(_CERT_REQS)}"
         )
     return mode
-
-
-def read_reply(connection: Connection) -> Awaitable[Any]:
-    """One reply; an error reply is returned as its exception, not raised."""
-    return connection.read_reply()
 
 
 class Link:
