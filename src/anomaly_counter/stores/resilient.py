@@ -22,7 +22,7 @@ from ..errors import StoreUnavailableError
 from ..model import empty_disposition_counts
 from ..windows import WindowState
 from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Snapshot, Store, blank_snapshot
-from .wrapper import StoreWrapper
+from .wrapper import ChunkFeed, StoreWrapper
 
 logger = structlog.get_logger("anomaly_counter.counter")
 T = TypeVar("T")
@@ -85,21 +85,14 @@ class ResilientStore(StoreWrapper):
     async def record_chunks(
         self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
-        pulled: list[Sequence[RecordRequest]] = []  # handed to the store, in order
-
-        def feed() -> Chunks:
-            for chunk in chunks:
-                pulled.append(chunk)
-                yield chunk
-
-        answered = 0
+        feed = ChunkFeed(chunks)
         try:
-            async for snapshots in self.inner.record_chunks(recording, feed(), whole=whole):
-                answered += 1
+            async for snapshots in self.inner.record_chunks(recording, feed, whole=whole):
+                feed.answered += 1
                 yield snapshots
         except StoreUnavailableError as exc:
             self._unavailable("record", exc, project=recording.project)
-            for chunk in [*pulled[answered:], *feed()]:  # the rest: never stored, or not known
+            for chunk in feed.rest():  # the rest: never stored, or not known
                 yield [blank_snapshot(r.anomaly_key, degraded=True) for r in chunk]
 
     async def read(

@@ -21,7 +21,7 @@ import structlog
 from ..errors import StoreUnavailableError
 from ..spool import Spool
 from .base import Chunks, Recording, RecordRequest, Snapshot, Store, blank_snapshot
-from .wrapper import StoreWrapper
+from .wrapper import ChunkFeed, StoreWrapper
 
 logger = structlog.get_logger("anomaly_counter.counter")
 
@@ -49,18 +49,11 @@ class SpoolingStore(StoreWrapper):
     async def record_chunks(
         self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
-        pulled: list[Sequence[RecordRequest]] = []  # handed to the store (ids and all), in order
-
-        def feed() -> Chunks:
-            for chunk in chunks:
-                pulled.append(_with_ids(chunk))
-                yield pulled[-1]
-
-        answered = 0
+        feed = ChunkFeed(chunks, _with_ids)
         if not self.spool.depth:
             try:
-                async for snapshots in self.inner.record_chunks(recording, feed(), whole=whole):
-                    answered += 1
+                async for snapshots in self.inner.record_chunks(recording, feed, whole=whole):
+                    feed.answered += 1
                     yield snapshots
                 return
             except StoreUnavailableError as exc:
@@ -68,7 +61,7 @@ class SpoolingStore(StoreWrapper):
                     "anomaly_counter_spooling", project=recording.project, error=str(exc)
                 )
         # the very requests sent (same ids), then those not sent yet: kept in one append
-        rest = [*pulled[answered:], *feed()]
+        rest = feed.rest()
         kept = await self._keep(recording, [r for chunk in rest for r in chunk])
         for chunk in rest:
             yield kept[: len(chunk)]

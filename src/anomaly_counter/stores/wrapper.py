@@ -3,12 +3,36 @@ any store (the spool, resilience) take this and change only what they add to."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from ..tokens import TokenRecord
 from ..windows import WindowState
 from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Snapshot, Store
+
+
+class ChunkFeed:
+    """A batch's chunks handed to a store one at a time (each ``prepare``-d), knowing which it
+    answered (``answered``): when the store goes away in the middle, ``rest()`` is the chunks
+    it was handed but did not answer, then those not handed yet, in order."""
+
+    def __init__(
+        self,
+        chunks: Chunks,
+        prepare: Callable[[Sequence[RecordRequest]], Sequence[RecordRequest]] = lambda c: c,
+    ) -> None:
+        self._chunks = iter(chunks)  # (once: the rest continues where the store stopped)
+        self._prepare = prepare
+        self._handed: list[Sequence[RecordRequest]] = []
+        self.answered = 0
+
+    def __iter__(self) -> Iterator[Sequence[RecordRequest]]:
+        for chunk in self._chunks:
+            self._handed.append(self._prepare(chunk))
+            yield self._handed[-1]
+
+    def rest(self) -> list[Sequence[RecordRequest]]:
+        return [*self._handed[self.answered :], *self]
 
 
 class StoreWrapper(Store):
