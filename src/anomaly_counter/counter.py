@@ -113,14 +113,13 @@ class AnomalyCounter:
         self.store = store
         """The store itself (what the counter writes through is composed around it)."""
         kept = SpoolingStore(store, spool, self._start_replayer) if spool is not None else store
-        self._resilient = ResilientStore(
+        self._store = ResilientStore(
             kept, strict=self.settings.strict, write_attempts=self.settings.write_attempts
         )
-        self._store: Store = self._resilient
         # Reads made of many store calls (top, search, chronic) go to the store without the
         # fallback of each call, under one for the whole: a partial answer, or a ranking index
         # lowered by reads that failed, would look like the truth.
-        self._raw = self._resilient.inner
+        self._raw = self._store.inner
         thresholds = self.settings.thresholds_for(self.project_id)
         self.thresholds = thresholds
         self._policy = WritePolicy(
@@ -482,7 +481,7 @@ class AnomalyCounter:
 
     async def _guarded(self, op: str, call: Awaitable[T], fallback: Callable[[], T]) -> T:
         """A read of many store calls, degraded (or raised, when strict) as one."""
-        return await self._resilient.guard(op, call, fallback, project=self.project_id)
+        return await self._store.guard(op, call, fallback, project=self.project_id)
 
     # -- the story: history, timeline, search, the project's view -----------------------------
 
@@ -717,13 +716,13 @@ class AnomalyCounter:
         if not isinstance(success, bool):
             raise InvalidInputError(f"success must be true or false, got {success!r}")
         event = self._event(key, at, by)
-        store = self._resilient.inner  # (retried here, check and write together)
+        store = self._store.inner  # (retried here, check and write together)
 
         async def write() -> None:
             await self._within_action_limit(store, key, name, event.now_ms)
             await store.record_repair(self.project_id, event, name, success)
 
-        await self._resilient.retried(
+        await self._store.retried(
             "record_repair_attempt", write, None, project=self.project_id, anomaly_key=key
         )
 
