@@ -3,6 +3,9 @@ metrics, readiness."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -196,6 +199,28 @@ _BODIES = {
     "/fix": {"description": "fixed"},
     "/recommendations": {"candidates": ["restart_pod"]},
 }
+
+
+def test_the_api_schema_describes_answers_without_reading_source(tmp_path: Path) -> None:
+    """CI saw a first request answer 500: building an answer's schema parsed the module's
+    source (pydantic's attribute docstrings), and on Python 3.11.7 two threads parsing at once
+    raise SystemError. The descriptions now come from annotations; with parsing made to fail
+    the schema is still whole."""
+    script = f"""
+import ast, json
+def refuse(*args, **kwargs):
+    raise SystemError("source parsed")
+ast.parse = refuse
+from anomaly_counter import Settings
+from anomaly_counter.service.app import create_app
+schema = create_app(Settings(store_url="sqlite:///{tmp_path / "c.db"}")).openapi()
+print(json.dumps(schema["components"]["schemas"]["AnomalyRow"]["properties"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    properties = json.loads(done.stdout)
+    assert properties["regressed"]["description"] == "It came back after its permanent fix."
+    assert properties["count"]["description"] == "Its count in that window."
 
 
 async def test_a_foreign_token_learns_nothing_on_any_route(service: ServiceServer) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import IntEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_type_hints
 
 from .signature import fingerprint_fields
 
@@ -123,11 +123,29 @@ class TimelineEntry:
         return out
 
 
-# The value types below are also the HTTP API's answers: its schema takes their attribute
-# docstrings as the fields' descriptions (a plain dict: pydantic reads it, this module does not
-# need it).
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """A field's description, kept in its annotation: the HTTP API's schema takes it from
+    there. (Not from attribute docstrings: pydantic finds those by parsing the module's
+    source at run time, which fails where only compiled files are installed, and on Python
+    3.11.7 raised SystemError when two threads parsed at once.)"""
+
+    text: str
+
+
+def _describe_fields(schema: dict[str, Any], cls: type) -> None:
+    """Puts each ``Doc`` of ``cls``'s fields into its JSON schema as the description."""
+    properties = schema.get("properties", {})
+    for name, hint in get_type_hints(cls, include_extras=True).items():
+        docs = [m.text for m in getattr(hint, "__metadata__", ()) if isinstance(m, Doc)]
+        if docs and name in properties:
+            properties[name]["description"] = docs[0]
+
+
+# The value types below are also the HTTP API's answers (a plain dict: pydantic reads it, this
+# module does not need pydantic).
 _DESCRIBED: dict[str, Any] = {
-    "use_attribute_docstrings": True,
+    "json_schema_extra": _describe_fields,
     "json_schema_serialization_defaults_required": True,  # an answer always has every field
 }
 
@@ -142,45 +160,48 @@ class AnomalyFrequency:
 
     __pydantic_config__: ClassVar[dict[str, Any]] = _DESCRIBED
 
-    anomaly_key: str
-    """The anomaly's fingerprint: 16 hex digits of its four fingerprint labels."""
+    anomaly_key: Annotated[
+        str, Doc("The anomaly's fingerprint: 16 hex digits of its four fingerprint labels.")
+    ]
     count_1h: int
     count_24h: int
     count_7d: int
     count_30d: int
     first_seen: datetime
     last_seen: datetime
-    auto_repair_count: int
-    """Repair attempts of the last 30 days."""
+    auto_repair_count: Annotated[int, Doc("Repair attempts of the last 30 days.")]
     permanent_fix_applied: bool
-    escalation_level: str | None
-    """REPEAT, ESCALATE or PERMANENT_FIX by the 24 h count; null below REPEAT."""
+    escalation_level: Annotated[
+        str | None, Doc("REPEAT, ESCALATE or PERMANENT_FIX by the 24 h count; null below REPEAT.")
+    ]
     human_approved_count: int = 0
     manual_resolved_count: int = 0
     cold_start_trust_count: int = 0
     total_resolution_count: int = 0
     auto_repair_disposition_count: int = 0
     timeout_ignored_count: int = 0
-    escalated_to: str | None = None
-    """The level this occurrence newly crossed into."""
-    regressed: bool = False
-    """It came back after its permanent fix."""
-    newly_regressed: bool = False
-    """This occurrence is the first after the fix."""
-    duplicate: bool = False
-    """An occurrence id seen before: not counted again."""
-    degraded: bool = False
-    """The store could not be reached: the counts are zeros, not the truth."""
-    signature: dict[str, Any] = field(default_factory=dict)
-    """The labels of this occurrence (reads: of the first one)."""
-    last_resolved: datetime | None = None
-    """The latest resolution of one of its episodes (reads only)."""
-    spooled: bool = False
-    """Kept in the durable spool: counted when the store is back."""
-    permanent_fix: PermanentFix | None = None
-    """The permanent fix in force (90 days): what, when, who."""
-    regressed_at: datetime | None = None
-    """The first occurrence after the fix in force (regressed stays true)."""
+    escalated_to: Annotated[str | None, Doc("The level this occurrence newly crossed into.")] = None
+    regressed: Annotated[bool, Doc("It came back after its permanent fix.")] = False
+    newly_regressed: Annotated[bool, Doc("This occurrence is the first after the fix.")] = False
+    duplicate: Annotated[bool, Doc("An occurrence id seen before: not counted again.")] = False
+    degraded: Annotated[
+        bool, Doc("The store could not be reached: the counts are zeros, not the truth.")
+    ] = False
+    signature: Annotated[
+        dict[str, Any], Doc("The labels of this occurrence (reads: of the first one).")
+    ] = field(default_factory=dict)
+    last_resolved: Annotated[
+        datetime | None, Doc("The latest resolution of one of its episodes (reads only).")
+    ] = None
+    spooled: Annotated[bool, Doc("Kept in the durable spool: counted when the store is back.")] = (
+        False
+    )
+    permanent_fix: Annotated[
+        PermanentFix | None, Doc("The permanent fix in force (90 days): what, when, who.")
+    ] = None
+    regressed_at: Annotated[
+        datetime | None, Doc("The first occurrence after the fix in force (regressed stays true).")
+    ] = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (ISO times): the reference's keys and ours."""
@@ -215,10 +236,8 @@ class AnomalyRow(AnomalyFrequency):
     service: str | int | float | bool | None = None
     namespace: str | int | float | bool | None = None
     error_type: str | int | float | bool | None = None
-    window: str = "24h"
-    """The window it is ranked by."""
-    count: int = 0
-    """Its count in that window."""
+    window: Annotated[str, Doc("The window it is ranked by.")] = "24h"
+    count: Annotated[int, Doc("Its count in that window.")] = 0
 
     @classmethod
     def of(cls, frequency: AnomalyFrequency, window: str) -> AnomalyRow:
