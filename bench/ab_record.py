@@ -8,7 +8,9 @@ each figure is the median of the pairs, and the ratio (this tree / the earlier o
 of the pairs' ratios, so that the drift of a shared machine falls on both alike. Prints the
 machine and Markdown.
 
-    python bench/ab_record.py --base 340a3f0 [--pairs 9]
+    python bench/ab_record.py --base 340a3f0 [--pairs 9] [--spool]
+
+``--spool`` gives both a spool directory, as ``serve`` runs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.
 import anomaly_counter
 from anomaly_counter import AnomalyCounter, Settings
 
-url, prefix = sys.argv[1], sys.argv[2]
+url, prefix, spool_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 signatures = [
     {"alertname": f"A{i % 5}", "service": f"s{i % 8}", "namespace": f"ns-{i % 25}",
      "reason": f"r{i}", "pod": f"pod-{i}-x7f"}
@@ -39,7 +41,7 @@ signatures = [
 ]
 
 async def main():
-    settings = Settings(store_url=url, key_prefix=prefix)
+    settings = Settings(store_url=url, key_prefix=prefix, spool_dir=spool_dir)
     async with AnomalyCounter.from_url(url, "ab", settings=settings) as counter:
         await counter.record_many([{"signature": s} for s in signatures])  # all exist, warm
         out = {"file": anomaly_counter.__file__}
@@ -71,9 +73,10 @@ asyncio.run(main())
 """
 
 
-def run(tree: Path, url: str, prefix: str) -> dict[str, float]:
+def run(tree: Path, url: str, prefix: str, spool: bool) -> dict[str, float]:
+    spool_dir = tempfile.mkdtemp(prefix="ab-spool-") if spool else ""
     done = subprocess.run(
-        [sys.executable, "-c", WORKLOAD, url, prefix],
+        [sys.executable, "-c", WORKLOAD, url, prefix, spool_dir],
         capture_output=True, text=True, check=True, env={"PYTHONPATH": str(tree / "src"),
                                                         "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
@@ -86,6 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True, help="the earlier commit")
     parser.add_argument("--pairs", type=int, default=9)
+    parser.add_argument(
+        "--spool", action="store_true", help="with a spool directory, as `serve` runs"
+    )
     options = parser.parse_args()
     print(f"Machine: {machine()}")
     base_tree = Path(tempfile.mkdtemp()) / "base"
@@ -101,7 +107,9 @@ def main() -> None:
             sides = [("base", base_tree, f"b{pair}"), ("this", ROOT, f"t{pair}")]
             if pair % 2:
                 sides.reverse()
-            measured = {name: run(tree, server.url, prefix) for name, tree, prefix in sides}
+            measured = {
+                name: run(tree, server.url, prefix, options.spool) for name, tree, prefix in sides
+            }
             for name, result in measured.items():
                 for workload, value in result.items():
                     figures[name].setdefault(workload, []).append(value)
@@ -118,7 +126,8 @@ def main() -> None:
             check=False, capture_output=True,
         )  # fmt: skip
     print()
-    print(f"| Redis, 1,000 anomalies | {options.base} | this tree | this / {options.base}"
+    spooled = ", spool on" if options.spool else ""
+    print(f"| Redis, 1,000 anomalies{spooled} | {options.base} | this tree | this / {options.base}"
           " (median of pairs) | pairs' ratios |")  # fmt: skip
     print("|---|---:|---:|---:|---|")
     for workload, values in ratios.items():

@@ -173,10 +173,14 @@ async def commands_per_record(server: Server) -> tuple[float, float]:
     return ours.count / 200, theirs.count / 200
 
 
-async def memory_of_one_anomaly(server: Server, total: int) -> dict[str, float]:
+async def memory_of_one_anomaly(
+    server: Server, total: int, spool_dir: str | None = None
+) -> dict[str, float]:
     """MEMORY USAGE of all of one anomaly's keys after ``total`` occurrences over 30 days; then
     with a full timeline (resolutions and notices, as Alertmanager and the notices write them,
-    and milestones); then with 100 repairs and 50 dispositions reported by a token as well."""
+    and milestones); then with 100 repairs and 50 dispositions reported by a token as well.
+    With ``spool_dir``, through a spool, as ``serve`` runs (each occurrence numbered)."""
+    server.client.flushall()
     now = datetime.now(UTC)
     start = now - timedelta(days=30) + timedelta(minutes=1)
     step = (now - start) / total
@@ -190,7 +194,8 @@ async def memory_of_one_anomaly(server: Server, total: int) -> dict[str, float]:
         kept = [k for k in keys if k.decode().rsplit(":", 1)[1] not in leaving_out]
         return sum(server.client.memory_usage(k, samples=0) or 0 for k in kept)
 
-    async with AnomalyCounter.from_url(server.url, "memory") as counter:
+    settings = Settings(store_url=server.url, spool_dir=spool_dir or "")
+    async with AnomalyCounter.from_url(server.url, "memory", settings=settings) as counter:
         for first in range(0, total, 1000):
             await counter.record_many(
                 [{"signature": signature, "at": start + step * i}
@@ -222,16 +227,40 @@ async def memory_of_one_anomaly(server: Server, total: int) -> dict[str, float]:
     return figures
 
 
+def print_memory(
+    total: int, memory: dict[str, float] | None, spooled: dict[str, float] | None
+) -> None:
+    for label, figures in (("", memory), (", through a spool (as `serve` runs)", spooled)):
+        if figures is None:
+            continue
+        print(
+            f"MEMORY USAGE of one anomaly after {total:,} occurrences over 30 days"
+            f"{label}: {figures['counting']:,.0f} bytes (count_30d {figures['count_30d']:,.0f};"
+            f" recorded at {figures['rate']:,.0f}/s); with a full timeline"
+            f" ({figures['timeline entries']:.0f} entries): {figures['with timeline']:,.0f} bytes"
+            f" (and {figures['ids']:,.0f} bytes of the 60 fixes' write ids); with 100 repairs"
+            f" and 50 dispositions too, all its keys: {figures['with repairs']:,.0f} bytes"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer occurrences, for a smoke run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the 1M-occurrence run")
+    parser.add_argument("--memory-only", action="store_true", help="only the 1M-occurrence run")
     options = parser.parse_args()
     scale = 0.1 if options.quick else 1.0
     print(f"Machine: {machine()}")
     server = Server()
     tmp = tempfile.mkdtemp()
+    if options.memory_only:
+        total = int(1e6 * scale)
+        memory = await memory_of_one_anomaly(server, total)
+        print_memory(total, memory, await memory_of_one_anomaly(server, total, f"{tmp}/spool"))
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     results: dict[str, list[float]] = {}
 
     def note(name: str, value: float) -> None:
@@ -293,7 +322,10 @@ async def main() -> None:
     await baseline_client.aclose()
     median = {name: statistics.median(values) for name, values in results.items()}
     ours_cmds, baseline_cmds = await commands_per_record(server)
-    memory = None if options.no_memory else await memory_of_one_anomaly(server, int(1e6 * scale))
+    memory = spooled = None
+    if not options.no_memory:
+        memory = await memory_of_one_anomaly(server, int(1e6 * scale))
+        spooled = await memory_of_one_anomaly(server, int(1e6 * scale), f"{tmp}/spool")
     server.stop()
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -320,15 +352,7 @@ async def main() -> None:
     print()
     print(f"Redis commands sent per `record_anomaly`: {ours_cmds:.2f}")
     print(f"Redis commands sent per occurrence by the baseline: {baseline_cmds:.2f}")
-    if memory is not None:
-        print(
-            f"MEMORY USAGE of one anomaly after {int(1e6 * scale):,} occurrences over 30 days:"
-            f" {memory['counting']:,.0f} bytes (count_30d {memory['count_30d']:,.0f};"
-            f" recorded at {memory['rate']:,.0f}/s); with a full timeline"
-            f" ({memory['timeline entries']:.0f} entries): {memory['with timeline']:,.0f} bytes"
-            f" (and {memory['ids']:,.0f} bytes of the 60 fixes' write ids); with 100 repairs"
-            f" and 50 dispositions too, all its keys: {memory['with repairs']:,.0f} bytes"
-        )
+    print_memory(int(1e6 * scale), memory, spooled)
 
 
 if __name__ == "__main__":

@@ -336,12 +336,18 @@ class AnomalyCounter:
         requests = []
         for record in records:
             signature = dict(record["signature"])
+            request = _record_request(
+                hash_signature(signature),
+                signature,
+                int(record["at_ms"]),
+                str(record["occurrence_id"]),
+            )
+            sequence = record.get("sequence")  # (numbered before it was spooled: looked up)
             requests.append(
-                _record_request(
-                    hash_signature(signature),
-                    signature,
-                    int(record["at_ms"]),
-                    str(record["occurrence_id"]),
+                replace(
+                    request,
+                    sequence=(str(sequence[0]), int(sequence[1])) if sequence else None,
+                    replayed=str(record.get("replayed", "")),
                 )
             )
         size = self._store.pipeline_chunk or len(requests)

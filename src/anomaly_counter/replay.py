@@ -2,8 +2,9 @@
 
 One batch at a time: read from the checkpoint, store it (each project's records through its
 counter, in order), then move the checkpoint. A crash between storing and moving the checkpoint
-replays the batch again, which counts nothing twice (every spooled record has an occurrence
-id). While the store is down the replayer waits, with exponential backoff and jitter.
+replays the batch again, which counts nothing twice (each record goes with the spool's id and
+its position: stores/write_marks.py). While the store is down the replayer waits, with
+exponential backoff and jitter.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ class Replayer:
             for project, group in _runs(records)
         ]
         await asyncio.to_thread(self.spool.commit, position, len(records))
+        # what this process numbered and spooled is settled: its marks can go (write_marks.py)
+        self.spool.sequencer.settle_replayed(
+            (str(r["sequence"][0]), int(r["sequence"][1])) for r in records if "sequence" in r
+        )
         if self._on_replayed is not None:  # after the commit: figures match the spool's
             for project, frequencies in stored:
                 self._on_replayed(project, frequencies)

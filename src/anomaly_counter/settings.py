@@ -103,7 +103,7 @@ class CoreSettings(_Concern):
     write_attempts: int = 3  # repairs, dispositions, fixes: tries while the store is away
     min_replicas: int = 0  # Redis: replicas that must have an occurrence before it is counted
     dedup_horizon_days: int = 7
-    dedup_max_ids: int = 10_000
+    dedup_max_ids: int = 10_000  # ids callers give, remembered per anomaly (write_marks.py)
     key_prefix: str = "ac"
     alert_labels: AlertLabels = field(default_factory=AlertLabels)
     repair_actions: tuple[str, ...] = ("restart_pod", "scale_up", "rollback")

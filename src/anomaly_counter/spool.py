@@ -3,8 +3,9 @@
 Records are appended to segment files and fsynced before ``append`` returns, so an
 acknowledged occurrence survives a crash of the process or the machine. A replayer reads them
 back in order, from a checkpoint that it moves forward only after the store took them; replay
-is idempotent because every spooled occurrence carries an occurrence id (one is made when it
-has none), so records replayed twice after a crash count once.
+is idempotent because each record is replayed with the spool's id and its position, and an
+occurrence sent before it was spooled carries its number (stores/write_marks.py), so records
+replayed twice after a crash count once.
 
 On disk, each record is ``MAGIC | length (u32) | CRC-32 of the payload (u32) | payload`` (the
 payload is JSON). Opening a spool checks every record after the checkpoint: a torn tail (a
@@ -32,6 +33,7 @@ import fcntl
 import io
 import json
 import os
+import secrets
 import struct
 import threading
 import zlib
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .errors import ConfigurationError, SpoolFullError
+from .stores.write_marks import Sequencer, spool_position
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -55,6 +58,7 @@ _HEADER = struct.Struct("<4sII")
 MAX_RECORD_BYTES = 1 << 20
 SEGMENT_BYTES = 8 << 20
 _CHECKPOINT = "checkpoint"
+_ID = "id"
 _LEGACY_CHECKPOINT = "checkpoint.json"  # written by versions before the slots
 _SLOT_NUMBERS = struct.Struct("<QQQ")  # a checkpoint slot: sequence, segment, offset,
 _SLOT_SIZE = _SLOT_NUMBERS.size + 4  # and the CRC-32 of the three (u32)
@@ -163,6 +167,7 @@ class Spool:
                 f"setting spool_dir: {self.directory} is in use by another process"
             ) from None
         self._lock = threading.Lock()
+        self.sequencer = Sequencer()  # numbers this process's writes (stores/write_marks.py)
         self.lost = 0
         self._sizes: dict[int, int] = {}  # bytes of each segment on disk
         self._waiting: Counter[str] = Counter()  # bytes waiting, by project
@@ -171,6 +176,7 @@ class Spool:
         self._refusing = False
         self._unsaved: Position | None = None  # a checkpoint not yet written (an I/O error)
         try:
+            self.id = self._identity()
             self._slots, self._sequence, self._checkpoint = self._open_checkpoint()
             self._recover()
             self._active_number = max(self._sizes, default=self._checkpoint.segment)
@@ -190,6 +196,24 @@ class Spool:
     def _segments(self) -> list[int]:
         names = (p.name for p in self.directory.glob("segment-*.log"))
         return sorted(int(n[len("segment-") : -len(".log")]) for n in names)
+
+    def _identity(self) -> str:
+        """This spool's id, made once (a new directory is a new spool: its positions start
+        again, and the stores must not take them for ones they replayed)."""
+        path = self.directory / _ID
+        try:
+            made = path.read_text().strip()
+            if made:
+                return made
+        except FileNotFoundError:
+            pass
+        made = secrets.token_hex(8)
+        with open(path, "w") as f:
+            f.write(made)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_directory(self.directory)
+        return made
 
     def _open_checkpoint(self) -> tuple[int, int, Position]:
         """The checkpoint file (made, with both slots, when missing), the sequence of its
@@ -347,6 +371,8 @@ class Spool:
                 for start, end, payload in _scan(data, 0):
                     if payload is not None:
                         records.append(json.loads(payload))
+                        place = spool_position(position.segment, position.offset + start)
+                        records[-1]["replayed"] = f"{self.id}:{place}"
                         consumed[_project(records[-1])] += end - start
                     read = end
                     if len(records) >= limit:

@@ -48,6 +48,12 @@ class RecordRequest:
     at_ms: int
     occurrence_id: str | None
     search_terms: str = ""  # the signature's search terms (search.joined_terms), indexed once
+    # how it is told from one counted before (see write_marks): a spool's number for it
+    # (writer, number) and the writer's floor for its anomaly; and, replayed from a spool,
+    # "<spool id>:<position>"
+    sequence: tuple[str, int] | None = None
+    floor: int = -1
+    replayed: str = ""
 
 
 class AnomalyWrite(NamedTuple):

@@ -7,7 +7,8 @@ Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
     {prefix}:{P.s}:a:A:t        the tail: the latest occurrence times, packed (string)
     {prefix}:{P.s}:a:A:s        the signature of its first occurrence (string)
     {prefix}:{P.s}:a:A:r0..r3   rings: pushed-out occurrences per 1/60 of each window (hashes)
-    {prefix}:{P.s}:a:A:i        occurrence ids seen (sorted set by arrival)
+    {prefix}:{P.s}:a:A:i        occurrence ids a caller gave, seen (sorted set by arrival)
+    {prefix}:{P.s}:a:A:w        write marks of spools and their writers (hash; write_marks.py)
     {prefix}:{P.s}:a:A:d        day counters: repairs and dispositions (hash)
     {prefix}:{P.s}:a:A:h        last 100 repair attempts (list)
     {prefix}:{P.s}:a:A:k, :l    the timeline: its milestones and the rest (lists, newest first;
@@ -82,6 +83,7 @@ from .base import (
 )
 from .coalesce import Coalescer
 from .redis_link import UNAVAILABLE, Link
+from .write_marks import MAX_HELD, mark_of
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -151,6 +153,7 @@ def lua_constants() -> str:
         f"local {levels} = {', '.join(str(int(level)) for level in EscalationLevel)}",
         f"local DISPOSITIONS = {_lua_list(DISPOSITION_TYPES)}",
         f"local SHARD_KEYS = {_lua_list(SHARD_KEYS)}",
+        f"local MARKS_HELD = {MAX_HELD}",
     ]
     lines += [f"local {name} = {_lua_string(code)}" for name, code in codes.items()]
     lines += [
@@ -211,10 +214,9 @@ def _record_groups(prefix: str, items: Sequence[_Write], by_slot: bool = False) 
         group = groups.get((slot, policy))
         if group is None:
             group = groups[slot, policy] = ([], list(policy), [])
-        digest = id_digest(request.occurrence_id) if request.occurrence_id else ""
         group[0].append(keys.meta)
         group[1].extend(
-            (request.anomaly_key, request.at_ms, now_ms, digest, request.signature_json,
+            (request.anomaly_key, request.at_ms, now_ms, mark_of(request), request.signature_json,
              request.search_terms)
         )  # fmt: skip
         group[2].append(position)

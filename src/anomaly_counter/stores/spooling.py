@@ -2,18 +2,17 @@
 in order when it is back (replay.py): the caller's answer says ``spooled``.
 
 While the spool holds a backlog, new ones join it rather than pass it, so that their order is
-kept. Every occurrence gets an id before its first attempt (``auto:...``): one whose answer was
-lost although it landed is then spooled too, and its replay counts it once. A spool that is full
-refuses with SpoolFullError: nothing is kept, and the caller is told.
+kept. Every occurrence without an id is numbered before its first attempt (write_marks.py): one
+whose answer was lost although it landed is then spooled with its number, and its replay counts
+it once. A spool that is full refuses with SpoolFullError: nothing is kept, and the caller is
+told.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -32,27 +31,35 @@ class SpoolingStore(StoreWrapper):
     ) -> None:
         super().__init__(inner)
         self.spool = spool
+        self._sequencer = spool.sequencer
+        self._number = self._sequencer.number
         self._on_spooled = on_spooled  # (a counter that owns the spool starts its replayer)
 
     async def record(
         self, recording: Recording, requests: Sequence[RecordRequest]
     ) -> list[Snapshot]:
-        requests = _with_ids(requests)
+        requests = self._number(requests)
         if self.spool.depth:  # a backlog: join it, so that the order is kept
             return await self._keep(recording, requests)
         try:
-            return await self.inner.record(recording, requests)
+            answer = await self.inner.record(recording, requests)
         except StoreUnavailableError as exc:
             logger.warning("anomaly_counter_spooling", project=recording.project, error=str(exc))
-            return await self._keep(recording, requests)
+            return await self._keep(recording, requests)  # (unsettled until replayed)
+        except BaseException:
+            self._sequencer.settle(requests)  # answered: not sent again
+            raise
+        self._sequencer.settle(requests)
+        return answer
 
     async def record_chunks(
         self, recording: Recording, chunks: Chunks, *, whole: Sequence[str] | None = None
     ) -> AsyncIterator[list[Snapshot]]:
-        feed = ChunkFeed(chunks, _with_ids)
+        feed = ChunkFeed(chunks, self._number)
         if not self.spool.depth:
             try:
                 async for snapshots in self.inner.record_chunks(recording, feed, whole=whole):
+                    self._sequencer.settle(feed.handed[feed.answered])
                     feed.answered += 1
                     yield snapshots
                 return
@@ -60,6 +67,10 @@ class SpoolingStore(StoreWrapper):
                 logger.warning(
                     "anomaly_counter_spooling", project=recording.project, error=str(exc)
                 )
+            except BaseException:
+                for chunk in feed.handed[feed.answered :]:
+                    self._sequencer.settle(chunk)
+                raise
         # the very requests sent (same ids), then those not sent yet: kept in one append
         rest = feed.rest()
         kept = await self._keep(recording, [r for chunk in rest for r in chunk])
@@ -84,6 +95,16 @@ class SpoolingStore(StoreWrapper):
         self, recording: Recording, requests: Sequence[RecordRequest]
     ) -> list[Snapshot]:
         """Keep occurrences in the spool (fsynced before this returns)."""
+        try:
+            await self._keep_records(recording, requests)
+        except BaseException:  # (not kept: never replayed, so their numbers are settled)
+            self._sequencer.settle(requests)
+            raise
+        return [
+            blank_snapshot(r.anomaly_key, spooled=True, signature=r.signature) for r in requests
+        ]
+
+    async def _keep_records(self, recording: Recording, requests: Sequence[RecordRequest]) -> None:
         await self._append(
             [
                 {
@@ -92,25 +113,13 @@ class SpoolingStore(StoreWrapper):
                     "at_ms": r.at_ms,
                     "occurrence_id": r.occurrence_id,
                     "accepted_ms": recording.now_ms,
+                    **({"sequence": list(r.sequence)} if r.sequence else {}),
                 }
                 for r in requests
             ]
         )
-        return [
-            blank_snapshot(r.anomaly_key, spooled=True, signature=r.signature) for r in requests
-        ]
 
     async def _append(self, payloads: list[dict[str, Any]]) -> None:
         await asyncio.to_thread(self.spool.append, payloads)
         if self._on_spooled is not None:
             self._on_spooled()
-
-
-def _with_ids(requests: Sequence[RecordRequest]) -> Sequence[RecordRequest]:
-    """Each occurrence with an id (one made now, before its first attempt, when it has none)."""
-    if all(r.occurrence_id for r in requests):
-        return requests
-    return [
-        r if r.occurrence_id else replace(r, occurrence_id=f"auto:{uuid.uuid4().hex}")
-        for r in requests
-    ]

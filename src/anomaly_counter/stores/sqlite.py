@@ -55,6 +55,7 @@ from .base import (
     id_digest,
     repairs_from,
 )
+from .write_marks import numbered_step
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -102,6 +103,17 @@ CREATE TABLE IF NOT EXISTS occurrence_ids (
     PRIMARY KEY (project, anomaly_key, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS occurrence_ids_age ON occurrence_ids (project, anomaly_key, seen_at);
+-- What spools and their writers sent that may come again (see stores/write_marks.py): per
+-- anomaly, 'w<writer>' holds its unsettled numbers, 'r<spool>' the highest position replayed.
+CREATE TABLE IF NOT EXISTS write_marks (
+    project TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    field TEXT NOT NULL,
+    held TEXT NOT NULL,
+    touched INTEGER NOT NULL,
+    PRIMARY KEY (project, anomaly_key, field)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS write_marks_touched ON write_marks (touched);
 -- Day-bucketed counters: 't:<action>' / 's:<action>' (repair attempts / successes) and
 -- 'd:<type>' (dispositions); the project's own summary rows use the anomaly key ''.
 CREATE TABLE IF NOT EXISTS day_counts (
@@ -347,7 +359,7 @@ class SQLiteStore(Store):
 
         def work(db: sqlite3.Connection) -> list[Snapshot]:
             last_housekeeping = self._last_housekeeping
-            self._housekeeping(db, now_ms)
+            self._housekeeping(db, now_ms, policy.dedup_horizon_ms)
             snapshots = []
             try:
                 for request in requests:
@@ -385,7 +397,12 @@ class SQLiteStore(Store):
             row = (None, None, 0, None, None, None, 0, 0, 0, None, None, None, 0, 0, 0, 0)
         first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, has_days = row[:8]
         indexed, row_touched, fix_record, bounds = row[8], row[9], row[10:12], row[12:]
-        if request.occurrence_id is not None:
+        if self._marked_before(db, project, request, now_ms):
+            snapshot = self._snapshot(db, project, key, at, now_ms)
+            assert snapshot is not None  # a mark is only noted with its occurrence
+            snapshot.duplicate = True
+            return snapshot
+        if request.occurrence_id is not None and request.sequence is None:
             digest = id_digest(request.occurrence_id)
             seen = db.execute(
                 "SELECT 1 FROM occurrence_ids WHERE project = ? AND anomaly_key = ?"
@@ -545,6 +562,45 @@ class SQLiteStore(Store):
         db.executemany(
             "INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?)",
             [(project, term, key) for term in every],
+        )
+
+    def _marked_before(
+        self, db: sqlite3.Connection, project: str, request: RecordRequest, now_ms: int
+    ) -> bool:
+        """A replayed or numbered occurrence counted before (see write_marks); when not, its
+        mark is noted."""
+        key = request.anomaly_key
+        if request.replayed:
+            spool, position = request.replayed.split(":")
+            held = self._mark(db, project, key, "r" + spool)
+            if held is not None and position <= held:
+                return True
+            self._note_mark(db, project, key, "r" + spool, position, now_ms)
+        if request.sequence is None:
+            return False
+        writer, number = request.sequence
+        seen, hold = numbered_step(
+            self._mark(db, project, key, "w" + writer) or "", number, request.floor
+        )
+        if hold is not None:
+            self._note_mark(db, project, key, "w" + writer, hold, now_ms)
+        return seen
+
+    @staticmethod
+    def _mark(db: sqlite3.Connection, project: str, key: str, field: str) -> str | None:
+        row = db.execute(
+            "SELECT held FROM write_marks WHERE project = ? AND anomaly_key = ? AND field = ?",
+            (project, key, field),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _note_mark(
+        db: sqlite3.Connection, project: str, key: str, field: str, held: str, now_ms: int
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO write_marks VALUES (?, ?, ?, ?, ?)",
+            (project, key, field, held, now_ms),
         )
 
     def _remember_id(
@@ -1032,11 +1088,17 @@ class SQLiteStore(Store):
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def _housekeeping(self, db: sqlite3.Connection, now_ms: int) -> None:
-        """Forget anomalies nobody wrote to for 35 days (at most hourly, in bounded steps)."""
+    def _housekeeping(self, db: sqlite3.Connection, now_ms: int, horizon_ms: int) -> None:
+        """Forget anomalies nobody wrote to for 35 days, and the write marks of writers and
+        spools not heard from over the horizon (at most hourly, in bounded steps)."""
         if now_ms - self._last_housekeeping < _HOUSEKEEPING_EVERY_MS:
             return
         self._last_housekeeping = now_ms
+        db.execute(
+            "DELETE FROM write_marks WHERE (project, anomaly_key, field) IN (SELECT project,"
+            " anomaly_key, field FROM write_marks WHERE touched < ? LIMIT ?)",
+            (now_ms - horizon_ms, _HOUSEKEEPING_STEP),
+        )
         stale = db.execute(
             "SELECT project, anomaly_key FROM anomalies WHERE touched < ? LIMIT ?",
             (now_ms - ANOMALY_TTL_SECONDS * 1000, _HOUSEKEEPING_STEP),
@@ -1051,8 +1113,8 @@ class SQLiteStore(Store):
                 (project, key),
             ).fetchall()
         }
-        tables = ("anomalies", "occurrence_ids", "day_counts", "repair_history", "timeline",
-                  "search_terms")  # fmt: skip
+        tables = ("anomalies", "occurrence_ids", "write_marks", "day_counts", "repair_history",
+                  "timeline", "search_terms")  # fmt: skip
         for table in tables:
             db.executemany(f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", stale)
         for project, term in orphans:

@@ -23,16 +23,16 @@ class ChunkFeed:
     ) -> None:
         self._chunks = iter(chunks)  # (once: the rest continues where the store stopped)
         self._prepare = prepare
-        self._handed: list[Sequence[RecordRequest]] = []
+        self.handed: list[Sequence[RecordRequest]] = []
         self.answered = 0
 
     def __iter__(self) -> Iterator[Sequence[RecordRequest]]:
         for chunk in self._chunks:
-            self._handed.append(self._prepare(chunk))
-            yield self._handed[-1]
+            self.handed.append(self._prepare(chunk))
+            yield self.handed[-1]
 
     def rest(self) -> list[Sequence[RecordRequest]]:
-        return [*self._handed[self.answered :], *self]
+        return [*self.handed[self.answered :], *self]
 
 
 class StoreWrapper(Store):

@@ -42,8 +42,8 @@ local NEW_STATE = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 
                    -1, -1, 0}
 
 -- The state of the anomaly whose meta key is `meta` ('...:m'). Its other keys share the name
--- but the last letter: 't' tail, 'r0'..'r3' rings, 'i' ids, 'd' days, 'h' history,
--- 's' signature, 'l' timeline (see key_of).
+-- but the last letter: 't' tail, 'r0'..'r3' rings, 'i' ids, 'w' write marks, 'd' days,
+-- 'h' history, 's' signature, 'l' timeline (see key_of).
 local function load_state(meta)
   local packed = redis.call('HGET', meta, 'st')
   local s
@@ -377,6 +377,86 @@ local function first_write(meta, write_id, now, ttl)
   redis.call('ZADD', ids, now, write_id)
   extend(ids, ttl)
   return true
+end
+
+-- Whether an occurrence was counted before, by its mark (stores/write_marks.py says how the
+-- marks are made and why each is exact); when not, the mark is noted. Marks:
+--   ''                                   none: always counted
+--   'i' digest                           an id the caller gave: remembered over the horizon
+--                                        from its last sight (at most max_ids of them)
+--   'w' writer ':' seq ':' floor         a write numbered by its writer (a spool): the
+--                                        writer's numbers below floor are settled and dropped;
+--                                        floor -1 (a replay) looks up without noting
+--   'r' spool ':' position '|' mark      replayed from a spool at a fixed-width position: at
+--                                        or below the spool's highest replayed, counted before
+-- Marks of writers and spools are kept in the hash 'w' as '<touched ms>,<numbers...>'.
+local function seen_numbered(marks, text, now_text)
+  local writer, seq, floor = string.match(text, '^([^:]*):(%d+):(%-?%d+)$')
+  local number, below = tonumber(seq), tonumber(floor)
+  local field = 'w' .. writer
+  local held = redis.call('HGET', marks, field)
+  local kept, seen = {}, false
+  if held then
+    for n in string.gmatch(string.match(held, ',(.*)$') or '', '%d+') do
+      local value = tonumber(n)
+      if value == number then seen = true end
+      if value >= below then kept[#kept + 1] = n end
+    end
+  end
+  if seen or below < 0 then return seen end
+  kept[#kept + 1] = seq
+  if #kept > MARKS_HELD then kept = {unpack(kept, #kept - MARKS_HELD + 1)} end
+  redis.call('HSET', marks, field, now_text .. ',' .. table.concat(kept, ','))
+  return false
+end
+
+local function seen_id(s, digest, now, horizon, max_ids, ttl)
+  local ids = key_of(s, 'i')
+  local seen = redis.call('ZSCORE', ids, digest)
+  -- the horizon runs from the last sight: a long firing episode re-sent stays one
+  redis.call('ZADD', ids, now, digest)
+  if seen and tonumber(seen) >= now - horizon then return true end
+  redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. (now - horizon))
+  local n = redis.call('ZCARD', ids)
+  -- bounded memory: past max_ids the oldest ids are forgotten early (documented)
+  if n > max_ids then redis.call('ZREMRANGEBYRANK', ids, 0, n - max_ids - 1) end
+  redis.call('EXPIRE', ids, math.max(ttl, floor(horizon / 1000)))
+  return false
+end
+
+local function seen_before(s, mark, now, horizon, max_ids, ttl)
+  if mark == '' then return false end
+  local now_text = string.format('%d', now)
+  local marks = key_of(s, 'w')
+  local kind = string.sub(mark, 1, 1)
+  if kind == 'r' then
+    local spool, position, inner = string.match(mark, '^r([^:]*):(%d+)|(.*)$')
+    local field = 'r' .. spool
+    local held = redis.call('HGET', marks, field)
+    if held and position <= string.match(held, ',(%d+)$') then return true end
+    redis.call('HSET', marks, field, now_text .. ',' .. position)
+    extend(marks, ttl)
+    if inner == '' then return false end
+    mark, kind = inner, string.sub(inner, 1, 1)
+  end
+  if kind == 'w' then
+    local seen = seen_numbered(marks, string.sub(mark, 2), now_text)
+    extend(marks, ttl)
+    return seen
+  end
+  return seen_id(s, string.sub(mark, 2), now, horizon, max_ids, ttl)
+end
+
+-- Forget the marks of writers and spools not heard from over the horizon (a process that
+-- stopped: nothing of it can come again that is not older than that).
+local function prune_marks(s, now, horizon)
+  local marks = key_of(s, 'w')
+  local all = redis.call('HGETALL', marks)
+  for i = 1, #all, 2 do
+    if tonumber(string.match(all[i + 1], '^(%d+)')) < now - horizon then
+      redis.call('HDEL', marks, all[i])
+    end
+  end
 end
 
 -- Note in the anomaly's state that it has day counters, so that replies read them.

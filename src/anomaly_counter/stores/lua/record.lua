@@ -5,7 +5,7 @@
 --       tail alone. On a cluster, the caller groups the occurrences of one slot.
 -- ARGV: the policy (t_repeat t_escalate t_fix tail_capacity ttl_seconds dedup_horizon_ms
 --       dedup_max_ids fix_validity_ms retention_days shard_share), then for each occurrence:
---       anomaly_key at now id_digest('' = none) signature search_terms
+--       anomaly_key at now mark (see seen_before) signature search_terms
 -- Returns one reply() per occurrence, named: 'duplicate', 'escalated' (the level crossed into)
 -- and 'newly_regressed' when set, and no signature (the caller has the one it sent); or named
 -- 'refused' when it was not stored: it would have made a new anomaly in a shard that holds its
@@ -21,27 +21,15 @@ local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
 local NO_NAMES = {}
 local REFUSED = {'refused', 1}
 
-local function record_one(meta, member, at_text, now, id, signature, terms)
+local function record_one(meta, member, at_text, now, mark, signature, terms)
   local at = tonumber(at_text)
   local s = load_state(meta)
   if s[FRESH] and not take_place(meta, member, share, ttl) then
     return reply(s, {0, 0, 0, 0}, now, retention, fix_validity, '', REFUSED)
   end
 
-  if id ~= '' then
-    local ids = key_of(s, 'i')
-    local seen = redis.call('ZSCORE', ids, id)
-    if seen and tonumber(seen) >= now - horizon then
-      -- seen again: the horizon runs from the last delivery (a long firing episode stays one)
-      redis.call('ZADD', ids, now, id)
-      return reply(s, counts(s, at), now, retention, fix_validity, '', {'duplicate', 1})
-    end
-    redis.call('ZADD', ids, now, id)
-    redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. (now - horizon))
-    local n = redis.call('ZCARD', ids)
-    -- bounded memory: past max_ids the oldest ids are forgotten early (documented)
-    if n > max_ids then redis.call('ZREMRANGEBYRANK', ids, 0, n - max_ids - 1) end
-    redis.call('EXPIRE', ids, math.max(ttl, floor(horizon / 1000)))
+  if seen_before(s, mark, now, horizon, max_ids, ttl) then
+    return reply(s, counts(s, at), now, retention, fix_validity, '', {'duplicate', 1})
   end
 
   local first_ever = s[FIRST] < 0
@@ -127,6 +115,7 @@ local function record_one(meta, member, at_text, now, id, signature, terms)
     for w = 1, 4 do names[#names + 1] = ring_key(s, w) end
     for _, name in ipairs(names) do redis.call('EXPIRE', name, ttl) end
     extend_shard(meta, meta_ttl)
+    prune_marks(s, now, horizon)
   end
   local named = NO_NAMES
   if escalated > 0 or newly > 0 then

@@ -1,0 +1,127 @@
+"""How a store tells an occurrence it counted before from a new one, in memory that does not
+grow with an anomaly's rate.
+
+An occurrence can reach a store twice only when its writer sends it again: a spool replaying
+it after an attempt whose answer was lost (the write landed, the reply did not), or replaying a
+batch again after a crash before its checkpoint moved; or a caller retrying with the same id.
+Each has its own mark, and the store keeps for it only what can still come again:
+
+- **Numbered writes.** A spool numbers every occurrence it is handed without an id
+  (``seq:<writer>:<n>``; the writer is random per process start) before its first attempt.
+  With each write goes the writer's *floor* for that anomaly: the lowest of its numbers for it
+  that is not settled yet. A number is settled once its answer came back, or, when the answer
+  was lost and it was spooled, once its replay is committed; a settled number is never sent
+  again. The store keeps per anomaly and writer the numbers at or above the floor: as many as
+  the writer had unanswered for that anomaly at once, not one per occurrence.
+- **Replays.** A replayed record carries its spool's id and its position in the spool, which
+  grows in replay order; the store keeps per anomaly and spool the highest position replayed.
+  A replayed numbered record is also looked up among its writer's numbers (it may have landed
+  before it was spooled), without being noted there.
+- **Ids a caller gives** (``occurrence_id``; the Alertmanager receiver's
+  ``am:<fingerprint>:<startsAt>``): remembered per anomaly for ``dedup_horizon_days`` from their
+  last sight, at most ``dedup_max_ids`` of them. An episode re-sent however often stays one.
+
+Marks of a writer or spool not heard from over the horizon are forgotten (hourly, per anomaly).
+The scripts implement the same rules (``seen_before`` in ``lua/common.lua``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from .base import RecordRequest, id_digest
+
+MAX_HELD = 1_000
+"""Numbers held per anomaly and writer at most (past it, those that came first are dropped):
+reached only by a writer with more unanswered for one anomaly at once, or one that lost a
+spooled record (damaged on disk), whose number then stays unsettled."""
+
+LOOK_UP_ONLY = -1
+"""The floor of a replayed numbered record: looked up among its writer's numbers, not noted."""
+
+
+def spool_position(segment: int, offset: int) -> str:
+    """A record's place in a spool, fixed-width so that text order is replay order."""
+    return f"{segment:012d}{offset:012d}"
+
+
+def numbered_step(held: str, number: int, floor: int) -> tuple[bool, str | None]:
+    """Whether ``number`` is among a writer's ``held`` numbers (comma-separated), and what to
+    hold after it (None: unchanged): those at or above ``floor``, and ``number``."""
+    values = [int(n) for n in held.split(",") if n]
+    if number in values or floor == LOOK_UP_ONLY:
+        return number in values, None
+    held_after = [*(v for v in values if v >= floor), number][-MAX_HELD:]
+    return False, ",".join(str(n) for n in held_after)
+
+
+def mark_of(request: RecordRequest) -> str:
+    """The script's mark of an occurrence (see ``seen_before`` in lua/common.lua)."""
+    mark = ""
+    if request.sequence is not None:
+        writer, number = request.sequence
+        mark = f"w{writer}:{number}:{request.floor}"
+    elif request.occurrence_id:
+        mark = "i" + id_digest(request.occurrence_id)
+    if request.replayed:
+        return f"r{request.replayed}|{mark}"
+    return mark
+
+
+class Sequencer:
+    """Numbers one process's spooled-store writes and knows which are not settled."""
+
+    def __init__(self) -> None:
+        self.writer = secrets.token_hex(8)
+        self._next = 1
+        self._open: dict[str, set[int]] = {}  # unsettled numbers by anomaly
+        self._anomaly_of: dict[int, str] = {}
+
+    def number(self, requests: Sequence[RecordRequest]) -> Sequence[RecordRequest]:
+        """Each occurrence without an id numbered (open until settled), with its floor."""
+        if all(r.occurrence_id for r in requests):
+            return requests
+        numbers: list[int | None] = []
+        for request in requests:
+            if request.occurrence_id:
+                numbers.append(None)
+                continue
+            number, self._next = self._next, self._next + 1
+            self._open.setdefault(request.anomaly_key, set()).add(number)
+            self._anomaly_of[number] = request.anomaly_key
+            numbers.append(number)
+        return [
+            request
+            if number is None
+            else replace(
+                request,
+                occurrence_id=f"seq:{self.writer}:{number}",
+                sequence=(self.writer, number),
+                floor=min(self._open[request.anomaly_key]),
+            )
+            for request, number in zip(requests, numbers, strict=True)
+        ]
+
+    def settle(self, requests: Iterable[RecordRequest]) -> None:
+        """These were answered: their numbers will not be sent again."""
+        self.settle_numbers(r.sequence[1] for r in requests if r.sequence is not None)
+
+    def settle_numbers(self, numbers: Iterable[int]) -> None:
+        for number in numbers:
+            anomaly = self._anomaly_of.pop(number, None)
+            if anomaly is None:
+                continue
+            open_numbers = self._open[anomaly]
+            open_numbers.discard(number)
+            if not open_numbers:
+                del self._open[anomaly]
+
+    def settle_replayed(self, writers_and_numbers: Iterable[tuple[str, int]]) -> None:
+        """Spooled records of this process whose replay is committed."""
+        self.settle_numbers(n for writer, n in writers_and_numbers if writer == self.writer)
+
+    @property
+    def unsettled(self) -> int:
+        return len(self._anomaly_of)
