@@ -6,6 +6,7 @@ held to Python's, and a script whose table disagrees is caught."""
 from __future__ import annotations
 
 import json
+import random
 from importlib import resources
 from typing import Any
 
@@ -16,6 +17,7 @@ from anomaly_counter.model import DISPOSITION_TYPES, WINDOWS, EscalationLevel
 from anomaly_counter.policy import Thresholds, level_for
 from anomaly_counter.ranking import index_bound
 from anomaly_counter.stores import redis as redis_store
+from anomaly_counter.stores import write_marks
 from anomaly_counter.windows import GRAIN_MS, RING_SLOTS, WINDOW_MS
 
 from .conftest import SIG, RedisServer
@@ -94,3 +96,39 @@ async def test_dispositions_are_read_by_name(
         assert frequency is not None
         assert frequency.human_approved_count == 2 and frequency.manual_resolved_count == 0
         assert frequency.timeout_ignored_count == 1 and frequency.total_resolution_count == 3
+
+
+_NUMBERED = """
+local marks, out = KEYS[1], {}
+for i = 1, #ARGV, 2 do
+  local seen = seen_numbered(marks, 'w1:' .. ARGV[i] .. ':' .. ARGV[i + 1], '0')
+  out[#out + 1] = cjson.encode({seen, redis.call('HGET', marks, 'ww1') or ''})
+end
+return out
+"""
+
+
+def test_a_writers_numbers_are_held_alike_by_the_scripts_and_sqlite(
+    fresh_redis: RedisServer,
+) -> None:
+    """The rule of write_marks is written twice (Lua for Redis, Python for SQLite): the same
+    writes, in and out of order, with floors moving, replays looking up, and a batch's run,
+    answer alike step by step."""
+    rng = random.Random(13)
+    steps: list[tuple[int, int]] = []
+    for n in range(1, 400):
+        floor = max(1, n - rng.randint(0, 12))
+        steps.append((n + rng.choice((0, 0, 0, 2, -3)), floor))
+        if rng.random() < 0.1:  # a replay looks one up
+            steps.append((rng.randint(1, n), write_marks.LOOK_UP_ONLY))
+    held, expected = "", []
+    for number, floor in steps:
+        seen, after = write_marks.numbered_step(held, number, floor)
+        held = held if after is None else after
+        expected.append([seen, f"0,{held}" if held else ""])
+    argv = [str(v) for step in steps for v in step]
+    with fresh_redis.client() as client:
+        script = f"{redis_store.lua_constants()}\n{_common()}\n{_NUMBERED}"
+        answers = [json.loads(a) for a in client.eval(script, 1, "marks", *argv)]
+    assert answers == expected
+    assert any(seen for seen, _ in expected) and any("-" in h and "," in h for _, h in expected)

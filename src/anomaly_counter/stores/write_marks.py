@@ -11,8 +11,9 @@ Each has its own mark, and the store keeps for it only what can still come again
   With each write goes the writer's *floor* for that anomaly: the lowest of its numbers for it
   that is not settled yet. A number is settled once its answer came back, or, when the answer
   was lost and it was spooled, once its replay is committed; a settled number is never sent
-  again. The store keeps per anomaly and writer the numbers at or above the floor: as many as
-  the writer had unanswered for that anomaly at once, not one per occurrence.
+  again. The store keeps per anomaly and writer the numbers at or above the floor, as runs
+  (``lo-hi``): at most as many as the writer had unanswered for that anomaly at once, and one
+  run for a batch's, not one per occurrence.
 - **Replays.** A replayed record carries its spool's id and its position in the spool, which
   grows in replay order; the store keeps per anomaly and spool the highest position replayed.
   A replayed numbered record is also looked up among its writer's numbers (it may have landed
@@ -34,9 +35,8 @@ from dataclasses import replace
 from .base import RecordRequest, id_digest
 
 MAX_HELD = 1_000
-"""Numbers held per anomaly and writer at most (past it, those that came first are dropped):
-reached only by a writer with more unanswered for one anomaly at once, or one that lost a
-spooled record (damaged on disk), whose number then stays unsettled."""
+"""Runs of numbers held per anomaly and writer at most (past it, the lowest are dropped):
+reached only by a writer with that many gaps among its unanswered numbers for one anomaly."""
 
 LOOK_UP_ONLY = -1
 """The floor of a replayed numbered record: looked up among its writer's numbers, not noted."""
@@ -48,13 +48,25 @@ def spool_position(segment: int, offset: int) -> str:
 
 
 def numbered_step(held: str, number: int, floor: int) -> tuple[bool, str | None]:
-    """Whether ``number`` is among a writer's ``held`` numbers (comma-separated), and what to
-    hold after it (None: unchanged): those at or above ``floor``, and ``number``."""
-    values = [int(n) for n in held.split(",") if n]
-    if number in values or floor == LOOK_UP_ONLY:
-        return number in values, None
-    held_after = [*(v for v in values if v >= floor), number][-MAX_HELD:]
-    return False, ",".join(str(n) for n in held_after)
+    """Whether ``number`` is among a writer's ``held`` numbers (runs ``lo-hi``, comma-separated,
+    in order), and what to hold after it (None: unchanged): those at or above ``floor``, and
+    ``number``, as runs (a batch's numbers for one anomaly are mostly one run)."""
+    runs: list[list[int]] = []
+    for part in filter(None, held.split(",")):
+        low, high = (int(n) for n in part.split("-"))
+        if low <= number <= high:
+            return True, None
+        if high >= floor:
+            runs.append([max(low, floor), high])
+    if floor == LOOK_UP_ONLY:
+        return False, None
+    merged: list[list[int]] = []
+    for low, high in sorted([*runs, [number, number]]):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    return False, ",".join(f"{low}-{high}" for low, high in merged[-MAX_HELD:])
 
 
 def mark_of(request: RecordRequest) -> str:

@@ -389,24 +389,41 @@ end
 --                                        floor -1 (a replay) looks up without noting
 --   'r' spool ':' position '|' mark      replayed from a spool at a fixed-width position: at
 --                                        or below the spool's highest replayed, counted before
--- Marks of writers and spools are kept in the hash 'w' as '<touched ms>,<numbers...>'.
+-- Marks of writers and spools are kept in the hash 'w' as '<touched ms>,<lo-hi,...>' (a
+-- writer's numbers as runs) and '<touched ms>,<position>'.
 local function seen_numbered(marks, text, now_text)
   local writer, seq, floor = string.match(text, '^([^:]*):(%d+):(%-?%d+)$')
-  local number, below = tonumber(seq), tonumber(floor)
+  local n, below = tonumber(seq), tonumber(floor)
   local field = 'w' .. writer
-  local held = redis.call('HGET', marks, field)
-  local kept, seen = {}, false
-  if held then
-    for n in string.gmatch(string.match(held, ',(.*)$') or '', '%d+') do
-      local value = tonumber(n)
-      if value == number then seen = true end
-      if value >= below then kept[#kept + 1] = n end
+  local ranges = {}
+  for lo, hi in string.gmatch(redis.call('HGET', marks, field) or '', ',(%d+)%-(%d+)') do
+    lo, hi = tonumber(lo), tonumber(hi)
+    if n >= lo and n <= hi then return true end
+    if hi >= below then ranges[#ranges + 1] = {math.max(lo, below), hi} end
+  end
+  if below < 0 then return false end
+  -- n among the ranges, in order, merged with its neighbours
+  local kept, placed = {}, false
+  for _, r in ipairs(ranges) do
+    if not placed and n < r[1] then kept[#kept + 1] = {n, n}; placed = true end
+    kept[#kept + 1] = r
+  end
+  if not placed then kept[#kept + 1] = {n, n} end
+  local parts, last = {}, nil
+  for _, r in ipairs(kept) do
+    if last and r[1] <= last[2] + 1 then
+      last[2] = math.max(last[2], r[2])
+    else
+      last = {r[1], r[2]}
+      parts[#parts + 1] = last
     end
   end
-  if seen or below < 0 then return seen end
-  kept[#kept + 1] = seq
-  if #kept > MARKS_HELD then kept = {unpack(kept, #kept - MARKS_HELD + 1)} end
-  redis.call('HSET', marks, field, now_text .. ',' .. table.concat(kept, ','))
+  local first = math.max(1, #parts - MARKS_HELD + 1)
+  local text_parts = {now_text}
+  for i = first, #parts do
+    text_parts[#text_parts + 1] = string.format('%d-%d', parts[i][1], parts[i][2])
+  end
+  redis.call('HSET', marks, field, table.concat(text_parts, ','))
   return false
 end
 
