@@ -104,6 +104,7 @@ class Sequencer:
             self._open.setdefault(request.anomaly_key, set()).add(number)
             self._anomaly_of[number] = request.anomaly_key
             numbers.append(number)
+        floors = {key: min(self._open[key]) for key in {r.anomaly_key for r in requests}}
         return [
             request
             if number is None
@@ -111,7 +112,7 @@ class Sequencer:
                 request,
                 occurrence_id=f"seq:{self.writer}:{number}",
                 sequence=(self.writer, number),
-                floor=min(self._open[request.anomaly_key]),
+                floor=floors[request.anomaly_key],
             )
             for request, number in zip(requests, numbers, strict=True)
         ]
