@@ -54,6 +54,7 @@ from .stores.base import (
 )
 from .stores.resilient import ResilientStore
 from .stores.spooling import SpoolingStore
+from .stores.write_marks import sequence_in
 from .windows import HISTORY, NEVER, tail_capacity
 
 logger = structlog.get_logger("anomaly_counter")
@@ -336,17 +337,13 @@ class AnomalyCounter:
         requests = []
         for record in records:
             signature = dict(record["signature"])
-            request = _record_request(
-                hash_signature(signature),
-                signature,
-                int(record["at_ms"]),
-                str(record["occurrence_id"]),
-            )
-            sequence = record.get("sequence")  # (numbered before it was spooled: looked up)
             requests.append(
-                replace(
-                    request,
-                    sequence=(str(sequence[0]), int(sequence[1])) if sequence else None,
+                _record_request(
+                    hash_signature(signature),
+                    signature,
+                    int(record["at_ms"]),
+                    str(record["occurrence_id"]),
+                    sequence=sequence_in(record),  # (numbered before it was spooled: looked up)
                     replayed=str(record.get("replayed", "")),
                 )
             )
@@ -911,7 +908,13 @@ class _Checked(NamedTuple):
 
 
 def _record_request(
-    anomaly_key: str, signature: dict[str, Any], at_ms: int, occurrence_id: str | None
+    anomaly_key: str,
+    signature: dict[str, Any],
+    at_ms: int,
+    occurrence_id: str | None,
+    *,
+    sequence: tuple[str, int] | None = None,
+    replayed: str = "",
 ) -> RecordRequest:
     signature_json = validation.signature_json(signature)
     return RecordRequest(
@@ -921,6 +924,8 @@ def _record_request(
         at_ms=at_ms,
         occurrence_id=occurrence_id,
         search_terms=search.joined_terms(signature_json),
+        sequence=sequence,
+        replayed=replayed,
     )
 
 

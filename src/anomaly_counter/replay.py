@@ -93,9 +93,7 @@ class Replayer:
         ]
         await asyncio.to_thread(self.spool.commit, position, len(records))
         # what this process numbered and spooled is settled: its marks can go (write_marks.py)
-        self.spool.sequencer.settle_replayed(
-            (str(r["sequence"][0]), int(r["sequence"][1])) for r in records if "sequence" in r
-        )
+        self.spool.sequencer.settle_replayed(records)
         if self._on_replayed is not None:  # after the commit: figures match the spool's
             for project, frequencies in stored:
                 self._on_replayed(project, frequencies)

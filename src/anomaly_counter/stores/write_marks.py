@@ -29,8 +29,9 @@ The scripts implement the same rules (``seen_before`` in ``lua/common.lua``).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from .base import RecordRequest, id_digest
 
@@ -67,6 +68,12 @@ def numbered_step(held: str, number: int, floor: int) -> tuple[bool, str | None]
         else:
             merged.append([low, high])
     return False, ",".join(f"{low}-{high}" for low, high in merged[-MAX_HELD:])
+
+
+def sequence_in(record: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The (writer, number) a spooled record was sent with before it was spooled, if any."""
+    sequence = record.get("sequence")
+    return (str(sequence[0]), int(sequence[1])) if sequence else None
 
 
 def mark_of(request: RecordRequest) -> str:
@@ -131,9 +138,10 @@ class Sequencer:
             if not open_numbers:
                 del self._open[anomaly]
 
-    def settle_replayed(self, writers_and_numbers: Iterable[tuple[str, int]]) -> None:
-        """Spooled records of this process whose replay is committed."""
-        self.settle_numbers(n for writer, n in writers_and_numbers if writer == self.writer)
+    def settle_replayed(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Spooled records whose replay is committed: this process's numbers among them."""
+        sequences = (sequence_in(record) for record in records)
+        self.settle_numbers(s[1] for s in sequences if s is not None and s[0] == self.writer)
 
     @property
     def unsettled(self) -> int:
