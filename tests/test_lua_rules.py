@@ -101,7 +101,7 @@ async def test_dispositions_are_read_by_name(
 _NUMBERED = """
 local marks, out = KEYS[1], {}
 for i = 1, #ARGV, 2 do
-  local seen = seen_numbered(marks, 'w1:' .. ARGV[i] .. ':' .. ARGV[i + 1], '0')
+  local seen = seen_numbered(marks, 'w1:' .. ARGV[i] .. ':' .. ARGV[i + 1], '0', 3600)
   out[#out + 1] = cjson.encode({seen, redis.call('HGET', marks, 'ww1') or ''})
 end
 return out

@@ -391,12 +391,13 @@ end
 --                                        or below the spool's highest replayed, counted before
 -- Marks of writers and spools are kept in the hash 'w' as '<touched ms>,<lo-hi,...>' (a
 -- writer's numbers as runs) and '<touched ms>,<position>'.
-local function seen_numbered(marks, text, now_text)
+local function seen_numbered(marks, text, now_text, ttl)
   local writer, seq, floor = string.match(text, '^([^:]*):(%d+):(%-?%d+)$')
   local n, below = tonumber(seq), tonumber(floor)
   local field = 'w' .. writer
+  local held = redis.call('HGET', marks, field)
   local ranges = {}
-  for lo, hi in string.gmatch(redis.call('HGET', marks, field) or '', ',(%d+)%-(%d+)') do
+  for lo, hi in string.gmatch(held or '', ',(%d+)%-(%d+)') do
     lo, hi = tonumber(lo), tonumber(hi)
     if n >= lo and n <= hi then return true end
     if hi >= below then ranges[#ranges + 1] = {math.max(lo, below), hi} end
@@ -424,6 +425,7 @@ local function seen_numbered(marks, text, now_text)
     text_parts[#text_parts + 1] = string.format('%d-%d', parts[i][1], parts[i][2])
   end
   redis.call('HSET', marks, field, table.concat(text_parts, ','))
+  if not held then extend(marks, ttl) end  -- (a new writer; the hourly refresh does the rest)
   return false
 end
 
@@ -452,15 +454,11 @@ local function seen_before(s, mark, now, horizon, max_ids, ttl)
     local held = redis.call('HGET', marks, field)
     if held and position <= string.match(held, ',(%d+)$') then return true end
     redis.call('HSET', marks, field, now_text .. ',' .. position)
-    extend(marks, ttl)
+    if not held then extend(marks, ttl) end
     if inner == '' then return false end
     mark, kind = inner, string.sub(inner, 1, 1)
   end
-  if kind == 'w' then
-    local seen = seen_numbered(marks, string.sub(mark, 2), now_text)
-    extend(marks, ttl)
-    return seen
-  end
+  if kind == 'w' then return seen_numbered(marks, string.sub(mark, 2), now_text, ttl) end
   return seen_id(s, string.sub(mark, 2), now, horizon, max_ids, ttl)
 end
 

@@ -111,7 +111,7 @@ local function record_one(meta, member, at_text, now, mark, signature, terms)
     if level > 0 then  -- (also written by versions before the index: it heals within the hour)
       redis.call('ZADD', shard_key(meta, 'chronic'), level, member)
     end
-    local names = {key_of(s, 'd'), key_of(s, 'h')}
+    local names = {key_of(s, 'd'), key_of(s, 'h'), key_of(s, 'w')}
     for w = 1, 4 do names[#names + 1] = ring_key(s, w) end
     for _, name in ipairs(names) do redis.call('EXPIRE', name, ttl) end
     extend_shard(meta, meta_ttl)
