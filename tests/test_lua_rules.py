@@ -102,7 +102,8 @@ _NUMBERED = """
 local marks, out = KEYS[1], {}
 for i = 1, #ARGV, 2 do
   local seen = seen_numbered(marks, 'w1:' .. ARGV[i] .. ':' .. ARGV[i + 1], '0', 3600)
-  out[#out + 1] = cjson.encode({seen, redis.call('HGET', marks, 'ww1') or ''})
+  out[#out + 1] = cjson.encode({seen, redis.call('HGET', marks, 'ww1') or '',
+                                redis.call('HGET', marks, 'uw1') or ''})
 end
 return out
 """
@@ -112,7 +113,7 @@ def test_a_writers_numbers_are_held_alike_by_the_scripts_and_sqlite(
     fresh_redis: RedisServer,
 ) -> None:
     """The rule of write_marks is written twice (Lua for Redis, Python for SQLite): the same
-    writes, in and out of order, with floors moving, replays looking up, and a batch's run,
+    writes, in and out of order, with floors moving, replays noted apart, and a batch's run,
     answer alike step by step."""
     rng = random.Random(13)
     steps: list[tuple[int, int]] = []
@@ -121,14 +122,16 @@ def test_a_writers_numbers_are_held_alike_by_the_scripts_and_sqlite(
         steps.append((n + rng.choice((0, 0, 0, 2, -3)), floor))
         if rng.random() < 0.1:  # a replay looks one up
             steps.append((rng.randint(1, n), write_marks.LOOK_UP_ONLY))
-    held, expected = "", []
+    held, late, expected = "", "", []
     for number, floor in steps:
-        seen, after = write_marks.numbered_step(held, number, floor)
-        held = held if after is None else after
-        expected.append([seen, f"0,{held}" if held else ""])
+        seen, held_after, late_after = write_marks.numbered_marks(held, late, number, floor)
+        held = held if held_after is None else held_after
+        late = late if late_after is None else late_after
+        expected.append([seen, f"0,{held}" if held else "", f"0,{late}" if late else ""])
     argv = [str(v) for step in steps for v in step]
     with fresh_redis.client() as client:
         script = f"{redis_store.lua_constants()}\n{_common()}\n{_NUMBERED}"
         answers = [json.loads(a) for a in client.eval(script, 1, "marks", *argv)]
     assert answers == expected
-    assert any(seen for seen, _ in expected) and any("-" in h and "," in h for _, h in expected)
+    assert any(seen for seen, _, _ in expected)
+    assert any("-" in h and "," in h for _, h, _ in expected) and expected[-1][2]

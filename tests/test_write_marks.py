@@ -134,3 +134,45 @@ async def test_memory_of_one_anomaly_with_the_spool_on_is_bounded(
         assert sum(used.values()) <= 16 * 1024, used
         assert counter.spool.sequencer.unsettled == 0  # (every answer settled its number)
     assert frequency is not None and abs(frequency.count_30d - total) <= total // 60
+
+
+class LateAnswer(StoreWrapper):
+    """A real store that, while ``holding``, answers record calls as away and keeps them, to
+    be applied later (``land``): a frozen or failing-over server that runs a write after its
+    caller gave up on it."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.holding = False
+        self.held: list[tuple[Recording, Sequence[RecordRequest]]] = []
+
+    async def record(
+        self, recording: Recording, requests: Sequence[RecordRequest]
+    ) -> list[Snapshot]:
+        if self.holding:
+            self.held.append((recording, requests))
+            raise StoreUnavailableError("no answer in time (injected)")
+        return await self.inner.record(recording, requests)
+
+    async def land(self) -> list[Snapshot]:
+        return [s for recording, requests in self.held for s in await self.inner.record(
+            recording, requests)]  # fmt: skip
+
+
+async def test_a_write_that_lands_after_its_replay_counts_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(store_url=store_url)
+    store = LateAnswer(store_from_url(store_url, settings))
+    counter = AnomalyCounter(store, "team-a", settings=settings, spool=_spool(tmp_path / "s"))
+    try:
+        store.holding = True
+        assert (await counter.record_anomaly(SIG)).spooled
+        store.holding = False
+        assert await counter.flush_spool() == 1
+        for _ in range(3):  # later writes of the same process move its floor past it
+            await counter.record_anomaly(SIG)
+        assert [s.duplicate for s in await store.land()] == [True]
+        assert (await counter.get_frequency(KEY)).count_30d == 4  # type: ignore[union-attr]
+    finally:
+        await counter.aclose()

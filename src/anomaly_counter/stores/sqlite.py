@@ -55,7 +55,7 @@ from .base import (
     id_digest,
     repairs_from,
 )
-from .write_marks import numbered_step
+from .write_marks import numbered_marks
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -104,7 +104,8 @@ CREATE TABLE IF NOT EXISTS occurrence_ids (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS occurrence_ids_age ON occurrence_ids (project, anomaly_key, seen_at);
 -- What spools and their writers sent that may come again (see stores/write_marks.py): per
--- anomaly, 'w<writer>' holds its unsettled numbers, 'r<spool>' the highest position replayed.
+-- anomaly, 'w<writer>' holds its unsettled numbers, 'u<writer>' those replayed, 'r<spool>' the
+-- highest position replayed.
 CREATE TABLE IF NOT EXISTS write_marks (
     project TEXT NOT NULL,
     anomaly_key TEXT NOT NULL,
@@ -579,11 +580,15 @@ class SQLiteStore(Store):
         if request.sequence is None:
             return False
         writer, number = request.sequence
-        seen, hold = numbered_step(
-            self._mark(db, project, key, "w" + writer) or "", number, request.floor
+        seen, held, late = numbered_marks(
+            self._mark(db, project, key, "w" + writer) or "",
+            self._mark(db, project, key, "u" + writer) or "",
+            number,
+            request.floor,
         )
-        if hold is not None:
-            self._note_mark(db, project, key, "w" + writer, hold, now_ms)
+        for field, value in (("w", held), ("u", late)):
+            if value is not None:
+                self._note_mark(db, project, key, field + writer, value, now_ms)
         return seen
 
     @staticmethod

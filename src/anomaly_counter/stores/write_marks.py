@@ -17,7 +17,8 @@ Each has its own mark, and the store keeps for it only what can still come again
 - **Replays.** A replayed record carries its spool's id and its position in the spool, which
   grows in replay order; the store keeps per anomaly and spool the highest position replayed.
   A replayed numbered record is also looked up among its writer's numbers (it may have landed
-  before it was spooled), without being noted there.
+  before it was spooled), and noted apart, among the writer's replayed numbers, which are kept
+  over the horizon rather than dropped by floors: its first attempt may yet land after it.
 - **Ids a caller gives** (``occurrence_id``; the Alertmanager receiver's
   ``am:<fingerprint>:<startsAt>``): remembered per anomaly for ``dedup_horizon_days`` from their
   last sight, at most ``dedup_max_ids`` of them. An episode re-sent however often stays one.
@@ -40,7 +41,10 @@ MAX_HELD = 1_000
 reached only by a writer with that many gaps among its unanswered numbers for one anomaly."""
 
 LOOK_UP_ONLY = -1
-"""The floor of a replayed numbered record: looked up among its writer's numbers, not noted."""
+"""The floor of a replayed numbered record (and of a look-up): no floor of its writer's."""
+
+KEEP_ALL = 0
+"""The floor that drops none: replayed numbers are kept over the horizon, not by floors."""
 
 
 def spool_position(segment: int, offset: int) -> str:
@@ -68,6 +72,23 @@ def numbered_step(held: str, number: int, floor: int) -> tuple[bool, str | None]
         else:
             merged.append([low, high])
     return False, ",".join(f"{low}-{high}" for low, high in merged[-MAX_HELD:])
+
+
+def numbered_marks(
+    held: str, late: str, number: int, floor: int
+) -> tuple[bool, str | None, str | None]:
+    """Whether a writer's ``number`` came before, among its unsettled numbers (``held``) or
+    those replayed (``late``), and what each holds after it (None: unchanged). A replay
+    (``floor`` LOOK_UP_ONLY) is noted among the replayed ones, kept over the horizon: its first
+    attempt, whose answer was lost, may still land after it (a frozen server resuming)."""
+    if numbered_step(late, number, LOOK_UP_ONLY)[0]:
+        return True, None, None
+    seen, after = numbered_step(held, number, floor)
+    if seen:
+        return True, None, None
+    if floor == LOOK_UP_ONLY:
+        return False, None, numbered_step(late, number, KEEP_ALL)[1]
+    return False, after, None
 
 
 def sequence_in(record: Mapping[str, Any]) -> tuple[str, int] | None:

@@ -386,16 +386,15 @@ end
 --                                        from its last sight (at most max_ids of them)
 --   'w' writer ':' seq ':' floor         a write numbered by its writer (a spool): the
 --                                        writer's numbers below floor are settled and dropped;
---                                        floor -1 (a replay) looks up without noting
+--                                        floor -1 (a replay) notes it apart, over the horizon
 --   'r' spool ':' position '|' mark      replayed from a spool at a fixed-width position: at
 --                                        or below the spool's highest replayed, counted before
 -- Marks of writers and spools are kept in the hash 'w' as '<touched ms>,<lo-hi,...>' (a
--- writer's numbers as runs) and '<touched ms>,<position>'.
-local function seen_numbered(marks, text, now_text, ttl)
-  local writer, seq, floor = string.match(text, '^([^:]*):(%d+):(%-?%d+)$')
-  local n, below = tonumber(seq), tonumber(floor)
-  local field = 'w' .. writer
-  local held = redis.call('HGET', marks, field)
+-- writer's numbers as runs, fields 'w' and 'u' + writer) and '<touched ms>,<position>'.
+-- Whether n is among the runs of `held` ('<touched>,lo-hi,...'), and, unless below < 0 (a
+-- look-up), the runs to hold after it: those at or above `below`, and n (write_marks.py's
+-- numbered_step).
+local function runs_step(held, n, below)
   local ranges = {}
   for lo, hi in string.gmatch(held or '', ',(%d+)%-(%d+)') do
     lo, hi = tonumber(lo), tonumber(hi)
@@ -419,13 +418,30 @@ local function seen_numbered(marks, text, now_text, ttl)
       parts[#parts + 1] = last
     end
   end
-  local first = math.max(1, #parts - MARKS_HELD + 1)
-  local text_parts = {now_text}
-  for i = first, #parts do
-    text_parts[#text_parts + 1] = string.format('%d-%d', parts[i][1], parts[i][2])
+  local text = {}
+  for i = math.max(1, #parts - MARKS_HELD + 1), #parts do
+    text[#text + 1] = string.format('%d-%d', parts[i][1], parts[i][2])
   end
-  redis.call('HSET', marks, field, table.concat(text_parts, ','))
-  if not held then extend(marks, ttl) end  -- (a new writer; the hourly refresh does the rest)
+  return false, table.concat(text, ',')
+end
+
+-- A writer's numbers: 'w' the unsettled ones (dropped below each write's floor), 'u' those
+-- replayed (kept over the horizon: the first attempt of one may still land, late).
+local function seen_numbered(marks, text, now_text, ttl)
+  local writer, seq, floor = string.match(text, '^([^:]*):(%d+):(%-?%d+)$')
+  local n, below = tonumber(seq), tonumber(floor)
+  local late = redis.call('HGET', marks, 'u' .. writer)
+  if late and runs_step(late, n, -1) then return true end
+  local held = redis.call('HGET', marks, 'w' .. writer)
+  local seen, kept = runs_step(held, n, below)
+  if seen then return true end
+  local field = 'w' .. writer
+  if below < 0 then
+    field = 'u' .. writer
+    seen, kept = runs_step(late, n, 0)
+  end
+  redis.call('HSET', marks, field, now_text .. ',' .. kept)
+  if not held and not late then extend(marks, ttl) end  -- (a new writer; then hourly)
   return false
 end
 
