@@ -172,6 +172,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int = 200  # what it was answered
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -184,6 +186,8 @@ class ChatServer:
     plan: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     hold: threading.Event | None = None  # when set: answer only once it is set
+    down: int | None = None  # when set: answer every request with this status (after plan)
+    retry_after: str | None = None  # sent with every answer that is not a success
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -195,10 +199,12 @@ class ChatServer:
                 if outer.hold is not None:
                     outer.hold.wait(30)
                 with outer.lock:
-                    outer.received.append(Received(self.path, dict(self.headers), body))
-                    status = outer.plan.pop(0) if outer.plan else 200
+                    status = outer.plan.pop(0) if outer.plan else (outer.down or 200)
+                    outer.received.append(Received(self.path, dict(self.headers), body, status))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if outer.retry_after is not None and status >= 300:
+                    self.send_header("Retry-After", outer.retry_after)
                 self.end_headers()
                 self.wfile.write(b'{"ok": true}')
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings
-from anomaly_counter.notify.channels import SIGNATURE_HEADER
+from anomaly_counter.notify.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER
 from anomaly_counter.settings import SlackConfig, TelegramConfig, WebhookConfig
 
-from .conftest import SIG, free_port
+from .conftest import SIG
 from .servers import ChatServer, ServiceServer, eventually
 
 KEY = AnomalyCounter.hash_signature(SIG)
@@ -118,7 +121,9 @@ async def test_one_notice_per_crossing_on_every_channel(store_url: str, chat: Ch
     assert first["repairs"]["restart_pod"]["total"] == 1
     assert first["recommended"]["action"] != "restart_pod"  # it failed: try another first
     assert "recurring" in first["meaning"]
+    assert len({h.headers[IDEMPOTENCY_HEADER] for h in hooks}) == 3  # one id per notice
     for hook in hooks:
+        assert hook.headers[IDEMPOTENCY_HEADER] == hook.json()["notice_id"]  # (signed too)
         t, v1 = (part.split("=", 1)[1] for part in hook.headers[SIGNATURE_HEADER].split(","))
         mac = hmac.new(SECRET.encode(), f"{t}.".encode() + hook.body, hashlib.sha256)
         assert hmac.compare_digest(v1, mac.hexdigest())
@@ -153,40 +158,93 @@ async def test_a_regression_after_a_fix_is_told_once(store_url: str, chat: ChatS
     assert "did not hold" in regression["meaning"]
 
 
-async def test_retries_then_gives_up_and_counts(store_url: str, chat: ChatServer) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/hook"
+async def test_a_notice_failing_once_is_sent_once_with_one_key(
+    store_url: str, chat: ChatServer
+) -> None:
     settings = Settings(
         store_url=store_url,
-        project_channels={
-            "team-a": (WebhookConfig(f"{chat.url}/flaky"),),
-            "team-b": (WebhookConfig(dead),),
-        },
+        project_channels={"team-a": (WebhookConfig(f"{chat.url}/flaky"),)},
         notify_backoff=0.01,
-        notify_attempts=3,
     )
-    chat.plan = [500, 503]  # the first two attempts fail, the third gets through
+    chat.plan = [500]  # the first try fails, the second gets through
     with ServiceServer(settings) as server:
         await _record(server, server.token("team-a"), 3)
-        assert len(chat.wait_for(3)) == 3
-        async with server.client(server.token("team-b")) as http:
-            for _ in range(3):
-                await http.post("/v1/projects/team-b/occurrences", json={"signature": SIG})
+        tries = chat.wait_for(2)
+        await asyncio.sleep(0.5)  # nothing more comes
 
         async def counted() -> str | None:
             async with server.client() as http:
                 text = (await http.get("/metrics")).text
-            wanted = 'anomaly_counter_notifications_total{channel="webhook",outcome="failed"} 1.0'
-            return text if wanted in text else None
+            return text if 'outcome="sent"} 1.0' in text else None
 
         metrics = await eventually(counted)
-    assert metrics is not None
-    assert 'anomaly_counter_notifications_total{channel="webhook",outcome="sent"} 1.0' in metrics
-    chat.plan = [400]  # wrong and will stay wrong: no retry
-    chat.received.clear()
+    assert len(chat.received) == 2
+    keys = [t.headers[IDEMPOTENCY_HEADER] for t in tries]
+    assert keys[0] == keys[1] == tries[1].json()["notice_id"]  # the same key on both tries
+    assert 'anomaly_counter_notifications_total{channel="webhook",outcome="failed"} 1.0' in metrics
+
+
+async def test_retry_after_is_honoured(store_url: str, chat: ChatServer) -> None:
+    settings = Settings(
+        store_url=store_url,
+        project_channels={"team-a": (WebhookConfig(f"{chat.url}/busy"),)},
+        notify_backoff=0.01,  # (its own pauses would be a few ms)
+    )
+    chat.plan, chat.retry_after = [429], "2"
     with ServiceServer(settings) as server:
-        await _record(server, server.token("team-a"), 3, {**SIG, "alertname": "Other"})
-        await asyncio.sleep(0.5)
-    assert len(chat.received) == 1
+        await _record(server, server.token("team-a"), 3)
+        tries = chat.wait_for(2)
+    assert [t.status for t in tries] == [429, 200]
+    assert 1.9 <= tries[1].at - tries[0].at < 4.0
+
+
+async def test_a_notice_refused_for_good_is_a_dead_letter_and_retried(
+    store_url: str, chat: ChatServer, tmp_path: Path
+) -> None:
+    settings = Settings(
+        store_url=store_url,
+        project_channels={"team-a": (WebhookConfig(f"{chat.url}/hook"),)},
+        notify_backoff=0.01,
+    )
+    chat.plan = [400]  # wrong, and would stay wrong: no second try
+    with ServiceServer(settings) as server:
+        token = server.token("team-a")
+        await _record(server, token, 3)
+
+        async def dead() -> dict | None:  # type: ignore[type-arg]
+            async with server.client(token) as http:
+                body = (await http.get("/v1/projects/team-a/notices/dead")).json()
+            return body if body["letters"] else None
+
+        listed = await eventually(dead)
+        assert listed is not None and len(chat.received) == 1
+        (letter,) = listed["letters"]
+        assert letter["error"] == "HTTP 400" and letter["attempts"] == 1
+        assert letter["kind"] == "escalation" and letter["level"] == "REPEAT"
+        assert listed["outbox"] == {"depth": 0, "oldest": None, "overflowed": 0, "dead": 1}
+        async with server.client() as http:
+            text = (await http.get("/metrics")).text
+        assert 'anomaly_counter_notifications_total{channel="webhook",outcome="dead"} 1.0' in text
+        # the receiver is mended; a person sends it again from the command line
+        config = tmp_path / "settings.toml"
+        config.write_text(f'store_url = "{store_url}"\n')
+        cli = [sys.executable, "-m", "anomaly_counter.cli", "--config", str(config),
+               "--project", "team-a", "notices"]  # fmt: skip
+        shown = await _run(*cli, "dead")
+        assert shown.returncode == 0, shown.stderr
+        assert letter["notice_id"] in shown.stdout and "1 dead" in shown.stdout
+        retried = await _run(*cli, "retry", letter["notice_id"])
+        assert "1 dead letter(s) back" in retried.stdout
+        received = chat.wait_for(2)
+        again = await _run(*cli, "retry", "--all")
+        assert again.returncode == 1 and "no such dead letter" in again.stderr
+    assert len(received) == 2
+    assert received[1].headers[IDEMPOTENCY_HEADER] == letter["notice_id"]
+    assert received[1].json()["level"] == "REPEAT"
+
+
+async def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
 
 
 async def test_delivery_never_slows_ingestion(store_url: str, chat: ChatServer) -> None:
@@ -202,11 +260,23 @@ async def test_two_service_processes_tell_each_crossing_once(
     store_url: str, chat: ChatServer
 ) -> None:
     settings = _settings(store_url, chat)
-    with ServiceServer(settings) as one, ServiceServer(settings) as two:
+    with (
+        ServiceServer(settings) as one,
+        ServiceServer(settings) as two,
+        ServiceServer(settings) as three,
+    ):
         token = one.token("team-a")
-        await asyncio.gather(*(_record(server, token, 10) for server in (one, two, one, two)))
-        received = chat.wait_for(9)
-        await asyncio.sleep(0.3)
-    assert len(chat.received) == 9
-    levels = sorted(r.json()["level"] for r in received if r.path == "/hook")
-    assert levels == ["ESCALATE", "PERMANENT_FIX", "REPEAT"]
+        servers = (one, two, three, one, two, three)
+        anomalies = [{**SIG, "alertname": f"Crash{i}"} for i in range(4)]  # (in partitions
+        # of their own, mostly: several deliverers at work at once)
+        await asyncio.gather(
+            *(_record(server, token, 4, sig) for server in servers for sig in anomalies)
+        )
+        received = chat.wait_for(36)
+        await asyncio.sleep(1.0)
+    assert len(chat.received) == 36  # 4 anomalies x 3 crossings x 3 channels, each once
+    hooks = [r for r in received if r.path == "/hook"]
+    assert len({h.headers[IDEMPOTENCY_HEADER] for h in hooks}) == 12
+    for key in {h.json()["anomaly_key"] for h in hooks}:  # in order, for each anomaly
+        levels = [h.json()["level"] for h in hooks if h.json()["anomaly_key"] == key]
+        assert levels == ["REPEAT", "ESCALATE", "PERMANENT_FIX"]

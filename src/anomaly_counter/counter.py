@@ -36,6 +36,7 @@ from .model import (
     TimelineEntry,
     empty_disposition_counts,
 )
+from .outbox import DeadLetter, OutboxStats
 from .policy import ActionRecommendation, level_for, recommend, should_skip, success_rate
 from .ranking import Evaluate, select_top
 from .replay import Replayer
@@ -129,6 +130,12 @@ class AnomalyCounter:
             dedup_horizon_ms=self.settings.dedup_horizon_days * 86_400_000,
             dedup_max_ids=self.settings.dedup_max_ids,
             max_anomalies=self.settings.limits_for(self.project_id).max_anomalies,
+            # a project's notices are kept for delivery only when it has somewhere to send them
+            outbox_max=(
+                self.settings.outbox_max
+                if self.settings.project_channels.get(self.project_id)
+                else 0
+            ),
         )
         self.on_replay_refused: Callable[[str], None] | None = None
         """Told the limit's name for each spooled occurrence refused when replayed (the
@@ -894,6 +901,21 @@ class AnomalyCounter:
         key = validation.anomaly_key(anomaly_key)
         event = self._event(key, at, by)
         await self._store.resolve(self.project_id, key, event.at_ms, event.by)
+
+    # -- the notices outbox (the service's deliverers send it; see anomaly_counter.outbox) ----
+
+    async def outbox_stats(self) -> OutboxStats:
+        """The project's outbox: notices waiting, the oldest's time, overflowed, dead."""
+        return await self._store.outbox_stats(self.project_id)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """The notices given up on, oldest first."""
+        return await self._store.dead_letters(self.project_id)
+
+    async def retry_dead_letters(self, notice_ids: Sequence[str] | None = None) -> int:
+        """Put dead letters (those of ``notice_ids``, or all) back in the outbox: a running
+        service delivers them, each to the channel that did not take it. How many."""
+        return await self._store.retry_dead_letters(self.project_id, notice_ids)
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError when the store cannot be reached."""

@@ -226,13 +226,27 @@ class NotifySettings(_Concern):
 
     project_channels: Mapping[str, tuple[ChannelConfig, ...]] = field(default_factory=dict)
     telegram_api_url: str = DEFAULT_TELEGRAM_API_URL
-    notify_attempts: int = 5
+    notify_attempts: int = 0  # failed tries before a notice is a dead letter (0: no bound
+    # but notify_dead_after)
     notify_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
+    notify_max_pause: float = 60.0  # the longest pause between tries (and Retry-After's cap)
     notify_timeout: float = 5.0
+    notify_dead_after: float = 86_400.0  # seconds of failed tries before a dead letter
+    notify_lease: float = 30.0  # a deliverer's hold on an outbox partition, renewed while alive
+    notify_poll: float = 1.0  # how often an idle deliverer looks for notices (those of its own
+    # process's writes are sent at once)
+    outbox_max: int = 10_000  # notices a project's outbox holds at most (and dead letters)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive(self, "notify_attempts", "notify_backoff", "notify_timeout")
+        _check_positive(
+            self, "notify_backoff", "notify_max_pause", "notify_timeout", "notify_dead_after",
+            "notify_lease", "notify_poll", "outbox_max",
+        )  # fmt: skip
+        if self.notify_attempts < 0:
+            raise ConfigurationError(
+                f"notify_attempts must be 0 or more, got {self.notify_attempts}"
+            )
         _check_projects(self.project_channels)
         for project, configs in self.project_channels.items():
             for config in configs:

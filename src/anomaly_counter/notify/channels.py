@@ -44,7 +44,29 @@ class Channel(Protocol):
         """The channel's kind, the label of its metrics: telegram, slack, webhook."""
         ...
 
+    @property
+    def ident(self) -> str:
+        """Which channel this is, stably across restarts and processes (the outbox keeps each
+        channel's progress by it): its kind and a digest of where it sends."""
+        ...
+
     def request(self, notice: Notice) -> Request: ...
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""The notice's id, the same on every try and from every process (also ``notice_id`` in a
+webhook's signed body): a receiver drops a notice it has seen (delivery is at least once)."""
+
+
+def _ident(kind: str, *where: str) -> str:
+    return f"{kind}:{hashlib.sha256('|'.join(where).encode()).hexdigest()[:12]}"
+
+
+def _headers(notice: Notice) -> dict[str, str]:
+    headers = dict(_JSON)
+    if notice.notice_id:
+        headers[IDEMPOTENCY_HEADER] = notice.notice_id
+    return headers
 
 
 def _json(payload: object) -> bytes:
@@ -74,7 +96,11 @@ class TelegramChannel:
             "disable_web_page_preview": True,
         }
         url = f"{self.api_url.rstrip('/')}/bot{self.bot_token}/sendMessage"
-        return Request(url, _json(body), dict(_JSON))
+        return Request(url, _json(body), _headers(notice))
+
+    @property
+    def ident(self) -> str:
+        return _ident(self.name, self.api_url, self.bot_token, self.chat_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +114,11 @@ class SlackChannel:
         return "slack"
 
     def request(self, notice: Notice) -> Request:
-        return Request(self.webhook_url, _json({"text": notice.markdown()}), dict(_JSON))
+        return Request(self.webhook_url, _json({"text": notice.markdown()}), _headers(notice))
+
+    @property
+    def ident(self) -> str:
+        return _ident(self.name, self.webhook_url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +134,14 @@ class WebhookChannel:
 
     def request(self, notice: Notice) -> Request:
         body = _json(notice.payload())
-        headers = dict(_JSON)
+        headers = _headers(notice)
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body, int(time.time()))
         return Request(self.url, body, headers)
+
+    @property
+    def ident(self) -> str:
+        return _ident(self.name, self.url)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:

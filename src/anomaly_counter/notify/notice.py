@@ -5,12 +5,13 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from ..model import LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
+from ..model import LEVEL_MEANINGS, WINDOWS, AnomalyFrequency, EscalationLevel
+from ..outbox import OutboxEntry
 from ..policy import ActionRecommendation
-from ..signature import fingerprint_fields
+from ..signature import FINGERPRINT_FIELDS, fingerprint_fields
 
 ESCALATION, REGRESSION = "escalation", "regression"
 
@@ -29,31 +30,43 @@ class Notice:
     recommended: ActionRecommendation | None
     link: str  # the anomaly's page on the dashboard
     api_link: str  # the same as JSON
+    notice_id: str = ""  # its idempotency key: the same on every try (OutboxEntry.key)
 
     @classmethod
-    def of(
+    def of_entry(
         cls,
-        kind: str,
         project: str,
-        frequency: AnomalyFrequency,
+        entry: OutboxEntry,
+        frequency: AnomalyFrequency | None,
         repairs: Mapping[str, Mapping[str, Any]],
         recommendations: list[ActionRecommendation],
         base_url: str,
     ) -> Notice:
-        labels = {k: str(v) for k, v in fingerprint_fields(frequency.signature).items()}
+        """The notice of an outbox entry: its level and counts as they were when it was
+        written, the anomaly's labels and repairs as they are now (``frequency`` None: an
+        anomaly forgotten since, told by its key)."""
+        key = entry.anomaly_key
+        at = datetime.fromtimestamp(entry.at_ms / 1000, UTC)
+        level = EscalationLevel(entry.level).name if entry.level else None
+        if frequency is not None:
+            labels = {k: str(v) for k, v in fingerprint_fields(frequency.signature).items()}
+            level = level or frequency.escalation_level
+        else:
+            labels = dict.fromkeys(FINGERPRINT_FIELDS, "")
         return cls(
-            kind=kind,
+            kind=entry.kind,
             project=project,
-            anomaly_key=frequency.anomaly_key,
+            anomaly_key=key,
             labels=labels,
-            level=frequency.escalated_to or frequency.escalation_level,
-            counts={window: frequency.count_in(window) for window in WINDOWS},
-            first_seen=frequency.first_seen,
-            last_seen=frequency.last_seen,
+            level=level,
+            counts=dict(zip(WINDOWS, entry.counts, strict=True)),
+            first_seen=frequency.first_seen if frequency is not None else at,
+            last_seen=at,
             repairs={action: dict(stats) for action, stats in repairs.items()},
             recommended=recommendations[0] if recommendations else None,
-            link=f"{base_url}/projects/{project}/anomalies/{frequency.anomaly_key}",
-            api_link=f"{base_url}/v1/projects/{project}/anomalies/{frequency.anomaly_key}",
+            link=f"{base_url}/projects/{project}/anomalies/{key}",
+            api_link=f"{base_url}/v1/projects/{project}/anomalies/{key}",
+            notice_id=entry.key(project),
         )
 
     @property
@@ -115,6 +128,7 @@ class Notice:
         if self.recommended is not None:
             recommended = {"action": self.recommended.action, "reason": self.recommended.reason}
         return {
+            "notice_id": self.notice_id,
             "kind": self.kind,
             "project": self.project,
             "anomaly_key": self.anomaly_key,

@@ -1,4 +1,4 @@
-"""The FastAPI application: one store, one counter per project, the notice dispatcher and the
+"""The FastAPI application: one store, one counter per project, the notices' deliverer and the
 metrics of this process. ``create_app(settings)`` builds it; ``anomaly-counter serve`` runs it."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.dispatcher.start()
+        await service.deliverer.start()
         if service.replayer is not None:
             service.replayer.start()  # what a previous run left in the spool goes in first
         try:
@@ -58,7 +58,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         finally:
             if service.replayer is not None:
                 await service.replayer.stop()
-            await service.dispatcher.stop()
+            await service.deliverer.stop()
             if service.spool is not None:
                 service.spool.close()
             await service.store.aclose()

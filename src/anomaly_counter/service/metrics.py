@@ -47,8 +47,33 @@ class Metrics:
         )
         self.notifications = Counter(
             "anomaly_counter_notifications",
-            "Notices delivered or given up on, by channel",
+            "Tries to deliver notices from this process, by channel and outcome: sent, failed"
+            " (to be tried again, or dead), dead (put in the dead-letter list)",
             ["channel", "outcome"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "anomaly_counter_outbox_depth",
+            "Notices waiting in the project's outbox (for at least one channel)",
+            ["project"],
+            registry=r,
+        )
+        self.outbox_oldest = Gauge(
+            "anomaly_counter_outbox_oldest_age_seconds",
+            "Age of the oldest notice waiting in the project's outbox (0: none)",
+            ["project"],
+            registry=r,
+        )
+        self.outbox_overflowed = Gauge(
+            "anomaly_counter_outbox_overflowed",
+            "Notices never written because the project's outbox was full (since it began)",
+            ["project"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "anomaly_counter_dead_letters",
+            "Notices in the project's dead-letter list (see `anomaly-counter notices dead`)",
+            ["project"],
             registry=r,
         )
         self.store_seconds = Histogram(
@@ -132,12 +157,24 @@ class Metrics:
         finally:
             self.store_seconds.labels(operation).observe(time.perf_counter() - began)
 
-    # the dispatcher's outcomes
+    # the deliverer's outcomes
     def notice_sent(self, channel: str) -> None:
         self.notifications.labels(channel, "sent").inc()
 
     def notice_failed(self, channel: str) -> None:
         self.notifications.labels(channel, "failed").inc()
+
+    def notice_dead(self, channel: str) -> None:
+        self.notifications.labels(channel, "dead").inc()
+
+    def outbox(
+        self, project: str, depth: int, oldest_ms: int | None, overflowed: int, dead: int
+    ) -> None:
+        self.outbox_depth.labels(project).set(depth)
+        age = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+        self.outbox_oldest.labels(project).set(age)
+        self.outbox_overflowed.labels(project).set(overflowed)
+        self.dead_letters.labels(project).set(dead)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,5 @@
 """What the service's routes share: the store, a counter per project, the spool and its
-replayer, the notices' dispatcher, the metrics, the lanes and authentication of this process."""
+replayer, the notices' deliverer, the metrics, the lanes and authentication of this process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import replace
 from ..counter import AnomalyCounter
 from ..errors import InvalidInputError, SpoolFullError, StoreUnavailableError
 from ..model import AnomalyFrequency, Occurrence
-from ..notify.dispatcher import Dispatcher
+from ..notify.deliverer import Deliverer
 from ..replay import Replayer
 from ..settings import Settings
 from ..spool import spool_of
@@ -34,7 +34,7 @@ class Service:
         self.metrics = Metrics()
         self.lanes = Lanes(settings.limits_for, settings.body_timeout, self.metrics.limit_reached)
         self._counters: dict[str, AnomalyCounter] = {}
-        self.dispatcher = Dispatcher(self.settings, self.counter, self.metrics)
+        self.deliverer = Deliverer(self.settings, self.counter, self.metrics)
         self.replayer: Replayer | None = None
         self.spool = spool_of(self.settings)
         if self.spool is not None:
@@ -59,7 +59,7 @@ class Service:
     def _replayed(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
         self.metrics.spool_replayed.inc(len(frequencies))
         self.metrics.counted(project, frequencies)
-        self.dispatcher.watch(project, frequencies)
+        self.deliverer.wake(project, frequencies)
 
     async def record(
         self, project: str, occurrences: Sequence[Occurrence]
@@ -89,5 +89,5 @@ class Service:
         spooled = sum(1 for f in frequencies if f.spooled)
         self.metrics.refused(project, "spooled", spooled)
         self.metrics.counted(project, [f for f in frequencies if not f.spooled])
-        self.dispatcher.watch(project, frequencies)
+        self.deliverer.wake(project, frequencies)
         return frequencies

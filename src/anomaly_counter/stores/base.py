@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import ConfigurationError
 from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, empty_disposition_counts
+from ..outbox import DeadLetter, OutboxEntry, OutboxStats, Settlement
 from ..redact import redacted
 from ..tokens import TokenRecord
 from ..windows import WindowState
@@ -79,6 +80,8 @@ class WritePolicy:
     dedup_max_ids: int
     max_anomalies: int = 20_000  # distinct anomalies the project may hold (a new one past it:
     # not stored, ``refused``)
+    outbox_max: int = 0  # notices the project's outbox may hold (0: no outbox; the notices
+    # of a project without channels are not kept)
 
 
 Chunks = Iterable[Sequence[RecordRequest]]
@@ -289,6 +292,44 @@ class Store(ABC):
     async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
         """Drop search entries ``(term, anomaly key)`` of anomalies that are gone, and the
         grams of terms no anomaly holds any more."""
+
+    # -- the notices outbox (see anomaly_counter.outbox) -------------------------------------
+
+    outbox_partitions: int = 1
+    """How many partitions each project's outbox has (an anomaly's notices are in one)."""
+
+    @abstractmethod
+    async def outbox_lease(self, project: str, partition: int, holder: str, lease_ms: int) -> bool:
+        """Take or renew a partition's lease for ``holder`` (for ``lease_ms``, on the store's
+        clock); False while another holds it."""
+
+    @abstractmethod
+    async def outbox_read(
+        self, project: str, partition: int, channels: Sequence[str], limit: int
+    ) -> tuple[list[OutboxEntry], dict[str, str]]:
+        """Up to ``limit`` entries after the lowest cursor of ``channels``, in order, and
+        each channel's cursor ("" before the first entry)."""
+
+    @abstractmethod
+    async def outbox_settle(self, project: str, partition: int, settlement: Settlement) -> bool:
+        """Apply a settlement if its holder still holds the lease (renewing it); False (and
+        nothing done) when it does not."""
+
+    @abstractmethod
+    async def outbox_release(self, project: str, partition: int, holder: str) -> None:
+        """Give a lease back (when a deliverer stops), so that another takes it at once."""
+
+    @abstractmethod
+    async def outbox_stats(self, project: str) -> OutboxStats: ...
+
+    @abstractmethod
+    async def dead_letters(self, project: str) -> list[DeadLetter]:
+        """The project's dead letters, oldest first."""
+
+    @abstractmethod
+    async def retry_dead_letters(self, project: str, notice_ids: Sequence[str] | None) -> int:
+        """Put dead letters (those of ``notice_ids``, or all) back in the outbox, each for its
+        channel and with its notice id; how many."""
 
     # -- API tokens (kept as digests; see anomaly_counter.tokens) ---------------------------
 

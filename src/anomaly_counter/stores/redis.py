@@ -32,6 +32,7 @@ import heapq
 import json
 import re
 import struct
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ from .. import search, timeline
 from ..errors import ConfigurationError, StoreError, StoreUnavailableError
 from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, WINDOWS, EscalationLevel
+from ..outbox import KIND_CODES, KINDS, DeadLetter, OutboxEntry, OutboxStats, Settlement
 from ..ranking import INDEX_SLACK, INDEX_SPREAD
 from ..redact import redacted
 from ..tokens import TokenRecord
@@ -104,10 +106,11 @@ _WRITES = frozenset(
         "resolve",
         "note",
         "forget",
+        "outbox",
     }
 )
 _SCRIPTS = ("record", "read", "repair", "disposition", "fix", "undo", "reindex", "resolve",
-            "note", "state", "forget", "admit", "unhold")  # fmt: skip
+            "note", "state", "forget", "admit", "unhold", "outbox", "outbox_read")  # fmt: skip
 _ADMIT_HOLD_MS = 300_000  # how long admit holds a new anomaly's place before its occurrence
 _ADMIT_KEYS_PER_CALL = 1_000
 _KNOWN_FOR_MS = 3_600_000  # an anomaly stored this recently lives on (35 days): admit skips it
@@ -188,6 +191,7 @@ def _policy_args(policy: WritePolicy) -> _Policy:
     return (
         *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS, policy.dedup_horizon_ms,
         policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS, _shard_share(policy.max_anomalies),
+        -(-policy.outbox_max // SHARDS),  # (each shard's share, rounded up; 0: no outbox)
     )  # fmt: skip
 
 
@@ -299,6 +303,8 @@ class RedisScripts(Store):
         )
         self._tokens = f"{self._prefix}:tokens"
         self._limits_for = settings.limits_for
+        self._lease_ms = int(settings.notify_lease * 1000)  # (a settled notice renews it)
+        self._dead_share = -(-settings.outbox_max // SHARDS)  # dead letters a shard keeps
         self._sources = {name: _script_source(name) for name in _SCRIPTS}
         self._shas = {name: _sha1(source) for name, source in self._sources.items()}
         self._writes: Coalescer[_Write, Snapshot] = Coalescer(self._record_now)
@@ -611,6 +617,79 @@ class RedisScripts(Store):
     async def note(self, project: str, anomaly_key: str, entry: str) -> None:
         keys = _keys(self._prefix, project, anomaly_key)
         await self._eval("note", [([keys.meta], [entry, ANOMALY_TTL_SECONDS])])
+
+    # -- the notices outbox (outbox.lua, outbox_read.lua; a partition is a project shard) ----
+
+    outbox_partitions = SHARDS
+
+    def _outbox(self, project: str, partition: int) -> list[str]:
+        return [_shard_index_key(self._prefix, project, partition, "ob")]
+
+    async def outbox_lease(self, project: str, partition: int, holder: str, lease_ms: int) -> bool:
+        (taken,) = await self._eval(
+            "outbox", [(self._outbox(project, partition), ["lease", holder, lease_ms])]
+        )
+        return bool(taken)
+
+    async def outbox_read(
+        self, project: str, partition: int, channels: Sequence[str], limit: int
+    ) -> tuple[list[OutboxEntry], dict[str, str]]:
+        (reply,) = await self._eval(
+            "outbox_read", [(self._outbox(project, partition), ["read", limit, *channels])]
+        )
+        cursors = {c: cursor.decode() for c, cursor in zip(channels, reply, strict=False)}
+        entries = [_outbox_entry(partition, e) for e in reply[len(channels)]]
+        return entries, cursors
+
+    async def outbox_settle(self, project: str, partition: int, settlement: Settlement) -> bool:
+        holder, channel, entry, channels, dead = settlement
+        field, letter = (
+            (f"{dead.notice_id}|{channel}", json.dumps(dead.fields())) if dead else ("", "")
+        )
+        args = ["settle", holder, self._lease_ms, channel, entry.entry_id, field, letter,
+                self._dead_share, *channels]  # fmt: skip
+        (settled,) = await self._eval("outbox", [(self._outbox(project, partition), args)])
+        return bool(settled)
+
+    async def outbox_release(self, project: str, partition: int, holder: str) -> None:
+        await self._eval("outbox", [(self._outbox(project, partition), ["release", holder])])
+
+    async def outbox_stats(self, project: str) -> OutboxStats:
+        replies = await self._eval(
+            "outbox_read", [(self._outbox(project, p), ["stats"]) for p in range(SHARDS)]
+        )
+        oldest = [int(r[1]) for r in replies if int(r[1]) >= 0]
+        return OutboxStats(
+            depth=sum(int(r[0]) for r in replies),
+            oldest_ms=min(oldest) if oldest else None,
+            overflowed=sum(int(r[2]) for r in replies),
+            dead=sum(int(r[3]) for r in replies),
+        )
+
+    async def dead_letters(self, project: str) -> list[DeadLetter]:
+        replies = await self._eval(
+            "outbox_read", [(self._outbox(project, p), ["dead"]) for p in range(SHARDS)]
+        )
+        letters = [DeadLetter.from_fields(json.loads(text)) for r in replies for text in r]
+        return sorted(letters, key=lambda d: (d.dead_ms, d.notice_id))
+
+    async def retry_dead_letters(self, project: str, notice_ids: Sequence[str] | None) -> int:
+        wanted = None if notice_ids is None else set(notice_ids)
+        calls: dict[int, list[Any]] = {}
+        for letter in await self.dead_letters(project):
+            if wanted is not None and letter.notice_id not in wanted:
+                continue
+            e = letter.entry
+            calls.setdefault(e.partition, ["retry", int(time.time() * 1000)]).extend(
+                (f"{letter.notice_id}|{letter.channel}", KIND_CODES[e.kind], e.level, e.at_ms,
+                 ",".join(map(str, e.counts)), letter.notice_id, letter.channel, e.anomaly_key)
+            )  # fmt: skip
+        if not calls:
+            return 0
+        replies = await self._eval(
+            "outbox", [(self._outbox(project, p), args) for p, args in calls.items()]
+        )
+        return sum(int(r) for r in replies)
 
     async def search(
         self, project: str, word: str, limit: int
@@ -948,3 +1027,13 @@ def day_totals(raw: dict[bytes, bytes], now_ms: int) -> dict[str, int]:
     for _, name, n in _day_fields(raw, now_ms):
         totals[name] = totals.get(name, 0) + n
     return totals
+
+
+def _outbox_entry(partition: int, raw: Sequence[Any]) -> OutboxEntry:
+    entry_id, flat = raw[0].decode(), raw[1]
+    f = {name.decode(): value.decode() for name, value in zip(flat[::2], flat[1::2], strict=True)}
+    c = [int(x) for x in f["c"].split(",")]
+    return OutboxEntry(
+        partition, entry_id, f["k"], KINDS[f["n"]], int(f["l"]), int(f["a"]),
+        (c[0], c[1], c[2], c[3]), f.get("i", ""), f.get("o", ""),
+    )  # fmt: skip

@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +32,7 @@ from .. import timeline
 from ..errors import ConfigurationError, StoreError, StoreFileError, StoreUnavailableError
 from ..limits import anomaly_limit_error
 from ..model import EscalationLevel
+from ..outbox import KIND_CODES, KINDS, DeadLetter, OutboxEntry, OutboxStats, Settlement
 from ..policy import Thresholds, crossing, level_for
 from ..ranking import index_bound
 from ..search import GROUP_SEP, TERM_SEP, grams_of, indexed, lookup
@@ -157,6 +159,37 @@ CREATE TABLE IF NOT EXISTS timeline (
 CREATE TABLE IF NOT EXISTS project_anomalies (
     project TEXT PRIMARY KEY,
     n INTEGER NOT NULL
+) WITHOUT ROWID;
+-- The notices outbox (anomaly_counter.outbox): each notice written in the transaction of the
+-- occurrence that causes it; per project its lease ('lease': holder, until) and each channel's
+-- cursor ('c:<channel>': the last entry it settled); and the dead letters.
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- (never used again, so a notice id stays one's)
+    project TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    level INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    counts TEXT NOT NULL,
+    written INTEGER NOT NULL,
+    notice_id TEXT NOT NULL DEFAULT '',
+    only TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_by_project ON outbox (project, id);
+CREATE TABLE IF NOT EXISTS outbox_state (
+    project TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    until INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (project, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    project TEXT NOT NULL,
+    notice_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    dead_ms INTEGER NOT NULL,
+    letter TEXT NOT NULL,
+    PRIMARY KEY (project, notice_id, channel)
 ) WITHOUT ROWID;
 -- Search (anomaly_counter.search): term -> anomalies, and gram -> terms.
 CREATE TABLE IF NOT EXISTS search_terms (
@@ -477,6 +510,10 @@ class SQLiteStore(Store):
             self._prune_days(db, project, "", now_ms)
         if newly_regressed:
             self._tell(db, project, key, timeline.encode("regressed", at))
+        if policy.outbox_max and escalated:  # the notices, in the same transaction
+            self._post(db, project, key, "e", int(escalated), at, counts_at, now_ms, policy)
+        if policy.outbox_max and newly_regressed:
+            self._post(db, project, key, "r", 0, at, counts_at, now_ms, policy)
         days = self._day_totals(db, project, key, now_ms) if has_days else {}
         snapshot = _make_snapshot(key, counts_at, first_seen, last_seen, fix_at, days, now_ms)
         snapshot.escalated_to = int(escalated or 0)
@@ -485,6 +522,38 @@ class SQLiteStore(Store):
         if snapshot.fix_at_ms is not None:
             snapshot.fix_description, snapshot.fix_by = fix_record
         return snapshot
+
+    def _post(
+        self,
+        db: sqlite3.Connection,
+        project: str,
+        key: str,
+        kind: str,
+        level: int,
+        at: int,
+        counts: Sequence[int],
+        now_ms: int,
+        policy: WritePolicy,
+    ) -> None:
+        """Put a notice in the project's outbox (in the occurrence's transaction), or count it
+        as overflowed when the outbox holds ``outbox_max`` already."""
+        (held,) = db.execute("SELECT count(*) FROM outbox WHERE project = ?", (project,)).fetchone()
+        if held >= policy.outbox_max:
+            self._bump_state(db, project, "overflow")
+            return
+        db.execute(
+            "INSERT INTO outbox (project, anomaly_key, kind, level, at, counts, written)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (project, key, kind, level, at, ",".join(map(str, counts)), now_ms),
+        )
+
+    @staticmethod
+    def _bump_state(db: sqlite3.Connection, project: str, name: str) -> None:
+        db.execute(
+            "INSERT INTO outbox_state (project, name, value) VALUES (?, ?, '1')"
+            " ON CONFLICT (project, name) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            (project, name),
+        )
 
     def _room_for(self, db: sqlite3.Connection, project: str, limit: int) -> bool:
         """Count one more anomaly of the project (with occurrences, or known by a repair, a
@@ -1091,6 +1160,159 @@ class SQLiteStore(Store):
 
         return await self._run(self._write, work)
 
+    # -- the notices outbox ---------------------------------------------------------------------
+
+    async def outbox_lease(self, project: str, partition: int, holder: str, lease_ms: int) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            now = _wall_ms()
+            taken = db.execute(
+                "INSERT INTO outbox_state (project, name, value, until) VALUES (?, 'lease', ?, ?)"
+                " ON CONFLICT (project, name) DO UPDATE SET value = excluded.value,"
+                " until = excluded.until WHERE value = excluded.value OR until < ?",
+                (project, holder, now + lease_ms, now),
+            ).rowcount
+            return taken > 0
+
+        return await self._run(self._write, work)
+
+    async def outbox_read(
+        self, project: str, partition: int, channels: Sequence[str], limit: int
+    ) -> tuple[list[OutboxEntry], dict[str, str]]:
+        def work() -> tuple[list[OutboxEntry], dict[str, str]]:
+            db = self._connection()
+            cursors = self._cursors(db, project, channels)
+            after = min((int(c or 0) for c in cursors.values()), default=0)
+            rows = db.execute(
+                "SELECT id, anomaly_key, kind, level, at, counts, notice_id, only FROM outbox"
+                " WHERE project = ? AND id > ? ORDER BY id LIMIT ?",
+                (project, after, limit),
+            ).fetchall()
+            return [_entry(row) for row in rows], cursors
+
+        return await self._run(work)
+
+    @staticmethod
+    def _cursors(db: sqlite3.Connection, project: str, channels: Sequence[str]) -> dict[str, str]:
+        cursors = dict.fromkeys(channels, "")
+        for name, value in db.execute(
+            "SELECT name, value FROM outbox_state WHERE project = ? AND name LIKE 'c:%'",
+            (project,),
+        ):
+            if name[2:] in cursors:
+                cursors[name[2:]] = value
+        return cursors
+
+    async def outbox_settle(self, project: str, partition: int, settlement: Settlement) -> bool:
+        holder, channel, entry, channels, dead = settlement
+
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT value, until FROM outbox_state WHERE project = ? AND name = 'lease'",
+                (project,),
+            ).fetchone()
+            now = _wall_ms()
+            if row is None or row[0] != holder or row[1] < now:
+                return False
+            db.execute(  # (renewed by each notice settled)
+                "UPDATE outbox_state SET until = ? WHERE project = ? AND name = 'lease'",
+                (now + int(self._settings.notify_lease * 1000), project),
+            )
+            db.execute(
+                "INSERT INTO outbox_state (project, name, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (project, name) DO UPDATE SET value = excluded.value"
+                " WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (project, f"c:{channel}", entry.entry_id),
+            )
+            if dead is not None:
+                self._bury(db, project, dead)
+            cursors = self._cursors(db, project, channels)
+            passed = min((int(c or 0) for c in cursors.values()), default=0)
+            db.execute("DELETE FROM outbox WHERE project = ? AND id <= ?", (project, passed))
+            return True
+
+        return await self._run(self._write, work)
+
+    def _bury(self, db: sqlite3.Connection, project: str, dead: DeadLetter) -> None:
+        (held,) = db.execute(
+            "SELECT count(*) FROM dead_letters WHERE project = ?", (project,)
+        ).fetchone()
+        if held >= self._settings.outbox_max:
+            self._bump_state(db, project, "dead_overflow")
+            return
+        db.execute(
+            "INSERT OR REPLACE INTO dead_letters (project, notice_id, channel, dead_ms, letter)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (project, dead.notice_id, dead.channel, dead.dead_ms, json.dumps(dead.fields())),
+        )
+
+    async def outbox_release(self, project: str, partition: int, holder: str) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM outbox_state WHERE project = ? AND name = 'lease' AND value = ?",
+                (project, holder),
+            )
+
+        await self._run(self._write, work)
+
+    async def outbox_stats(self, project: str) -> OutboxStats:
+        def work() -> OutboxStats:
+            db = self._connection()
+            depth, oldest = db.execute(
+                "SELECT count(*), min(written) FROM outbox WHERE project = ?", (project,)
+            ).fetchone()
+            (dead,) = db.execute(
+                "SELECT count(*) FROM dead_letters WHERE project = ?", (project,)
+            ).fetchone()
+            row = db.execute(
+                "SELECT value FROM outbox_state WHERE project = ? AND name = 'overflow'",
+                (project,),
+            ).fetchone()
+            return OutboxStats(depth, oldest, int(row[0]) if row else 0, dead)
+
+        return await self._run(work)
+
+    async def dead_letters(self, project: str) -> list[DeadLetter]:
+        rows = await self._run(
+            lambda: (
+                self._connection()
+                .execute(
+                    "SELECT letter FROM dead_letters WHERE project = ? ORDER BY dead_ms, notice_id",
+                    (project,),
+                )
+                .fetchall()
+            )
+        )
+        return [DeadLetter.from_fields(json.loads(letter)) for (letter,) in rows]
+
+    async def retry_dead_letters(self, project: str, notice_ids: Sequence[str] | None) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            rows = db.execute(
+                "SELECT notice_id, channel, letter FROM dead_letters WHERE project = ?"
+                " ORDER BY dead_ms, notice_id",
+                (project,),
+            ).fetchall()
+            wanted = None if notice_ids is None else set(notice_ids)
+            retried = 0
+            for notice_id, channel, letter in rows:
+                if wanted is not None and notice_id not in wanted:
+                    continue
+                entry = DeadLetter.from_fields(json.loads(letter)).entry
+                db.execute(
+                    "INSERT INTO outbox (project, anomaly_key, kind, level, at, counts, written,"
+                    " notice_id, only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (project, entry.anomaly_key, KIND_CODES[entry.kind], entry.level,
+                     entry.at_ms, ",".join(map(str, entry.counts)), _wall_ms(), notice_id,
+                     channel),
+                )  # fmt: skip
+                db.execute(
+                    "DELETE FROM dead_letters WHERE project = ? AND notice_id = ? AND channel = ?",
+                    (project, notice_id, channel),
+                )
+                retried += 1
+            return retried
+
+        return await self._run(self._write, work)
+
     # -- life cycle ---------------------------------------------------------------------------
 
     def _housekeeping(self, db: sqlite3.Connection, now_ms: int, horizon_ms: int) -> None:
@@ -1219,4 +1441,17 @@ def _make_snapshot(
         repair_total=sum(n for name, n in days.items() if name.startswith("t:")),
         fix_at_ms=fix_at if fix_at is not None and now_ms - fix_at < FIX_VALIDITY_MS else None,
         dispositions=dispositions_from(days),
+    )
+
+
+def _wall_ms() -> int:
+    """The store's clock (the leases of deliverers on this machine)."""
+    return int(time.time() * 1000)
+
+
+def _entry(row: Sequence[Any]) -> OutboxEntry:
+    entry_id, key, kind, level, at, counts, notice_id, only = row
+    c = [int(x) for x in counts.split(",")]
+    return OutboxEntry(
+        0, str(entry_id), key, KINDS[kind], level, at, (c[0], c[1], c[2], c[3]), notice_id, only
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
+from ..outbox import DeadLetter, OutboxEntry, OutboxStats, Settlement
 from ..tokens import TokenRecord
 from ..windows import WindowState
 from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Snapshot, Store
@@ -128,6 +129,33 @@ class StoreWrapper(Store):
 
     async def forget_terms(self, project: str, entries: Sequence[tuple[str, str]]) -> None:
         await self.inner.forget_terms(project, entries)
+
+    @property
+    def outbox_partitions(self) -> int:  # type: ignore[override]
+        return self.inner.outbox_partitions
+
+    async def outbox_lease(self, project: str, partition: int, holder: str, lease_ms: int) -> bool:
+        return await self.inner.outbox_lease(project, partition, holder, lease_ms)
+
+    async def outbox_read(
+        self, project: str, partition: int, channels: Sequence[str], limit: int
+    ) -> tuple[list[OutboxEntry], dict[str, str]]:
+        return await self.inner.outbox_read(project, partition, channels, limit)
+
+    async def outbox_settle(self, project: str, partition: int, settlement: Settlement) -> bool:
+        return await self.inner.outbox_settle(project, partition, settlement)
+
+    async def outbox_release(self, project: str, partition: int, holder: str) -> None:
+        await self.inner.outbox_release(project, partition, holder)
+
+    async def outbox_stats(self, project: str) -> OutboxStats:
+        return await self.inner.outbox_stats(project)
+
+    async def dead_letters(self, project: str) -> list[DeadLetter]:
+        return await self.inner.dead_letters(project)
+
+    async def retry_dead_letters(self, project: str, notice_ids: Sequence[str] | None) -> int:
+        return await self.inner.retry_dead_letters(project, notice_ids)
 
     async def save_token(self, record: TokenRecord) -> None:
         await self.inner.save_token(record)

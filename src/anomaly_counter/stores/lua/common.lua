@@ -490,6 +490,36 @@ local function prune_marks(s, now, horizon)
   end
 end
 
+-- The notices outbox of an anomaly's shard (anomaly_counter.outbox): the stream 'ob' of
+-- notices, the hash 'obs' of each channel's cursor ('c' .. channel) and the overflow counts,
+-- the lease 'obl', the dead letters 'obd'. No lifetimes: a notice waits until it is settled.
+local function outbox_key(meta, name)
+  return shard_key(meta, name)
+end
+
+-- Whether outbox entry id a ('<ms>-<seq>') comes after b ('' comes before all).
+local function entry_after(a, b)
+  if b == '' then return a ~= '' end
+  if a == '' then return false end
+  local ams, aseq = string.match(a, '^(%d+)%-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)%-(%d+)$')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+
+-- Put a notice in the outbox in the same call as the occurrence that causes it; when the
+-- shard's share of the outbox is full, count it instead (never silently).
+local function post(meta, member, kind, level, at_text, c, now, bound)
+  local stream = outbox_key(meta, 'ob')
+  if redis.call('XLEN', stream) >= bound then
+    redis.call('HINCRBY', outbox_key(meta, 'obs'), 'overflow', 1)
+    return
+  end
+  redis.call('XADD', stream, '*', 'k', member, 'n', kind, 'l', level, 'a', at_text,
+             'c', string.format('%d,%d,%d,%d', c[1], c[2], c[3], c[4]),
+             'w', string.format('%d', now))
+end
+
 -- Note in the anomaly's state that it has day counters, so that replies read them.
 local function mark_days(meta, ttl)
   local s = load_state(meta)

@@ -4,7 +4,8 @@
 --       shard_key), and only when it uses them: a busy anomaly's call touches its meta and its
 --       tail alone. On a cluster, the caller groups the occurrences of one slot.
 -- ARGV: the policy (t_repeat t_escalate t_fix tail_capacity ttl_seconds dedup_horizon_ms
---       dedup_max_ids fix_validity_ms retention_days shard_share), then for each occurrence:
+--       dedup_max_ids fix_validity_ms retention_days shard_share outbox_share: the shard's
+--       share of the project's outbox, 0 for none), then for each occurrence:
 --       anomaly_key at now mark (see seen_before) signature search_terms
 -- Returns one reply() per occurrence, named: 'duplicate', 'escalated' (the level crossed into)
 -- and 'newly_regressed' when set, and no signature (the caller has the one it sent); or named
@@ -12,11 +13,11 @@
 -- share of the project's max_anomalies (shard_share) already.
 -- The first occurrence of an anomaly also indexes it for search and starts its timeline; a
 -- crossing and a regression are told in the timeline (and a crossing counted for the project
--- by day), all in the same call.
+-- by day) and put in the outbox for their notices, all in the same call.
 local p = {}
-for i = 1, 10 do p[i] = tonumber(ARGV[i]) end
-local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention, share =
-  p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
+for i = 1, 11 do p[i] = tonumber(ARGV[i]) end
+local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention, share, outbox =
+  p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]
 local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
 local NO_NAMES = {}
 local REFUSED = {'refused', 1}
@@ -98,6 +99,10 @@ local function record_one(meta, member, at_text, now, mark, signature, terms)
     extend(summary, ttl)
   end
   if newly > 0 then tell(base, TL_REGRESSED .. TL_SEP .. at_text, ttl) end
+  if outbox > 0 then
+    if escalated > 0 then post(meta, member, 'e', escalated, at_text, at_counts, now, outbox) end
+    if newly > 0 then post(meta, member, 'r', 0, at_text, at_counts, now, outbox) end
+  end
 
   if refresh then
     local meta_ttl = ttl
@@ -128,7 +133,7 @@ end
 
 local out = {}
 local k = 1
-for a = 11, #ARGV, 6 do
+for a = 12, #ARGV, 6 do
   out[k] = record_one(KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
                       ARGV[a + 4], ARGV[a + 5])
   k = k + 1

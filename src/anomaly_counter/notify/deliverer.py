@@ -1,0 +1,335 @@
+"""Sends the notices of the outbox (anomaly_counter.outbox), from any number of processes.
+
+The store writes each notice in the same atomic step as the occurrence that causes it; this
+module only delivers. Every service process runs a deliverer. For each project with channels
+and each of its outbox partitions, one deliverer at a time holds a lease (renewed while it
+lives; a process that dies loses it after ``notify_lease`` and another takes over). The holder
+sends each channel its notices in order, one at a time, retrying with backoff (``Retry-After``
+first) until the channel takes it; a notice refused for good (4xx other than 408/425/429), or
+still failing after ``notify_dead_after`` (or ``notify_attempts`` tries), becomes a dead letter,
+kept for a person to see and retry. A notice's idempotency key is the same on every try and
+from every process, so a receiver can drop the duplicate that a crash between sending and
+settling may cause; nothing else sends a notice twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Protocol
+
+import httpx
+import structlog
+
+from ..backoff import pauses
+from ..errors import AnomalyCounterError
+from ..model import AnomalyFrequency
+from ..outbox import DeadLetter, OutboxEntry, Settlement, later
+from ..stores.base import Store
+from .channels import Channel, channels_for
+from .notice import Notice
+
+if TYPE_CHECKING:
+    from ..counter import AnomalyCounter
+    from ..settings import Settings
+
+logger = structlog.get_logger("anomaly_counter.notify")
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_READ = 100  # entries read from a partition at a time
+
+
+class Outcomes(Protocol):
+    def notice_sent(self, channel: str) -> None: ...
+
+    def notice_failed(self, channel: str) -> None: ...
+
+    def notice_dead(self, channel: str) -> None: ...
+
+    def outbox(
+        self, project: str, depth: int, oldest_ms: int | None, overflowed: int, dead: int
+    ) -> None: ...
+
+
+class _NoOutcomes:
+    def notice_sent(self, channel: str) -> None:
+        pass
+
+    def notice_failed(self, channel: str) -> None:
+        pass
+
+    def notice_dead(self, channel: str) -> None:
+        pass
+
+    def outbox(
+        self, project: str, depth: int, oldest_ms: int | None, overflowed: int, dead: int
+    ) -> None:
+        pass
+
+
+class _LeaseLost(Exception):
+    """The partition's lease may have passed to another deliverer: stop sending from it."""
+
+
+class Deliverer:
+    """The notices of every project with channels, from this process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        counter_for: Callable[[str], AnomalyCounter],
+        outcomes: Outcomes | None = None,
+    ) -> None:
+        self._settings = settings
+        self._channels = {
+            project: channels
+            for project in settings.project_channels
+            if (channels := channels_for(settings, project))
+        }
+        self._counter_for = counter_for
+        self._outcomes = outcomes or _NoOutcomes()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._lease_ms = int(settings.notify_lease * 1000)
+        self._wake: dict[str, asyncio.Event] = {}
+        self._held_until: dict[tuple[str, int], float] = {}  # (project, partition): monotonic
+        self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._client: httpx.AsyncClient | None = None
+
+    def _store(self, project: str) -> Store:
+        return self._counter_for(project).store
+
+    def wake(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
+        """Look at a project's outbox now: these writes of this process put notices in it."""
+        event = self._wake.get(project)
+        if event is not None and any(f.escalated_to or f.newly_regressed for f in frequencies):
+            event.set()
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(timeout=self._settings.notify_timeout)
+        for project in self._channels:
+            self._wake[project] = asyncio.Event()
+            self._loops.append(asyncio.create_task(self._watch(project)))
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Let the notices being sent finish (for up to ``grace`` seconds), give the leases
+        back, and stop. What is left stays in the outbox for the next deliverer."""
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        workers = list(self._workers.values())
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=grace)
+            for worker in pending:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        for project, partition in list(self._held_until):
+            with contextlib.suppress(AnomalyCounterError):  # (else it expires by itself)
+                await self._store(project).outbox_release(project, partition, self.holder)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def _watch(self, project: str) -> None:
+        """Hold what leases of the project's partitions can be held, and keep a sender on each
+        partition with notices, until stopped."""
+        wake = self._wake[project]
+        looked = 0.0
+        while True:
+            try:
+                await self._look(project)
+            except Exception:  # a bug must not stop the notices that follow
+                logger.exception("outbox_watch_failed", project=project)
+            if time.monotonic() - looked >= 5 * self._settings.notify_poll:
+                looked = time.monotonic()
+                await self._report(project)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._settings.notify_poll)
+            wake.clear()
+
+    async def _look(self, project: str) -> None:
+        store = self._store(project)
+        for partition in range(store.outbox_partitions):
+            here = (project, partition)
+            began = time.monotonic()
+            try:
+                held = await store.outbox_lease(project, partition, self.holder, self._lease_ms)
+            except AnomalyCounterError as exc:
+                logger.warning("outbox_unreachable", project=project, error=str(exc))
+                return
+            if not held:
+                self._held_until.pop(here, None)
+                continue
+            # (sure until the lease's end as counted from before the call, less a margin)
+            self._held_until[here] = began + self._settings.notify_lease * 0.8
+            worker = self._workers.get(here)
+            if worker is None or worker.done():
+                self._workers[here] = asyncio.create_task(self._send_partition(project, partition))
+
+    async def _report(self, project: str) -> None:
+        try:
+            stats = await self._store(project).outbox_stats(project)
+        except AnomalyCounterError:
+            return
+        self._outcomes.outbox(project, stats.depth, stats.oldest_ms, stats.overflowed, stats.dead)
+
+    def _check_lease(self, project: str, partition: int) -> None:
+        if time.monotonic() >= self._held_until.get((project, partition), 0.0):
+            raise _LeaseLost
+
+    def _renewed(self, project: str, partition: int, began: float) -> None:
+        self._held_until[project, partition] = began + self._settings.notify_lease * 0.8
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def _send_partition(self, project: str, partition: int) -> None:
+        """Send a partition's notices until it has none (or the lease is lost)."""
+        store = self._store(project)
+        channels = self._channels[project]
+        idents = [c.ident for c in channels]
+        try:
+            while True:
+                self._check_lease(project, partition)
+                entries, cursors = await store.outbox_read(project, partition, idents, _READ)
+                if not entries:
+                    return
+                await asyncio.gather(
+                    *(self._send_channel(project, partition, c, entries, cursors) for c in channels)
+                )
+        except _LeaseLost:
+            logger.warning("outbox_lease_lost", project=project, partition=partition)
+        except AnomalyCounterError as exc:  # the store went away: the watch comes back later
+            logger.warning("outbox_unreachable", project=project, error=str(exc))
+        except Exception:
+            logger.exception("outbox_send_failed", project=project, partition=partition)
+
+    async def _send_channel(
+        self,
+        project: str,
+        partition: int,
+        channel: Channel,
+        entries: list[OutboxEntry],
+        cursors: dict[str, str],
+    ) -> None:
+        """Send one channel the entries past its cursor, in order, each settled before the
+        next is sent."""
+        idents = [c.ident for c in self._channels[project]]
+        for entry in entries:
+            if not later(entry.entry_id, cursors.get(channel.ident, "")):
+                continue
+            dead = None
+            if entry.for_channel(channel.ident):
+                dead = await self._deliver(project, partition, channel, entry)
+            began = time.monotonic()
+            settled = await self._store(project).outbox_settle(
+                project, partition, Settlement(self.holder, channel.ident, entry, idents, dead)
+            )
+            if not settled:
+                self._held_until.pop((project, partition), None)
+                raise _LeaseLost
+            self._renewed(project, partition, began)
+            if entry.for_channel(channel.ident):
+                await self._tell(project, entry, channel.name, "failed" if dead else "sent")
+
+    async def _deliver(
+        self, project: str, partition: int, channel: Channel, entry: OutboxEntry
+    ) -> DeadLetter | None:
+        """Send one notice to one channel until it takes it (None), or until it is dead."""
+        assert self._client is not None, "start() first"
+        settings = self._settings
+        request = channel.request(await self._notice(project, entry))
+        waits = pauses(settings.notify_backoff, settings.notify_max_pause)
+        first_failed: float | None = None
+        attempts = 0
+        while True:
+            self._check_lease(project, partition)
+            wait: float | None = None
+            retry = True
+            try:
+                response = await self._client.post(
+                    request.url, content=request.body, headers=request.headers
+                )
+                if response.is_success:
+                    self._outcomes.notice_sent(channel.name)
+                    logger.info(
+                        "notice_sent", channel=channel.name, project=project,
+                        anomaly_key=entry.anomaly_key, kind=entry.kind,
+                        notice_id=entry.key(project),
+                    )  # fmt: skip
+                    return None
+                problem = f"HTTP {response.status_code}"
+                retry = response.status_code in RETRY_STATUSES  # else it will stay wrong
+                wait = _retry_after(response, settings.notify_max_pause)
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            attempts += 1
+            now = time.time()
+            first_failed = first_failed or now
+            self._outcomes.notice_failed(channel.name)
+            spent = now - first_failed
+            if (
+                not retry
+                or (settings.notify_attempts and attempts >= settings.notify_attempts)
+                or spent >= settings.notify_dead_after
+            ):
+                self._outcomes.notice_dead(channel.name)
+                logger.error(
+                    "notice_dead", channel=channel.name, project=project,
+                    anomaly_key=entry.anomaly_key, notice_id=entry.key(project), error=problem,
+                    attempts=attempts,
+                )  # fmt: skip
+                return DeadLetter(
+                    notice_id=entry.key(project),
+                    channel=channel.ident,
+                    entry=entry,
+                    error=problem,
+                    attempts=attempts,
+                    first_failed_ms=int(first_failed * 1000),
+                    dead_ms=int(now * 1000),
+                )
+            logger.warning(
+                "notice_retried", channel=channel.name, project=project,
+                notice_id=entry.key(project), error=problem, attempts=attempts,
+            )  # fmt: skip
+            pause = wait if wait is not None else next(waits)  # (Retry-After first)
+            await asyncio.sleep(min(pause, max(0.0, settings.notify_dead_after - spent)))
+
+    async def _notice(self, project: str, entry: OutboxEntry) -> Notice:
+        counter = self._counter_for(project)
+        frequency: AnomalyFrequency | None = None
+        try:
+            frequency = await counter.get_frequency(entry.anomaly_key)
+            repairs = await counter.get_all_repair_stats(entry.anomaly_key)
+            candidates = list(dict.fromkeys([*repairs, *self._settings.repair_actions]))
+            ranked = await counter.recommend_actions(entry.anomaly_key, candidates)
+        except AnomalyCounterError as exc:  # the store is away: send what the entry says
+            logger.warning("notice_without_repairs", project=project, error=str(exc))
+            repairs, ranked = {}, []
+        notice = Notice.of_entry(
+            project, entry, frequency, repairs, ranked, self._settings.base_url
+        )
+        return replace(notice, notice_id=entry.key(project))
+
+    async def _tell(self, project: str, entry: OutboxEntry, channel: str, outcome: str) -> None:
+        """Put the notice's outcome in the anomaly's timeline (best effort: the notice itself
+        is what matters)."""
+        try:
+            await self._counter_for(project).note_notice(
+                entry.anomaly_key, channel, entry.kind, outcome
+            )
+        except AnomalyCounterError as exc:
+            logger.warning("notice_not_in_timeline", project=project, error=str(exc))
+
+
+def _retry_after(response: httpx.Response, longest: float) -> float | None:
+    try:
+        return min(max(float(response.headers["Retry-After"]), 0.0), longest)
+    except (KeyError, ValueError):
+        return None
