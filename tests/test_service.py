@@ -198,6 +198,7 @@ _BODIES = {
     "/dispositions": {"type": "auto_repair"},
     "/fix": {"description": "fixed"},
     "/recommendations": {"candidates": ["restart_pod"]},
+    "/notices/dead/retry": {},
 }
 
 

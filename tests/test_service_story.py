@@ -136,6 +136,7 @@ _WRITES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", f"/anomalies/{KEY}/dispositions", {"type": "auto_repair"}),
     ("POST", f"/anomalies/{KEY}/fix", {"description": "fixed"}),
     ("DELETE", f"/anomalies/{KEY}/fix", None),
+    ("POST", "/notices/dead/retry", {}),
 ]
 
 
@@ -161,7 +162,8 @@ async def test_a_read_only_token_reads_and_cannot_write(service: ServiceServer) 
             r = await http.request(method, v1(path), json=body)
             assert r.status_code == 403 and r.json()["detail"] == "this token is read-only", path
         for path in ("/anomalies", f"/anomalies/{KEY}", f"/anomalies/{KEY}/timeline",
-                     f"/anomalies/{KEY}/history", "/escalations", "/dispositions"):  # fmt: skip
+                     f"/anomalies/{KEY}/history", "/escalations", "/dispositions",
+                     "/notices/dead"):  # fmt: skip
             assert (await http.get(v1(path))).status_code == 200, path
         ranked = await http.post(v1(f"/anomalies/{KEY}/recommendations"), json={})
         assert ranked.status_code == 200  # changes nothing: a read

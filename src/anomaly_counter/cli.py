@@ -189,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="of every project")
     revoke = token_commands.add_parser("revoke", help="forget a token")
     revoke.add_argument("token_id")
+
+    notices = commands.add_parser("notices", help="the notices outbox and its dead letters")
+    notice_commands = notices.add_subparsers(
+        dest="notices_command", required=True, parser_class=_Parser
+    )
+    notice_commands.add_parser("dead", help="notices given up on, and the outbox at a glance")
+    retry = notice_commands.add_parser(
+        "retry", help="send dead letters again (a running service delivers them)"
+    )
+    retry.add_argument("notice_ids", nargs="*", metavar="NOTICE_ID", help="as `notices dead` shows")
+    retry.add_argument("--all", action="store_true", help="every dead letter of the project")
     return parser
 
 
@@ -634,6 +645,45 @@ async def _token(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         _emit(args.json, {"revoked": args.token_id}, lambda: f"revoked {args.token_id}")
 
 
+async def _notices(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    if args.notices_command == "retry":
+        if bool(args.notice_ids) == args.all:
+            _fail("name the notices to retry, or say --all", 2)
+        retried = await counter.retry_dead_letters(None if args.all else args.notice_ids)
+        if not retried:
+            _fail("no such dead letter", 1)
+        _emit(args.json, {"retried": retried}, lambda: f"{retried} dead letter(s) back in the"
+              " outbox: a running service delivers them")  # fmt: skip
+        return
+    stats = await counter.outbox_stats()
+    letters = await counter.dead_letters()
+    data = {
+        "outbox": {"depth": stats.depth, "oldest": _iso(stats.oldest_ms),
+                   "overflowed": stats.overflowed, "dead": stats.dead},
+        "letters": [{**d.fields(), "first_failed": _iso(d.first_failed_ms),
+                     "dead": _iso(d.dead_ms)} for d in letters],
+    }  # fmt: skip
+
+    def text() -> str:
+        oldest = _iso(stats.oldest_ms)
+        head = (
+            f"outbox: {stats.depth} waiting (oldest {_short(oldest) if oldest else '-'}),"
+            f" {stats.overflowed} overflowed, {stats.dead} dead"
+        )
+        if not letters:
+            return head
+        rows = [(d.notice_id, d.channel, d.entry.kind, d.entry.anomaly_key, d.attempts,
+                 _short(_iso(d.dead_ms) or ""), d.error) for d in letters]  # fmt: skip
+        table = _table(["notice", "channel", "kind", "anomaly", "tries", "dead", "error"], rows)
+        return f"{head}\n{table}"
+
+    _emit(args.json, data, text)
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
 async def _serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -720,6 +770,7 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "timeline": _timeline,
     "replay": _replay,
     "token": _token,
+    "notices": _notices,
 }
 
 

@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import validation
 from ..counter import AnomalyCounter
-from ..model import ActionStats, AnomalyFrequency, AnomalyRow, Occurrence
+from ..model import ActionStats, AnomalyFrequency, AnomalyRow, EscalationLevel, Occurrence
 from ..policy import should_skip
 from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
@@ -454,3 +454,50 @@ async def undo_permanent_fix(p: Writer, anomaly_key: Named) -> s.UndoneOut:
     if not await p.timed("fix", p.counter.undo_permanent_fix(anomaly_key, by=p.by)):
         raise HTTPException(404, "this anomaly has no permanent fix in force")
     return s.UndoneOut(anomaly_key=anomaly_key)
+
+
+@router.get("/notices/dead", tags=["notices"], response_model=s.DeadLettersOut)
+async def dead_letters(p: Checked) -> s.DeadLettersOut:
+    """The notices no channel of the project took within ``notify_dead_after`` (or that a
+    channel refused for good), oldest first, with the outbox at a glance."""
+    stats = await p.timed("read", p.counter.outbox_stats())
+    letters = await p.timed("read", p.counter.dead_letters())
+    return s.DeadLettersOut(
+        outbox=s.OutboxOut(
+            depth=stats.depth,
+            oldest=_time_or_none(stats.oldest_ms),
+            overflowed=stats.overflowed,
+            dead=stats.dead,
+        ),
+        letters=[
+            s.DeadLetterOut(
+                notice_id=d.notice_id,
+                channel=d.channel,
+                anomaly_key=d.entry.anomaly_key,
+                kind=d.entry.kind,
+                level=EscalationLevel(d.entry.level).name if d.entry.level else None,
+                at=_time(d.entry.at_ms),
+                error=d.error,
+                attempts=d.attempts,
+                first_failed=_time(d.first_failed_ms),
+                dead=_time(d.dead_ms),
+            )
+            for d in letters
+        ],
+    )
+
+
+@router.post("/notices/dead/retry", tags=["notices"], response_model=s.RetriedOut)
+async def retry_dead_letters(p: Writer, body: s.RetryIn) -> s.RetriedOut:
+    """Send dead letters again (those named, or all): each goes back in the outbox for the
+    channel that did not take it, with its notice id (so a receiver that did get it drops it)."""
+    retried = await p.timed("write", p.counter.retry_dead_letters(body.notice_ids))
+    return s.RetriedOut(retried=retried)
+
+
+def _time(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _time_or_none(ms: int | None) -> datetime | None:
+    return None if ms is None else _time(ms)

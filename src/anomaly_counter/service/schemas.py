@@ -187,3 +187,40 @@ class Done(BaseModel):
 
 class UndoneOut(Done):
     undone: Literal[True] = True
+
+
+class OutboxOut(BaseModel):
+    """The project's notices outbox: what waits to be delivered, and what was lost or died."""
+
+    depth: int = Field(description="Notices waiting for at least one channel")
+    oldest: datetime | None = Field(description="When the oldest waiting notice was written")
+    overflowed: int = Field(description="Notices never written because the outbox was full")
+    dead: int = Field(description="Notices in the dead-letter list")
+
+
+class DeadLetterOut(BaseModel):
+    notice_id: str = Field(description="The notice's id (its Idempotency-Key)")
+    channel: str = Field(description="The channel that did not take it (kind:digest)")
+    anomaly_key: str
+    kind: str = Field(description="escalation or regression")
+    level: str | None = Field(description="The level crossed into (escalations)")
+    at: datetime = Field(description="The occurrence that caused it")
+    error: str = Field(description="The last failure")
+    attempts: int
+    first_failed: datetime
+    dead: datetime = Field(description="When it was given up on")
+
+
+class DeadLettersOut(BaseModel):
+    outbox: OutboxOut
+    letters: list[DeadLetterOut]
+
+
+class RetryIn(_In):
+    notice_ids: list[str] | None = Field(
+        None, max_length=10_000, description="The dead letters to send again (default: all)"
+    )
+
+
+class RetriedOut(BaseModel):
+    retried: int = Field(description="Dead letters put back in the outbox")
