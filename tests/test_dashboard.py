@@ -23,9 +23,10 @@ import httpx
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings
+from anomaly_counter.settings import WebhookConfig
 
 from .conftest import require_binary
-from .servers import ServiceServer, make_token
+from .servers import ChatServer, ServiceServer, eventually, make_token
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -541,3 +542,78 @@ async def test_behind_a_tls_proxy_the_forms_work_and_the_cookie_is_secure(tmp_pa
             foreign = {**form, "Host": "ac.example.org", "Origin": "https://evil.example"}
             refused = await http.post("/signin", content=f"token={token}", headers=foreign)
             assert refused.status_code == 403
+
+
+async def test_dead_letters_are_shown_and_sent_again_from_the_page(
+    browser: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A project whose webhook refused its notices for good sees them on its page, and a
+    writer sends them again with one button; a viewer sees them without the button."""
+    chat = ChatServer()
+    chat.plan = [410, 410]  # gone: dead at once, both
+    settings = Settings(
+        store_url=f"sqlite:///{tmp_path}/notices.db",
+        project_channels={"demo": (WebhookConfig(f"{chat.url}/hook"),)},
+        notify_backoff=0.01,
+    )
+    try:
+        with ServiceServer(settings) as server:
+            token = make_token(settings, "demo")
+            async with httpx.AsyncClient(
+                base_url=server.url, headers={"Authorization": f"Bearer {token}"}
+            ) as http:
+                for name in ("DiskFull", "PodCrashLoopBackOff"):
+                    for _ in range(3):
+                        signature = {"alertname": name, "service": "api", "namespace": "prod"}
+                        r = await http.post(
+                            "/v1/projects/demo/occurrences", json={"signature": signature}
+                        )
+                        assert r.status_code == 200
+
+                async def dead() -> bool:
+                    r = await http.get("/v1/projects/demo/notices/dead")
+                    return len(r.json()["letters"]) == 2
+
+                assert await eventually(dead)
+            for viewport, name in ((DESKTOP, "notices"), (PHONE, "notices-phone")):
+                context = await browser.new_context(viewport=viewport, timezone_id="Asia/Tokyo")
+                page = Page(await context.new_page(), server.url)
+                try:
+                    await page.sign_in(make_token(settings, "demo", read_only=True))
+                    await page.page.wait_for_url("**/projects/demo")
+                    panel = page.page.locator("#notices")
+                    assert "2 dead letters" in await panel.inner_text()
+                    assert await panel.locator("tbody tr").count() == 2
+                    assert "HTTP 410" in await panel.inner_text()
+                    assert await panel.locator("button").count() == 0  # a viewer: no button
+                    await page.no_sideways_scroll()
+                    await panel.scroll_into_view_if_needed()
+                    await _shot(request, page.page, name, full=True)
+                    assert page.errors == []
+                finally:
+                    await context.close()
+            context = await browser.new_context(viewport=DESKTOP)
+            page = Page(await context.new_page(), server.url)
+            try:
+                await page.sign_in(token)
+                await page.page.wait_for_url("**/projects/demo")
+                await page.page.click("#notices button")
+                await page.page.wait_for_url("**/projects/demo#notices")
+                delivered = await eventually(lambda: _arrived(chat, 4))
+                assert delivered
+                await page.page.reload()
+                assert "0 dead letters" in await page.page.locator("#notices").inner_text()
+                assert page.errors == []
+            finally:
+                await context.close()
+    finally:
+        chat.close()
+    again = [r for r in chat.received if r.status == 200]
+    assert len(again) == 2  # each sent again, once, with its own notice id
+    assert {r.headers["Idempotency-Key"] for r in again} == {
+        r.headers["Idempotency-Key"] for r in chat.received if r.status == 410
+    }
+
+
+async def _arrived(chat: ChatServer, n: int) -> bool:
+    return len(chat.received) >= n

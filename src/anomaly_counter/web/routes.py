@@ -214,6 +214,21 @@ async def project_page(
     return await _shown(request, project, make)
 
 
+@router.post("/projects/{project}/notices/retry")
+async def retry_notices(request: Request, project: str) -> Response:
+    """The project page's "send them again": every dead letter back in the outbox."""
+    session.same_origin(request)
+
+    async def make() -> Response:
+        record: TokenRecord = request.state.token
+        if record.read_only:
+            raise HTTPException(403, "this token is read-only: it cannot send notices again")
+        await _service(request).counter(project).retry_dead_letters()
+        return RedirectResponse(f"/projects/{quote(project)}#notices", status_code=303)
+
+    return await _shown(request, project, make)
+
+
 @router.api_route("/projects/{project}/anomalies/{key}.json", methods=["GET", "HEAD"])
 async def anomaly_data(request: Request, project: str, key: str) -> Response:
     async def make() -> Response:

@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from markupsafe import Markup
 
 from ..counter import MAX_CHRONIC, AnomalyCounter
-from ..model import DISPOSITION_TYPES, LEVEL_MEANINGS, AnomalyFrequency, TimelineEntry
+from ..model import (
+    DISPOSITION_TYPES,
+    LEVEL_MEANINGS,
+    AnomalyFrequency,
+    EscalationLevel,
+    TimelineEntry,
+)
+from ..outbox import DeadLetter
 from ..policy import MIN_ATTEMPTS_TO_JUDGE, ActionRecommendation
 from ..signature import fingerprint_fields
 from ..timeline import describe, reporter
@@ -163,6 +170,54 @@ class ProjectView:
     disposition_bar: Markup
     heading: str
     thresholds: dict[str, int] = field(default_factory=dict)
+    notices: NoticesView | None = None  # (a project with channels)
+
+
+@dataclass
+class DeadLetterRow:
+    letter: DeadLetter
+    name: str  # its anomaly's alert name ("" when forgotten since)
+    channel: str  # its kind (telegram, slack, webhook)
+    level: str | None
+    dead: datetime
+
+
+@dataclass
+class NoticesView:
+    """The project's notices outbox: what waits, what overflowed, and the dead letters."""
+
+    depth: int
+    oldest: datetime | None
+    overflowed: int
+    dead: int
+    letters: list[DeadLetterRow]  # the newest first, at most MAX_LETTERS
+
+
+MAX_LETTERS = 20
+
+
+async def notices_view(counter: AnomalyCounter) -> NoticesView | None:
+    if not counter.settings.project_channels.get(counter.project_id):
+        return None
+    stats, letters = await asyncio.gather(counter.outbox_stats(), counter.dead_letters())
+    shown = list(reversed(letters[-MAX_LETTERS:]))
+    found = await asyncio.gather(*(counter.get_frequency(d.entry.anomaly_key) for d in shown))
+    rows = [
+        DeadLetterRow(
+            letter=d,
+            name=str(fingerprint_fields(f.signature)["alert_name"] or "") if f else "",
+            channel=d.channel.split(":", 1)[0],
+            level=EscalationLevel(d.entry.level).name if d.entry.level else None,
+            dead=_when(d.dead_ms),
+        )
+        for d, f in zip(shown, found, strict=True)
+    ]
+    oldest = None if stats.oldest_ms is None else _when(stats.oldest_ms)
+    return NoticesView(stats.depth, oldest, stats.overflowed, stats.dead, rows)
+
+
+def _when(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 async def project_view(
@@ -170,10 +225,11 @@ async def project_view(
 ) -> ProjectView:
     """The project page: its chronic anomalies (or a search, or every anomaly), the level
     tiles, escalations per day and the disposition mix."""
-    chronic_all, days, summary = await asyncio.gather(
+    chronic_all, days, summary, notices = await asyncio.gather(
         counter.chronic_anomalies("REPEAT", window, MAX_CHRONIC),  # all: the tiles count them
         counter.escalations_by_day(30),
         counter.disposition_summary(),
+        notices_view(counter),
     )
     tiles = {name: 0 for name in (*LEVELS, "regressed")}
     for f in chronic_all.anomalies:
@@ -229,6 +285,7 @@ async def project_view(
         disposition_bar=mix,
         heading=heading,
         thresholds=counter.THRESHOLDS,
+        notices=notices,
     )
 
 
