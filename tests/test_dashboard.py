@@ -592,6 +592,16 @@ async def test_dead_letters_are_shown_and_sent_again_from_the_page(
                     assert page.errors == []
                 finally:
                     await context.close()
+            # the form's server side: another site's post, and a viewer's, change nothing
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                retry = "/projects/demo/notices/retry"
+                http.cookies.set("ac_session", token)
+                foreign = await http.post(retry, headers={"Origin": "https://evil.example"})
+                assert foreign.status_code == 403
+                http.cookies.set("ac_session", make_token(settings, "demo", read_only=True))
+                viewer = await http.post(retry, headers={"Origin": server.url})
+                assert viewer.status_code == 403 and "read-only" in viewer.text
+            assert len(chat.received) == 2  # nothing was sent again
             context = await browser.new_context(viewport=DESKTOP)
             page = Page(await context.new_page(), server.url)
             try:

@@ -221,13 +221,17 @@ async def test_a_notice_refused_for_good_is_a_dead_letter_and_retried(
         (letter,) = listed["letters"]
         assert letter["error"] == "HTTP 400" and letter["attempts"] == 1
         assert letter["kind"] == "escalation" and letter["level"] == "REPEAT"
-        assert listed["outbox"] == {"depth": 0, "oldest": None, "overflowed": 0, "dead": 1}
+        outbox = {"depth": 0, "oldest": None, "overflowed": 0, "dead": 1, "dead_overflowed": 0}
+        assert listed["outbox"] == outbox
         async with server.client() as http:
             text = (await http.get("/metrics")).text
         assert 'anomaly_counter_notifications_total{channel="webhook",outcome="dead"} 1.0' in text
         # the receiver is mended; a person sends it again from the command line
         config = tmp_path / "settings.toml"
-        config.write_text(f'store_url = "{store_url}"\n')
+        config.write_text(  # (the same channels as the service: retries go to channels known)
+            f'store_url = "{store_url}"\n'
+            f'[projects.team-a.notify]\nwebhook = {{ url = "{chat.url}/hook" }}\n'
+        )
         cli = [sys.executable, "-m", "anomaly_counter.cli", "--config", str(config),
                "--project", "team-a", "notices"]  # fmt: skip
         shown = await _run(*cli, "dead")

@@ -85,16 +85,16 @@ async def test_a_crossing_is_in_the_outbox_with_its_occurrence(store_url: str) -
 
 
 async def test_one_lease_holder_and_a_cursor_per_channel(store_url: str) -> None:
-    settings = _nowhere(store_url, notify_lease=0.5)
+    settings = _nowhere(store_url, notify_lease=0.5, notify_poll=0.1)
     async with AnomalyCounter.from_url(settings=settings, project="team-a") as counter:
         for _ in range(3):
             await counter.record_anomaly(SIG)
         store = counter.store
         key = AnomalyCounter.hash_signature(SIG)
         part = await _partition_with_entries(store)
-        assert await store.outbox_lease("team-a", part, "one", 500)
-        assert await store.outbox_lease("team-a", part, "one", 500)  # (renewed)
-        assert not await store.outbox_lease("team-a", part, "two", 500)
+        assert await store.outbox_lease("team-a", [part], "one", 500) == [True]
+        assert await store.outbox_lease("team-a", [part], "one", 500) == [True]  # (renewed)
+        assert await store.outbox_lease("team-a", [part], "two", 500) == [False]
         (entry,), cursors = await store.outbox_read("team-a", part, ["a", "b"], 10)
         assert entry.anomaly_key == key and cursors == {"a": "", "b": ""}
         assert not await store.outbox_settle(
@@ -105,7 +105,7 @@ async def test_one_lease_holder_and_a_cursor_per_channel(store_url: str) -> None
         assert entries == [entry] and cursors == {"a": entry.entry_id, "b": ""}  # b waits
         assert (await counter.outbox_stats()).depth == 1
         await asyncio.sleep(0.8)  # one's lease runs out (it died): two takes over
-        assert await store.outbox_lease("team-a", part, "two", 500)
+        assert await store.outbox_lease("team-a", [part], "two", 500) == [True]
         assert not await store.outbox_settle(
             "team-a", part, Settlement("one", "b", entry, ["a", "b"])
         )
@@ -141,7 +141,10 @@ async def test_a_full_outbox_counts_what_it_could_not_keep(store_url: str) -> No
     # 60 crossings: what the outbox holds (its bound, split among the store's partitions and
     # rounded up on Redis: at most 32 there) and what overflowed add up to all of them
     assert stats.depth + stats.overflowed == 60
-    assert 20 <= stats.depth <= 32 and stats.overflowed >= 28
+    if store_url.startswith("sqlite"):
+        assert (stats.depth, stats.overflowed) == (20, 40)
+    else:
+        assert 20 <= stats.depth <= 32 and stats.overflowed >= 28
 
 
 # -- delivery ----------------------------------------------------------------------------------
@@ -290,3 +293,72 @@ async def test_a_deliverer_on_its_own_sends_what_another_process_wrote(
         assert (await counter.outbox_stats()).depth == 0
     assert len(chat.received) == 10  # 5 notices x 2 channels
     assert sorted({r.path for r in chat.received}) == ["/hook0", "/hook1"]
+
+
+async def test_a_channel_that_is_down_delays_only_its_own_notices(store_url: str) -> None:
+    """Slack answers 503 all along; the webhook still gets every notice at once, in order."""
+    down, up = ChatServer(), ChatServer()
+    down.down = 503
+    settings = Settings(
+        store_url=store_url,
+        project_channels={
+            "team-a": (WebhookConfig(f"{down.url}/down"), WebhookConfig(f"{up.url}/up"))
+        },
+        notify_backoff=0.05, notify_max_pause=0.2, notify_poll=0.1,
+    )  # fmt: skip
+    try:
+        with ServiceServer(settings) as server:
+            await _record_all(server, [_signature(i) for i in range(3)], 10)  # 9 notices
+            assert len(up.wait_for(9, timeout=15)) == 9
+            assert len(down.wait_for(12, timeout=15)) >= 12  # still trying...
+            # ...each anomaly's first notice, again and again: the next ones wait behind it
+            assert {r.json()["level"] for r in down.received} == {"REPEAT"}
+    finally:
+        down.close()
+        up.close()
+    for key in {r.json()["anomaly_key"] for r in up.received}:
+        levels = [r.json()["level"] for r in up.received if r.json()["anomaly_key"] == key]
+        assert levels == ["REPEAT", "ESCALATE", "PERMANENT_FIX"]
+
+
+async def test_a_dead_letter_of_a_channel_no_longer_configured_is_left(
+    store_url: str, chat: ChatServer
+) -> None:
+    """The webhook's URL changed after its notice died: sending it again would reach nobody
+    (the old channel's cursor is not read any more), so it stays in the list, and says why."""
+    old = Settings(
+        store_url=store_url, project_channels=_channels(chat), notify_backoff=0.01,
+        notify_attempts=1,
+    )  # fmt: skip
+    chat.down = 500
+    with ServiceServer(old) as server:
+        token = server.token("team-a")
+        await _record_all(server, [SIG], 3)
+        async with server.client(token) as http:
+
+            async def dead() -> bool:
+                r = await http.get("/v1/projects/team-a/notices/dead")
+                return len(r.json()["letters"]) == 1
+
+            assert await eventually(dead)
+    chat.down = None
+    moved = Settings(
+        store_url=store_url,
+        project_channels={"team-a": (WebhookConfig(f"{chat.url}/moved"),)},
+    )
+    with ServiceServer(moved) as server:
+        async with server.client(token) as http:
+            r = await http.post("/v1/projects/team-a/notices/dead/retry", json={})
+            assert r.status_code == 200
+            (letter,) = (await http.get("/v1/projects/team-a/notices/dead")).json()["letters"]
+            assert r.json() == {"retried": 0, "left": [letter["notice_id"]]}
+
+
+async def _record_all(server: ServiceServer, signatures: list[dict[str, str]], n: int) -> None:
+    async with server.client(server.token("team-a")) as http:
+        for _ in range(n):
+            for signature in signatures:
+                r = await http.post(
+                    "/v1/projects/team-a/occurrences", json={"signature": signature}
+                )
+                assert r.status_code == 200, r.text

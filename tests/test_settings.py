@@ -163,6 +163,7 @@ def test_service_settings_channels_and_label_mapping(tmp_path: Path) -> None:
         ("notify_attempts = -1\n", "notify_attempts"),
         ("notify_dead_after = 0\n", "notify_dead_after"),
         ("outbox_max = 0\n", "outbox_max"),
+        ("notify_poll = 20\n", "notify_poll"),
         ("min_replicas = -1\n", "min_replicas"),
         ("write_attempts = 0\n", "write_attempts"),
         ('[projects."bad id"]\nnotify = {}\n', "invalid project id"),

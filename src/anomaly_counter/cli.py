@@ -36,6 +36,7 @@ from .errors import (
     StoreUnavailableError,
 )
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
+from .notify.deliverer import send_again
 from .redact import redacted
 from .settings import Settings, load_settings
 from .signature import fingerprint_fields
@@ -649,9 +650,15 @@ async def _notices(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     if args.notices_command == "retry":
         if bool(args.notice_ids) == args.all:
             _fail("name the notices to retry, or say --all", 2)
-        retried = await counter.retry_dead_letters(None if args.all else args.notice_ids)
+        retried, left = await send_again(
+            counter, counter.settings, None if args.all else args.notice_ids
+        )
+        if left:  # (said whatever else happened: nothing will send these)
+            ids = ", ".join(sorted({d.notice_id for d in left}))
+            sys.stderr.write(f"{PROG}: left in the list, their channel is not configured any"
+                             f" more: {ids}\n")  # fmt: skip
         if not retried:
-            _fail("no such dead letter", 1)
+            _fail("no such dead letter" if not left else "nothing to send again", 1)
         _emit(args.json, {"retried": retried}, lambda: f"{retried} dead letter(s) back in the"
               " outbox: a running service delivers them")  # fmt: skip
         return
@@ -659,7 +666,8 @@ async def _notices(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     letters = await counter.dead_letters()
     data = {
         "outbox": {"depth": stats.depth, "oldest": _iso(stats.oldest_ms),
-                   "overflowed": stats.overflowed, "dead": stats.dead},
+                   "overflowed": stats.overflowed, "dead": stats.dead,
+                   "dead_overflowed": stats.dead_overflowed},
         "letters": [{**d.fields(), "first_failed": _iso(d.first_failed_ms),
                      "dead": _iso(d.dead_ms)} for d in letters],
     }  # fmt: skip
@@ -669,6 +677,7 @@ async def _notices(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         head = (
             f"outbox: {stats.depth} waiting (oldest {_short(oldest) if oldest else '-'}),"
             f" {stats.overflowed} overflowed, {stats.dead} dead"
+            + (f" ({stats.dead_overflowed} more not kept)" if stats.dead_overflowed else "")
         )
         if not letters:
             return head

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from types import TracebackType
@@ -912,10 +912,20 @@ class AnomalyCounter:
         """The notices given up on, oldest first."""
         return await self._store.dead_letters(self.project_id)
 
-    async def retry_dead_letters(self, notice_ids: Sequence[str] | None = None) -> int:
-        """Put dead letters (those of ``notice_ids``, or all) back in the outbox: a running
-        service delivers them, each to the channel that did not take it. How many."""
-        return await self._store.retry_dead_letters(self.project_id, notice_ids)
+    async def retry_dead_letters(
+        self, notice_ids: Sequence[str] | None = None, *, channels: Collection[str] | None = None
+    ) -> int:
+        """Put dead letters (those of ``notice_ids``, or all; of ``channels``, by ident, or
+        all) back in the outbox: a running service delivers them, each to the channel that did
+        not take it, with its notice id. How many."""
+        wanted = None if notice_ids is None else set(notice_ids)
+        letters = [
+            d
+            for d in await self.dead_letters()
+            if (wanted is None or d.notice_id in wanted)
+            and (channels is None or d.channel in channels)
+        ]
+        return await self._store.retry_dead_letters(self.project_id, letters) if letters else 0
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError when the store cannot be reached."""

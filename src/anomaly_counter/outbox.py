@@ -32,6 +32,7 @@ class OutboxEntry:
     level: int  # the level crossed into (0 for a regression)
     at_ms: int  # the occurrence's time
     counts: tuple[int, int, int, int]  # its anomaly's counts (1h, 24h, 7d, 30d) at that time
+    written_ms: int = 0  # when it was put in the outbox (dead letters count from it)
     notice_id: str = ""  # set when it came back from the dead-letter list: the id it had
     only: str = ""  # ... and then the one channel it goes to
 
@@ -52,6 +53,7 @@ class OutboxEntry:
             "level": self.level,
             "at_ms": self.at_ms,
             "counts": list(self.counts),
+            "written_ms": self.written_ms,
             "notice_id": self.notice_id,
             "only": self.only,
         }
@@ -69,6 +71,7 @@ class OutboxEntry:
             level=int(data["level"]),
             at_ms=int(data["at_ms"]),
             counts=(counts[0], counts[1], counts[2], counts[3]),
+            written_ms=int(data.get("written_ms", data["at_ms"])),
             notice_id=str(data.get("notice_id", "")),
             only=str(data.get("only", "")),
         )
@@ -129,6 +132,7 @@ class OutboxStats:
     oldest_ms: int | None  # when the oldest waiting notice was written
     overflowed: int  # notices not written because the outbox was full (ever)
     dead: int  # notices in the dead-letter list
+    dead_overflowed: int = 0  # dead letters not kept because the list was full (ever)
 
 
 def later(a: str, b: str) -> bool:

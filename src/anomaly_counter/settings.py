@@ -243,6 +243,11 @@ class NotifySettings(_Concern):
             self, "notify_backoff", "notify_max_pause", "notify_timeout", "notify_dead_after",
             "notify_lease", "notify_poll", "outbox_max",
         )  # fmt: skip
+        if self.notify_poll * 2 >= self.notify_lease:
+            raise ConfigurationError(
+                f"notify_poll ({self.notify_poll}) must be under half of notify_lease"
+                f" ({self.notify_lease}): a deliverer renews its leases at each poll"
+            )
         if self.notify_attempts < 0:
             raise ConfigurationError(
                 f"notify_attempts must be 0 or more, got {self.notify_attempts}"

@@ -20,7 +20,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,7 +30,7 @@ import structlog
 from ..backoff import pauses
 from ..errors import AnomalyCounterError
 from ..model import AnomalyFrequency
-from ..outbox import DeadLetter, OutboxEntry, Settlement, later
+from ..outbox import DeadLetter, OutboxEntry, OutboxStats, Settlement
 from ..stores.base import Store
 from .channels import Channel, channels_for
 from .notice import Notice
@@ -52,9 +52,7 @@ class Outcomes(Protocol):
 
     def notice_dead(self, channel: str) -> None: ...
 
-    def outbox(
-        self, project: str, depth: int, oldest_ms: int | None, overflowed: int, dead: int
-    ) -> None: ...
+    def outbox(self, project: str, stats: OutboxStats) -> None: ...
 
 
 class _NoOutcomes:
@@ -67,14 +65,16 @@ class _NoOutcomes:
     def notice_dead(self, channel: str) -> None:
         pass
 
-    def outbox(
-        self, project: str, depth: int, oldest_ms: int | None, overflowed: int, dead: int
-    ) -> None:
+    def outbox(self, project: str, stats: OutboxStats) -> None:
         pass
 
 
 class _LeaseLost(Exception):
     """The partition's lease may have passed to another deliverer: stop sending from it."""
+
+
+class _Stopping(Exception):
+    """The deliverer is stopping: no new try."""
 
 
 class Deliverer:
@@ -98,9 +98,11 @@ class Deliverer:
         self._lease_ms = int(settings.notify_lease * 1000)
         self._wake: dict[str, asyncio.Event] = {}
         self._held_until: dict[tuple[str, int], float] = {}  # (project, partition): monotonic
-        self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._workers: dict[tuple[str, int, str], asyncio.Task[None]] = {}  # (project,
+        # partition, channel): each channel's sender
         self._loops: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
+        self._stopping = asyncio.Event()
 
     def _store(self, project: str) -> Store:
         return self._counter_for(project).store
@@ -118,18 +120,24 @@ class Deliverer:
             self._loops.append(asyncio.create_task(self._watch(project)))
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Let the notices being sent finish (for up to ``grace`` seconds), give the leases
-        back, and stop. What is left stays in the outbox for the next deliverer."""
+        """Stop: no new try starts, a notice being sent is settled (for up to ``grace``
+        seconds), the leases are given back, and what is left stays in the outbox for the next
+        deliverer. A partition whose send had to be cut keeps its lease until it runs out, so
+        that nobody sends that notice again at once."""
+        self._stopping.set()
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        workers = list(self._workers.values())
+        workers = dict(self._workers)
+        cut: set[tuple[str, int]] = set()
         if workers:
-            _, pending = await asyncio.wait(workers, timeout=grace)
-            for worker in pending:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-        for project, partition in list(self._held_until):
+            _, pending = await asyncio.wait(workers.values(), timeout=grace)
+            for (project, partition, _), worker in workers.items():
+                if worker in pending:
+                    worker.cancel()
+                    cut.add((project, partition))
+            await asyncio.gather(*workers.values(), return_exceptions=True)
+        for project, partition in set(self._held_until) - cut:
             with contextlib.suppress(AnomalyCounterError):  # (else it expires by itself)
                 await self._store(project).outbox_release(project, partition, self.holder)
         if self._client is not None:
@@ -145,40 +153,45 @@ class Deliverer:
         while True:
             try:
                 await self._look(project)
+                if time.monotonic() - looked >= 5 * self._settings.notify_poll:
+                    looked = time.monotonic()
+                    await self._report(project)
             except Exception:  # a bug must not stop the notices that follow
                 logger.exception("outbox_watch_failed", project=project)
-            if time.monotonic() - looked >= 5 * self._settings.notify_poll:
-                looked = time.monotonic()
-                await self._report(project)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self._settings.notify_poll)
             wake.clear()
 
     async def _look(self, project: str) -> None:
         store = self._store(project)
-        for partition in range(store.outbox_partitions):
+        partitions = range(store.outbox_partitions)
+        began = time.monotonic()
+        try:  # (all of the project's partitions in one round trip)
+            leases = await store.outbox_lease(project, partitions, self.holder, self._lease_ms)
+        except AnomalyCounterError as exc:
+            logger.warning("outbox_unreachable", project=project, error=str(exc))
+            return
+        for partition, held in zip(partitions, leases, strict=True):
             here = (project, partition)
-            began = time.monotonic()
-            try:
-                held = await store.outbox_lease(project, partition, self.holder, self._lease_ms)
-            except AnomalyCounterError as exc:
-                logger.warning("outbox_unreachable", project=project, error=str(exc))
-                return
             if not held:
                 self._held_until.pop(here, None)
                 continue
             # (sure until the lease's end as counted from before the call, less a margin)
             self._held_until[here] = began + self._settings.notify_lease * 0.8
-            worker = self._workers.get(here)
-            if worker is None or worker.done():
-                self._workers[here] = asyncio.create_task(self._send_partition(project, partition))
+            for channel in self._channels[project]:  # a sender for each channel, apart
+                sender = (project, partition, channel.ident)
+                worker = self._workers.get(sender)
+                if worker is None or worker.done():
+                    self._workers[sender] = asyncio.create_task(
+                        self._send_channel(project, partition, channel)
+                    )
 
     async def _report(self, project: str) -> None:
         try:
             stats = await self._store(project).outbox_stats(project)
         except AnomalyCounterError:
             return
-        self._outcomes.outbox(project, stats.depth, stats.oldest_ms, stats.overflowed, stats.dead)
+        self._outcomes.outbox(project, stats)
 
     def _check_lease(self, project: str, partition: int) -> None:
         if time.monotonic() >= self._held_until.get((project, partition), 0.0):
@@ -189,73 +202,68 @@ class Deliverer:
 
     # -- sending -------------------------------------------------------------------------------
 
-    async def _send_partition(self, project: str, partition: int) -> None:
-        """Send a partition's notices until it has none (or the lease is lost)."""
-        store = self._store(project)
-        channels = self._channels[project]
-        idents = [c.ident for c in channels]
+    async def _send_channel(self, project: str, partition: int, channel: Channel) -> None:
+        """Send one channel a partition's notices past its cursor, in order, each settled
+        before the next is sent, until none is left or the lease is lost. Each channel has a
+        sender of its own: one that is down delays only its own notices."""
         try:
-            while True:
-                self._check_lease(project, partition)
-                entries, cursors = await store.outbox_read(project, partition, idents, _READ)
-                if not entries:
-                    return
-                await asyncio.gather(
-                    *(self._send_channel(project, partition, c, entries, cursors) for c in channels)
-                )
-        except _LeaseLost:
-            logger.warning("outbox_lease_lost", project=project, partition=partition)
+            await self._send_each(project, partition, channel)
+        except (_LeaseLost, _Stopping):
+            logger.info("outbox_partition_left", project=project, partition=partition)
         except AnomalyCounterError as exc:  # the store went away: the watch comes back later
             logger.warning("outbox_unreachable", project=project, error=str(exc))
-        except Exception:
+        except Exception:  # a bug must not stop the notices that follow
             logger.exception("outbox_send_failed", project=project, partition=partition)
 
-    async def _send_channel(
-        self,
-        project: str,
-        partition: int,
-        channel: Channel,
-        entries: list[OutboxEntry],
-        cursors: dict[str, str],
-    ) -> None:
-        """Send one channel the entries past its cursor, in order, each settled before the
-        next is sent."""
+    async def _send_each(self, project: str, partition: int, channel: Channel) -> None:
+        store = self._store(project)
         idents = [c.ident for c in self._channels[project]]
-        for entry in entries:
-            if not later(entry.entry_id, cursors.get(channel.ident, "")):
-                continue
-            dead = None
-            if entry.for_channel(channel.ident):
-                dead = await self._deliver(project, partition, channel, entry)
-            began = time.monotonic()
-            settled = await self._store(project).outbox_settle(
-                project, partition, Settlement(self.holder, channel.ident, entry, idents, dead)
-            )
-            if not settled:
-                self._held_until.pop((project, partition), None)
-                raise _LeaseLost
-            self._renewed(project, partition, began)
-            if entry.for_channel(channel.ident):
-                await self._tell(project, entry, channel.name, "failed" if dead else "sent")
+        while True:
+            self._check_lease(project, partition)
+            entries, _ = await store.outbox_read(project, partition, [channel.ident], _READ)
+            if not entries:
+                return
+            for entry in entries:
+                mine = entry.for_channel(channel.ident)  # (else one retried for another)
+                dead = await self._deliver(project, partition, channel, entry) if mine else None
+                began = time.monotonic()
+                settled = await store.outbox_settle(
+                    project, partition, Settlement(self.holder, channel.ident, entry, idents, dead)
+                )
+                if not settled:
+                    self._held_until.pop((project, partition), None)
+                    raise _LeaseLost
+                self._renewed(project, partition, began)
+                if mine:
+                    await self._tell(project, entry, channel.name, "failed" if dead else "sent")
 
     async def _deliver(
         self, project: str, partition: int, channel: Channel, entry: OutboxEntry
     ) -> DeadLetter | None:
-        """Send one notice to one channel until it takes it (None), or until it is dead."""
+        """Send one notice to one channel until it takes it (None), or until it is dead: a
+        refusal for good, ``notify_attempts`` failed tries, or ``notify_dead_after`` from when
+        the notice was written (however many processes tried it meanwhile)."""
         assert self._client is not None, "start() first"
         settings = self._settings
         request = channel.request(await self._notice(project, entry))
         waits = pauses(settings.notify_backoff, settings.notify_max_pause)
+        deadline = entry.written_ms / 1000 + settings.notify_dead_after
         first_failed: float | None = None
         attempts = 0
         while True:
+            if self._stopping.is_set():
+                raise _Stopping
             self._check_lease(project, partition)
             wait: float | None = None
             retry = True
+            # a try never outlasts the lease as this process knows it: past it, another
+            # deliverer may take the partition and send this notice (the same key) again
+            left = self._held_until.get((project, partition), 0.0) - time.monotonic()
             try:
-                response = await self._client.post(
-                    request.url, content=request.body, headers=request.headers
-                )
+                async with asyncio.timeout(max(0.0, left)):
+                    response = await self._client.post(
+                        request.url, content=request.body, headers=request.headers
+                    )
                 if response.is_success:
                     self._outcomes.notice_sent(channel.name)
                     logger.info(
@@ -267,17 +275,21 @@ class Deliverer:
                 problem = f"HTTP {response.status_code}"
                 retry = response.status_code in RETRY_STATUSES  # else it will stay wrong
                 wait = _retry_after(response, settings.notify_max_pause)
+            except TimeoutError:
+                raise _LeaseLost from None
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except Exception as exc:  # (a bug, or a channel's odd answer: tried again later)
+                logger.exception("notice_try_failed", channel=channel.name, project=project)
+                problem = f"{type(exc).__name__}: {exc}"
             attempts += 1
             now = time.time()
             first_failed = first_failed or now
             self._outcomes.notice_failed(channel.name)
-            spent = now - first_failed
             if (
                 not retry
                 or (settings.notify_attempts and attempts >= settings.notify_attempts)
-                or spent >= settings.notify_dead_after
+                or now >= deadline
             ):
                 self._outcomes.notice_dead(channel.name)
                 logger.error(
@@ -299,7 +311,8 @@ class Deliverer:
                 notice_id=entry.key(project), error=problem, attempts=attempts,
             )  # fmt: skip
             pause = wait if wait is not None else next(waits)  # (Retry-After first)
-            await asyncio.sleep(min(pause, max(0.0, settings.notify_dead_after - spent)))
+            with contextlib.suppress(TimeoutError):  # (a stop ends the pause)
+                await asyncio.wait_for(self._stopping.wait(), min(pause, max(0.0, deadline - now)))
 
     async def _notice(self, project: str, entry: OutboxEntry) -> Notice:
         counter = self._counter_for(project)
@@ -326,6 +339,20 @@ class Deliverer:
             )
         except AnomalyCounterError as exc:
             logger.warning("notice_not_in_timeline", project=project, error=str(exc))
+
+
+async def send_again(
+    counter: AnomalyCounter, settings: Settings, notice_ids: Sequence[str] | None
+) -> tuple[int, list[DeadLetter]]:
+    """Put dead letters (those of ``notice_ids``, or all) back in the outbox, for a running
+    service to deliver. Those whose channel is not configured any more (its URL or token
+    changed, or it was removed: its ident is a digest of where it sends) are left where they
+    are and returned: nothing would send them."""
+    idents = {c.ident for c in channels_for(settings, counter.project_id)}
+    wanted = None if notice_ids is None else set(notice_ids)
+    chosen = [d for d in await counter.dead_letters() if wanted is None or d.notice_id in wanted]
+    retried = await counter.retry_dead_letters(notice_ids, channels=idents)
+    return retried, [d for d in chosen if d.channel not in idents]
 
 
 def _retry_after(response: httpx.Response, longest: float) -> float | None:

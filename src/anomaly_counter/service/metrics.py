@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..model import AnomalyFrequency
+from ..outbox import OutboxStats
 from ..spool import Spool
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -67,6 +68,12 @@ class Metrics:
         self.outbox_overflowed = Gauge(
             "anomaly_counter_outbox_overflowed",
             "Notices never written because the project's outbox was full (since it began)",
+            ["project"],
+            registry=r,
+        )
+        self.dead_overflowed = Gauge(
+            "anomaly_counter_dead_letters_overflowed",
+            "Dead letters not kept because the project's list was full (since it began)",
             ["project"],
             registry=r,
         )
@@ -167,14 +174,14 @@ class Metrics:
     def notice_dead(self, channel: str) -> None:
         self.notifications.labels(channel, "dead").inc()
 
-    def outbox(
-        self, project: str, depth: int, oldest_ms: int | None, overflowed: int, dead: int
-    ) -> None:
-        self.outbox_depth.labels(project).set(depth)
-        age = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+    def outbox(self, project: str, stats: OutboxStats) -> None:
+        self.outbox_depth.labels(project).set(stats.depth)
+        oldest = stats.oldest_ms
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
         self.outbox_oldest.labels(project).set(age)
-        self.outbox_overflowed.labels(project).set(overflowed)
-        self.dead_letters.labels(project).set(dead)
+        self.outbox_overflowed.labels(project).set(stats.overflowed)
+        self.dead_letters.labels(project).set(stats.dead)
+        self.dead_overflowed.labels(project).set(stats.dead_overflowed)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from .. import validation
 from ..counter import AnomalyCounter
 from ..model import ActionStats, AnomalyFrequency, AnomalyRow, EscalationLevel, Occurrence
+from ..notify.deliverer import send_again
 from ..policy import should_skip
 from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
@@ -468,6 +469,7 @@ async def dead_letters(p: Checked) -> s.DeadLettersOut:
             oldest=_time_or_none(stats.oldest_ms),
             overflowed=stats.overflowed,
             dead=stats.dead,
+            dead_overflowed=stats.dead_overflowed,
         ),
         letters=[
             s.DeadLetterOut(
@@ -491,8 +493,10 @@ async def dead_letters(p: Checked) -> s.DeadLettersOut:
 async def retry_dead_letters(p: Writer, body: s.RetryIn) -> s.RetriedOut:
     """Send dead letters again (those named, or all): each goes back in the outbox for the
     channel that did not take it, with its notice id (so a receiver that did get it drops it)."""
-    retried = await p.timed("write", p.counter.retry_dead_letters(body.notice_ids))
-    return s.RetriedOut(retried=retried)
+    retried, left = await p.timed(
+        "write", send_again(p.counter, p.service.settings, body.notice_ids)
+    )
+    return s.RetriedOut(retried=retried, left=sorted({d.notice_id for d in left}))
 
 
 def _time(ms: int) -> datetime:

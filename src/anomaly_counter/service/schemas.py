@@ -196,6 +196,7 @@ class OutboxOut(BaseModel):
     oldest: datetime | None = Field(description="When the oldest waiting notice was written")
     overflowed: int = Field(description="Notices never written because the outbox was full")
     dead: int = Field(description="Notices in the dead-letter list")
+    dead_overflowed: int = Field(description="Dead letters not kept because the list was full")
 
 
 class DeadLetterOut(BaseModel):
@@ -224,3 +225,6 @@ class RetryIn(_In):
 
 class RetriedOut(BaseModel):
     retried: int = Field(description="Dead letters put back in the outbox")
+    left: list[str] = Field(
+        description="Notices left in the list: their channel is not configured any more"
+    )

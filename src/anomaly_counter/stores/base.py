@@ -299,9 +299,11 @@ class Store(ABC):
     """How many partitions each project's outbox has (an anomaly's notices are in one)."""
 
     @abstractmethod
-    async def outbox_lease(self, project: str, partition: int, holder: str, lease_ms: int) -> bool:
-        """Take or renew a partition's lease for ``holder`` (for ``lease_ms``, on the store's
-        clock); False while another holds it."""
+    async def outbox_lease(
+        self, project: str, partitions: Sequence[int], holder: str, lease_ms: int
+    ) -> list[bool]:
+        """Take or renew partitions' leases for ``holder`` (for ``lease_ms``, on the store's
+        clock), in one round trip: for each, False while another holds it."""
 
     @abstractmethod
     async def outbox_read(
@@ -327,9 +329,9 @@ class Store(ABC):
         """The project's dead letters, oldest first."""
 
     @abstractmethod
-    async def retry_dead_letters(self, project: str, notice_ids: Sequence[str] | None) -> int:
-        """Put dead letters (those of ``notice_ids``, or all) back in the outbox, each for its
-        channel and with its notice id; how many."""
+    async def retry_dead_letters(self, project: str, letters: Sequence[DeadLetter]) -> int:
+        """Put these dead letters back in the outbox, each for its channel and with its notice
+        id; how many (one no longer in the list is not)."""
 
     # -- API tokens (kept as digests; see anomaly_counter.tokens) ---------------------------
 

@@ -117,6 +117,9 @@ _KNOWN_FOR_MS = 3_600_000  # an anomaly stored this recently lives on (35 days):
 _KNOWN_MOST = 65_536
 _NOTHING_NAMED: dict[str, Any] = {}
 _NO_DISPOSITIONS = (0,) * len(DISPOSITION_TYPES)
+OUTBOX_KEYS = ("ob", "obs", "obl", "obd")
+"""The keys of a project shard's notices outbox (see outbox.lua): its stream, cursors and
+counts, lease and dead letters. Never given a lifetime: a notice waits until it is settled."""
 SHARD_KEYS = ("terms", "grams", "chronic", "summary", "dispositions", *WINDOWS, "live")
 """The keys of a project shard (``{prefix}:{P.s}:x:<name>``): its search index, its chronic
 anomalies, its day summary, its indexes by disposition total and by each window's count, and
@@ -625,11 +628,11 @@ class RedisScripts(Store):
     def _outbox(self, project: str, partition: int) -> list[str]:
         return [_shard_index_key(self._prefix, project, partition, "ob")]
 
-    async def outbox_lease(self, project: str, partition: int, holder: str, lease_ms: int) -> bool:
-        (taken,) = await self._eval(
-            "outbox", [(self._outbox(project, partition), ["lease", holder, lease_ms])]
-        )
-        return bool(taken)
+    async def outbox_lease(
+        self, project: str, partitions: Sequence[int], holder: str, lease_ms: int
+    ) -> list[bool]:
+        calls = [(self._outbox(project, p), ["lease", holder, lease_ms]) for p in partitions]
+        return [bool(taken) for taken in await self._eval("outbox", calls)]
 
     async def outbox_read(
         self, project: str, partition: int, channels: Sequence[str], limit: int
@@ -664,6 +667,7 @@ class RedisScripts(Store):
             oldest_ms=min(oldest) if oldest else None,
             overflowed=sum(int(r[2]) for r in replies),
             dead=sum(int(r[3]) for r in replies),
+            dead_overflowed=sum(int(r[4]) for r in replies),
         )
 
     async def dead_letters(self, project: str) -> list[DeadLetter]:
@@ -673,12 +677,9 @@ class RedisScripts(Store):
         letters = [DeadLetter.from_fields(json.loads(text)) for r in replies for text in r]
         return sorted(letters, key=lambda d: (d.dead_ms, d.notice_id))
 
-    async def retry_dead_letters(self, project: str, notice_ids: Sequence[str] | None) -> int:
-        wanted = None if notice_ids is None else set(notice_ids)
+    async def retry_dead_letters(self, project: str, letters: Sequence[DeadLetter]) -> int:
         calls: dict[int, list[Any]] = {}
-        for letter in await self.dead_letters(project):
-            if wanted is not None and letter.notice_id not in wanted:
-                continue
+        for letter in letters:
             e = letter.entry
             calls.setdefault(e.partition, ["retry", int(time.time() * 1000)]).extend(
                 (f"{letter.notice_id}|{letter.channel}", KIND_CODES[e.kind], e.level, e.at_ms,
@@ -1035,5 +1036,5 @@ def _outbox_entry(partition: int, raw: Sequence[Any]) -> OutboxEntry:
     c = [int(x) for x in f["c"].split(",")]
     return OutboxEntry(
         partition, entry_id, f["k"], KINDS[f["n"]], int(f["l"]), int(f["a"]),
-        (c[0], c[1], c[2], c[3]), f.get("i", ""), f.get("o", ""),
+        (c[0], c[1], c[2], c[3]), int(f["w"]), f.get("i", ""), f.get("o", ""),
     )  # fmt: skip

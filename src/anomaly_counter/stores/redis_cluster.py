@@ -45,7 +45,7 @@ from redis.exceptions import (
 
 from ..backoff import pauses
 from ..errors import ConfigurationError, StoreUnavailableError
-from .redis import SHARD_KEYS, RedisScripts, connection_options, raise_errors
+from .redis import OUTBOX_KEYS, SHARD_KEYS, RedisScripts, connection_options, raise_errors
 from .redis_link import Link
 
 if TYPE_CHECKING:
@@ -101,16 +101,24 @@ def _slot_of(command: tuple[Any, ...]) -> int | None:
 
 def _declared(keys: Sequence[str]) -> list[str]:
     """A script call's keys, followed by every other key its scripts may touch: the siblings
-    of each anomaly (meta key ``...:m``) named, and their shard's indexes. The scripts read
-    KEYS by position, so the extra names come last."""
+    of each anomaly (meta key ``...:m``) named, their shard's indexes and notices outbox, and
+    for an outbox call (``...:x:ob``) the outbox's other keys. The scripts read KEYS by
+    position, so the extra names come last."""
     declared = list(keys)
     seen = set(keys)
     for key in keys:
-        if not key.endswith(":m"):
+        shard = key[: key.index("}") + 1] + ":x:" if "}" in key else ""
+        if key.endswith(":x:ob"):  # an outbox call: the outbox's other keys
+            names: tuple[str, ...] = tuple(shard + o for o in OUTBOX_KEYS)
+        elif key.endswith(":m"):  # an anomaly: its siblings, its shard's indexes and outbox
+            base = key[:-1]
+            names = (
+                *(base + s for s in _SIBLINGS),
+                *(shard + i for i in (*SHARD_KEYS, *OUTBOX_KEYS)),
+            )
+        else:
             continue
-        base = key[:-1]
-        shard = key[: key.index("}") + 1] + ":x:"
-        for name in (*(base + s for s in _SIBLINGS), *(shard + i for i in SHARD_KEYS)):
+        for name in names:
             if name not in seen:
                 seen.add(name)
                 declared.append(name)

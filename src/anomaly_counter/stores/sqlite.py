@@ -537,10 +537,10 @@ class SQLiteStore(Store):
     ) -> None:
         """Put a notice in the project's outbox (in the occurrence's transaction), or count it
         as overflowed when the outbox holds ``outbox_max`` already."""
-        (held,) = db.execute("SELECT count(*) FROM outbox WHERE project = ?", (project,)).fetchone()
-        if held >= policy.outbox_max:
+        if self._held(db, project) >= policy.outbox_max:
             self._bump_state(db, project, "overflow")
             return
+        self._bump_state(db, project, "held")
         db.execute(
             "INSERT INTO outbox (project, anomaly_key, kind, level, at, counts, written)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -548,12 +548,36 @@ class SQLiteStore(Store):
         )
 
     @staticmethod
-    def _bump_state(db: sqlite3.Connection, project: str, name: str) -> None:
+    def _bump_state(db: sqlite3.Connection, project: str, name: str, by: int = 1) -> None:
+        """Add to one of the outbox's counts: 'held' (its entries: counted, so that a crossing
+        does not count the outbox), 'overflow', 'dead_overflow'."""
         db.execute(
-            "INSERT INTO outbox_state (project, name, value) VALUES (?, ?, '1')"
-            " ON CONFLICT (project, name) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-            (project, name),
+            "INSERT INTO outbox_state (project, name, value) VALUES (?, ?, ?)"
+            " ON CONFLICT (project, name) DO UPDATE SET value = CAST(value AS INTEGER) + ?",
+            (project, name, str(by), by),
         )
+
+    def _held(self, db: sqlite3.Connection, project: str) -> int:
+        """The outbox's entries, as counted on each write (counted from the table once, when
+        the count is missing)."""
+        row = db.execute(
+            "SELECT value FROM outbox_state WHERE project = ? AND name = 'held'", (project,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        (held,) = db.execute("SELECT count(*) FROM outbox WHERE project = ?", (project,)).fetchone()
+        db.execute(
+            "INSERT INTO outbox_state (project, name, value) VALUES (?, 'held', ?)",
+            (project, str(held)),
+        )
+        return int(held)
+
+    @staticmethod
+    def _state(db: sqlite3.Connection, project: str, name: str) -> int:
+        row = db.execute(
+            "SELECT value FROM outbox_state WHERE project = ? AND name = ?", (project, name)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def _room_for(self, db: sqlite3.Connection, project: str, limit: int) -> bool:
         """Count one more anomaly of the project (with occurrences, or known by a repair, a
@@ -1162,16 +1186,18 @@ class SQLiteStore(Store):
 
     # -- the notices outbox ---------------------------------------------------------------------
 
-    async def outbox_lease(self, project: str, partition: int, holder: str, lease_ms: int) -> bool:
-        def work(db: sqlite3.Connection) -> bool:
+    async def outbox_lease(
+        self, project: str, partitions: Sequence[int], holder: str, lease_ms: int
+    ) -> list[bool]:
+        def work(db: sqlite3.Connection) -> list[bool]:
             now = _wall_ms()
-            taken = db.execute(
+            taken = db.execute(  # (one partition: the project's)
                 "INSERT INTO outbox_state (project, name, value, until) VALUES (?, 'lease', ?, ?)"
                 " ON CONFLICT (project, name) DO UPDATE SET value = excluded.value,"
                 " until = excluded.until WHERE value = excluded.value OR until < ?",
                 (project, holder, now + lease_ms, now),
             ).rowcount
-            return taken > 0
+            return [taken > 0 for _ in partitions]
 
         return await self._run(self._write, work)
 
@@ -1183,7 +1209,8 @@ class SQLiteStore(Store):
             cursors = self._cursors(db, project, channels)
             after = min((int(c or 0) for c in cursors.values()), default=0)
             rows = db.execute(
-                "SELECT id, anomaly_key, kind, level, at, counts, notice_id, only FROM outbox"
+                "SELECT id, anomaly_key, kind, level, at, counts, written, notice_id, only"
+                " FROM outbox"
                 " WHERE project = ? AND id > ? ORDER BY id LIMIT ?",
                 (project, after, limit),
             ).fetchall()
@@ -1227,7 +1254,12 @@ class SQLiteStore(Store):
                 self._bury(db, project, dead)
             cursors = self._cursors(db, project, channels)
             passed = min((int(c or 0) for c in cursors.values()), default=0)
-            db.execute("DELETE FROM outbox WHERE project = ? AND id <= ?", (project, passed))
+            self._held(db, project)  # (counted before any goes)
+            gone = db.execute(
+                "DELETE FROM outbox WHERE project = ? AND id <= ?", (project, passed)
+            ).rowcount
+            if gone:
+                self._bump_state(db, project, "held", -gone)
             return True
 
         return await self._run(self._write, work)
@@ -1263,11 +1295,9 @@ class SQLiteStore(Store):
             (dead,) = db.execute(
                 "SELECT count(*) FROM dead_letters WHERE project = ?", (project,)
             ).fetchone()
-            row = db.execute(
-                "SELECT value FROM outbox_state WHERE project = ? AND name = 'overflow'",
-                (project,),
-            ).fetchone()
-            return OutboxStats(depth, oldest, int(row[0]) if row else 0, dead)
+            overflowed = self._state(db, project, "overflow")
+            dead_overflowed = self._state(db, project, "dead_overflow")
+            return OutboxStats(depth, oldest, overflowed, dead, dead_overflowed)
 
         return await self._run(work)
 
@@ -1284,30 +1314,25 @@ class SQLiteStore(Store):
         )
         return [DeadLetter.from_fields(json.loads(letter)) for (letter,) in rows]
 
-    async def retry_dead_letters(self, project: str, notice_ids: Sequence[str] | None) -> int:
+    async def retry_dead_letters(self, project: str, letters: Sequence[DeadLetter]) -> int:
         def work(db: sqlite3.Connection) -> int:
-            rows = db.execute(
-                "SELECT notice_id, channel, letter FROM dead_letters WHERE project = ?"
-                " ORDER BY dead_ms, notice_id",
-                (project,),
-            ).fetchall()
-            wanted = None if notice_ids is None else set(notice_ids)
+            self._held(db, project)  # (counted before any comes back)
             retried = 0
-            for notice_id, channel, letter in rows:
-                if wanted is not None and notice_id not in wanted:
-                    continue
-                entry = DeadLetter.from_fields(json.loads(letter)).entry
+            for letter in letters:
+                gone = db.execute(
+                    "DELETE FROM dead_letters WHERE project = ? AND notice_id = ? AND channel = ?",
+                    (project, letter.notice_id, letter.channel),
+                ).rowcount
+                if not gone:
+                    continue  # (sent again already)
+                e = letter.entry
                 db.execute(
                     "INSERT INTO outbox (project, anomaly_key, kind, level, at, counts, written,"
                     " notice_id, only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (project, entry.anomaly_key, KIND_CODES[entry.kind], entry.level,
-                     entry.at_ms, ",".join(map(str, entry.counts)), _wall_ms(), notice_id,
-                     channel),
+                    (project, e.anomaly_key, KIND_CODES[e.kind], e.level, e.at_ms,
+                     ",".join(map(str, e.counts)), _wall_ms(), letter.notice_id, letter.channel),
                 )  # fmt: skip
-                db.execute(
-                    "DELETE FROM dead_letters WHERE project = ? AND notice_id = ? AND channel = ?",
-                    (project, notice_id, channel),
-                )
+                self._bump_state(db, project, "held")
                 retried += 1
             return retried
 
@@ -1450,8 +1475,9 @@ def _wall_ms() -> int:
 
 
 def _entry(row: Sequence[Any]) -> OutboxEntry:
-    entry_id, key, kind, level, at, counts, notice_id, only = row
+    entry_id, key, kind, level, at, counts, written, notice_id, only = row
     c = [int(x) for x in counts.split(",")]
     return OutboxEntry(
-        0, str(entry_id), key, KINDS[kind], level, at, (c[0], c[1], c[2], c[3]), notice_id, only
-    )
+        0, str(entry_id), key, KINDS[kind], level, at, (c[0], c[1], c[2], c[3]), written,
+        notice_id, only,
+    )  # fmt: skip

@@ -134,8 +134,10 @@ class StoreWrapper(Store):
     def outbox_partitions(self) -> int:  # type: ignore[override]
         return self.inner.outbox_partitions
 
-    async def outbox_lease(self, project: str, partition: int, holder: str, lease_ms: int) -> bool:
-        return await self.inner.outbox_lease(project, partition, holder, lease_ms)
+    async def outbox_lease(
+        self, project: str, partitions: Sequence[int], holder: str, lease_ms: int
+    ) -> list[bool]:
+        return await self.inner.outbox_lease(project, partitions, holder, lease_ms)
 
     async def outbox_read(
         self, project: str, partition: int, channels: Sequence[str], limit: int
@@ -154,8 +156,8 @@ class StoreWrapper(Store):
     async def dead_letters(self, project: str) -> list[DeadLetter]:
         return await self.inner.dead_letters(project)
 
-    async def retry_dead_letters(self, project: str, notice_ids: Sequence[str] | None) -> int:
-        return await self.inner.retry_dead_letters(project, notice_ids)
+    async def retry_dead_letters(self, project: str, letters: Sequence[DeadLetter]) -> int:
+        return await self.inner.retry_dead_letters(project, letters)
 
     async def save_token(self, record: TokenRecord) -> None:
         await self.inner.save_token(record)

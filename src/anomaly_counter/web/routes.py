@@ -25,6 +25,7 @@ from ..errors import (
     InvalidInputError,
     StoreUnavailableError,
 )
+from ..notify.deliverer import send_again
 from ..service.schemas import MatchesOut
 from ..service.state import Service
 from ..tokens import TokenRecord
@@ -223,7 +224,8 @@ async def retry_notices(request: Request, project: str) -> Response:
         record: TokenRecord = request.state.token
         if record.read_only:
             raise HTTPException(403, "this token is read-only: it cannot send notices again")
-        await _service(request).counter(project).retry_dead_letters()
+        service = _service(request)
+        await send_again(service.counter(project), service.settings, None)
         return RedirectResponse(f"/projects/{quote(project)}#notices", status_code=303)
 
     return await _shown(request, project, make)

@@ -3,7 +3,8 @@
 -- ARGV: the operation, then its arguments:
 --   read limit channels...   the cursors of the channels, then up to limit entries after the
 --                            lowest: {cursors..., entries} with each entry {id, fields}
---   stats                    {entries, oldest entry's write time or -1, overflowed, dead}
+--   stats                    {entries, oldest entry's write time or -1, overflowed, dead,
+--                            dead letters not kept}
 --   dead                     the dead letters (their text)
 local stream = KEYS[1]
 local cursors, dead = stream .. 's', stream .. 'd'
@@ -34,7 +35,8 @@ elseif op == 'stats' then
     for i = 1, #f, 2 do if f[i] == 'w' then oldest = tonumber(f[i + 1]) end end
   end
   return {redis.call('XLEN', stream), oldest,
-          tonumber(redis.call('HGET', cursors, 'overflow') or '0'), redis.call('HLEN', dead)}
+          tonumber(redis.call('HGET', cursors, 'overflow') or '0'), redis.call('HLEN', dead),
+          tonumber(redis.call('HGET', cursors, 'dead_overflow') or '0')}
 elseif op == 'dead' then
   return redis.call('HVALS', dead)
 end
