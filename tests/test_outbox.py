@@ -19,7 +19,7 @@ import pytest
 from anomaly_counter import AnomalyCounter, Settings
 from anomaly_counter.notify.channels import IDEMPOTENCY_HEADER
 from anomaly_counter.notify.deliverer import Deliverer
-from anomaly_counter.outbox import DeadLetter, Settlement
+from anomaly_counter.outbox import DeadLetter, Lease, Settlement
 from anomaly_counter.settings import WebhookConfig
 from anomaly_counter.stores.base import Store
 
@@ -92,9 +92,9 @@ async def test_one_lease_holder_and_a_cursor_per_channel(store_url: str) -> None
         store = counter.store
         key = AnomalyCounter.hash_signature(SIG)
         part = await _partition_with_entries(store)
-        assert await store.outbox_lease("team-a", [part], "one", 500) == [True]
-        assert await store.outbox_lease("team-a", [part], "one", 500) == [True]  # (renewed)
-        assert await store.outbox_lease("team-a", [part], "two", 500) == [False]
+        assert await store.outbox_lease("team-a", [part], "one", 500) == [Lease.WAITING]
+        assert await store.outbox_lease("team-a", [part], "one", 500) == [Lease.WAITING]  # renewed
+        assert await store.outbox_lease("team-a", [part], "two", 500) == [Lease.OTHERS]
         (entry,), cursors = await store.outbox_read("team-a", part, ["a", "b"], 10)
         assert entry.anomaly_key == key and cursors == {"a": "", "b": ""}
         assert not await store.outbox_settle(
@@ -105,7 +105,7 @@ async def test_one_lease_holder_and_a_cursor_per_channel(store_url: str) -> None
         assert entries == [entry] and cursors == {"a": entry.entry_id, "b": ""}  # b waits
         assert (await counter.outbox_stats()).depth == 1
         await asyncio.sleep(0.8)  # one's lease runs out (it died): two takes over
-        assert await store.outbox_lease("team-a", [part], "two", 500) == [True]
+        assert await store.outbox_lease("team-a", [part], "two", 500) == [Lease.WAITING]
         assert not await store.outbox_settle(
             "team-a", part, Settlement("one", "b", entry, ["a", "b"])
         )
@@ -114,6 +114,7 @@ async def test_one_lease_holder_and_a_cursor_per_channel(store_url: str) -> None
             "team-a", part, Settlement("two", "b", entry, ["a", "b"], letter)
         )
         assert (await store.outbox_read("team-a", part, ["a", "b"], 10))[0] == []
+        assert await store.outbox_lease("team-a", [part], "two", 500) == [Lease.IDLE]
         stats = await counter.outbox_stats()
         assert (stats.depth, stats.dead) == (0, 1)
         assert await counter.dead_letters() == [letter]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, NamedTuple
 
 KINDS = {"e": "escalation", "r": "regression"}
@@ -111,6 +112,14 @@ class DeadLetter:
             first_failed_ms=int(data["first_failed_ms"]),
             dead_ms=int(data["dead_ms"]),
         )
+
+
+class Lease(IntEnum):
+    """What taking a partition's lease found."""
+
+    OTHERS = 0  # another deliverer holds it
+    IDLE = 1  # held, and the partition has no notice
+    WAITING = 2  # held, and notices wait in it
 
 
 class Settlement(NamedTuple):

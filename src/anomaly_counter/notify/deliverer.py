@@ -30,7 +30,7 @@ import structlog
 from ..backoff import pauses
 from ..errors import AnomalyCounterError
 from ..model import AnomalyFrequency
-from ..outbox import DeadLetter, OutboxEntry, OutboxStats, Settlement
+from ..outbox import DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..stores.base import Store
 from .channels import Channel, channels_for
 from .notice import Notice
@@ -171,13 +171,15 @@ class Deliverer:
         except AnomalyCounterError as exc:
             logger.warning("outbox_unreachable", project=project, error=str(exc))
             return
-        for partition, held in zip(partitions, leases, strict=True):
+        for partition, lease in zip(partitions, leases, strict=True):
             here = (project, partition)
-            if not held:
+            if lease == Lease.OTHERS:
                 self._held_until.pop(here, None)
                 continue
             # (sure until the lease's end as counted from before the call, less a margin)
             self._held_until[here] = began + self._settings.notify_lease * 0.8
+            if lease == Lease.IDLE:
+                continue
             for channel in self._channels[project]:  # a sender for each channel, apart
                 sender = (project, partition, channel.ident)
                 worker = self._workers.get(sender)

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import ConfigurationError
 from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, empty_disposition_counts
-from ..outbox import DeadLetter, OutboxEntry, OutboxStats, Settlement
+from ..outbox import DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..redact import redacted
 from ..tokens import TokenRecord
 from ..windows import WindowState
@@ -301,9 +301,10 @@ class Store(ABC):
     @abstractmethod
     async def outbox_lease(
         self, project: str, partitions: Sequence[int], holder: str, lease_ms: int
-    ) -> list[bool]:
+    ) -> list[Lease]:
         """Take or renew partitions' leases for ``holder`` (for ``lease_ms``, on the store's
-        clock), in one round trip: for each, False while another holds it."""
+        clock), in one round trip: for each, whether another holds it, or whether notices
+        wait in it."""
 
     @abstractmethod
     async def outbox_read(

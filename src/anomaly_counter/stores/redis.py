@@ -57,7 +57,7 @@ from .. import search, timeline
 from ..errors import ConfigurationError, StoreError, StoreUnavailableError
 from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, WINDOWS, EscalationLevel
-from ..outbox import KIND_CODES, KINDS, DeadLetter, OutboxEntry, OutboxStats, Settlement
+from ..outbox import KIND_CODES, KINDS, DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..ranking import INDEX_SLACK, INDEX_SPREAD
 from ..redact import redacted
 from ..tokens import TokenRecord
@@ -630,9 +630,9 @@ class RedisScripts(Store):
 
     async def outbox_lease(
         self, project: str, partitions: Sequence[int], holder: str, lease_ms: int
-    ) -> list[bool]:
+    ) -> list[Lease]:
         calls = [(self._outbox(project, p), ["lease", holder, lease_ms]) for p in partitions]
-        return [bool(taken) for taken in await self._eval("outbox", calls)]
+        return [Lease(int(taken)) for taken in await self._eval("outbox", calls)]
 
     async def outbox_read(
         self, project: str, partition: int, channels: Sequence[str], limit: int

@@ -32,7 +32,7 @@ from .. import timeline
 from ..errors import ConfigurationError, StoreError, StoreFileError, StoreUnavailableError
 from ..limits import anomaly_limit_error
 from ..model import EscalationLevel
-from ..outbox import KIND_CODES, KINDS, DeadLetter, OutboxEntry, OutboxStats, Settlement
+from ..outbox import KIND_CODES, KINDS, DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..policy import Thresholds, crossing, level_for
 from ..ranking import index_bound
 from ..search import GROUP_SEP, TERM_SEP, grams_of, indexed, lookup
@@ -1188,8 +1188,8 @@ class SQLiteStore(Store):
 
     async def outbox_lease(
         self, project: str, partitions: Sequence[int], holder: str, lease_ms: int
-    ) -> list[bool]:
-        def work(db: sqlite3.Connection) -> list[bool]:
+    ) -> list[Lease]:
+        def work(db: sqlite3.Connection) -> list[Lease]:
             now = _wall_ms()
             taken = db.execute(  # (one partition: the project's)
                 "INSERT INTO outbox_state (project, name, value, until) VALUES (?, 'lease', ?, ?)"
@@ -1197,7 +1197,13 @@ class SQLiteStore(Store):
                 " until = excluded.until WHERE value = excluded.value OR until < ?",
                 (project, holder, now + lease_ms, now),
             ).rowcount
-            return [taken > 0 for _ in partitions]
+            lease = Lease.OTHERS
+            if taken:
+                waiting = db.execute(
+                    "SELECT 1 FROM outbox WHERE project = ? LIMIT 1", (project,)
+                ).fetchone()
+                lease = Lease.WAITING if waiting else Lease.IDLE
+            return [lease for _ in partitions]
 
         return await self._run(self._write, work)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from ..outbox import DeadLetter, OutboxEntry, OutboxStats, Settlement
+from ..outbox import DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..tokens import TokenRecord
 from ..windows import WindowState
 from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Snapshot, Store
@@ -136,7 +136,7 @@ class StoreWrapper(Store):
 
     async def outbox_lease(
         self, project: str, partitions: Sequence[int], holder: str, lease_ms: int
-    ) -> list[bool]:
+    ) -> list[Lease]:
         return await self.inner.outbox_lease(project, partitions, holder, lease_ms)
 
     async def outbox_read(

@@ -1,7 +1,8 @@
 -- The writes of a shard's notices outbox (see post in common.lua), one operation per call.
 -- KEYS: the shard's outbox stream ('...:x:ob'); the other outbox keys are named from it.
 -- ARGV: the operation, then its arguments:
---   lease holder lease_ms          take or renew the lease: 1, or 0 while another holds it
+--   lease holder lease_ms          take or renew the lease: 0 while another holds it, else 1
+--                                  (no notice waits) or 2 (some do)
 --   settle holder lease_ms channel entry_id dead_field dead_letter dead_bound channels...
 --                                  if holder holds the lease (renewed): the channel's cursor
 --                                  moves to entry_id, a dead letter is kept (dead_field ''
@@ -21,9 +22,12 @@ local function holds(holder, lease_ms)
 end
 
 if op == 'lease' then
-  if redis.call('SET', lease, ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
-  if holds(ARGV[2], ARGV[3]) then return 1 end
-  return 0
+  if not redis.call('SET', lease, ARGV[2], 'NX', 'PX', ARGV[3]) and not holds(ARGV[2], ARGV[3])
+  then
+    return 0
+  end
+  if redis.call('XLEN', stream) > 0 then return 2 end
+  return 1
 elseif op == 'settle' then
   if not holds(ARGV[2], ARGV[3]) then return 0 end
   local field = 'c' .. ARGV[4]
