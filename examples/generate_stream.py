@@ -42,9 +42,13 @@ def alert(t: float, labels: dict[str, str], renotify: int = 0) -> None:
 
 def repair(t: float, labels: dict[str, str], action: str, p_success: float) -> bool:
     ok = rng.random() < p_success
+    tried(t, labels, action, ok)
+    return ok
+
+
+def tried(t: float, labels: dict[str, str], action: str, ok: bool) -> None:
     events.append({"offset_s": round(t, 1), "type": "repair", "signature": labels,
                    "action": action, "success": ok, "by": BOT})  # fmt: skip
-    return ok
 
 
 def dispose(t: float, labels: dict[str, str], kind: str) -> None:
@@ -68,9 +72,14 @@ while t < 4 * DAY - HOUR:
         t += 0.9 * DAY
         continue
     action = "restart_pod" if rng.random() < 0.7 else "scale_up"
-    ok = repair(t + 60, labels, action, 0.1 if action == "restart_pod" else 0.7)
+    ok = rng.random() < (0.1 if action == "restart_pod" else 0.7)
+    gap = rng.uniform(1.2, 3.2) * HOUR
+    # An attempt that helps comes right after the alert, and the alert stays away for hours;
+    # one that does not is the bot's last try before the alert fires again, ten minutes later
+    # (what the counter's repair verification sees: a recurrence inside its window).
+    tried(t + 60 if ok else t + gap - 600, labels, action, ok)
     dispose(t + 120, labels, "auto_repair" if ok else "human_approved")
-    t += rng.uniform(1.2, 3.2) * HOUR
+    t += gap
 
 # 2. payments latency: a burst on day 2, then quiet; scaling up works.
 for i in range(8):

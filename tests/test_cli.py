@@ -60,7 +60,9 @@ def test_repairs_dispositions_and_fix(store: str) -> None:
         "rollback",
         "restart_pod",
     ]
-    assert ranked["stats"]["restart_pod"] == {"total": 3, "success": 0, "success_rate": 0.0}
+    restart = ranked["stats"]["restart_pod"]
+    assert (restart["total"], restart["success"], restart["success_rate"]) == (3, 0, 0.0)
+    assert restart["basis"] == "reported" and restart["verified_pending"] == 3
     assert ranked["recommendations"][2]["skip"] is True
     assert cli("dispose", key, "timeout_ignored", store=store).returncode == 0
     summary = json.loads(cli("--json", "dispositions", store=store).stdout)

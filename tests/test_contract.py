@@ -192,7 +192,7 @@ async def test_record_many_stores_nothing_when_one_item_is_bad(
 async def test_repairs_count_every_attempt_in_retention(
     make_counter: CounterFactory, clock: Clock
 ) -> None:
-    counter = make_counter()
+    counter = make_counter(verify_repairs=False)  # (the reference's figures, as they were)
     for i in range(150):  # the reference judged only the last 100 (D9)
         await counter.record_repair_attempt(KEY, "restart_pod", success=i < 30)
     await counter.record_repair_attempt(KEY, "scale_up", True)

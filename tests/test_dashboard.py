@@ -185,7 +185,9 @@ async def test_sign_in_see_the_chronic_ones_search_and_read_a_story(
                  "came back after its permanent fix", "repair restart_pod failed",
                  "first seen", "remediation-bot"):  # fmt: skip
         assert told in story, told
-    repairs = await p.locator("table.cards").last.inner_text()
+    repairs = await p.locator(
+        "section[aria-labelledby=repairs-heading] table.cards"
+    ).first.inner_text()
     assert repairs.index("scale_up") < repairs.index("restart_pod")
     assert "skip: fails too often" in repairs
     await _shot(request, p, "anomaly")
@@ -438,7 +440,12 @@ async def test_verdicts_markers_and_the_missing_fix_are_shown(page: Page, demo: 
     await p.wait_for_url("**/projects/demo")
     await p.goto(f"{demo.url}/projects/demo/anomalies/{API_KEY}")
     skip = p.locator(".verdict.skip")
-    assert await skip.is_visible() and await skip.inner_text() == "skip: fails too often"
+    assert await skip.is_visible()
+    assert await skip.inner_text() == "skip: fails too often, by outcome"  # (not by reports)
+    attempts = p.locator("table.attempts tbody tr")  # the latest, each with its verdict
+    assert await attempts.count() == 10
+    assert await attempts.locator(".outcome.failed").count() > 0
+    assert await attempts.locator(".outcome.succeeded").count() > 0
     box = await skip.bounding_box()
     assert box is not None and box["x"] > 0  # on the page (it once hid as the skip link did)
     assert await p.locator("svg.bars line.marker.fix").count() == 2  # the fix on both charts

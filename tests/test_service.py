@@ -58,10 +58,14 @@ async def test_every_capability_over_http(service: ServiceServer) -> None:
             )
             assert r.json() == {"ok": True, "anomaly_key": KEY}
         repairs = (await http.get(v1(f"/anomalies/{KEY}/repairs"))).json()
-        assert repairs["actions"]["restart_pod"] == {
+        restart = repairs["actions"]["restart_pod"]
+        assert {k: restart[k] for k in ("total", "success", "success_rate")} == {
             "total": 5, "success": 1, "success_rate": pytest.approx(1 / 5),
         }  # fmt: skip
+        # each attempt is watched for 30 minutes: not judged by its outcome yet
+        assert restart["basis"] == "reported" and restart["verified"]["pending"] == 5
         assert [h["success"] for h in repairs["history"]] == [False] * 4 + [True]
+        assert {h["verdict"] for h in repairs["history"]} == {"pending"}
         skip = await http.get(
             v1(f"/anomalies/{KEY}/repairs/restart_pod/skip"), params={"min_success_rate": 0.5}
         )

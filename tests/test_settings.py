@@ -205,6 +205,7 @@ def test_settings_import_nothing_of_notify() -> None:
 
 
 _TABLES = {  # the fields set by TOML tables or lists, not by a scalar key or variable
+    "verify_windows",
     "thresholds",
     "project_thresholds",
     "limits",

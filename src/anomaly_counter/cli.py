@@ -458,9 +458,10 @@ async def _repairs(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         if not ranked:
             return f"no repair attempt on {key} in the last 30 days, and none configured"
         return _table(
-            ["rank", "action", "tried", "worked", "rate", "skip", "why"],
+            ["rank", "action", "tried", "worked", "rate", "judged by", "skip", "why"],
             [(r.rank, r.action, r.total, r.success, f"{r.success_rate:.0%}",
-              "yes" if r.skip else "", r.reason) for r in ranked],
+              "outcome" if r.basis == "verified" else "report", "yes" if r.skip else "",
+              r.reason) for r in ranked],
         )  # fmt: skip
 
     _emit(args.json, data, text)

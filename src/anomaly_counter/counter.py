@@ -56,6 +56,7 @@ from .stores.base import (
 from .stores.resilient import ResilientStore
 from .stores.spooling import SpoolingStore
 from .stores.write_marks import sequence_in
+from .verification import FAILED, Verified, evidence, judge, verdict, window_ms
 from .windows import HISTORY, NEVER, tail_capacity
 
 logger = structlog.get_logger("anomaly_counter")
@@ -697,15 +698,25 @@ class AnomalyCounter:
         floor = validation.rate(min_success_rate)
         now_ms = _ms(self._clock())
         stats = await self._store.repair_stats_many(self.project_id, keys, now_ms)
+        histories: list[dict[str, Verified]] = [{} for _ in keys]
+        if self.settings.verify_repairs:
+            tried_keys = [i for i, tried in enumerate(stats) if tried]
+            found = await asyncio.gather(
+                *(self._store.repair_history(self.project_id, keys[i]) for i in tried_keys)
+            )
+            for i, history in zip(tried_keys, found, strict=True):
+                histories[i] = judge(history, now_ms)
         ranked = []
         limit = self.settings.limits_for(self.project_id).max_actions
-        for tried in stats:
+        for tried, verified in zip(stats, histories, strict=True):
             if len(tried) > limit:  # (kept before the limit, or raised since): the most tried
                 most = sorted(tried.items(), key=lambda item: -item[1][0])[:limit]
                 tried = dict(most)
             chosen = names if names is not None else [*tried, *self.settings.repair_actions]
-            evidence = {a: {"total": t, "success": ok} for a, (t, ok) in tried.items()}
-            ranked.append(recommend(chosen, evidence, floor) if chosen else [])
+            judged = self._judged(
+                {a: self._action_stats(t, ok, verified.get(a)) for a, (t, ok) in tried.items()}
+            )
+            ranked.append(recommend(chosen, judged, floor) if chosen else [])
         return ranked
 
     # -- repairs ------------------------------------------------------------------------------
@@ -727,10 +738,16 @@ class AnomalyCounter:
             raise InvalidInputError(f"success must be true or false, got {success!r}")
         event = self._event(key, at, by)
         store = self._store.inner  # (retried here, check and write together)
+        settings = self.settings
+        until = 0
+        if settings.verify_repairs:  # judged by whether the anomaly comes back before then
+            until = event.at_ms + window_ms(
+                name, settings.verify_window_minutes, settings.verify_windows
+            )
 
         async def write() -> None:
             await self._within_action_limit(store, key, name, event.now_ms)
-            await store.record_repair(self.project_id, event, name, success)
+            await store.record_repair(self.project_id, event, name, success, until)
 
         await self._store.retried(
             "record_repair_attempt", write, None, project=self.project_id, anomaly_key=key
@@ -757,13 +774,36 @@ class AnomalyCounter:
             )
 
     async def repair_stats(self, anomaly_key: str) -> dict[str, ActionStats]:
-        """Per action, every attempt of the last 30 days: total, success, success_rate."""
+        """Per action, every attempt of the last 30 days: total, success, success_rate as
+        reported; with ``verify_repairs``, also the verdicts of the kept attempts (the last
+        100) and the basis the policy judges the action by."""
         key = validation.anomaly_key(anomaly_key)
-        stats = await self._store.repair_stats(self.project_id, key, _ms(self._clock()))
+        now_ms = _ms(self._clock())
+        stats = await self._store.repair_stats(self.project_id, key, now_ms)
+        verified: dict[str, Verified] = {}
+        if self.settings.verify_repairs:
+            verified = judge(await self._store.repair_history(self.project_id, key), now_ms)
         return {
-            action: ActionStats(total, ok, success_rate(total, ok))
+            action: self._action_stats(total, ok, verified.get(action))
             for action, (total, ok) in stats.items()
         }
+
+    def _action_stats(self, total: int, ok: int, verified: Verified | None) -> ActionStats:
+        if not self.settings.verify_repairs:
+            return ActionStats(total, ok, success_rate(total, ok))
+        _, _, basis = evidence((total, ok), verified, self.settings.verify_min_settled)
+        return ActionStats(total, ok, success_rate(total, ok), verified, basis)
+
+    def _judged(self, stats: Mapping[str, ActionStats]) -> dict[str, dict[str, Any]]:
+        """What the policy judges each action by: its verified outcomes once enough settled,
+        else what was reported (``total``, ``success``, ``basis``)."""
+        judged = {}
+        for action, s in stats.items():
+            total, success, basis = evidence(
+                (s.total, s.success), s.verified, self.settings.verify_min_settled
+            )
+            judged[action] = {"total": total, "success": success, "basis": basis}
+        return judged
 
     async def get_all_repair_stats(self, anomaly_key: str) -> dict[str, dict[str, Any]]:
         """Per action: total, success and success_rate over every attempt of the last 30 days
@@ -779,10 +819,27 @@ class AnomalyCounter:
         return {"action": name, **entry}
 
     async def repair_history(self, anomaly_key: str) -> list[RepairAttempt]:
-        """The last 100 attempts, newest first: action, success and time, for audit."""
+        """The last 100 attempts, newest first: action, success as reported and time, for
+        audit; and each verified one's verdict (pending, succeeded, failed), window and
+        recurrence."""
         key = validation.anomaly_key(anomaly_key)
         history = await self._store.repair_history(self.project_id, key)
-        return [RepairAttempt(h["action"], h["success"], _time(h["at_ms"])) for h in history]
+        now_ms = _ms(self._clock())
+        attempts = []
+        for h in history:
+            until, back = h.get("until_ms"), h.get("back_ms")
+            found = verdict(h["at_ms"], until, back, now_ms)
+            attempts.append(
+                RepairAttempt(
+                    action=h["action"],
+                    success=h["success"],
+                    timestamp=_time(h["at_ms"]),
+                    verdict=found,
+                    verify_until=_time(until) if until is not None else None,
+                    recurred_at=_time(back) if found == FAILED and back is not None else None,
+                )
+            )
+        return attempts
 
     async def get_repair_history(self, anomaly_key: str) -> list[dict[str, Any]]:
         """The last 100 attempts, newest first (``repair_history`` as the reference's dicts)."""
@@ -791,10 +848,14 @@ class AnomalyCounter:
     async def should_skip_action(
         self, anomaly_key: str, action: str, min_success_rate: float = 0.2
     ) -> bool:
-        """True for an action tried at least twice that succeeds less than the floor."""
+        """True for an action tried at least twice that succeeds less than the floor: by its
+        verified outcomes once ``verify_min_settled`` of its attempts settled, else by what
+        its callers reported."""
         floor = validation.rate(min_success_rate)
-        stats = await self.get_repair_success_rate(anomaly_key, action)
-        return should_skip(stats["total"], stats["success"], floor)
+        name = validation.action(action)
+        stats = await self.repair_stats(anomaly_key)
+        judged = self._judged(stats).get(name, {"total": 0, "success": 0})
+        return should_skip(judged["total"], judged["success"], floor)
 
     async def recommend_actions(
         self, anomaly_key: str, candidates: Sequence[str], min_success_rate: float = 0.2
@@ -805,7 +866,7 @@ class AnomalyCounter:
             raise InvalidInputError("candidates must be a non-empty list of actions")
         names = [validation.action(c) for c in candidates]
         floor = validation.rate(min_success_rate)
-        return recommend(names, await self.get_all_repair_stats(anomaly_key), floor)
+        return recommend(names, self._judged(await self.repair_stats(anomaly_key)), floor)
 
     # -- dispositions -------------------------------------------------------------------------
 

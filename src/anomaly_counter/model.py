@@ -9,6 +9,7 @@ from enum import IntEnum
 from typing import Annotated, Any, ClassVar, Literal, get_type_hints
 
 from .signature import fingerprint_fields
+from .verification import REPORTED, Verified
 
 WINDOWS: dict[str, int] = {"1h": 3_600, "24h": 86_400, "7d": 604_800, "30d": 2_592_000}
 """Sliding windows by name, in seconds; every window ends at the occurrence (or query) time."""
@@ -251,14 +252,26 @@ class AnomalyRow(AnomalyFrequency):
 
 @dataclass(frozen=True, slots=True)
 class ActionStats:
-    """One repair action's attempts over the last 30 days."""
+    """One repair action's attempts over the last 30 days, as their callers reported them;
+    with verification on, also as judged by what happened next (``verified``, from the
+    anomaly's kept history) and which of the two the policy goes by (``basis``)."""
 
     total: int
     success: int
     success_rate: float
+    verified: Verified | None = None
+    basis: str = REPORTED  # "verified" once enough attempts settled, else "reported"
 
     def to_dict(self) -> dict[str, Any]:
-        return _fields_of(self)
+        """The reference's three figures, and the verified ones when there are any."""
+        data: dict[str, Any] = {
+            "total": self.total,
+            "success": self.success,
+            "success_rate": self.success_rate,
+        }
+        if self.verified is not None:
+            data.update(self.verified.to_dict(), basis=self.basis)
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,12 +279,25 @@ class RepairAttempt:
     """One repair attempt, as the audit history keeps it."""
 
     action: str
-    success: bool
+    success: bool  # as its caller reported it
     timestamp: datetime
+    verdict: str | None = None  # by what happened next: pending, succeeded, failed (None:
+    # recorded without verification)
+    verify_until: datetime | None = None  # the end of its verification window
+    recurred_at: datetime | None = None  # the anomaly's first occurrence after it, if within
 
     def to_dict(self) -> dict[str, Any]:
-        """The reference's entry: the time as a datetime."""
-        return _fields_of(self)
+        """The reference's entry (the time as a datetime), and the verdict when there is one."""
+        data: dict[str, Any] = {
+            "action": self.action,
+            "success": self.success,
+            "timestamp": self.timestamp,
+        }
+        if self.verdict is not None:
+            data.update(
+                verdict=self.verdict, verify_until=self.verify_until, recurred_at=self.recurred_at
+            )
+        return data
 
 
 @dataclass(slots=True)

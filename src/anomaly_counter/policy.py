@@ -104,6 +104,7 @@ class ActionRecommendation:
     success_rate: float
     skip: bool
     reason: str
+    basis: str = "reported"  # what total and success are: "verified" outcomes, or "reported"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,14 +119,15 @@ def recommend(
 
     Ties keep the caller's order. Each recommendation says why it ranks where it does.
     """
-    scored: list[tuple[float, int, str, int, int]] = []
+    scored: list[tuple[float, int, str, int, int, str]] = []
     for order, action in enumerate(dict.fromkeys(candidates)):
         entry = stats.get(action, {})
         total, success = int(entry.get("total", 0)), int(entry.get("success", 0))
-        scored.append((wilson_lower_bound(success, total), order, action, total, success))
+        basis = str(entry.get("basis", "reported"))
+        scored.append((wilson_lower_bound(success, total), order, action, total, success, basis))
     scored.sort(key=lambda item: (-item[0], item[1]))
     ranked = []
-    for rank, (score, _, action, total, success) in enumerate(scored, start=1):
+    for rank, (score, _, action, total, success, basis) in enumerate(scored, start=1):
         skip = should_skip(total, success, min_success_rate)
         ranked.append(
             ActionRecommendation(
@@ -136,16 +138,22 @@ def recommend(
                 success=success,
                 success_rate=success_rate(total, success),
                 skip=skip,
-                reason=_reason(total, success, skip, min_success_rate),
+                reason=_reason(total, success, skip, min_success_rate, basis),
+                basis=basis,
             )
         )
     return ranked
 
 
-def _reason(total: int, success: int, skip: bool, min_success_rate: float) -> str:
+def _reason(
+    total: int, success: int, skip: bool, min_success_rate: float, basis: str = "reported"
+) -> str:
     if total == 0:
         return "never tried on this anomaly: worth a try before actions that are known to fail"
-    rate = f"{success}/{total} succeeded in the last 30 days"
+    if basis == "verified":
+        rate = f"the anomaly stayed away after {success} of {total} settled attempts"
+    else:
+        rate = f"{success}/{total} succeeded in the last 30 days"
     if skip:
         return f"{rate}, below the {min_success_rate:.0%} floor: skip it"
     if total < MIN_ATTEMPTS_TO_JUDGE:

@@ -107,6 +107,12 @@ class CoreSettings(_Concern):
     key_prefix: str = "ac"
     alert_labels: AlertLabels = field(default_factory=AlertLabels)
     repair_actions: tuple[str, ...] = ("restart_pod", "scale_up", "rollback")
+    # repairs judged by what happened next (verification.py): a recurrence within the window
+    # after a repair fails it; the verified rate decides once an action has enough settled
+    verify_repairs: bool = True
+    verify_window_minutes: float = 30.0
+    verify_windows: Mapping[str, float] = field(default_factory=dict)  # by action, in minutes
+    verify_min_settled: int = 3
     # the durable spool ("" : none)
     spool_dir: str = ""
     spool_max_bytes: int = 268_435_456
@@ -120,7 +126,13 @@ class CoreSettings(_Concern):
                 f"dedup_horizon_days must be at least {MIN_DEDUP_HORIZON_DAYS},"
                 f" got {self.dedup_horizon_days}"
             )
-        _check_positive(self, "dedup_max_ids", "write_attempts")
+        _check_positive(self, "dedup_max_ids", "write_attempts", "verify_window_minutes")
+        _check_positive(self, "verify_min_settled")
+        for action, minutes in self.verify_windows.items():
+            if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
+                raise ConfigurationError(
+                    f"verify_windows.{action} must be a positive number of minutes, got {minutes!r}"
+                )
         _check_projects((*self.project_thresholds, *self.project_limits))
         if not 0 < self.spool_project_share <= 1:
             raise ConfigurationError(
@@ -431,6 +443,10 @@ def load_settings(
                 values["alert_labels"] = _alert_labels(raw)
             elif key == "repair_actions":
                 values["repair_actions"] = _names("repair_actions", raw)
+            elif key == "verify_windows":
+                if not isinstance(raw, Mapping):
+                    raise ConfigurationError("setting verify_windows must be a table")
+                values["verify_windows"] = dict(raw)
             else:
                 raise ConfigurationError(f"unknown setting {key!r} in {path}")
     for key, kind in _SCALARS.items():

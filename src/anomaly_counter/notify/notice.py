@@ -97,7 +97,7 @@ class Notice:
         ]
         if self.repairs:
             tried = "; ".join(
-                f"{text(a)} {s['success']}/{s['total']} ({s['success_rate']:.0%})"
+                f"{text(a)} {s['success']}/{s['total']} ({s['success_rate']:.0%}){_held(s)}"
                 for a, s in sorted(self.repairs.items())
             )
             lines.append(f"{bold('Repairs')}: {tried}")
@@ -144,3 +144,11 @@ class Notice:
             "api_link": self.api_link,
             "text": "\n".join(self._lines(lambda s: s, lambda s: s)),
         }
+
+
+def _held(stats: Mapping[str, Any]) -> str:
+    """An action's verified outcomes, when it has settled attempts: how many held."""
+    settled = stats.get("verified_succeeded", 0) + stats.get("verified_failed", 0)
+    if not settled:
+        return ""
+    return f", held after {stats['verified_succeeded']} of {settled}"

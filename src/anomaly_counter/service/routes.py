@@ -25,6 +25,7 @@ from ..notify.deliverer import send_again
 from ..policy import should_skip
 from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
+from ..verification import evidence
 from ..windows import HISTORY
 from . import schemas as s
 from .alertmanager import AlertmanagerPayload, episodes
@@ -367,12 +368,25 @@ async def should_skip_action(
     action: Annotated[str, Path(min_length=1, max_length=MAX_KEY_CHARS)],
     min_success_rate: Annotated[float, Query(ge=0, le=1)] = 0.2,
 ) -> s.SkipOut:
-    """Whether automation should stop trying this action (the reference's rule)."""
+    """Whether automation should stop trying this action: the reference's rule, on its verified
+    outcomes once enough settled (``basis``), else on what was reported."""
     name = validation.action(action)
     found = await p.timed("read", p.counter.repair_stats(anomaly_key))
     stats = found.get(name, ActionStats(0, 0, 0.0))
-    skip = should_skip(stats.total, stats.success, min_success_rate)
-    return s.SkipOut(**stats.to_dict(), action=name, skip=skip, min_success_rate=min_success_rate)
+    total, success, _ = evidence(
+        (stats.total, stats.success), stats.verified, p.service.settings.verify_min_settled
+    )
+    skip = should_skip(total, success, min_success_rate)
+    return s.SkipOut(
+        total=stats.total,
+        success=stats.success,
+        success_rate=stats.success_rate,
+        verified=stats.verified,
+        basis=stats.basis,
+        action=name,
+        skip=skip,
+        min_success_rate=min_success_rate,
+    )
 
 
 @router.post(

@@ -128,7 +128,7 @@ class RepairsOut(BaseModel):
     history: list[RepairAttempt] = Field(description="The last 100 attempts, newest first")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SkipOut(ActionStats):
     """An action's attempts of the last 30 days, and whether automation should stop trying
     it (``skip``: tried at least twice and succeeds less than ``min_success_rate``)."""

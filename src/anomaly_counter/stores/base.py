@@ -191,10 +191,12 @@ class Store(ABC):
 
     @abstractmethod
     async def record_repair(
-        self, project: str, write: AnomalyWrite, action: str, success: bool
+        self, project: str, write: AnomalyWrite, action: str, success: bool, until_ms: int = 0
     ) -> None:
         """Count one attempt, and tell it in the timeline; a write id already applied to this
-        anomaly (a retry) is not counted again."""
+        anomaly (a retry) is not counted again. With ``until_ms`` (verification.py), it is
+        verified until then: the anomaly's first occurrence after it and up to then, whichever
+        of the two arrives first, is noted with it (``back_ms`` in the history)."""
 
     @abstractmethod
     async def repair_stats(

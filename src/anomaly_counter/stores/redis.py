@@ -463,7 +463,7 @@ class RedisScripts(Store):
     # -- repairs and dispositions -------------------------------------------------------------
 
     async def record_repair(
-        self, project: str, write: AnomalyWrite, action: str, success: bool
+        self, project: str, write: AnomalyWrite, action: str, success: bool, until_ms: int = 0
     ) -> None:
         anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)
@@ -471,7 +471,7 @@ class RedisScripts(Store):
         script_keys = [keys.days, keys.history, keys.meta]
         digest = id_digest(write_id) if write_id else ""
         entry = timeline.encode("repair", at_ms, action, success, by)
-        tail = [REPAIR_HISTORY_LENGTH, digest, entry, anomaly_key, self._share(project)]
+        tail = [REPAIR_HISTORY_LENGTH, digest, entry, anomaly_key, self._share(project), until_ms]
         (done,) = await self._eval("repair", [(script_keys, [*args, *tail])])
         self._placed(project, done != -1)
 
@@ -487,8 +487,7 @@ class RedisScripts(Store):
     async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
         key = _keys(self._prefix, project, anomaly_key).history
         raw = await self._query(("LRANGE", key, 0, -1))
-        entries = [json.loads(item) for item in raw]
-        return [{"action": e["action"], "success": e["success"], "at_ms": e["at"]} for e in entries]
+        return [_attempt(json.loads(item)) for item in raw]
 
     async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
         anomaly_key, at_ms, now_ms, write_id, by = write
@@ -1038,3 +1037,16 @@ def _outbox_entry(partition: int, raw: Sequence[Any]) -> OutboxEntry:
         partition, entry_id, f["k"], KINDS[f["n"]], int(f["l"]), int(f["a"]),
         (c[0], c[1], c[2], c[3]), int(f["w"]), f.get("i", ""), f.get("o", ""),
     )  # fmt: skip
+
+
+def _attempt(entry: dict[str, Any]) -> dict[str, Any]:
+    """A repair history entry as the stores give it (repair.lua keeps 'until' and 'back' only
+    when it is verified)."""
+    until, back = entry.get("until"), entry.get("back")
+    return {
+        "action": entry["action"],
+        "success": entry["success"],
+        "at_ms": int(entry["at"]),
+        "until_ms": int(until) if until else None,
+        "back_ms": int(back) if back else None,
+    }

@@ -111,11 +111,11 @@ class ResilientStore(StoreWrapper):
     # -- events: tried again, then degraded ---------------------------------------------------
 
     async def record_repair(
-        self, project: str, write: AnomalyWrite, action: str, success: bool
+        self, project: str, write: AnomalyWrite, action: str, success: bool, until_ms: int = 0
     ) -> None:
         await self.retried(
             "record_repair_attempt",
-            lambda: self.inner.record_repair(project, write, action, success),
+            lambda: self.inner.record_repair(project, write, action, success, until_ms),
             None,
             project=project,
             anomaly_key=write.anomaly_key,

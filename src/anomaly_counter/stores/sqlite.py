@@ -16,6 +16,7 @@ heavy load belongs on Redis.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import functools
 import json
@@ -87,6 +88,7 @@ CREATE TABLE IF NOT EXISTS anomalies (
     indexed INTEGER NOT NULL DEFAULT 0,  -- in the search index
     touched INTEGER NOT NULL,
     resolved_at INTEGER,  -- the latest resolution of one of its episodes
+    verify_until INTEGER,  -- the latest end of its repairs' verification windows
     PRIMARY KEY (project, anomaly_key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS anomalies_1h ON anomalies (project, score_1h DESC, anomaly_key);
@@ -142,6 +144,8 @@ CREATE TABLE IF NOT EXISTS repair_history (
     action TEXT NOT NULL,
     success INTEGER NOT NULL,
     at INTEGER NOT NULL,
+    until_ms INTEGER,  -- verified until then (verification.py)
+    back_ms INTEGER,  -- the anomaly's first occurrence after it, up to until_ms
     PRIMARY KEY (project, anomaly_key, seq)
 ) WITHOUT ROWID;
 -- The story of each anomaly: entries as anomaly_counter.timeline encodes them, in two parts
@@ -211,6 +215,9 @@ _ADDED_COLUMNS = (  # columns of files made by earlier versions
     ("anomalies", "fix_by", "TEXT"),
     ("anomalies", "indexed", "INTEGER NOT NULL DEFAULT 0"),
     ("tokens", "read_only", "INTEGER NOT NULL DEFAULT 0"),
+    ("anomalies", "verify_until", "INTEGER"),
+    ("repair_history", "until_ms", "INTEGER"),
+    ("repair_history", "back_ms", "INTEGER"),
 )
 
 _COLUMNS = {name: f"score_{name}" for name in INDEXES}
@@ -420,7 +427,7 @@ class SQLiteStore(Store):
         row = db.execute(
             "SELECT first_seen, last_seen, level, state, fix_at, regressed_at, ids_count,"
             " has_days, indexed, touched, fix_description, fix_by,"
-            " score_1h, score_24h, score_7d, score_30d"
+            " score_1h, score_24h, score_7d, score_30d, verify_until"
             " FROM anomalies WHERE project = ? AND anomaly_key = ?",
             (project, key),
         ).fetchone()
@@ -428,9 +435,10 @@ class SQLiteStore(Store):
         if is_new and not self._room_for(db, project, policy.max_anomalies):
             return blank_snapshot(key, refused=True)  # a new anomaly past the limit: nothing stored
         if row is None:
-            row = (None, None, 0, None, None, None, 0, 0, 0, None, None, None, 0, 0, 0, 0)
+            row = (None, None, 0, None, None, None, 0, 0, 0, None, None, None, 0, 0, 0, 0, None)
         first_seen, last_seen, level, blob, fix_at, regressed_at, ids_count, has_days = row[:8]
-        indexed, row_touched, fix_record, bounds = row[8], row[9], row[10:12], row[12:]
+        indexed, row_touched, fix_record, bounds = row[8], row[9], row[10:12], row[12:16]
+        verify_until = row[16]
         if self._marked_before(db, project, request, now_ms):
             snapshot = self._snapshot(db, project, key, at, now_ms)
             assert snapshot is not None  # a mark is only noted with its occurrence
@@ -461,6 +469,13 @@ class SQLiteStore(Store):
             else WindowState(policy.tail_capacity)
         )
         state.add(at)
+        if verify_until is not None and at <= verify_until:  # a repair may be verified by it
+            db.execute(
+                "UPDATE repair_history SET back_ms = ? WHERE project = ? AND anomaly_key = ?"
+                " AND until_ms IS NOT NULL AND at < ? AND ? <= until_ms"
+                " AND (back_ms IS NULL OR back_ms > ?)",
+                (at, project, key, at, at, at),
+            )
         counts_at = state.counts(at)
         counts_newest = counts_at if state.newest == at else state.counts(state.newest)
         new_level = level_for(counts_newest[1], _thresholds(policy.thresholds))
@@ -815,7 +830,7 @@ class SQLiteStore(Store):
         return cursor.rowcount > 0
 
     async def record_repair(
-        self, project: str, write: AnomalyWrite, action: str, success: bool
+        self, project: str, write: AnomalyWrite, action: str, success: bool, until_ms: int = 0
     ) -> None:
         anomaly_key, at_ms, now_ms, _, by = write
 
@@ -833,17 +848,38 @@ class SQLiteStore(Store):
                 " WHERE project = ? AND anomaly_key = ?",
                 (project, anomaly_key),
             ).fetchone()[0]
+            back = self._first_after(db, project, anomaly_key, at_ms) if until_ms else None
             db.execute(
-                "INSERT INTO repair_history VALUES (?, ?, ?, ?, ?, ?)",
-                (project, anomaly_key, seq, action, int(success), at_ms),
-            )
+                "INSERT INTO repair_history (project, anomaly_key, seq, action, success, at,"
+                " until_ms, back_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (project, anomaly_key, seq, action, int(success), at_ms, until_ms or None,
+                 back if back is not None and back <= until_ms else None),
+            )  # fmt: skip
             db.execute(
                 "DELETE FROM repair_history WHERE project = ? AND anomaly_key = ? AND seq <= ?",
                 (project, anomaly_key, seq - REPAIR_HISTORY_LENGTH),
             )
             self._touch(db, project, anomaly_key, now_ms)
+            if until_ms:
+                db.execute(
+                    "UPDATE anomalies SET verify_until = max(coalesce(verify_until, 0), ?)"
+                    " WHERE project = ? AND anomaly_key = ?",
+                    (until_ms, project, anomaly_key),
+                )
 
         await self._run(self._write, work)
+
+    @staticmethod
+    def _first_after(db: sqlite3.Connection, project: str, key: str, at_ms: int) -> int | None:
+        """The anomaly's first occurrence its state holds after ``at_ms`` (or None)."""
+        row = db.execute(
+            "SELECT state FROM anomalies WHERE project = ? AND anomaly_key = ?", (project, key)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        tail = WindowState.from_bytes(row[0], 1 << 30).tail
+        position = bisect.bisect_right(tail, at_ms)
+        return tail[position] if position < len(tail) else None
 
     async def repair_stats(
         self, project: str, anomaly_key: str, now_ms: int
@@ -856,11 +892,14 @@ class SQLiteStore(Store):
     async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
         def work() -> list[dict[str, Any]]:
             rows = self._connection().execute(
-                "SELECT action, success, at FROM repair_history WHERE project = ?"
-                " AND anomaly_key = ? ORDER BY seq DESC",
+                "SELECT action, success, at, until_ms, back_ms FROM repair_history"
+                " WHERE project = ? AND anomaly_key = ? ORDER BY seq DESC",
                 (project, anomaly_key),
             )
-            return [{"action": a, "success": bool(s), "at_ms": t} for a, s, t in rows]
+            return [
+                {"action": a, "success": bool(s), "at_ms": t, "until_ms": u, "back_ms": b}
+                for a, s, t, u, b in rows
+            ]
 
         return await self._run(work)
 

@@ -61,9 +61,9 @@ class StoreWrapper(Store):
         return await self.inner.read(project, anomaly_keys, at_ms, now_ms)
 
     async def record_repair(
-        self, project: str, write: AnomalyWrite, action: str, success: bool
+        self, project: str, write: AnomalyWrite, action: str, success: bool, until_ms: int = 0
     ) -> None:
-        await self.inner.record_repair(project, write, action, success)
+        await self.inner.record_repair(project, write, action, success, until_ms)
 
     async def repair_stats(
         self, project: str, anomaly_key: str, now_ms: int

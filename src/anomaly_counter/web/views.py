@@ -17,6 +17,7 @@ from ..model import (
     LEVEL_MEANINGS,
     AnomalyFrequency,
     EscalationLevel,
+    RepairAttempt,
     TimelineEntry,
 )
 from ..outbox import DeadLetter
@@ -194,6 +195,7 @@ class NoticesView:
 
 
 MAX_LETTERS = 20
+MAX_ATTEMPTS = 10  # repair attempts the anomaly page lists
 
 
 async def notices_view(counter: AnomalyCounter) -> NoticesView | None:
@@ -319,6 +321,7 @@ class AnomalyView:
     story: list[Story]
     fixed_by: str
     repairs: list[RepairRow]
+    attempts: list[RepairAttempt]  # the latest, newest first, with their verdicts
     dispositions: list[tuple[str, str, int]]
     disposition_bar: Markup
 
@@ -328,11 +331,12 @@ async def anomaly_view(
 ) -> AnomalyView:
     """The anomaly page: figures, history, story, repairs (``who``: token id -> label)."""
     key = frequency.anomaly_key
-    week, month, entries, (ranked,) = await asyncio.gather(
+    week, month, entries, (ranked,), attempts = await asyncio.gather(
         counter.history(key, "7d"),
         counter.history(key, "30d"),
         counter.timeline(key),
         counter.recommendations([key]),
+        counter.repair_history(key),
     )
     labels = labels_of(frequency)
     shown = set(fingerprint_fields({})) | {"alertname", "job", "reason"}
@@ -365,6 +369,7 @@ async def anomaly_view(
         story=[Story(e, describe(e), reporter(e.by, who)) for e in entries],
         fixed_by=reporter(frequency.permanent_fix.by if frequency.permanent_fix else None, who),
         repairs=[_repair_row(r) for r in ranked],
+        attempts=attempts[:MAX_ATTEMPTS],
         dispositions=[(k, DISPOSITION_NAMES[k], counts[k]) for k in kinds],
         disposition_bar=_disposition_bar(counts),
     )
@@ -388,6 +393,8 @@ def _repair_row(action: ActionRecommendation) -> RepairRow:
         verdict, text = "unknown", "untried" if action.total == 0 else "too few to judge"
     else:
         verdict, text = "try", "worth trying"
+    if action.basis == "verified" and action.total:
+        text += ", by outcome"  # (judged by whether the anomaly came back, not by reports)
     ok = action.success_rate * 100
     svg = Markup(
         '<svg viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true">'

@@ -35,6 +35,7 @@ local STORED = 47
 -- tail's key, and the tail as read (false: not read yet). (Positions in this file only: replies
 -- name what they carry.)
 local BASE, TAIL_KEY, BUFFER, FRESH = 48, 49, 50, 51  -- FRESH: its meta held no state
+local VERIFY_UNTIL = 52  -- the latest end of its repairs' verification windows (-1: none)
 
 local STATE = '<' .. string.rep('d', STORED)
 local NEW_STATE = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -45,7 +46,8 @@ local NEW_STATE = {-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 
 -- but the last letter: 't' tail, 'r0'..'r3' rings, 'i' ids, 'w' write marks, 'd' days,
 -- 'h' history, 's' signature, 'l' timeline (see key_of).
 local function load_state(meta)
-  local packed = redis.call('HGET', meta, 'st')
+  local got = redis.call('HMGET', meta, 'st', 'vu')
+  local packed = got[1]
   local s
   if packed then
     s = {struct.unpack(STATE, packed)}  -- the 48th value, unpack's next position, is replaced
@@ -54,6 +56,7 @@ local function load_state(meta)
   end
   local base = string.sub(meta, 1, -2)
   s[BASE], s[TAIL_KEY], s[BUFFER], s[FRESH] = base, base .. 't', false, not packed
+  s[VERIFY_UNTIL] = tonumber(got[2]) or -1
   return s
 end
 
@@ -174,6 +177,28 @@ local function first_after(s, x, strictly)  -- the position of the first time >=
     if value < x or (strictly and value == x) then lo = mid + 1 else hi = mid end
   end
   return lo
+end
+
+-- The first occurrence the tail holds after time x, or nil.
+local function first_occurrence_after(s, x)
+  if s[SIZE] == 0 or s[NEWEST] <= x then return nil end
+  local position = first_after(s, x, true)
+  if position > s[SIZE] then return nil end
+  return tail_at(s, position)
+end
+
+-- Note an occurrence at `at` as the recurrence of the verified repairs of the history whose
+-- window holds it (the first one after each repair: an earlier one replaces a later).
+local function note_recurrence(history, at)
+  local entries = redis.call('LRANGE', history, 0, -1)
+  for i, raw in ipairs(entries) do
+    local e = cjson.decode(raw)
+    local deadline = e['until']
+    if deadline and e.at < at and at <= deadline and (not e.back or e.back > at) then
+      e.back = at
+      redis.call('LSET', history, i - 1, cjson.encode(e))
+    end
+  end
 end
 
 -- The general case: the whole tail, in order, changed in Lua and written back.
