@@ -164,6 +164,8 @@ def test_service_settings_channels_and_label_mapping(tmp_path: Path) -> None:
         ("notify_dead_after = 0\n", "notify_dead_after"),
         ("outbox_max = 0\n", "outbox_max"),
         ("notify_poll = 20\n", "notify_poll"),
+        ("verify_window_minutes = inf\n", "verify_window_minutes"),
+        ("[verify_windows]\nrollback = 0\n", "verify_windows.rollback"),
         ("min_replicas = -1\n", "min_replicas"),
         ("write_attempts = 0\n", "write_attempts"),
         ('[projects."bad id"]\nnotify = {}\n', "invalid project id"),

@@ -39,9 +39,11 @@ async def test_hostile_keys_and_labels_stay_in_their_project(
     assert (
         frequency is not None and frequency.count_24h == 1 and not frequency.permanent_fix_applied
     )
-    assert await victim.get_all_repair_stats(victim_key) == {
-        "restart_pod": {"total": 1, "success": 1, "success_rate": 1.0}
-    }
+    stats = await victim.get_all_repair_stats(victim_key)
+    assert list(stats) == ["restart_pod"]
+    restart = stats["restart_pod"]
+    assert (restart["total"], restart["success"], restart["success_rate"]) == (1, 1, 1.0)
+    assert restart["verified_pending"] == 1  # its own attempt, watched; nobody else's
     assert [row["anomaly_key"] for row in await victim.top_anomalies(100)] == [victim_key]
     summary, _ = await victim.get_all_disposition_stats()
     assert summary["total"] == 1 and summary["timeout_ignored"] == 0

@@ -161,3 +161,54 @@ async def test_off_it_is_the_reference_behaviour(
         "restart_pod": {"total": 2, "success": 2, "success_rate": 1.0}
     }
     assert not await counter.should_skip_action(KEY, "restart_pod")
+
+
+async def test_switched_off_after_on_it_answers_as_the_reference(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    on = make_counter()
+    await on.record_anomaly(SIG)
+    await on.record_repair_attempt(KEY, "restart_pod", True)
+    clock.advance(minutes=5)
+    await on.record_anomaly(SIG)
+    assert await _verdicts(on) == ["failed"]
+    off = make_counter(verify_repairs=False)
+    (entry,) = await off.get_repair_history(KEY)
+    assert set(entry) == {"action", "success", "timestamp"}
+    assert await off.get_all_repair_stats(KEY) == {
+        "restart_pod": {"total": 1, "success": 1, "success_rate": 1.0}
+    }
+
+
+async def test_verified_figures_cover_the_last_30_days(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    counter = make_counter()
+    await counter.record_anomaly(SIG)
+    await counter.record_repair_attempt(KEY, "restart_pod", True)
+    clock.advance(minutes=5)
+    await counter.record_anomaly(SIG)  # failed
+    clock.advance(days=31)
+    await counter.record_repair_attempt(KEY, "restart_pod", True)
+    clock.advance(hours=1)  # (held)
+    (stats,) = (await counter.repair_stats(KEY)).values()
+    assert stats.verified is not None
+    assert (stats.verified.succeeded, stats.verified.failed) == (1, 0)  # the old one is out
+    assert [a.verdict for a in await counter.repair_history(KEY)] == ["succeeded", "failed"]
+
+
+async def test_a_storm_after_a_failed_repair_is_counted_and_decides_nothing_more(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    """Once every watched attempt is falsified, the occurrences that follow change nothing of
+    it (the store stops reading the history for them: RESULTS measures what they cost)."""
+    counter = make_counter()
+    start = clock.now - timedelta(hours=1)
+    await counter.record_anomaly(SIG, at=start)
+    await counter.record_repair_attempt(KEY, "restart_pod", True, at=start)
+    for i in range(1, 200):
+        await counter.record_anomaly(SIG, at=start + timedelta(seconds=5 * i))
+    (attempt,) = await counter.repair_history(KEY)
+    assert attempt.verdict == "failed" and attempt.recurred_at == start + timedelta(seconds=5)
+    frequency = await counter.get_frequency(KEY)
+    assert frequency is not None and frequency.count_24h == 200

@@ -825,9 +825,12 @@ class AnomalyCounter:
         key = validation.anomaly_key(anomaly_key)
         history = await self._store.repair_history(self.project_id, key)
         now_ms = _ms(self._clock())
+        verifying = self.settings.verify_repairs  # (off: the reference's entries, whatever
+        # was noted while it was on)
         attempts = []
         for h in history:
-            until, back = h.get("until_ms"), h.get("back_ms")
+            until = h.get("until_ms") if verifying else None
+            back = h.get("back_ms")
             found = verdict(h["at_ms"], until, back, now_ms)
             attempts.append(
                 RepairAttempt(

@@ -82,6 +82,9 @@ def _check_projects(projects: Iterable[str]) -> None:
             raise ConfigurationError(f"projects: invalid project id {project!r}")
 
 
+_LONGEST_WINDOW_MINUTES = 30 * 24 * 60  # a repair's verification window (the figures' retention)
+
+
 def _check_positive(settings: object, *names: str) -> None:
     for name in names:
         if not getattr(settings, name) > 0:
@@ -128,10 +131,18 @@ class CoreSettings(_Concern):
             )
         _check_positive(self, "dedup_max_ids", "write_attempts", "verify_window_minutes")
         _check_positive(self, "verify_min_settled")
-        for action, minutes in self.verify_windows.items():
-            if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
+        windows = {"verify_window_minutes": self.verify_window_minutes, **{
+            f"verify_windows.{action}": minutes for action, minutes in self.verify_windows.items()
+        }}  # fmt: skip
+        for name, minutes in windows.items():
+            if (
+                isinstance(minutes, bool)
+                or not isinstance(minutes, int | float)
+                or not 0 < minutes <= _LONGEST_WINDOW_MINUTES
+            ):
                 raise ConfigurationError(
-                    f"verify_windows.{action} must be a positive number of minutes, got {minutes!r}"
+                    f"{name} must be a number of minutes above 0 and at most 30 days,"
+                    f" got {minutes!r}"
                 )
         _check_projects((*self.project_thresholds, *self.project_limits))
         if not 0 < self.spool_project_share <= 1:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+RETENTION_MS = 30 * 86_400_000  # attempts judged: those of the last 30 days
 VERIFIED, REPORTED = "verified", "reported"
 
 
@@ -63,12 +64,15 @@ class Verified:
 
 
 def judge(history: Sequence[Mapping[str, Any]], now_ms: int) -> dict[str, Verified]:
-    """Per action, the verdicts of the attempts in ``history`` (the stores' entries: action,
-    at_ms, until_ms, back_ms) that had a window."""
+    """Per action, the verdicts of the attempts of the last 30 days in ``history`` (the stores'
+    entries: action, at_ms, until_ms, back_ms) that had a window."""
     tallies: dict[str, list[int]] = {}
     recurrences: dict[str, list[float]] = {}
+    since = now_ms - RETENTION_MS  # (the last 30 days, as the reported figures)
     for entry in history:
         at, back = entry["at_ms"], entry.get("back_ms")
+        if at < since:
+            continue
         found = verdict(at, entry.get("until_ms"), back, now_ms)
         if found is None:
             continue

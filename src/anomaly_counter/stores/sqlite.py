@@ -476,6 +476,15 @@ class SQLiteStore(Store):
                 " AND (back_ms IS NULL OR back_ms > ?)",
                 (at, project, key, at, at, at),
             )
+            # only the windows still open and not falsified are watched from now on
+            (verify_until,) = db.execute(
+                "SELECT max(until_ms) FROM repair_history WHERE project = ? AND anomaly_key = ?"
+                " AND back_ms IS NULL",
+                (project, key),
+            ).fetchone()
+            values_extra = {"verify_until": verify_until}
+        else:
+            values_extra = {}
         counts_at = state.counts(at)
         counts_newest = counts_at if state.newest == at else state.counts(state.newest)
         new_level = level_for(counts_newest[1], _thresholds(policy.thresholds))
@@ -505,6 +514,7 @@ class SQLiteStore(Store):
                 values[column] = index_bound(count)
         if row_touched != touched:
             values["touched"] = touched
+        values.update(values_extra)
         if is_new:
             values.update(project=project, anomaly_key=key)
             values.update({c: values.get(c, 0) for c in _WINDOW_COLUMNS}, touched=touched)
@@ -860,7 +870,7 @@ class SQLiteStore(Store):
                 (project, anomaly_key, seq - REPAIR_HISTORY_LENGTH),
             )
             self._touch(db, project, anomaly_key, now_ms)
-            if until_ms:
+            if until_ms and (back is None or back > until_ms):  # watched until its window ends
                 db.execute(
                     "UPDATE anomalies SET verify_until = max(coalesce(verify_until, 0), ?)"
                     " WHERE project = ? AND anomaly_key = ?",
@@ -877,9 +887,11 @@ class SQLiteStore(Store):
         ).fetchone()
         if row is None or row[0] is None:
             return None
-        tail = WindowState.from_bytes(row[0], 1 << 30).tail
-        position = bisect.bisect_right(tail, at_ms)
-        return tail[position] if position < len(tail) else None
+        state = WindowState.from_bytes(row[0], 1 << 30)
+        if state.evicted_max > at_ms:  # pushed out of the tail: came back by then at the latest
+            return state.evicted_max
+        position = bisect.bisect_right(state.tail, at_ms)
+        return state.tail[position] if position < len(state.tail) else None
 
     async def repair_stats(
         self, project: str, anomaly_key: str, now_ms: int

@@ -179,18 +179,24 @@ local function first_after(s, x, strictly)  -- the position of the first time >=
   return lo
 end
 
--- The first occurrence the tail holds after time x, or nil.
+-- The first occurrence after time x as far as the state knows it, or nil: the tail's; and when
+-- occurrences after x were pushed out of the tail, the latest of those (an upper bound: one
+-- came back by then at the latest).
 local function first_occurrence_after(s, x)
   if s[SIZE] == 0 or s[NEWEST] <= x then return nil end
+  if s[EVICTED] > x then return s[EVICTED] end
   local position = first_after(s, x, true)
   if position > s[SIZE] then return nil end
   return tail_at(s, position)
 end
 
 -- Note an occurrence at `at` as the recurrence of the verified repairs of the history whose
--- window holds it (the first one after each repair: an earlier one replaces a later).
-local function note_recurrence(history, at)
+-- window holds it (the first one after each repair: an earlier one replaces a later); then
+-- keep in the meta's 'vu' only the latest end of the windows still open and not falsified, so
+-- that the occurrences of a storm after a failed repair do not read the history again.
+local function note_recurrence(meta, history, at)
   local entries = redis.call('LRANGE', history, 0, -1)
+  local open = -1
   for i, raw in ipairs(entries) do
     local e = cjson.decode(raw)
     local deadline = e['until']
@@ -198,6 +204,12 @@ local function note_recurrence(history, at)
       e.back = at
       redis.call('LSET', history, i - 1, cjson.encode(e))
     end
+    if deadline and not e.back and deadline > open then open = deadline end
+  end
+  if open < 0 then
+    redis.call('HDEL', meta, 'vu')
+  else
+    redis.call('HSET', meta, 'vu', string.format('%d', open))
   end
 end
 

@@ -42,7 +42,7 @@ local function record_one(meta, member, at_text, now, mark, signature, terms)
   end
   add_occurrence(s, at, cap)
   -- a repair verified until at least now: this occurrence may be its recurrence
-  if at <= s[VERIFY_UNTIL] then note_recurrence(key_of(s, 'h'), at) end
+  if at <= s[VERIFY_UNTIL] then note_recurrence(meta, key_of(s, 'h'), at) end
 
   local now_counts = counts(s, s[NEWEST])
   local at_counts = now_counts

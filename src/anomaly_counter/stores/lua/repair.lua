@@ -22,8 +22,9 @@ if deadline > 0 then
   local s = load_state(KEYS[3])
   local back = first_occurrence_after(s, at)
   if back and back <= deadline then attempt['back'] = back end
-  if deadline > s[VERIFY_UNTIL] then
+  if not attempt['back'] and deadline > s[VERIFY_UNTIL] then
     redis.call('HSET', KEYS[3], 'vu', string.format('%d', deadline))
+    extend(KEYS[3], ttl)  -- (its meta lives while it is watched)
   end
 end
 redis.call('LPUSH', KEYS[2], cjson.encode(attempt))
