@@ -207,6 +207,7 @@ def test_settings_import_nothing_of_notify() -> None:
 
 
 _TABLES = {  # the fields set by TOML tables or lists, not by a scalar key or variable
+    "project_verify_windows",
     "verify_windows",
     "thresholds",
     "project_thresholds",
@@ -289,3 +290,21 @@ def test_each_concern_checks_its_own_settings() -> None:
             Settings(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="TelegramConfig, SlackConfig, WebhookConfig"):
         Settings(project_channels={"p": (TelegramChannel("1:a", "-5"),)})  # type: ignore[dict-item]
+
+
+def test_verification_windows_by_project_and_action(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        "verify_window_minutes = 20\n[verify_windows]\nrollback = 120\n"
+        '[projects.payments.verify_windows]\n"*" = 45\nscale_up = 5\n'
+    )
+    settings = load_settings(config, environ={})
+    assert settings.verify_window_minutes_for("payments", "scale_up") == 5
+    assert settings.verify_window_minutes_for("payments", "restart_pod") == 45
+    assert settings.verify_window_minutes_for("payments", "rollback") == 45  # (its own default)
+    assert settings.verify_window_minutes_for("search", "rollback") == 120
+    assert settings.verify_window_minutes_for("search", "restart_pod") == 20
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[projects.payments.verify_windows]\nscale_up = -1\n")
+    with pytest.raises(ConfigurationError, match=r"projects\.payments\.verify_windows\.scale_up"):
+        load_settings(bad, environ={})

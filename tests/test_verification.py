@@ -212,3 +212,12 @@ async def test_a_storm_after_a_failed_repair_is_counted_and_decides_nothing_more
     assert attempt.verdict == "failed" and attempt.recurred_at == start + timedelta(seconds=5)
     frequency = await counter.get_frequency(KEY)
     assert frequency is not None and frequency.count_24h == 200
+
+
+async def test_a_project_has_its_own_windows(make_counter: CounterFactory, clock: Clock) -> None:
+    counter = make_counter(project_verify_windows={"team-a": {"*": 10, "rollback": 60}})
+    await counter.record_anomaly(SIG)
+    await counter.record_repair_attempt(KEY, "restart_pod", True)
+    await counter.record_repair_attempt(KEY, "rollback", True)
+    clock.advance(minutes=11)
+    assert await _verdicts(counter) == ["pending", "succeeded"]  # rollback 1 h, the rest 10 min

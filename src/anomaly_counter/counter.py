@@ -56,7 +56,7 @@ from .stores.base import (
 from .stores.resilient import ResilientStore
 from .stores.spooling import SpoolingStore
 from .stores.write_marks import sequence_in
-from .verification import FAILED, Verified, evidence, judge, verdict, window_ms
+from .verification import FAILED, Verified, evidence, judge, verdict
 from .windows import HISTORY, NEVER, tail_capacity
 
 logger = structlog.get_logger("anomaly_counter")
@@ -741,9 +741,8 @@ class AnomalyCounter:
         settings = self.settings
         until = 0
         if settings.verify_repairs:  # judged by whether the anomaly comes back before then
-            until = event.at_ms + window_ms(
-                name, settings.verify_window_minutes, settings.verify_windows
-            )
+            minutes = settings.verify_window_minutes_for(self.project_id, name)
+            until = event.at_ms + int(minutes * 60_000)
 
         async def write() -> None:
             await self._within_action_limit(store, key, name, event.now_ms)

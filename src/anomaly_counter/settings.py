@@ -115,6 +115,8 @@ class CoreSettings(_Concern):
     verify_repairs: bool = True
     verify_window_minutes: float = 30.0
     verify_windows: Mapping[str, float] = field(default_factory=dict)  # by action, in minutes
+    # a project's own: by action, and "*" for its default ([projects.<id>.verify_windows])
+    project_verify_windows: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     verify_min_settled: int = 3
     # the durable spool ("" : none)
     spool_dir: str = ""
@@ -133,6 +135,10 @@ class CoreSettings(_Concern):
         _check_positive(self, "verify_min_settled")
         windows = {"verify_window_minutes": self.verify_window_minutes, **{
             f"verify_windows.{action}": minutes for action, minutes in self.verify_windows.items()
+        }, **{
+            f"projects.{project}.verify_windows.{action}": minutes
+            for project, table in self.project_verify_windows.items()
+            for action, minutes in table.items()
         }}  # fmt: skip
         for name, minutes in windows.items():
             if (
@@ -145,6 +151,7 @@ class CoreSettings(_Concern):
                     f" got {minutes!r}"
                 )
         _check_projects((*self.project_thresholds, *self.project_limits))
+        _check_projects(self.project_verify_windows)
         if not 0 < self.spool_project_share <= 1:
             raise ConfigurationError(
                 f"spool_project_share must be above 0 and at most 1, got {self.spool_project_share}"
@@ -164,6 +171,15 @@ class CoreSettings(_Concern):
     def limits_for(self, project: str) -> Limits:
         """The limits of a project: its override, else the global ones."""
         return self.project_limits.get(project, self.limits)
+
+    def verify_window_minutes_for(self, project: str, action: str) -> float:
+        """How long a repair is watched: the project's window for the action, its default
+        ("*"), the global window for the action, or ``verify_window_minutes``."""
+        own = self.project_verify_windows.get(project, {})
+        for table, name in ((own, action), (own, "*"), (self.verify_windows, action)):
+            if name in table:
+                return float(table[name])
+        return self.verify_window_minutes
 
 
 @dataclass(frozen=True)
@@ -438,7 +454,7 @@ def load_settings(
                 for project, table in raw.items():
                     if not isinstance(table, Mapping):
                         raise ConfigurationError(f"setting projects.{project} must be a table")
-                    unknown = set(table) - {"thresholds", "limits", "notify"}
+                    unknown = set(table) - {"thresholds", "limits", "notify", "verify_windows"}
                     if unknown:
                         raise ConfigurationError(
                             f"setting projects.{project} has unknown keys:"
@@ -450,6 +466,13 @@ def load_settings(
                         per_project_limits[project] = table["limits"]
                     if "notify" in table:
                         notify[project] = table["notify"]
+                    if "verify_windows" in table:
+                        windows = table["verify_windows"]
+                        if not isinstance(windows, Mapping):
+                            raise ConfigurationError(
+                                f"setting projects.{project}.verify_windows must be a table"
+                            )
+                        values.setdefault("project_verify_windows", {})[project] = dict(windows)
             elif key == "alertmanager":
                 values["alert_labels"] = _alert_labels(raw)
             elif key == "repair_actions":

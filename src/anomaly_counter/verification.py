@@ -1,12 +1,13 @@
 """Repairs judged by what happened next, not by what their caller said.
 
-A repair attempt opens a verification window (``verify_window_minutes``, or the action's own in
-``verify_windows``). If its anomaly occurs again inside the window (after the repair's time, up
-to the window's end), the attempt is *failed*; if the window closes without a recurrence, it
-*succeeded*; until then it is *pending*. The store notes the first recurrence of each attempt
-atomically with the occurrence (or, for an occurrence that arrived before the repair was
-written, with the repair), so the verdict is the same whatever order the two arrive in; the
-verdict itself is read off those facts and the clock, so a window closes without a sweep.
+A repair attempt opens a verification window (``Settings.verify_window_minutes_for``: the
+project's, the action's, or ``verify_window_minutes``). If its anomaly occurs again inside the
+window (after the repair's time, up to the window's end), the attempt is *failed*; if the window
+closes without a recurrence, it *succeeded*; until then it is *pending*. The store notes the
+first recurrence of each attempt atomically with the occurrence (or, for an occurrence that
+arrived before the repair was written, with the repair), so the verdict is the same whatever
+order the two arrive in; the verdict itself is read off those facts and the clock, so a window
+closes without a sweep.
 
 Stats per action come from the attempts the anomaly's history keeps (its last 100). An action
 is judged by its verified rate once it has ``verify_min_settled`` settled attempts, and by the
@@ -32,11 +33,6 @@ def verdict(at_ms: int, until_ms: int | None, back_ms: int | None, now_ms: int) 
     if back_ms is not None and at_ms < back_ms <= until_ms:
         return FAILED
     return SUCCEEDED if now_ms > until_ms else PENDING
-
-
-def window_ms(action: str, default_minutes: float, per_action: Mapping[str, float]) -> int:
-    """The verification window of an action, in milliseconds."""
-    return int(per_action.get(action, default_minutes) * 60_000)
 
 
 @dataclass(frozen=True, slots=True)
