@@ -363,3 +363,47 @@ async def _record_all(server: ServiceServer, signatures: list[dict[str, str]], n
                     "/v1/projects/team-a/occurrences", json={"signature": signature}
                 )
                 assert r.status_code == 200, r.text
+
+
+async def test_three_service_processes_send_each_notice_once(
+    store_url: str, chat: ChatServer, tmp_path: Path
+) -> None:
+    """Three `serve` processes on one store, each with its own spool and deliverer, writing
+    the same anomalies at once: every notice once, in order for each anomaly."""
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        f'store_url = "{store_url}"\nnotify_backoff = 0.05\nnotify_poll = 0.2\n'
+        f'[projects.team-a.notify]\nwebhook = {{ url = "{chat.url}/hook" }}\n'
+    )
+    env = {"ANOMALY_COUNTER_CONFIG": str(config)}
+    places = [tmp_path / f"p{i}" for i in range(3)]
+    for place in places:
+        place.mkdir()
+    with (
+        ServeProcess(store_url, places[0], env=env) as one,
+        ServeProcess(store_url, places[1], env=env, demo_token=False) as two,
+        ServeProcess(store_url, places[2], env=env, demo_token=False) as three,
+    ):
+        signatures = [_signature(i) for i in range(6)]
+
+        async def write(server: ServeProcess) -> None:
+            async with server.client(one.token) as http:
+                for _ in range(4):
+                    for signature in signatures:
+                        r = await http.post(
+                            "/v1/projects/team-a/occurrences", json={"signature": signature}
+                        )
+                        assert r.status_code == 200, r.text
+
+        await asyncio.gather(write(one), write(two), write(three))  # 12 of each anomaly
+
+        async def delivered() -> bool:
+            return len(chat.received) >= 18  # 6 anomalies x REPEAT, ESCALATE, PERMANENT_FIX
+
+        assert await eventually(delivered, within=20)
+        await asyncio.sleep(1.5)  # nothing more comes
+    ids = collections.Counter(r.headers[IDEMPOTENCY_HEADER] for r in chat.received)
+    assert len(chat.received) == 18 and len(ids) == 18
+    for key in {r.json()["anomaly_key"] for r in chat.received}:
+        levels = [r.json()["level"] for r in chat.received if r.json()["anomaly_key"] == key]
+        assert levels == ["REPEAT", "ESCALATE", "PERMANENT_FIX"]
