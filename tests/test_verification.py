@@ -221,3 +221,24 @@ async def test_a_project_has_its_own_windows(make_counter: CounterFactory, clock
     await counter.record_repair_attempt(KEY, "rollback", True)
     clock.advance(minutes=11)
     assert await _verdicts(counter) == ["pending", "succeeded"]  # rollback 1 h, the rest 10 min
+
+
+async def test_a_notice_says_how_many_attempts_held(
+    make_counter: CounterFactory, clock: Clock
+) -> None:
+    from anomaly_counter.notify.notice import ESCALATION, Notice
+    from anomaly_counter.outbox import OutboxEntry
+
+    counter = make_counter()
+    await counter.record_anomaly(SIG)
+    for _ in range(3):
+        await counter.record_repair_attempt(KEY, "restart_pod", True)
+        clock.advance(minutes=5)
+        await counter.record_anomaly(SIG)  # back every time
+    clock.advance(hours=1)
+    frequency = await counter.get_frequency(KEY)
+    entry = OutboxEntry(0, "1", KEY, ESCALATION, 1, 0, (1, 4, 4, 4))
+    notice = Notice.of_entry(
+        "team-a", entry, frequency, await counter.get_all_repair_stats(KEY), [], "http://x"
+    )
+    assert "restart_pod 3/3 (100%), held after 0 of 3" in notice.markdown()
