@@ -701,8 +701,8 @@ class AnomalyCounter:
         histories: list[dict[str, Verified]] = [{} for _ in keys]
         if self.settings.verify_repairs:
             tried_keys = [i for i, tried in enumerate(stats) if tried]
-            found = await asyncio.gather(
-                *(self._store.repair_history(self.project_id, keys[i]) for i in tried_keys)
+            found = await self._store.repair_histories(
+                self.project_id, [keys[i] for i in tried_keys]
             )
             for i, history in zip(tried_keys, found, strict=True):
                 histories[i] = judge(history, now_ms)

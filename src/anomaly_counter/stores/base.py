@@ -208,6 +208,12 @@ class Store(ABC):
     async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
         """The last 100 attempts, newest first, for audit."""
 
+    async def repair_histories(
+        self, project: str, anomaly_keys: Sequence[str]
+    ) -> list[list[dict[str, Any]]]:
+        """``repair_history`` of several anomalies (the stores make it one round trip)."""
+        return [await self.repair_history(project, key) for key in anomaly_keys]
+
     @abstractmethod
     async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
         """Count one disposition, and tell it in the timeline; a write id already applied (a

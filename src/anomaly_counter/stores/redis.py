@@ -489,6 +489,15 @@ class RedisScripts(Store):
         raw = await self._query(("LRANGE", key, 0, -1))
         return [_attempt(json.loads(item)) for item in raw]
 
+    async def repair_histories(
+        self, project: str, anomaly_keys: Sequence[str]
+    ) -> list[list[dict[str, Any]]]:
+        commands = [
+            ("LRANGE", _keys(self._prefix, project, key).history, 0, -1) for key in anomaly_keys
+        ]
+        replies = await self._queries(commands) if commands else []
+        return [[_attempt(json.loads(item)) for item in raw] for raw in replies]
+
     async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
         anomaly_key, at_ms, now_ms, write_id, by = write
         keys = _keys(self._prefix, project, anomaly_key)

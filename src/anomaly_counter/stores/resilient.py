@@ -164,6 +164,16 @@ class ResilientStore(StoreWrapper):
             "repair_history", call, list, project=project, anomaly_key=anomaly_key
         )
 
+    async def repair_histories(
+        self, project: str, anomaly_keys: Sequence[str]
+    ) -> list[list[dict[str, Any]]]:
+        call = self.inner.repair_histories(project, anomaly_keys)
+
+        def nothing() -> list[list[dict[str, Any]]]:
+            return [[] for _ in anomaly_keys]
+
+        return await self.guard("repair_history", call, nothing, project=project)
+
     async def disposition_stats(
         self, project: str, anomaly_key: str, now_ms: int
     ) -> dict[str, int]:

@@ -915,6 +915,29 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
+    async def repair_histories(
+        self, project: str, anomaly_keys: Sequence[str]
+    ) -> list[list[dict[str, Any]]]:
+        def work() -> list[list[dict[str, Any]]]:
+            db = self._connection()
+            found: dict[str, list[dict[str, Any]]] = {key: [] for key in anomaly_keys}
+            keys = list(found)
+            for start in range(0, len(keys), _PAGE):  # (within SQLite's bound on variables)
+                page = keys[start : start + _PAGE]
+                rows = db.execute(
+                    "SELECT anomaly_key, action, success, at, until_ms, back_ms"
+                    " FROM repair_history WHERE project = ? AND anomaly_key IN"
+                    f" ({', '.join('?' * len(page))}) ORDER BY anomaly_key, seq DESC",
+                    (project, *page),
+                )
+                for key, a, ok, t, u, b in rows:
+                    found[key].append(
+                        {"action": a, "success": bool(ok), "at_ms": t, "until_ms": u, "back_ms": b}
+                    )
+            return [found[key] for key in anomaly_keys]
+
+        return await self._run(work)
+
     async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
         anomaly_key, at_ms, now_ms, _, by = write
 

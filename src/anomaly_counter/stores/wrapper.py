@@ -73,6 +73,11 @@ class StoreWrapper(Store):
     async def repair_history(self, project: str, anomaly_key: str) -> list[dict[str, Any]]:
         return await self.inner.repair_history(project, anomaly_key)
 
+    async def repair_histories(
+        self, project: str, anomaly_keys: Sequence[str]
+    ) -> list[list[dict[str, Any]]]:
+        return await self.inner.repair_histories(project, anomaly_keys)
+
     async def record_disposition(self, project: str, write: AnomalyWrite, disposition: str) -> None:
         await self.inner.record_disposition(project, write, disposition)
 
