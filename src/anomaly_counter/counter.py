@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from types import TracebackType
@@ -56,7 +56,7 @@ from .stores.base import (
 from .stores.resilient import ResilientStore
 from .stores.spooling import SpoolingStore
 from .stores.write_marks import sequence_in
-from .verification import FAILED, Verified, evidence, judge, verdict
+from .verification import FAILED, Verified, basis, judge, verdict
 from .windows import HISTORY, NEVER, tail_capacity
 
 logger = structlog.get_logger("anomaly_counter")
@@ -790,18 +790,16 @@ class AnomalyCounter:
     def _action_stats(self, total: int, ok: int, verified: Verified | None) -> ActionStats:
         if not self.settings.verify_repairs:
             return ActionStats(total, ok, success_rate(total, ok))
-        _, _, basis = evidence((total, ok), verified, self.settings.verify_min_settled)
-        return ActionStats(total, ok, success_rate(total, ok), verified, basis)
+        judged_by = basis(verified, self.settings.verify_min_settled)
+        return ActionStats(total, ok, success_rate(total, ok), verified, judged_by)
 
     def _judged(self, stats: Mapping[str, ActionStats]) -> dict[str, dict[str, Any]]:
         """What the policy judges each action by: its verified outcomes once enough settled,
         else what was reported (``total``, ``success``, ``basis``)."""
         judged = {}
         for action, s in stats.items():
-            total, success, basis = evidence(
-                (s.total, s.success), s.verified, self.settings.verify_min_settled
-            )
-            judged[action] = {"total": total, "success": success, "basis": basis}
+            total, success = s.judged()
+            judged[action] = {"total": total, "success": success, "basis": s.basis}
         return judged
 
     async def get_all_repair_stats(self, anomaly_key: str) -> dict[str, dict[str, Any]]:
@@ -975,19 +973,16 @@ class AnomalyCounter:
         """The notices given up on, oldest first."""
         return await self._store.dead_letters(self.project_id)
 
-    async def retry_dead_letters(
-        self, notice_ids: Sequence[str] | None = None, *, channels: Collection[str] | None = None
-    ) -> int:
-        """Put dead letters (those of ``notice_ids``, or all; of ``channels``, by ident, or
-        all) back in the outbox: a running service delivers them, each to the channel that did
-        not take it, with its notice id. How many."""
+    async def retry_dead_letters(self, notice_ids: Sequence[str] | None = None) -> int:
+        """Put dead letters (those of ``notice_ids``, or all) back in the outbox: a running
+        service delivers them, each to the channel that did not take it, with its notice id.
+        How many."""
         wanted = None if notice_ids is None else set(notice_ids)
-        letters = [
-            d
-            for d in await self.dead_letters()
-            if (wanted is None or d.notice_id in wanted)
-            and (channels is None or d.channel in channels)
-        ]
+        letters = [d for d in await self.dead_letters() if wanted is None or d.notice_id in wanted]
+        return await self.retry_letters(letters)
+
+    async def retry_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """``retry_dead_letters`` of dead letters already read (those still in the list)."""
         return await self._store.retry_dead_letters(self.project_id, letters) if letters else 0
 
     async def ping(self) -> None:

@@ -9,7 +9,7 @@ from enum import IntEnum
 from typing import Annotated, Any, ClassVar, Literal, get_type_hints
 
 from .signature import fingerprint_fields
-from .verification import REPORTED, Verified
+from .verification import REPORTED, VERIFIED, Verified
 
 WINDOWS: dict[str, int] = {"1h": 3_600, "24h": 86_400, "7d": 604_800, "30d": 2_592_000}
 """Sliding windows by name, in seconds; every window ends at the occurrence (or query) time."""
@@ -261,6 +261,12 @@ class ActionStats:
     success_rate: float
     verified: Verified | None = None
     basis: str = REPORTED  # "verified" once enough attempts settled, else "reported"
+
+    def judged(self) -> tuple[int, int]:
+        """(attempts, successes) as the policy judges the action: by ``basis``."""
+        if self.basis == VERIFIED and self.verified is not None:
+            return self.verified.settled, self.verified.succeeded
+        return self.total, self.success
 
     def to_dict(self) -> dict[str, Any]:
         """The reference's three figures, and the verified ones when there are any."""

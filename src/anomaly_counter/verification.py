@@ -90,11 +90,7 @@ def judge(history: Sequence[Mapping[str, Any]], now_ms: int) -> dict[str, Verifi
     }
 
 
-def evidence(
-    reported: tuple[int, int], verified: Verified | None, min_settled: int
-) -> tuple[int, int, str]:
-    """What an action is judged by: (attempts, successes, basis). Its verified outcomes once
-    it has ``min_settled`` settled attempts, else what its callers reported."""
-    if verified is not None and verified.settled >= min_settled:
-        return verified.settled, verified.succeeded, VERIFIED
-    return reported[0], reported[1], REPORTED
+def basis(verified: Verified | None, min_settled: int) -> str:
+    """What an action is judged by: its verified outcomes once it has ``min_settled`` settled
+    attempts, else what its callers reported."""
+    return VERIFIED if verified is not None and verified.settled >= min_settled else REPORTED

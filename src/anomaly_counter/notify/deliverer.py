@@ -176,8 +176,7 @@ class Deliverer:
             if lease == Lease.OTHERS:
                 self._held_until.pop(here, None)
                 continue
-            # (sure until the lease's end as counted from before the call, less a margin)
-            self._held_until[here] = began + self._settings.notify_lease * 0.8
+            self._renewed(project, partition, began)
             if lease == Lease.IDLE:
                 continue
             for channel in self._channels[project]:  # a sender for each channel, apart
@@ -200,6 +199,8 @@ class Deliverer:
             raise _LeaseLost
 
     def _renewed(self, project: str, partition: int, began: float) -> None:
+        """Held for sure until the lease's end as counted from before the call that took or
+        renewed it, less a margin."""
         self._held_until[project, partition] = began + self._settings.notify_lease * 0.8
 
     # -- sending -------------------------------------------------------------------------------
@@ -322,8 +323,7 @@ class Deliverer:
         try:
             frequency = await counter.get_frequency(entry.anomaly_key)
             repairs = await counter.get_all_repair_stats(entry.anomaly_key)
-            candidates = list(dict.fromkeys([*repairs, *self._settings.repair_actions]))
-            ranked = await counter.recommend_actions(entry.anomaly_key, candidates)
+            (ranked,) = await counter.recommendations([entry.anomaly_key])  # (tried, configured)
         except AnomalyCounterError as exc:  # the store is away: send what the entry says
             logger.warning("notice_without_repairs", project=project, error=str(exc))
             repairs, ranked = {}, []
@@ -353,7 +353,7 @@ async def send_again(
     idents = {c.ident for c in channels_for(settings, counter.project_id)}
     wanted = None if notice_ids is None else set(notice_ids)
     chosen = [d for d in await counter.dead_letters() if wanted is None or d.notice_id in wanted]
-    retried = await counter.retry_dead_letters(notice_ids, channels=idents)
+    retried = await counter.retry_letters([d for d in chosen if d.channel in idents])
     return retried, [d for d in chosen if d.channel not in idents]
 
 

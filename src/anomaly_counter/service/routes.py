@@ -25,7 +25,6 @@ from ..notify.deliverer import send_again
 from ..policy import should_skip
 from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
-from ..verification import evidence
 from ..windows import HISTORY
 from . import schemas as s
 from .alertmanager import AlertmanagerPayload, episodes
@@ -373,10 +372,7 @@ async def should_skip_action(
     name = validation.action(action)
     found = await p.timed("read", p.counter.repair_stats(anomaly_key))
     stats = found.get(name, ActionStats(0, 0, 0.0))
-    total, success, _ = evidence(
-        (stats.total, stats.success), stats.verified, p.service.settings.verify_min_settled
-    )
-    skip = should_skip(total, success, min_success_rate)
+    skip = should_skip(*stats.judged(), min_success_rate)
     return s.SkipOut(
         total=stats.total,
         success=stats.success,
