@@ -3,6 +3,7 @@ Alertmanager processes that re-send, resolve and re-fire on second-scale interva
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import tempfile
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings
+from anomaly_counter.episodes import EpisodeRules
 
 from .conftest import free_port, require_binary
 from .servers import ServiceServer, eventually
@@ -72,7 +74,7 @@ async def test_episodes_are_counted_once_and_resolutions_kept(service: ServiceSe
     async with service.client(service.token("team-a")) as http:
         r = await http.post(RECEIVER, json=_payload(_alert("firing", first)))
         assert r.json() == {
-            "received": 1, "counted": 1, "spooled": 0, "duplicates": 0, "resolved": 0,
+            "received": 1, "counted": 1, "spooled": 0, "duplicates": 0, "joined": 0, "resolved": 0,
             "too_old": 0,
         }  # fmt: skip
         for _ in range(3):  # repeats, and a second Alertmanager of an HA pair
@@ -95,6 +97,52 @@ async def test_episodes_are_counted_once_and_resolutions_kept(service: ServiceSe
         old = _alert("firing", now - timedelta(days=40))
         r = await http.post(RECEIVER, json=_payload(old))
         assert r.status_code == 200 and r.json()["too_old"] == 1
+
+
+async def test_instances_firing_together_are_one_incident(service: ServiceServer) -> None:
+    """Seen end to end before: one alert firing on two instances counted 2, and a 10-pod
+    outage went straight to PERMANENT_FIX in one incident."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now - timedelta(minutes=20)
+    pods = [_alert("firing", start + timedelta(seconds=n), pod=f"api-{n}") for n in range(10)]
+    async with service.client(service.token("team-a")) as http:
+        r = await http.post(RECEIVER, json=_payload(*pods))
+        assert (r.json()["counted"], r.json()["joined"]) == (1, 9)
+        anomaly = (await http.get(f"/v1/projects/team-a/anomalies/{KEY}")).json()
+        assert (anomaly["count_24h"], anomaly["escalation_level"]) == (1, None)
+        assert (anomaly["firing"], anomaly["instances"]) == (10, 10)
+        # all resolve, in any order; then one fires again in the same message as the last
+        # resolution: the resolution is taken first, so it is a recurrence
+        ended = now - timedelta(minutes=5)
+        resolved = [
+            _alert("resolved", a_start(p), ended, pod=f"api-{n}") for n, p in enumerate(pods)
+        ]
+        r = await http.post(RECEIVER, json=_payload(*reversed(resolved[1:])))
+        assert r.json()["resolved"] == 9
+        back = _alert("firing", now - timedelta(minutes=1), pod="api-3")
+        r = await http.post(RECEIVER, json=_payload(resolved[0], back))
+        assert (r.json()["counted"], r.json()["joined"], r.json()["resolved"]) == (1, 0, 1)
+        anomaly = (await http.get(f"/v1/projects/team-a/anomalies/{KEY}")).json()
+        assert (anomaly["count_24h"], anomaly["firing"], anomaly["instances"]) == (2, 1, 1)
+        assert datetime.fromisoformat(anomaly["last_resolved"]) == ended
+
+
+def a_start(alert: dict) -> datetime:  # type: ignore[type-arg]
+    return datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00"))
+
+
+async def test_count_instances_restores_one_count_per_alert(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('[projects.team-a.episodes]\ncount = "instances"\n')
+    from anomaly_counter import load_settings
+
+    settings = load_settings(config, store_url=f"sqlite:///{tmp_path}/i.db")
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    with ServiceServer(settings) as server:
+        async with server.client(server.token("team-a")) as http:
+            pods = [_alert("firing", start, pod=f"api-{n}") for n in range(3)]
+            r = await http.post(RECEIVER, json=_payload(*pods))
+            assert (r.json()["counted"], r.json()["joined"]) == (3, 0)
 
 
 async def test_payloads_that_stay_wrong_get_a_4xx(service: ServiceServer) -> None:
@@ -251,6 +299,45 @@ async def test_end_to_end_with_two_real_alertmanagers(service: ServiceServer) ->
             assert await eventually(lambda: _at_least(duplicates, seen + 4), within=30)
             assert (await anomaly(KEY))["count_24h"] == 2  # still, after more repeats
             assert (await anomaly(other_key))["count_24h"] == 1
+
+
+async def test_a_flipping_alert_is_reported_flapping_once_and_stops_once(tmp_path: Path) -> None:
+    """A real Alertmanager relays an alert that fires and resolves every two seconds: flapping
+    (1-second slots here, for the test's time), said once; once it settles, the sweep says it
+    stopped, once."""
+    episodes = EpisodeRules(flap_slot_minutes=1 / 60)
+    settings = Settings(store_url=f"sqlite:///{tmp_path}/f.db", episodes=episodes, sweep_seconds=1)
+    with ServiceServer(settings) as server:
+        token = server.token("team-a")
+        async with server.client(token) as http:
+
+            async def anomaly() -> dict[str, Any]:
+                r = await http.get(f"/v1/projects/team-a/anomalies/{KEY}")
+                return r.json() if r.status_code == 200 else {}
+
+            async def flapping_events() -> list[bool]:
+                r = await http.get(f"/v1/projects/team-a/anomalies/{KEY}/timeline")
+                return [e["started"] for e in r.json()["entries"] if e["kind"] == "flapping"]
+
+            with Alertmanager(f"{server.url}{RECEIVER}", token) as am:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and not (await anomaly()).get("flapping"):
+                    started = datetime.now(UTC)
+                    am.push(LABELS, started)
+                    await asyncio.sleep(1.0)
+                    am.push(LABELS, started, datetime.now(UTC))
+                    await asyncio.sleep(1.0)
+                flipping = await anomaly()
+                assert flipping["flapping"] and flipping["flap_percent"] > 30, flipping
+                listed = (await http.get("/v1/projects/team-a/flapping")).json()["anomalies"]
+                assert [a["anomaly_key"] for a in listed] == [KEY]
+
+                async def settled() -> bool:
+                    return await flapping_events() == [False, True]
+
+                assert await eventually(settled, within=40)  # 21 quiet slots, then the sweep
+            assert not (await anomaly())["flapping"]
+            assert (await http.get("/v1/projects/team-a/flapping")).json()["anomalies"] == []
 
 
 async def _at_least(read: Any, n: float) -> bool:

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -634,3 +635,59 @@ async def test_dead_letters_are_shown_and_sent_again_from_the_page(
 
 async def _arrived(chat: ChatServer, n: int) -> bool:
     return len(chat.received) >= n
+
+
+async def test_flapping_anomalies_are_shown(
+    browser: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An alert that fires and resolves every five minutes, through the receiver: the project
+    page counts it in a tile and lists it under "Flapping now"; its page says so, and its
+    timeline tells when it started."""
+    settings = Settings(store_url=f"sqlite:///{tmp_path}/flapping.db")
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    labels = {"alertname": "NodeNotReady", "service": "kubelet", "namespace": "infra"}
+
+    def alert(status: str, starts: datetime, ends: datetime | None = None) -> dict[str, Any]:
+        iso = "%Y-%m-%dT%H:%M:%SZ"
+        return {
+            "status": status, "labels": labels, "startsAt": starts.strftime(iso),
+            "endsAt": ends.strftime(iso) if ends else "0001-01-01T00:00:00Z",
+            "fingerprint": "4f1d2c", "annotations": {},
+        }  # fmt: skip
+
+    with ServiceServer(settings) as server:
+        token = make_token(settings, "demo")
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            for k in range(9, 0, -1):  # every five minutes for the last 45 minutes
+                starts = now - timedelta(minutes=5 * k)
+                ends = starts + timedelta(minutes=2)
+                for body in (alert("firing", starts), alert("resolved", starts, ends)):
+                    payload = {"version": "4", "status": body["status"], "alerts": [body]}
+                    r = await http.post("/v1/projects/demo/alertmanager", json=payload)
+                    assert r.status_code == 200, r.text
+        for viewport, name in ((DESKTOP, "flapping"), (PHONE, "flapping-phone")):
+            context = await browser.new_context(viewport=viewport, timezone_id="Asia/Tokyo")
+            page = Page(await context.new_page(), server.url)
+            try:
+                await page.sign_in(token)
+                await page.page.wait_for_url("**/projects/demo")
+                assert (await page.page.locator(".tile.flapping .n").inner_text()).strip() == "1"
+                panel = page.page.locator("#flapping")
+                assert await panel.locator("tbody tr").count() == 1
+                assert "NodeNotReady" in await panel.inner_text()
+                await page.no_sideways_scroll()
+                await panel.scroll_into_view_if_needed()
+                await _shot(request, page.page, name, full=True)
+                await panel.locator("a").first.click()
+                await page.page.wait_for_url("**/anomalies/**")
+                tile = page.page.locator(".tile.flapping")
+                assert "flapping" in await tile.inner_text()
+                story = await page.page.locator(".story").inner_text()
+                assert "started flapping" in story
+                await page.no_sideways_scroll()
+                await _shot(request, page.page, f"{name}-anomaly", full=False)
+                assert page.errors == []
+            finally:
+                await context.close()

@@ -208,6 +208,8 @@ def test_settings_import_nothing_of_notify() -> None:
 
 _TABLES = {  # the fields set by TOML tables or lists, not by a scalar key or variable
     "project_verify_windows",
+    "episodes",
+    "project_episodes",
     "verify_windows",
     "thresholds",
     "project_thresholds",

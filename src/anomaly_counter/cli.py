@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the chronic ones: at this level or above",
     )
 
+    flapping = commands.add_parser(
+        "flapping", help="the anomalies flapping now (firing and resolving again and again)"
+    )
+    flapping.add_argument("--limit", type=int, default=20)
+
     find = commands.add_parser("search", help="anomalies whose labels hold every word")
     find.add_argument("query", nargs="+", help="words, anywhere in a label value, any case")
     find.add_argument("--limit", type=int, default=20)
@@ -245,6 +250,13 @@ def _frequency_text(f: AnomalyFrequency) -> str:
         rows.append(("  marked (UTC)", f"{_short(f.permanent_fix.at)}{by}"))
     if f.last_resolved is not None:
         rows.append(("last resolved", _short(f.last_resolved)))
+    if f.instances:
+        rows.append(("firing now", f"{f.firing} (last incident: {f.instances} instances)"))
+    if f.flapping or f.flap_percent:
+        state = "flapping" if f.flapping else "not flapping"
+        rows.append(("flapping", f"{state} ({f.flap_percent:.1f} % of changes)"))
+    if f.joined:
+        rows.append(("joined", "another instance was firing: one incident, not counted"))
     if f.escalated_to:
         rows.append(("newly escalated to", f.escalated_to))
     if f.spooled:
@@ -424,6 +436,26 @@ async def _top(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     else:
         rows = await counter.top_anomalies(limit=args.limit, window=args.window)
     _emit(args.json, rows, lambda: _top_text(rows, args.window))
+
+
+async def _flapping(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    found = await counter.flapping_anomalies(args.limit)
+    rows = [f.row("24h") for f in found.anomalies]
+
+    def text() -> str:
+        if not rows:
+            return "no anomaly is flapping now"
+        return _table(
+            ["anomaly", "alert", "service", "namespace", "flapping %", "firing", "24h",
+             "last seen (UTC)"],
+            [
+                (r["anomaly_key"], r["alert_name"], r["service"], r["namespace"],
+                 f"{r['flap_percent']:.1f}", r["firing"], r["count_24h"], _short(r["last_seen"]))
+                for r in rows
+            ],
+        )  # fmt: skip
+
+    _emit(args.json, rows, text)
 
 
 def _top_text(rows: list[dict[str, Any]], window: str) -> str:
@@ -769,6 +801,7 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "record": _record,
     "show": _show,
     "top": _top,
+    "flapping": _flapping,
     "repairs": _repairs,
     "repair": _repair,
     "dispositions": _dispositions,

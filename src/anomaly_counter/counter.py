@@ -14,6 +14,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import structlog
 
 from . import search, timeline, validation
+from .episodes import FlapState
 from .errors import (
     AmbiguousAnomalyError,
     AnomalyNotFoundError,
@@ -48,6 +49,7 @@ from .stores.base import (
     AnomalyWrite,
     Recording,
     RecordRequest,
+    Resolution,
     Snapshot,
     Store,
     WritePolicy,
@@ -137,6 +139,7 @@ class AnomalyCounter:
                 if self.settings.project_channels.get(self.project_id)
                 else 0
             ),
+            episodes=self.settings.episodes_for(self.project_id),
         )
         self.on_replay_refused: Callable[[str], None] | None = None
         """Told the limit's name for each spooled occurrence refused when replayed (the
@@ -263,28 +266,44 @@ class AnomalyCounter:
             regressed_at=_time(snapshot.regressed_ms)
             if snapshot.regressed_ms is not None
             else None,
+            joined=snapshot.joined,
+            firing=snapshot.firing,
+            instances=snapshot.instances,
+            **self._flapping(snapshot.flap, _ms(at)),
         )
+
+    def _flapping(self, stored: str, now_ms: int) -> dict[str, Any]:
+        """``flapping`` and ``flap_percent`` as of now, from the stored state."""
+        if not stored:
+            return {}
+        flap = FlapState.decode(stored)
+        stop = self._policy.episodes.flap_stop
+        return {"flapping": flap.flapping_at(now_ms, stop), "flap_percent": flap.percent(now_ms)}
 
     # -- occurrences --------------------------------------------------------------------------
 
     def _check(self, occurrence: Occurrence | Mapping[str, Any], now: datetime) -> _Checked:
         """Everything about an occurrence that can be wrong, checked; cheap, no encoding."""
         if isinstance(occurrence, Mapping):
-            unknown = set(occurrence) - {"signature", "at", "occurrence_id"}
+            unknown = set(occurrence) - {"signature", "at", "occurrence_id", "episode", "ends"}
             if unknown:
                 raise InvalidInputError(f"unknown occurrence fields: {', '.join(sorted(unknown))}")
             occurrence = Occurrence(
                 signature=occurrence.get("signature"),  # type: ignore[arg-type]
                 at=occurrence.get("at"),
                 occurrence_id=occurrence.get("occurrence_id"),
+                episode=occurrence.get("episode"),
+                ends=occurrence.get("ends"),
             )
         signature = validation.signature(occurrence.signature)
         occurrence_id = validation.occurrence_id(occurrence.occurrence_id)
+        at_ms = _ms(validation.occurrence_time(occurrence.at, now))
+        episode = validation.episode(occurrence.episode)
+        ends_ms = -1
+        if episode and occurrence.ends is not None:
+            ends_ms = max(at_ms, _ms(validation.aware(occurrence.ends)))
         return _Checked(
-            hash_signature(signature),
-            signature,
-            _ms(validation.occurrence_time(occurrence.at, now)),
-            occurrence_id,
+            hash_signature(signature), signature, at_ms, occurrence_id, episode, ends_ms
         )
 
     @staticmethod
@@ -330,9 +349,14 @@ class AnomalyCounter:
             if record.get("kind") == "resolve":
                 frequencies += await self._replay_occurrences(occurrences, now)
                 occurrences = []
-                await self.store.resolve(
-                    self.project_id, record["anomaly_key"], record["at_ms"], record.get("by", "")
+                resolution = Resolution(
+                    record["anomaly_key"],
+                    int(record["at_ms"]),
+                    str(record.get("by", "")),
+                    str(record.get("episode", "")),
+                    int(record.get("started_ms", -1)),
                 )
+                await self.store.resolve(self._recording(now), resolution)
             else:
                 occurrences.append(record)
         return frequencies + await self._replay_occurrences(occurrences, now)
@@ -351,6 +375,8 @@ class AnomalyCounter:
                     signature,
                     int(record["at_ms"]),
                     str(record["occurrence_id"]),
+                    str(record.get("episode", "")),
+                    int(record.get("ends_ms", -1)),
                     sequence=sequence_in(record),  # (numbered before it was spooled: looked up)
                     replayed=str(record.get("replayed", "")),
                 )
@@ -954,14 +980,45 @@ class AnomalyCounter:
         return await self._store.undo_fix(self.project_id, self._event(key, at, by))
 
     async def record_resolution(
-        self, anomaly_key: str, *, at: datetime | None = None, by: str | None = None
+        self,
+        anomaly_key: str,
+        *,
+        at: datetime | None = None,
+        by: str | None = None,
+        episode: str | None = None,
+        started: datetime | None = None,
     ) -> None:
-        """Note that an episode of a known anomaly was resolved at ``at``: its latest
-        resolution is kept (``last_resolved`` of reads, and the timeline). Counts nothing.
-        While the store is down it goes to the spool, after the occurrences already there."""
+        """Note that a known anomaly resolved at ``at``: its latest resolution is kept
+        (``last_resolved`` of reads, and the timeline), and it counts as a change for flapping.
+        ``episode`` (an Alertmanager fingerprint) and ``started`` (its ``startsAt``) name the
+        episode that resolved; without them, every open episode of the anomaly is closed.
+        Counts nothing. While the store is down it goes to the spool, after the occurrences
+        already there."""
         key = validation.anomaly_key(anomaly_key)
         event = self._event(key, at, by)
-        await self._store.resolve(self.project_id, key, event.at_ms, event.by)
+        fingerprint = validation.episode(episode)
+        started_ms = _ms(validation.aware(started)) if fingerprint and started else -1
+        resolution = Resolution(key, event.at_ms, event.by, fingerprint, started_ms)
+        await self._store.resolve(
+            Recording(self.project_id, self._policy, event.now_ms), resolution
+        )
+
+    async def flapping_anomalies(self, limit: int = 100) -> AnomalyList:
+        """The anomalies flapping now, the highest percent first (from an index kept on
+        write: the cost follows the flapping anomalies, not the project)."""
+        now = self._clock()
+        indexed = await self._guarded("flapping", self._raw.flapping(self.project_id), list)
+        keys = [key for key, _ in indexed]
+        snapshots = await self._raw.read(self.project_id, keys, _ms(now), _ms(now)) if keys else []
+        found = [self._frequency(s, now) for s in snapshots if s is not None]
+        found = [f for f in found if f.flapping]
+        found.sort(key=lambda f: (-f.flap_percent, -f.count_24h, f.anomaly_key))
+        return AnomalyList(found[:limit], len(found))
+
+    async def sweep_flapping(self, limit: int = 1_000) -> int:
+        """Stop the flapping of anomalies that went quiet (at most ``limit``): each told in
+        its timeline and notices. The service runs it every ``sweep_seconds``; how many."""
+        return await self._store.sweep(self._recording(self._clock()), limit)
 
     # -- the notices outbox (the service's deliverers send it; see anomaly_counter.outbox) ----
 
@@ -995,6 +1052,8 @@ class _Checked(NamedTuple):
     signature: dict[str, Any]
     at_ms: int
     occurrence_id: str | None
+    episode: str = ""
+    ends_ms: int = -1
 
 
 def _record_request(
@@ -1002,6 +1061,8 @@ def _record_request(
     signature: dict[str, Any],
     at_ms: int,
     occurrence_id: str | None,
+    episode: str = "",
+    ends_ms: int = -1,
     *,
     sequence: tuple[str, int] | None = None,
     replayed: str = "",
@@ -1016,6 +1077,8 @@ def _record_request(
         search_terms=search.joined_terms(signature_json),
         sequence=sequence,
         replayed=replayed,
+        episode=episode,
+        ends_ms=ends_ms,
     )
 
 

@@ -54,6 +54,10 @@ class Occurrence:
     signature: Mapping[str, Any]
     at: datetime | None = None
     occurrence_id: str | None = None
+    # an Alertmanager episode: its alert's fingerprint (counted by incident, see episodes.py),
+    # and when it resolved if it arrives resolved
+    episode: str | None = None
+    ends: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ class PermanentFix:
 
 
 TimelineKind = Literal[
+    "flapping",
     "first_seen",
     "escalated",
     "regressed",
@@ -98,6 +103,7 @@ class TimelineEntry:
     - ``disposition``: how one alert of it was ``disposition``-ed;
     - ``fix`` / ``fix_undone``: a permanent fix (``description``) marked, or taken back;
     - ``resolved``: Alertmanager said an episode of it resolved;
+    - ``flapping``: it ``started`` (or stopped) flapping, at ``percent`` of changes;
     - ``notice``: a ``notice`` (``escalation`` or ``regression``) went to ``channel``, with
       its ``outcome`` (``sent`` or ``failed``).
 
@@ -117,6 +123,8 @@ class TimelineEntry:
     notice: str | None = None
     outcome: str | None = None
     by: str | None = None
+    started: bool | None = None
+    percent: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: value for name, value in _fields_of(self).items() if value is not None}
@@ -203,6 +211,18 @@ class AnomalyFrequency:
     regressed_at: Annotated[
         datetime | None, Doc("The first occurrence after the fix in force (regressed stays true).")
     ] = None
+    joined: Annotated[
+        bool,
+        Doc("This episode joined the incident in progress (another instance firing): not counted."),
+    ] = False
+    firing: Annotated[int, Doc("Its episodes open now (Alertmanager alerts firing).")] = 0
+    instances: Annotated[int, Doc("Alert instances of its current (or last) incident.")] = 0
+    flapping: Annotated[
+        bool, Doc("It fires and resolves again and again (see flap_percent and the README).")
+    ] = False
+    flap_percent: Annotated[
+        float, Doc("Weighted percent of the last 21 slots (5 min each) with a state change.")
+    ] = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (ISO times): the reference's keys and ours."""

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-KINDS = {"e": "escalation", "r": "regression"}
-"""The kinds of notice, by the one-letter code the stores keep."""
+KINDS = {"e": "escalation", "r": "regression", "f": "flapping", "s": "flapping_stopped"}
+"""The kinds of notice, by the one-letter code the stores keep (a flapping one's level is its
+percent of changes in tenths)."""
 KIND_CODES = {name: code for code, name in KINDS.items()}
 
 
@@ -29,8 +30,8 @@ class OutboxEntry:
     partition: int
     entry_id: str  # the store's id, ordered within the partition ("<ms>-<seq>" or a number)
     anomaly_key: str
-    kind: str  # "escalation" or "regression"
-    level: int  # the level crossed into (0 for a regression)
+    kind: str  # "escalation", "regression", "flapping" or "flapping_stopped"
+    level: int  # the level crossed into (0 for a regression; flapping: percent in tenths)
     at_ms: int  # the occurrence's time
     counts: tuple[int, int, int, int]  # its anomaly's counts (1h, 24h, 7d, 30d) at that time
     written_ms: int = 0  # when it was put in the outbox (dead letters count from it)

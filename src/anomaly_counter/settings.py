@@ -39,6 +39,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias, TypeVar, get_type_hints
 
+from .episodes import EpisodeRules
 from .errors import ConfigurationError
 from .limits import Limits
 from .policy import Thresholds
@@ -118,6 +119,9 @@ class CoreSettings(_Concern):
     # a project's own: by action, and "*" for its default ([projects.<id>.verify_windows])
     project_verify_windows: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     verify_min_settled: int = 3
+    # Alertmanager episodes: incidents rather than instances, and flapping (episodes.py)
+    episodes: EpisodeRules = field(default_factory=EpisodeRules)
+    project_episodes: Mapping[str, EpisodeRules] = field(default_factory=dict)
     # the durable spool ("" : none)
     spool_dir: str = ""
     spool_max_bytes: int = 268_435_456
@@ -152,6 +156,7 @@ class CoreSettings(_Concern):
                 )
         _check_projects((*self.project_thresholds, *self.project_limits))
         _check_projects(self.project_verify_windows)
+        _check_projects(self.project_episodes)
         if not 0 < self.spool_project_share <= 1:
             raise ConfigurationError(
                 f"spool_project_share must be above 0 and at most 1, got {self.spool_project_share}"
@@ -171,6 +176,10 @@ class CoreSettings(_Concern):
     def limits_for(self, project: str) -> Limits:
         """The limits of a project: its override, else the global ones."""
         return self.project_limits.get(project, self.limits)
+
+    def episodes_for(self, project: str) -> EpisodeRules:
+        """How a project's episodes count and flap: its own table, else the global one."""
+        return self.project_episodes.get(project, self.episodes)
 
     def verify_window_minutes_for(self, project: str, action: str) -> float:
         """How long a repair is watched: the project's window for the action, its default
@@ -199,6 +208,7 @@ class ServiceSettings(_Concern):
     max_concurrent_requests: int = 1_000  # in this process; past it, 503 and Retry-After
     start_on_spool: bool = False  # serve: start although the store was never reached
     auth_stale_seconds: float = 86_400.0  # a known token's answer kept while the store errs
+    sweep_seconds: float = 30.0  # how often quiet flapping anomalies are looked at again
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -213,7 +223,7 @@ class ServiceSettings(_Concern):
             raise ConfigurationError(
                 f"max_header_bytes must be at least 4096, got {self.max_header_bytes}"
             )
-        _check_positive(self, "max_headers", "max_concurrent_requests")
+        _check_positive(self, "max_headers", "max_concurrent_requests", "sweep_seconds")
         if self.auth_stale_seconds < 0:
             raise ConfigurationError(
                 f"auth_stale_seconds must not be negative, got {self.auth_stale_seconds}"
@@ -317,7 +327,8 @@ def _scalar_kinds(cls: type[Any]) -> Mapping[str, type]:
 _SCALARS = _scalar_kinds(Settings)
 _THRESHOLDS = _scalar_kinds(Thresholds)
 _LIMITS = _scalar_kinds(Limits)
-_Table = TypeVar("_Table", Thresholds, Limits)
+_EPISODES = _scalar_kinds(EpisodeRules)
+_Table = TypeVar("_Table", Thresholds, Limits, EpisodeRules)
 
 
 def _convert(name: str, raw: object, kind: type) -> Any:
@@ -436,6 +447,8 @@ def load_settings(
     limits = Limits()
     per_project: dict[str, Any] = {}
     per_project_limits: dict[str, Any] = {}
+    episodes = EpisodeRules()
+    per_project_episodes: dict[str, Any] = {}
     notify: dict[str, Any] = {}
     path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
     if path:
@@ -450,11 +463,19 @@ def load_settings(
                 thresholds = _thresholds("thresholds", raw, thresholds)
             elif key == "limits":
                 limits = _limits("limits", raw, limits)
+            elif key == "episodes":
+                episodes = _overlay("episodes", raw, episodes, _EPISODES)
             elif key == "projects" and isinstance(raw, Mapping):
                 for project, table in raw.items():
                     if not isinstance(table, Mapping):
                         raise ConfigurationError(f"setting projects.{project} must be a table")
-                    unknown = set(table) - {"thresholds", "limits", "notify", "verify_windows"}
+                    unknown = set(table) - {
+                        "thresholds",
+                        "limits",
+                        "notify",
+                        "verify_windows",
+                        "episodes",
+                    }
                     if unknown:
                         raise ConfigurationError(
                             f"setting projects.{project} has unknown keys:"
@@ -466,6 +487,8 @@ def load_settings(
                         per_project_limits[project] = table["limits"]
                     if "notify" in table:
                         notify[project] = table["notify"]
+                    if "episodes" in table:
+                        per_project_episodes[project] = table["episodes"]
                     if "verify_windows" in table:
                         windows = table["verify_windows"]
                         if not isinstance(windows, Mapping):
@@ -502,6 +525,10 @@ def load_settings(
         project: _limits(f"projects.{project}.limits", table, limits)
         for project, table in per_project_limits.items()
     }
+    values["project_episodes"] = {
+        project: _overlay(f"projects.{project}.episodes", table, episodes, _EPISODES)
+        for project, table in per_project_episodes.items()
+    }
     if notify:
         values["project_channels"] = {
             project: _channels(f"projects.{project}.notify", table)
@@ -513,4 +540,10 @@ def load_settings(
             raise ConfigurationError(f"unknown setting {key!r}")
         if raw is not None:
             values[key] = raw
-    return Settings(thresholds=thresholds, project_thresholds=resolved, limits=limits, **values)
+    return Settings(
+        thresholds=thresholds,
+        project_thresholds=resolved,
+        limits=limits,
+        episodes=values.pop("episodes", episodes),
+        **values,
+    )

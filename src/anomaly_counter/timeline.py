@@ -45,6 +45,7 @@ FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "u": ("fix_undone", ("by",)),
     "v": ("resolved", ("by",)),
     "n": ("notice", ("channel", "notice", "outcome")),
+    "p": ("flapping", ("started", "percent")),
 }
 CODES: dict[str, str] = {kind: code for code, (kind, _) in FIELDS.items()}
 """The code of each kind; the Redis scripts get these as constants (see ``lua_constants``)."""
@@ -99,8 +100,13 @@ def decode(text: str | bytes) -> TimelineEntry | None:
             values[name] = _level(raw)
         elif name == "count_24h":
             values[name] = int(raw) if raw.isdigit() else None
-        elif name == "success":
+        elif name in ("success", "started"):
             values[name] = raw == "1"
+        elif name == "percent":
+            try:
+                values[name] = float(raw)
+            except ValueError:
+                continue
         else:
             values[name] = raw
     return TimelineEntry(kind, at, **values)  # type: ignore[arg-type]
@@ -153,6 +159,9 @@ def describe(entry: TimelineEntry) -> str:
         return "permanent fix undone"
     if entry.kind == "resolved":
         return "an episode resolved"
+    if entry.kind == "flapping":
+        percent = f" ({entry.percent:g} % of changes)" if entry.percent is not None else ""
+        return f"{'started' if entry.started else 'stopped'} flapping{percent}"
     if entry.kind == "notice":
         verb = "sent to" if entry.outcome == "sent" else "could not be sent to"
         return f"{entry.notice} notice {verb} {entry.channel}"

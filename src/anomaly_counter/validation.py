@@ -66,6 +66,16 @@ def occurrence_id(value: object) -> str | None:
     return _text(value, "occurrence id", 512)
 
 
+MAX_EPISODE_CHARS = 64
+
+
+def episode(value: object) -> str:
+    """An episode's fingerprint (Alertmanager's, 16 hex digits; "" for none)."""
+    if value is None or value == "":
+        return ""
+    return _text(value, "episode fingerprint", MAX_EPISODE_CHARS)
+
+
 def description(value: object) -> str:
     return _text(value, "fix description", MAX_DESCRIPTION_CHARS)
 

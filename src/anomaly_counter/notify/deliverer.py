@@ -109,8 +109,13 @@ class Deliverer:
 
     def wake(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
         """Look at a project's outbox now: these writes of this process put notices in it."""
+        if any(f.escalated_to or f.newly_regressed for f in frequencies):
+            self.wake_project(project)
+
+    def wake_project(self, project: str) -> None:
+        """Look at a project's outbox now (a write of this process put notices in it)."""
         event = self._wake.get(project)
-        if event is not None and any(f.escalated_to or f.newly_regressed for f in frequencies):
+        if event is not None:
             event.set()
 
     async def start(self) -> None:

@@ -14,11 +14,13 @@ from ..policy import ActionRecommendation
 from ..signature import FINGERPRINT_FIELDS, fingerprint_fields
 
 ESCALATION, REGRESSION = "escalation", "regression"
+FLAPPING, FLAPPING_STOPPED = "flapping", "flapping_stopped"
 
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    kind: str  # ESCALATION (crossed into a higher level) or REGRESSION (back after a fix)
+    kind: str  # ESCALATION (crossed into a higher level), REGRESSION (back after a fix),
+    # FLAPPING or FLAPPING_STOPPED (see anomaly_counter.episodes)
     project: str
     anomaly_key: str
     labels: dict[str, str]  # alert_name, service, namespace, error_type
@@ -31,6 +33,7 @@ class Notice:
     link: str  # the anomaly's page on the dashboard
     api_link: str  # the same as JSON
     notice_id: str = ""  # its idempotency key: the same on every try (OutboxEntry.key)
+    flap_percent: float | None = None  # a flapping notice's percent of changes
 
     @classmethod
     def of_entry(
@@ -47,7 +50,8 @@ class Notice:
         anomaly forgotten since, told by its key)."""
         key = entry.anomaly_key
         at = datetime.fromtimestamp(entry.at_ms / 1000, UTC)
-        level = EscalationLevel(entry.level).name if entry.level else None
+        flapping = entry.kind in (FLAPPING, FLAPPING_STOPPED)
+        level = EscalationLevel(entry.level).name if entry.level and not flapping else None
         if frequency is not None:
             labels = {k: str(v) for k, v in fingerprint_fields(frequency.signature).items()}
             level = level or frequency.escalation_level
@@ -67,12 +71,20 @@ class Notice:
             link=f"{base_url}/projects/{project}/anomalies/{key}",
             api_link=f"{base_url}/v1/projects/{project}/anomalies/{key}",
             notice_id=entry.key(project),
+            flap_percent=entry.level / 10 if flapping else None,
         )
 
     @property
     def meaning(self) -> str:
         if self.kind == REGRESSION:
             return "came back after its permanent fix: the fix did not hold"
+        if self.kind == FLAPPING:
+            return (
+                f"fires and resolves again and again: {self.flap_percent:g} % of its last 21"
+                " slots changed state"
+            )
+        if self.kind == FLAPPING_STOPPED:
+            return f"stopped flapping: {self.flap_percent:g} % of its last 21 slots changed state"
         return LEVEL_MEANINGS.get(self.level or "", "")
 
     @property
@@ -80,6 +92,10 @@ class Notice:
         name = self.labels["alert_name"] or self.anomaly_key
         if self.kind == REGRESSION:
             return f"REGRESSED: {name}"
+        if self.kind == FLAPPING:
+            return f"FLAPPING: {name}"
+        if self.kind == FLAPPING_STOPPED:
+            return f"STOPPED FLAPPING: {name}"
         return f"{self.level}: {name}"
 
     def _lines(self, bold: Callable[[str], str], text: Callable[[str], str]) -> list[str]:
@@ -135,6 +151,7 @@ class Notice:
             **self.labels,
             "level": self.level,
             "meaning": self.meaning,
+            "flap_percent": self.flap_percent,
             "counts": self.counts,
             "first_seen": self.first_seen.isoformat(),
             "last_seen": self.last_seen.isoformat(),

@@ -1,9 +1,11 @@
-"""Alertmanager webhooks (payload version 4) turned into occurrences, one per firing episode.
+"""Alertmanager webhooks (payload version 4) turned into episodes.
 
 Alertmanager re-sends every firing alert each repeat interval, and in HA mode each replica sends
 it: counting deliveries would overcount. An alert's ``fingerprint`` hashes its label set, and its
 ``startsAt`` stays put while it fires and changes when it fires again after resolving, so the
-pair names one firing episode: it is the occurrence id, and a re-notification counts once.
+pair names one firing episode: it is the occurrence id, and a re-notification counts once. The
+fingerprint also names the alert instance, so that instances of one anomaly firing together
+count as one incident (see anomaly_counter.episodes).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Episode:
     at: datetime
     occurrence_id: str
     resolved_at: datetime | None
+    fingerprint: str = ""
 
 
 def _utc(moment: datetime) -> datetime:
@@ -115,6 +118,8 @@ def episodes(
         resolved = None
         if alert.status == "resolved" and alert.endsAt is not None:
             resolved = max(at, min(_utc(alert.endsAt), now))
-        occurrence_id = f"am:{_fingerprint(alert)}:{int(_utc(alert.startsAt).timestamp() * 1000)}"
-        found.append(Episode(signature_of(alert.labels, mapping), at, occurrence_id, resolved))
+        fingerprint = _fingerprint(alert)
+        occurrence_id = f"am:{fingerprint}:{int(_utc(alert.startsAt).timestamp() * 1000)}"
+        signature = signature_of(alert.labels, mapping)
+        found.append(Episode(signature, at, occurrence_id, resolved, fingerprint))
     return found, too_old

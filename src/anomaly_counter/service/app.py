@@ -51,6 +51,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await service.deliverer.start()
+        service.sweeper.start()
         if service.replayer is not None:
             service.replayer.start()  # what a previous run left in the spool goes in first
         try:
@@ -58,6 +59,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         finally:
             if service.replayer is not None:
                 await service.replayer.stop()
+            await service.sweeper.stop()
             await service.deliverer.stop()
             if service.spool is not None:
                 service.spool.close()

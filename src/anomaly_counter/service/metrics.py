@@ -46,6 +46,12 @@ class Metrics:
             ["project"],
             registry=r,
         )
+        self.flapping_stopped = Counter(
+            "anomaly_counter_flapping_stopped_by_sweep",
+            "Quiet anomalies the sweep found no longer flapping",
+            ["project"],
+            registry=r,
+        )
         self.notifications = Counter(
             "anomaly_counter_notifications",
             "Tries to deliver notices from this process, by channel and outcome: sent, failed"

@@ -23,11 +23,12 @@ from ..counter import AnomalyCounter
 from ..model import ActionStats, AnomalyFrequency, AnomalyRow, EscalationLevel, Occurrence
 from ..notify.deliverer import send_again
 from ..policy import should_skip
+from ..signature import hash_signature
 from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
 from ..windows import HISTORY
 from . import schemas as s
-from .alertmanager import AlertmanagerPayload, episodes
+from .alertmanager import AlertmanagerPayload, Episode, episodes
 from .auth import may_write
 from .state import CHECKED_TOKEN, Service
 
@@ -194,34 +195,59 @@ async def record_batch(body: s.BatchIn, p: Writer, response: Response) -> s.Batc
     summary="Alertmanager webhook receiver (payload version 4)",
 )
 async def alertmanager(body: AlertmanagerPayload, p: Writer) -> s.AlertmanagerOut:
-    """One occurrence per firing episode (fingerprint, startsAt), recorded at its startsAt:
-    re-notifications count once; a resolved alert's resolution time is kept. Answers 2xx only
-    once everything is stored, 503 when the store cannot take it (Alertmanager retries)."""
+    """One episode per alert (fingerprint, startsAt), at its startsAt: re-notifications count
+    once; an episode that starts while another instance of its anomaly fires joins that
+    incident instead of counting (``episodes.count``); a resolved alert's resolution is kept
+    and closes its episode. Answers 2xx only once everything is stored, 503 when the store
+    cannot take it (Alertmanager retries)."""
     found, too_old = episodes(body, p.service.settings.alert_labels, datetime.now(UTC))
+    p.service.metrics.refused(p.id, "rejected", too_old)
+    ended = [e for e in found if e.resolved_at is not None]
+    # The group's resolutions first (at once, not one round trip after another): an episode
+    # that ended is closed before a firing of the same message is judged, as in time.
+    await _resolve(p, ended)
     frequencies = []
     if found:
-        occurrences = [Occurrence(e.signature, e.at, e.occurrence_id) for e in found]
+        occurrences = [
+            Occurrence(e.signature, e.at, e.occurrence_id, e.fingerprint, e.resolved_at)
+            for e in found
+        ]
         frequencies = await p.service.record(p.id, occurrences)
-    p.service.metrics.refused(p.id, "rejected", too_old)
-    # a group's resolutions at once, not one round trip after another
-    resolutions = [
-        p.counter.record_resolution(frequency.anomaly_key, at=episode.resolved_at, by=p.by)
-        for episode, frequency in zip(found, frequencies, strict=True)
-        if episode.resolved_at is not None
-    ]
-    if resolutions:
-        await p.timed("resolve", asyncio.gather(*resolutions))
-    resolved = len(resolutions)
+    # ... and the resolutions of episodes first seen in this message, now that they are known
+    new = {e.occurrence_id for e, f in zip(found, frequencies, strict=True) if not f.duplicate}
+    await _resolve(p, [e for e in ended if e.occurrence_id in new])
     duplicates = sum(1 for f in frequencies if f.duplicate)
     spooled = sum(1 for f in frequencies if f.spooled)
+    joined = sum(1 for f in frequencies if f.joined)
     return s.AlertmanagerOut(
         received=len(body.alerts),
-        counted=len(frequencies) - duplicates - spooled,
+        counted=len(frequencies) - duplicates - spooled - joined,
         spooled=spooled,
         duplicates=duplicates,
-        resolved=resolved,
+        joined=joined,
+        resolved=len(ended),
         too_old=too_old,
     )
+
+
+async def _resolve(p: Writer, ended: list[Episode]) -> None:
+    """Note the resolutions of these episodes (those of anomalies never seen do nothing)."""
+    if ended:
+        await p.timed(
+            "resolve",
+            asyncio.gather(
+                *(
+                    p.counter.record_resolution(
+                        hash_signature(validation.signature(e.signature)),
+                        at=e.resolved_at,
+                        by=p.by,
+                        episode=e.fingerprint,
+                        started=e.at,
+                    )
+                    for e in ended
+                )
+            ),
+        )
 
 
 Window = Annotated[str, Query(pattern="^(1h|24h|7d|30d)$")]
@@ -263,6 +289,20 @@ async def top_anomalies(
         anomalies=[AnomalyRow.of(f, window) for f in found.anomalies],
         total=found.total,
         truncated=found.truncated,
+    )
+
+
+@router.get("/flapping", tags=["anomalies"], response_model=s.TopOut)
+async def flapping_anomalies(
+    p: Checked, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+) -> s.TopOut:
+    """The anomalies flapping now (firing and resolving again and again), the highest
+    ``flap_percent`` first, with their 24 h counts."""
+    found = await p.timed("flapping", p.counter.flapping_anomalies(limit))
+    return s.TopOut(
+        window="24h",
+        anomalies=[AnomalyRow.of(f, "24h") for f in found.anomalies],
+        total=found.total,
     )
 
 

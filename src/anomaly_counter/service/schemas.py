@@ -64,6 +64,11 @@ class AlertmanagerOut(BaseModel):
         0, description="Kept in the durable spool while the store is down (counted later)"
     )
     duplicates: int = Field(description="Re-notifications of episodes already counted")
+    joined: int = Field(
+        0,
+        description="Episodes that joined an incident in progress (another instance of the"
+        " anomaly firing): not counted as recurrences (setting episodes.count)",
+    )
     resolved: int = Field(description="Episodes whose resolution was noted")
     too_old: int = Field(description="Alerts that started more than 30 days ago (not counted)")
 

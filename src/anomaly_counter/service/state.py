@@ -19,6 +19,7 @@ from .auth import Authenticator
 from .known_tokens import KnownTokens
 from .lanes import Lanes
 from .metrics import Metrics
+from .sweeper import Sweeper
 
 CHECKED_TOKEN = "checked_token"
 """Where the body's gate leaves the token it checked, in the request's state."""
@@ -35,6 +36,9 @@ class Service:
         self.lanes = Lanes(settings.limits_for, settings.body_timeout, self.metrics.limit_reached)
         self._counters: dict[str, AnomalyCounter] = {}
         self.deliverer = Deliverer(self.settings, self.counter, self.metrics)
+        self.sweeper = Sweeper(
+            self.settings.sweep_seconds, self._known_projects, self.counter, self._swept
+        )
         self.replayer: Replayer | None = None
         self.spool = spool_of(self.settings)
         if self.spool is not None:
@@ -56,6 +60,16 @@ class Service:
             self._counters[project] = counter
         return counter
 
+    def _known_projects(self) -> list[str]:
+        """The projects this process has served, and those its settings name."""
+        s = self.settings
+        named = (s.project_channels, s.project_thresholds, s.project_limits, s.project_episodes)
+        return [*self._counters, *(project for table in named for project in table)]
+
+    def _swept(self, project: str, stopped: int) -> None:
+        self.metrics.flapping_stopped.labels(project=project).inc(stopped)
+        self.deliverer.wake_project(project)
+
     def _replayed(self, project: str, frequencies: list[AnomalyFrequency]) -> None:
         self.metrics.spool_replayed.inc(len(frequencies))
         self.metrics.counted(project, frequencies)
@@ -68,7 +82,7 @@ class Service:
         counter = self.counter(project)
         try:
             async with self.metrics.timing("record"):
-                if len(occurrences) == 1:
+                if len(occurrences) == 1 and not occurrences[0].episode:
                     o = occurrences[0]
                     frequencies = [
                         await counter.record_anomaly(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
+from ..episodes import EpisodeRules
 from ..errors import ConfigurationError
 from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, empty_disposition_counts
@@ -55,6 +56,21 @@ class RecordRequest:
     sequence: tuple[str, int] | None = None
     floor: int = -1
     replayed: str = ""
+    # an Alertmanager episode (see episodes.py): the alert's fingerprint ("" for none: a plain
+    # occurrence, always counted), and its end when it arrives resolved (-1 while it fires)
+    episode: str = ""
+    ends_ms: int = -1
+
+
+class Resolution(NamedTuple):
+    """An episode of a known anomaly resolved at ``at_ms``: the episode named by the alert's
+    fingerprint and start, or ("" and -1) the anomaly as a whole (the resolve API)."""
+
+    anomaly_key: str
+    at_ms: int
+    by: str = ""
+    episode: str = ""
+    started_ms: int = -1
 
 
 class AnomalyWrite(NamedTuple):
@@ -82,6 +98,7 @@ class WritePolicy:
     # not stored, ``refused``)
     outbox_max: int = 0  # notices the project's outbox may hold (0: no outbox; the notices
     # of a project without channels are not kept)
+    episodes: EpisodeRules = field(default_factory=EpisodeRules)  # incidents and flapping
 
 
 Chunks = Iterable[Sequence[RecordRequest]]
@@ -119,6 +136,10 @@ class Snapshot:
     fix_description: str | None = None  # the fix in force (with fix_at_ms), and who marked it
     fix_by: str | None = None
     regressed_ms: int | None = None  # the first occurrence after the fix in force
+    joined: bool = False  # an episode that joined the incident in progress: not counted
+    firing: int = 0  # open episodes (listed ones: at most max_open)
+    instances: int = 0  # episodes of the current (or last) incident
+    flap: str = ""  # its flapping state as stored (episodes.FlapState.encode)
 
     @property
     def regressed(self) -> bool:
@@ -258,9 +279,21 @@ class Store(ABC):
         already applied) is True again and changes nothing."""
 
     @abstractmethod
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
-        """Keep the latest time an episode of this anomaly was resolved (a known anomaly); a
-        newer resolution than any before is told in the timeline."""
+    async def resolve(self, recording: Recording, resolution: Resolution) -> None:
+        """An episode of a known anomaly resolved: its latest resolution is kept, and a newer
+        one than any before told in the timeline; the episode is closed (its incident too when
+        it was the last open), and the transition counts for flapping (episodes.py)."""
+
+    @abstractmethod
+    async def flapping(self, project: str) -> list[tuple[str, int]]:
+        """The project's flapping anomalies (an index kept on write), each with the time it
+        would stop flapping if nothing more happened."""
+
+    @abstractmethod
+    async def sweep(self, recording: Recording, limit: int) -> int:
+        """Settle up to ``limit`` flapping anomalies whose stop time has come: each that
+        went quiet stops flapping (timeline, notice, index), atomically per anomaly. How
+        many stopped."""
 
     # -- the story: history, timeline, search ------------------------------------------------
 

@@ -3,7 +3,9 @@
 Keys, for project P (percent-encoded) and anomaly A (percent-encoded)::
 
     {prefix}:{P.s}:a:A:m        meta hash: the packed state ('st', see common.lua), the fix's
-                                text
+                                text, the incident ('in') and flapping state ('fl')
+    {prefix}:{P.s}:a:A:o        its open episodes: fingerprint -> 'start,seen' (hash; at most
+                                max_open, see anomaly_counter.episodes)
     {prefix}:{P.s}:a:A:t        the tail: the latest occurrence times, packed (string)
     {prefix}:{P.s}:a:A:s        the signature of its first occurrence (string)
     {prefix}:{P.s}:a:A:r0..r3   rings: pushed-out occurrences per 1/60 of each window (hashes)
@@ -54,6 +56,7 @@ from redis.exceptions import (
 )
 
 from .. import search, timeline
+from ..episodes import FLAP_MASK, FLAP_SLOTS
 from ..errors import ConfigurationError, StoreError, StoreUnavailableError
 from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, WINDOWS, EscalationLevel
@@ -72,6 +75,7 @@ from .base import (
     Chunks,
     Recording,
     RecordRequest,
+    Resolution,
     Snapshot,
     Store,
     WritePolicy,
@@ -107,10 +111,12 @@ _WRITES = frozenset(
         "note",
         "forget",
         "outbox",
+        "flap_sweep",
     }
 )
 _SCRIPTS = ("record", "read", "repair", "disposition", "fix", "undo", "reindex", "resolve",
-            "note", "state", "forget", "admit", "unhold", "outbox", "outbox_read")  # fmt: skip
+            "note", "state", "forget", "admit", "unhold", "outbox", "outbox_read",
+            "flap_sweep")  # fmt: skip
 _ADMIT_HOLD_MS = 300_000  # how long admit holds a new anomaly's place before its occurrence
 _ADMIT_KEYS_PER_CALL = 1_000
 _KNOWN_FOR_MS = 3_600_000  # an anomaly stored this recently lives on (35 days): admit skips it
@@ -120,10 +126,13 @@ _NO_DISPOSITIONS = (0,) * len(DISPOSITION_TYPES)
 OUTBOX_KEYS = ("ob", "obs", "obl", "obd")
 """The keys of a project shard's notices outbox (see outbox.lua): its stream, cursors and
 counts, lease and dead letters. Never given a lifetime: a notice waits until it is settled."""
-SHARD_KEYS = ("terms", "grams", "chronic", "summary", "dispositions", *WINDOWS, "live")
+SHARD_KEYS = (
+    "terms", "grams", "chronic", "summary", "dispositions", *WINDOWS, "live", "flapping"
+)  # fmt: skip
 """The keys of a project shard (``{prefix}:{P.s}:x:<name>``): its search index, its chronic
-anomalies, its day summary, its indexes by disposition total and by each window's count, and
-its live anomalies (for max_anomalies)."""
+anomalies, its day summary, its indexes by disposition total and by each window's count, its
+live anomalies (for max_anomalies), and its flapping anomalies (scored by when each would stop
+if nothing more happened)."""
 
 
 def _lua_string(text: str) -> str:
@@ -160,6 +169,7 @@ def lua_constants() -> str:
         f"local DISPOSITIONS = {_lua_list(DISPOSITION_TYPES)}",
         f"local SHARD_KEYS = {_lua_list(SHARD_KEYS)}",
         f"local MARKS_HELD = {MAX_HELD}",
+        f"local FLAP_SLOTS, FLAP_MASK = {FLAP_SLOTS}, {FLAP_MASK}",
     ]
     lines += [f"local {name} = {_lua_string(code)}" for name, code in codes.items()]
     lines += [
@@ -184,7 +194,7 @@ def _script_source(name: str) -> str:
     return "\n".join(parts)
 
 
-_Policy = tuple[int, ...]
+_Policy = tuple[int | float, ...]
 _Write = tuple[str, _Policy, int, RecordRequest]
 """One occurrence to write: project, policy arguments, the caller's now, the request."""
 
@@ -194,8 +204,14 @@ def _policy_args(policy: WritePolicy) -> _Policy:
     return (
         *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS, policy.dedup_horizon_ms,
         policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS, _shard_share(policy.max_anomalies),
-        -(-policy.outbox_max // SHARDS),  # (each shard's share, rounded up; 0: no outbox)
+        _outbox_share(policy),
+        *policy.episodes.store_args(),
     )  # fmt: skip
+
+
+def _outbox_share(policy: WritePolicy) -> int:
+    """Each shard's share of the project's outbox, rounded up (0: no outbox)."""
+    return -(-policy.outbox_max // SHARDS)
 
 
 def _shard_share(max_anomalies: int) -> int:
@@ -224,7 +240,7 @@ def _record_groups(prefix: str, items: Sequence[_Write], by_slot: bool = False) 
         group[0].append(keys.meta)
         group[1].extend(
             (request.anomaly_key, request.at_ms, now_ms, mark_of(request), request.signature_json,
-             request.search_terms)
+             request.search_terms, request.episode, request.ends_ms)
         )  # fmt: skip
         group[2].append(position)
     return list(groups.values())
@@ -246,6 +262,7 @@ def _record_snapshots(
             snapshot.escalated_to = int(named.get("escalated", 0))
             snapshot.newly_regressed = bool(named.get("newly_regressed"))
             snapshot.refused = bool(named.get("refused"))
+            snapshot.joined = bool(named.get("joined"))
             if not snapshot.refused:
                 known[project, request.anomaly_key] = now_ms
             snapshots[position] = snapshot
@@ -457,6 +474,10 @@ class RedisScripts(Store):
             snapshot, named = _snapshot(key, reply)
             resolved = int(named.get("resolved", -1))
             snapshot.resolved_ms = resolved if resolved >= 0 else None
+            snapshot.firing = int(named.get("firing", 0))
+            snapshot.instances = int(named.get("instances", 0))
+            flap = named.get("flap", b"")
+            snapshot.flap = flap.decode() if isinstance(flap, bytes) else str(flap or "")
             snapshots.append(snapshot)
         return snapshots
 
@@ -604,10 +625,38 @@ class RedisScripts(Store):
         (undone,) = await self._eval("undo", [([keys.meta], args)])
         return bool(undone)
 
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
-        keys = _keys(self._prefix, project, anomaly_key)
+    async def resolve(self, recording: Recording, resolution: Resolution) -> None:
+        project, policy, now_ms = recording
+        key, at_ms, by, episode, started_ms = resolution
+        rules = policy.episodes
         entry = timeline.encode("resolved", at_ms, by)
-        await self._eval("resolve", [([keys.meta], [at_ms, entry, ANOMALY_TTL_SECONDS])])
+        args = [at_ms, entry, ANOMALY_TTL_SECONDS, key, episode, started_ms, now_ms]
+        args += [_outbox_share(policy), rules.slot_ms, rules.flap_start, rules.flap_stop]
+        await self._eval("resolve", [([_keys(self._prefix, project, key).meta], args)])
+
+    async def flapping(self, project: str) -> list[tuple[str, int]]:
+        keys = [_shard_index_key(self._prefix, project, s, "flapping") for s in range(SHARDS)]
+        pages = await self._queries([("ZRANGE", key, 0, -1, "WITHSCORES") for key in keys])
+        found = [(member.decode(), int(score)) for page in pages for member, score in _scored(page)]
+        return sorted(found, key=lambda entry: (-entry[1], entry[0]))
+
+    async def sweep(self, recording: Recording, limit: int) -> int:
+        project, policy, now_ms = recording
+        keys = [_shard_index_key(self._prefix, project, s, "flapping") for s in range(SHARDS)]
+        pages = await self._queries(
+            [("ZRANGE", key, "-inf", now_ms, "BYSCORE", "LIMIT", 0, limit) for key in keys]
+        )
+        rules = policy.episodes
+        head = [now_ms, _outbox_share(policy), rules.slot_ms, rules.flap_start, rules.flap_stop,
+                ANOMALY_TTL_SECONDS]  # fmt: skip
+        calls, room = [], limit
+        for page in pages:  # (one call per shard: its keys live in one slot)
+            members = [member.decode() for member in page][:room]
+            room -= len(members)
+            if members:
+                metas = [_keys(self._prefix, project, m).meta for m in members]
+                calls.append((metas, [*head, *members]))
+        return sum(int(n) for n in await self._eval("flap_sweep", calls)) if calls else 0
 
     # -- the story ----------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 SLOTS = 16384
-_SIBLINGS = ("t", "s", "i", "w", "d", "h", "k", "l", "r0", "r1", "r2", "r3")
+_SIBLINGS = ("t", "s", "i", "w", "d", "h", "k", "l", "o", "r0", "r1", "r2", "r3")
 _RETRYABLE = (TryAgainError, ClusterDownError, ReadOnlyError)
 _NOT_RUN = (AskError, NoScriptError, *_RETRYABLE)  # replies of commands that did not run
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.005, 0.1

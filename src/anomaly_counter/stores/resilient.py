@@ -21,7 +21,16 @@ from ..backoff import pauses
 from ..errors import StoreUnavailableError
 from ..model import empty_disposition_counts
 from ..windows import WindowState
-from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Snapshot, Store, blank_snapshot
+from .base import (
+    AnomalyWrite,
+    Chunks,
+    Recording,
+    RecordRequest,
+    Resolution,
+    Snapshot,
+    Store,
+    blank_snapshot,
+)
 from .wrapper import ChunkFeed, StoreWrapper
 
 logger = structlog.get_logger("anomaly_counter.counter")
@@ -104,9 +113,15 @@ class ResilientStore(StoreWrapper):
             self._unavailable("read", exc, project=project)
             return [blank_snapshot(key, degraded=True) for key in anomaly_keys]
 
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
-        call = self.inner.resolve(project, anomaly_key, at_ms, by)
-        await self.guard("record_resolution", call, _none, project=project, anomaly_key=anomaly_key)
+    async def resolve(self, recording: Recording, resolution: Resolution) -> None:
+        call = self.inner.resolve(recording, resolution)
+        await self.guard(
+            "record_resolution",
+            call,
+            _none,
+            project=recording.project,
+            anomaly_key=resolution.anomaly_key,
+        )
 
     # -- events: tried again, then degraded ---------------------------------------------------
 

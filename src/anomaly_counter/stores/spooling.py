@@ -19,7 +19,7 @@ import structlog
 
 from ..errors import StoreUnavailableError
 from ..spool import Spool
-from .base import Chunks, Recording, RecordRequest, Snapshot, Store, blank_snapshot
+from .base import Chunks, Recording, RecordRequest, Resolution, Snapshot, Store, blank_snapshot
 from .wrapper import ChunkFeed, StoreWrapper
 
 logger = structlog.get_logger("anomaly_counter.counter")
@@ -78,17 +78,19 @@ class SpoolingStore(StoreWrapper):
             yield kept[: len(chunk)]
             kept = kept[len(chunk) :]
 
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
+    async def resolve(self, recording: Recording, resolution: Resolution) -> None:
         """A resolution keeps its place among the occurrences: after those in the spool."""
+        project = recording.project
         if not self.spool.depth:
             try:
-                await self.inner.resolve(project, anomaly_key, at_ms, by)
+                await self.inner.resolve(recording, resolution)
                 return
             except StoreUnavailableError as exc:
                 logger.warning("anomaly_counter_spooling", project=project, error=str(exc))
         accepted_ms = int(time.time() * 1000)  # (the spool's age is told by the wall clock)
-        record = {"kind": "resolve", "project": project, "anomaly_key": anomaly_key,
-                  "at_ms": at_ms, "accepted_ms": accepted_ms, "by": by}  # fmt: skip
+        record = {"kind": "resolve", "project": project, "anomaly_key": resolution.anomaly_key,
+                  "at_ms": resolution.at_ms, "accepted_ms": accepted_ms, "by": resolution.by,
+                  "episode": resolution.episode, "started_ms": resolution.started_ms}  # fmt: skip
         await self._append([record])
 
     async def _keep(
@@ -114,6 +116,7 @@ class SpoolingStore(StoreWrapper):
                     "occurrence_id": r.occurrence_id,
                     "accepted_ms": recording.now_ms,
                     **({"sequence": list(r.sequence)} if r.sequence else {}),
+                    **({"episode": r.episode, "ends_ms": r.ends_ms} if r.episode else {}),
                 }
                 for r in requests
             ]

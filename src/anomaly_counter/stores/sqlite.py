@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .. import timeline
+from ..episodes import FlapState, IncidentState
 from ..errors import ConfigurationError, StoreError, StoreFileError, StoreUnavailableError
 from ..limits import anomaly_limit_error
 from ..model import EscalationLevel
@@ -49,6 +50,7 @@ from .base import (
     Chunks,
     Recording,
     RecordRequest,
+    Resolution,
     Snapshot,
     Store,
     WritePolicy,
@@ -89,6 +91,9 @@ CREATE TABLE IF NOT EXISTS anomalies (
     touched INTEGER NOT NULL,
     resolved_at INTEGER,  -- the latest resolution of one of its episodes
     verify_until INTEGER,  -- the latest end of its repairs' verification windows
+    incident TEXT,  -- its current incident (episodes.IncidentState.encode_head)
+    flap TEXT,  -- its flapping state (episodes.FlapState.encode)
+    flap_leave INTEGER,  -- while it flaps: when it stops if nothing more happens
     PRIMARY KEY (project, anomaly_key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS anomalies_1h ON anomalies (project, score_1h DESC, anomaly_key);
@@ -99,6 +104,16 @@ CREATE INDEX IF NOT EXISTS anomalies_dispositions
     ON anomalies (project, score_dispositions DESC, anomaly_key);
 CREATE INDEX IF NOT EXISTS anomalies_touched ON anomalies (touched);
 CREATE INDEX IF NOT EXISTS anomalies_chronic ON anomalies (project, level) WHERE level > 0;
+-- The open episodes of each anomaly's incident (at most max_open): fingerprint, start, and
+-- when Alertmanager last sent it.
+CREATE TABLE IF NOT EXISTS open_episodes (
+    project TEXT NOT NULL,
+    anomaly_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (project, anomaly_key, fingerprint)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS occurrence_ids (
     project TEXT NOT NULL,
     anomaly_key TEXT NOT NULL,
@@ -218,6 +233,13 @@ _ADDED_COLUMNS = (  # columns of files made by earlier versions
     ("anomalies", "verify_until", "INTEGER"),
     ("repair_history", "until_ms", "INTEGER"),
     ("repair_history", "back_ms", "INTEGER"),
+    ("anomalies", "incident", "TEXT"),
+    ("anomalies", "flap", "TEXT"),
+    ("anomalies", "flap_leave", "INTEGER"),
+)
+_ADDED_INDEXES = (  # on added columns: made once they are there
+    "CREATE INDEX IF NOT EXISTS anomalies_flapping ON anomalies (project, flap_leave)"
+    " WHERE flap_leave IS NOT NULL",
 )
 
 _COLUMNS = {name: f"score_{name}" for name in INDEXES}
@@ -293,6 +315,8 @@ class SQLiteStore(Store):
                 columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for statement in _ADDED_INDEXES:
+                db.execute(statement)
         except BaseException as exc:
             db.close()
             if isinstance(exc, sqlite3.Error) and not (
@@ -458,11 +482,33 @@ class SQLiteStore(Store):
                     " AND digest = ?",
                     (now_ms, project, key, digest),
                 )
+                if request.episode:  # Alertmanager sent it again: still open
+                    db.execute(
+                        "UPDATE open_episodes SET seen_ms = max(seen_ms, ?) WHERE project = ?"
+                        " AND anomaly_key = ? AND fingerprint = ?",
+                        (now_ms, project, key, request.episode),
+                    )
                 snapshot = self._snapshot(db, project, key, at, now_ms)
                 assert snapshot is not None  # an id is only remembered with its occurrence
                 snapshot.duplicate = True
                 return snapshot
             ids_count = self._remember_id(db, project, key, digest, ids_count, policy, now_ms)
+        joined, quiet_before = False, False  # (quiet: none of its episodes was open)
+        if request.episode and not is_new:
+            joined, quiet_before = self._episode(db, project, request, policy, now_ms)
+        if joined:  # joined the incident in progress: not a recurrence (its id is remembered)
+            db.execute(
+                "UPDATE anomalies SET ids_count = ? WHERE project = ? AND anomaly_key = ?",
+                (ids_count, project, key),
+            )
+            if quiet_before:
+                self._flap_step(db, project, key, request.at_ms, now_ms, policy)
+            snapshot = self._snapshot(db, project, key, at, now_ms)
+            assert snapshot is not None
+            # (as every write's answer: the incident and flapping figures are the reads')
+            snapshot.firing, snapshot.instances, snapshot.flap = 0, 0, ""
+            snapshot.joined = True
+            return snapshot
         state = (
             WindowState.from_bytes(blob, policy.tail_capacity)
             if blob is not None
@@ -526,6 +572,8 @@ class SQLiteStore(Store):
         # the story, in the same transaction
         if not indexed:
             self._index(db, project, key, request.search_terms)
+        if request.episode and is_new:  # (its first episode starts its first incident)
+            _, quiet_before = self._episode(db, project, request, policy, now_ms)
         if first_ever:
             self._tell(db, project, key, timeline.encode("first_seen", at))
         if escalated:
@@ -539,6 +587,8 @@ class SQLiteStore(Store):
             self._post(db, project, key, "e", int(escalated), at, counts_at, now_ms, policy)
         if policy.outbox_max and newly_regressed:
             self._post(db, project, key, "r", 0, at, counts_at, now_ms, policy)
+        if quiet_before:  # it fired: a change for flapping
+            self._flap_step(db, project, key, at, now_ms, policy)
         days = self._day_totals(db, project, key, now_ms) if has_days else {}
         snapshot = _make_snapshot(key, counts_at, first_seen, last_seen, fix_at, days, now_ms)
         snapshot.escalated_to = int(escalated or 0)
@@ -547,6 +597,115 @@ class SQLiteStore(Store):
         if snapshot.fix_at_ms is not None:
             snapshot.fix_description, snapshot.fix_by = fix_record
         return snapshot
+
+    # -- episodes: incidents and flapping (anomaly_counter.episodes) -------------------------
+
+    @staticmethod
+    def _incident(db: sqlite3.Connection, project: str, key: str) -> IncidentState:
+        """The anomaly's incident with its open episodes."""
+        row = db.execute(
+            "SELECT incident FROM anomalies WHERE project = ? AND anomaly_key = ?",
+            (project, key),
+        ).fetchone()
+        episodes = db.execute(
+            "SELECT fingerprint, start_ms, seen_ms FROM open_episodes"
+            " WHERE project = ? AND anomaly_key = ?",
+            (project, key),
+        ).fetchall()
+        head = row[0] if row is not None else None
+        return IncidentState.decode(head, {fp: (s, seen) for fp, s, seen in episodes})
+
+    @staticmethod
+    def _save_incident(
+        db: sqlite3.Connection,
+        project: str,
+        key: str,
+        incident: IncidentState,
+        before: dict[str, tuple[int, int]],
+    ) -> None:
+        """Write what changed of an incident: its head, and its open episodes that came,
+        went or were seen again."""
+        db.execute(
+            "UPDATE anomalies SET incident = ? WHERE project = ? AND anomaly_key = ?",
+            (incident.encode_head(), project, key),
+        )
+        gone = [(project, key, fp) for fp in before if fp not in incident.open]
+        db.executemany(
+            "DELETE FROM open_episodes WHERE project = ? AND anomaly_key = ? AND fingerprint = ?",
+            gone,
+        )
+        changed = [
+            (project, key, fp, start, seen)
+            for fp, (start, seen) in incident.open.items()
+            if before.get(fp) != (start, seen)
+        ]
+        db.executemany(
+            "INSERT OR REPLACE INTO open_episodes"
+            " (project, anomaly_key, fingerprint, start_ms, seen_ms) VALUES (?, ?, ?, ?, ?)",
+            changed,
+        )
+
+    def _episode(
+        self,
+        db: sqlite3.Connection,
+        project: str,
+        request: RecordRequest,
+        policy: WritePolicy,
+        now_ms: int,
+    ) -> tuple[bool, bool]:
+        """A new episode into its anomaly's incident: whether it joined the one in progress
+        (it counts as no recurrence), and whether none of the anomaly's episodes was open
+        before it (it fired: a change for flapping)."""
+        rules, key = policy.episodes, request.anomaly_key
+        incident = self._incident(db, project, key)
+        before = dict(incident.open)
+        incident.expire(now_ms, rules.open_ms)
+        starts, firing = incident.fire(
+            request.episode, request.at_ms, request.ends_ms, now_ms, rules
+        )
+        self._save_incident(db, project, key, incident, before)
+        return not starts and rules.count == "incidents", not firing
+
+    def _flap_step(
+        self,
+        db: sqlite3.Connection,
+        project: str,
+        key: str,
+        at_ms: int | None,
+        now_ms: int,
+        policy: WritePolicy,
+    ) -> bool:
+        """A transition at ``at_ms`` (None: none, the sweep's look as of now), then the
+        thresholds: starting or stopping to flap is told in the timeline and the outbox, and
+        the project's flapping index follows. True when it stopped."""
+        rules = policy.episodes
+        (stored,) = db.execute(
+            "SELECT flap FROM anomalies WHERE project = ? AND anomaly_key = ?", (project, key)
+        ).fetchone()
+        flap = FlapState.decode(stored)
+        if at_ms is not None:
+            flap.mark(at_ms, rules.slot_ms)
+        change = flap.evaluate(now_ms, rules.flap_start, rules.flap_stop)
+        leave = flap.leave_at(rules.flap_stop) if flap.flapping else None
+        db.execute(
+            "UPDATE anomalies SET flap = ?, flap_leave = ? WHERE project = ? AND anomaly_key = ?",
+            (flap.encode(), leave, project, key),
+        )
+        if change is None:
+            return False
+        when = now_ms if at_ms is None else at_ms
+        percent = flap.percent_text(now_ms)
+        self._tell(db, project, key, timeline.encode("flapping", when, change, percent))
+        if policy.outbox_max:
+            (blob,) = db.execute(
+                "SELECT state FROM anomalies WHERE project = ? AND anomaly_key = ?",
+                (project, key),
+            ).fetchone()
+            counts = WindowState.from_bytes(blob, 1 << 30).counts(when) if blob else (0, 0, 0, 0)
+            kind = "f" if change else "s"
+            level = round(float(percent) * 10)
+            self._post(db, project, key, kind, level, when, counts, now_ms, policy)
+        return not change
 
     def _post(
         self,
@@ -761,14 +920,14 @@ class SQLiteStore(Store):
     ) -> Snapshot | None:
         row = db.execute(
             "SELECT first_seen, last_seen, state, fix_at, signature, resolved_at,"
-            " fix_description, fix_by, regressed_at, has_days FROM anomalies"
+            " fix_description, fix_by, regressed_at, has_days, incident, flap FROM anomalies"
             " WHERE project = ? AND anomaly_key = ?",
             (project, key),
         ).fetchone()
         if row is None:
             return None
         first_seen, last_seen, blob, fix_at, signature, resolved_at = row[:6]
-        fix_description, fix_by, regressed_at, has_days = row[6:]
+        fix_description, fix_by, regressed_at, has_days, incident, flap = row[6:]
         state = WindowState.from_bytes(blob, 1 << 30) if blob is not None else None
         counts = state.counts(at) if state is not None else (0, 0, 0, 0)
         days = self._day_totals(db, project, key, now_ms) if has_days else {}
@@ -778,6 +937,13 @@ class SQLiteStore(Store):
         if snapshot.fix_at_ms is not None:
             snapshot.fix_description, snapshot.fix_by = fix_description, fix_by
             snapshot.regressed_ms = regressed_at
+        if incident:
+            snapshot.instances = IncidentState.decode(incident, {}).instances
+            (snapshot.firing,) = db.execute(
+                "SELECT count(*) FROM open_episodes WHERE project = ? AND anomaly_key = ?",
+                (project, key),
+            ).fetchone()
+        snapshot.flap = flap or ""
         return snapshot
 
     async def read(
@@ -1101,17 +1267,56 @@ class SQLiteStore(Store):
 
         return await self._run(self._write, work)
 
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
+    async def resolve(self, recording: Recording, resolution: Resolution) -> None:
+        project, policy, now_ms = recording
+        key, at_ms, by, episode, started_ms = resolution
+
         def work(db: sqlite3.Connection) -> None:
-            newer = db.execute(
-                "UPDATE anomalies SET resolved_at = ? WHERE project = ? AND anomaly_key = ?"
-                " AND first_seen IS NOT NULL AND COALESCE(resolved_at, -1) < ?",
-                (at_ms, project, anomaly_key, at_ms),
-            ).rowcount
-            if newer:  # a re-sent resolution is not told again
-                self._tell(db, project, anomaly_key, timeline.encode("resolved", at_ms, by))
+            row = db.execute(
+                "SELECT resolved_at FROM anomalies WHERE project = ? AND anomaly_key = ?"
+                " AND first_seen IS NOT NULL",
+                (project, key),
+            ).fetchone()
+            if row is None:  # (an anomaly never seen: nothing to resolve)
+                return
+            if row[0] is None or row[0] < at_ms:  # a re-sent resolution is not told again
+                db.execute(
+                    "UPDATE anomalies SET resolved_at = ? WHERE project = ? AND anomaly_key = ?",
+                    (at_ms, project, key),
+                )
+                self._tell(db, project, key, timeline.encode("resolved", at_ms, by))
+            incident = self._incident(db, project, key)
+            before = dict(incident.open)
+            incident.resolve(episode, started_ms, at_ms)
+            self._save_incident(db, project, key, incident, before)
+            if not incident.open:  # none open any more: it resolved, a change for flapping
+                self._flap_step(db, project, key, at_ms, now_ms, policy)
 
         await self._run(self._write, work)
+
+    async def flapping(self, project: str) -> list[tuple[str, int]]:
+        def work() -> list[tuple[str, int]]:
+            rows = self._connection().execute(
+                "SELECT anomaly_key, flap_leave FROM anomalies WHERE project = ?"
+                " AND flap_leave IS NOT NULL ORDER BY flap_leave DESC, anomaly_key",
+                (project,),
+            )
+            return [(str(key), int(leave)) for key, leave in rows]
+
+        return await self._run(work)
+
+    async def sweep(self, recording: Recording, limit: int) -> int:
+        project, policy, now_ms = recording
+
+        def work(db: sqlite3.Connection) -> int:
+            due = db.execute(
+                "SELECT anomaly_key FROM anomalies WHERE project = ?"
+                " AND flap_leave IS NOT NULL AND flap_leave <= ? ORDER BY flap_leave LIMIT ?",
+                (project, now_ms, limit),
+            ).fetchall()
+            return sum(self._flap_step(db, project, key, None, now_ms, policy) for (key,) in due)
+
+        return await self._run(self._write, work)
 
     # -- the story ----------------------------------------------------------------------------
 
@@ -1446,7 +1651,7 @@ class SQLiteStore(Store):
             ).fetchall()
         }
         tables = ("anomalies", "occurrence_ids", "write_marks", "day_counts", "repair_history",
-                  "timeline", "search_terms")  # fmt: skip
+                  "timeline", "search_terms", "open_episodes")  # fmt: skip
         for table in tables:
             db.executemany(f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", stale)
         for project, term in orphans:

@@ -9,7 +9,7 @@ from typing import Any
 from ..outbox import DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..tokens import TokenRecord
 from ..windows import WindowState
-from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Snapshot, Store
+from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Resolution, Snapshot, Store
 
 
 class ChunkFeed:
@@ -107,8 +107,14 @@ class StoreWrapper(Store):
     async def undo_fix(self, project: str, write: AnomalyWrite) -> bool:
         return await self.inner.undo_fix(project, write)
 
-    async def resolve(self, project: str, anomaly_key: str, at_ms: int, by: str = "") -> None:
-        await self.inner.resolve(project, anomaly_key, at_ms, by)
+    async def resolve(self, recording: Recording, resolution: Resolution) -> None:
+        await self.inner.resolve(recording, resolution)
+
+    async def flapping(self, project: str) -> list[tuple[str, int]]:
+        return await self.inner.flapping(project)
+
+    async def sweep(self, recording: Recording, limit: int) -> int:
+        return await self.inner.sweep(recording, limit)
 
     async def states(self, project: str, anomaly_keys: Sequence[str]) -> list[WindowState | None]:
         return await self.inner.states(project, anomaly_keys)

@@ -44,6 +44,7 @@ _env.globals.update(
     window_names=views.WINDOW_NAMES,
     disposition_names=views.DISPOSITION_NAMES,
     utc_text=views.utc_text,
+    labels=views.labels_of,
     milestones=timeline.MILESTONES,
     params=lambda **kw: urlencode({k: v for k, v in kw.items() if v not in (None, "")}),
 )

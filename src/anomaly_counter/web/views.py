@@ -12,6 +12,7 @@ from typing import Any
 from markupsafe import Markup
 
 from ..counter import MAX_CHRONIC, AnomalyCounter
+from ..episodes import EpisodeRules
 from ..model import (
     DISPOSITION_TYPES,
     LEVEL_MEANINGS,
@@ -172,6 +173,9 @@ class ProjectView:
     heading: str
     thresholds: dict[str, int] = field(default_factory=dict)
     notices: NoticesView | None = None  # (a project with channels)
+    flapping: list[AnomalyFrequency] = field(default_factory=list)  # the top MAX_FLAPPING
+    flapping_total: int = 0
+    flap_rules: EpisodeRules = field(default_factory=EpisodeRules)
 
 
 @dataclass
@@ -195,6 +199,7 @@ class NoticesView:
 
 
 MAX_LETTERS = 20
+MAX_FLAPPING = 10  # the project page's "flapping now" (Alerta's top 10 flapping)
 MAX_ATTEMPTS = 10  # repair attempts the anomaly page lists
 
 
@@ -209,7 +214,11 @@ async def notices_view(counter: AnomalyCounter) -> NoticesView | None:
             letter=d,
             name=str(fingerprint_fields(f.signature)["alert_name"] or "") if f else "",
             channel=d.channel.split(":", 1)[0],
-            level=EscalationLevel(d.entry.level).name if d.entry.level else None,
+            level=(
+                EscalationLevel(d.entry.level).name
+                if d.entry.kind == "escalation" and d.entry.level
+                else None
+            ),
             dead=_when(d.dead_ms),
         )
         for d, f in zip(shown, found, strict=True)
@@ -227,11 +236,12 @@ async def project_view(
 ) -> ProjectView:
     """The project page: its chronic anomalies (or a search, or every anomaly), the level
     tiles, escalations per day and the disposition mix."""
-    chronic_all, days, summary, notices = await asyncio.gather(
+    chronic_all, days, summary, notices, flapping = await asyncio.gather(
         counter.chronic_anomalies("REPEAT", window, MAX_CHRONIC),  # all: the tiles count them
         counter.escalations_by_day(30),
         counter.disposition_summary(),
         notices_view(counter),
+        counter.flapping_anomalies(MAX_FLAPPING),
     )
     tiles = {name: 0 for name in (*LEVELS, "regressed")}
     for f in chronic_all.anomalies:
@@ -288,6 +298,9 @@ async def project_view(
         heading=heading,
         thresholds=counter.THRESHOLDS,
         notices=notices,
+        flapping=flapping.anomalies,
+        flapping_total=flapping.total,
+        flap_rules=counter.settings.episodes_for(counter.project_id),
     )
 
 

@@ -1,11 +1,17 @@
 -- A snapshot of one anomaly as of `at`, or nil when nothing is known of it.
 -- KEYS: meta (the script names the anomaly's other keys from it, see load_state)
 -- ARGV: at now retention_days fix_validity_ms
--- The reply() is named 'resolved' besides the fix in force.
+-- The reply() is named 'resolved', 'firing' (open episodes), 'instances' (of the current or
+-- last incident) and 'flap' (the flapping state as stored) besides the fix in force.
 local meta = KEYS[1]
 if redis.call('EXISTS', meta, string.sub(meta, 1, -2) .. 'd') == 0 then return nil end
 local s = load_state(meta)
 local c = counts(s, tonumber(ARGV[1]))
-local resolved = num(redis.call('HGET', meta, 'rs'), -1)
+local got = redis.call('HMGET', meta, 'rs', 'in', 'fl')
+local head = got[2] and numbers(got[2], 4)
+local instances = 0
+if head then instances = head[3] end
 return reply(s, c, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-             redis.call('GET', key_of(s, 's')) or '', {'resolved', resolved})
+             redis.call('GET', key_of(s, 's')) or '',
+             {'resolved', num(got[1], -1), 'instances', instances,
+              'firing', redis.call('HLEN', key_of(s, 'o')), 'flap', got[3] or ''})

@@ -5,24 +5,32 @@
 --       tail alone. On a cluster, the caller groups the occurrences of one slot.
 -- ARGV: the policy (t_repeat t_escalate t_fix tail_capacity ttl_seconds dedup_horizon_ms
 --       dedup_max_ids fix_validity_ms retention_days shard_share outbox_share: the shard's
---       share of the project's outbox, 0 for none), then for each occurrence:
---       anomaly_key at now mark (see seen_before) signature search_terms
+--       share of the project's outbox, 0 for none; then the episodes' rules: incidents (1/0)
+--       grouping_gap_ms max_open open_ms flap_slot_ms flap_start flap_stop), then for each
+--       occurrence: anomaly_key at now mark (see seen_before) signature search_terms episode
+--       (an Alertmanager fingerprint, '' for none) ends (its resolution, -1 while firing)
 -- Returns one reply() per occurrence, named: 'duplicate', 'escalated' (the level crossed into)
--- and 'newly_regressed' when set, and no signature (the caller has the one it sent); or named
+-- and 'newly_regressed' when set, 'joined' for an episode that joined the incident in
+-- progress (not counted), and no signature (the caller has the one it sent); or named
 -- 'refused' when it was not stored: it would have made a new anomaly in a shard that holds its
 -- share of the project's max_anomalies (shard_share) already.
 -- The first occurrence of an anomaly also indexes it for search and starts its timeline; a
 -- crossing and a regression are told in the timeline (and a crossing counted for the project
 -- by day) and put in the outbox for their notices, all in the same call.
 local p = {}
-for i = 1, 11 do p[i] = tonumber(ARGV[i]) end
+for i = 1, 18 do p[i] = tonumber(ARGV[i]) end
 local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention, share, outbox =
   p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]
+-- (one table: a function may name at most 60 locals from outside it)
+local rules = {incidents = p[12] == 1, gap = p[13], max_open = p[14], open_ms = p[15],
+               slot_ms = p[16], start = p[17], stop = p[18], outbox = outbox, ttl = ttl}
 local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
 local NO_NAMES = {}
 local REFUSED = {'refused', 1}
 
-local function record_one(meta, member, at_text, now, mark, signature, terms)
+local JOINED = {'joined', 1}
+
+local function record_one(meta, member, at_text, now, mark, signature, terms, episode, ends)
   local at = tonumber(at_text)
   local s = load_state(meta)
   if s[FRESH] and not take_place(meta, member, share, ttl) then
@@ -30,7 +38,18 @@ local function record_one(meta, member, at_text, now, mark, signature, terms)
   end
 
   if seen_before(s, mark, now, horizon, max_ids, ttl) then
+    if episode ~= '' then episode_seen(s, episode, now) end  -- sent again: still open
     return reply(s, counts(s, at), now, retention, fix_validity, '', {'duplicate', 1})
+  end
+
+  local change = false  -- (for flapping: it fired while none of its episodes was open)
+  if episode ~= '' then
+    local starts, was_firing = incident_fire(s, episode, at, tonumber(ends), now, rules)
+    change = not was_firing
+    if not starts and rules.incidents then  -- joined the incident in progress: no recurrence
+      if change then flap_step(s, member, at, now, rules) end
+      return reply(s, counts(s, at), now, retention, fix_validity, '', JOINED)
+    end
   end
 
   local first_ever = s[FIRST] < 0
@@ -105,6 +124,7 @@ local function record_one(meta, member, at_text, now, mark, signature, terms)
     if escalated > 0 then post(meta, member, 'e', escalated, at_text, at_counts, now, outbox) end
     if newly > 0 then post(meta, member, 'r', 0, at_text, at_counts, now, outbox) end
   end
+  if change then flap_step(s, member, at, now, rules) end
 
   if refresh then
     local meta_ttl = ttl
@@ -118,7 +138,7 @@ local function record_one(meta, member, at_text, now, mark, signature, terms)
     if level > 0 then  -- (also written by versions before the index: it heals within the hour)
       redis.call('ZADD', shard_key(meta, 'chronic'), level, member)
     end
-    local names = {key_of(s, 'd'), key_of(s, 'h'), key_of(s, 'w')}
+    local names = {key_of(s, 'd'), key_of(s, 'h'), key_of(s, 'w'), key_of(s, 'o')}
     for w = 1, 4 do names[#names + 1] = ring_key(s, w) end
     for _, name in ipairs(names) do redis.call('EXPIRE', name, ttl) end
     extend_shard(meta, meta_ttl)
@@ -135,9 +155,9 @@ end
 
 local out = {}
 local k = 1
-for a = 12, #ARGV, 6 do
+for a = 19, #ARGV, 8 do
   out[k] = record_one(KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
-                      ARGV[a + 4], ARGV[a + 5])
+                      ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
   k = k + 1
 end
 return out

@@ -1,10 +1,21 @@
--- Keep the latest time an episode of a known anomaly was resolved ('rs' in its meta hash); a
--- newer one than any before is told in the timeline (a re-sent resolution is not).
+-- An episode of a known anomaly resolved: keep the latest resolution time ('rs' in its meta
+-- hash; a newer one than any before is told in the timeline, a re-sent one is not), close the
+-- episode in its incident (fingerprint '': every open episode), and count the transition for
+-- flapping when none of its episodes is open any more (see common.lua's incident_resolve and
+-- flap_step).
 -- KEYS: meta
--- ARGV: at timeline_entry ttl_seconds
-if redis.call('HEXISTS', KEYS[1], 'st') == 0 or load_state(KEYS[1])[FIRST] < 0 then return 0 end
-local at = tonumber(ARGV[1])
-if at <= num(redis.call('HGET', KEYS[1], 'rs'), -1) then return 0 end
-redis.call('HSET', KEYS[1], 'rs', at)
-tell(string.sub(KEYS[1], 1, -2), ARGV[2], tonumber(ARGV[3]))
+-- ARGV: at timeline_entry ttl_seconds anomaly_key episode started now outbox_share
+--       flap_slot_ms flap_start flap_stop
+if redis.call('HEXISTS', KEYS[1], 'st') == 0 then return 0 end
+local s = load_state(KEYS[1])
+if s[FIRST] < 0 then return 0 end
+local at, ttl = tonumber(ARGV[1]), tonumber(ARGV[3])
+if at > num(redis.call('HGET', KEYS[1], 'rs'), -1) then
+  redis.call('HSET', KEYS[1], 'rs', at)
+  tell(s[BASE], ARGV[2], ttl)
+end
+if incident_resolve(s, ARGV[5], tonumber(ARGV[6]), at, ttl) then return 1 end  -- still firing
+flap_step(s, ARGV[4], at, tonumber(ARGV[7]),
+          {slot_ms = tonumber(ARGV[9]), start = tonumber(ARGV[10]), stop = tonumber(ARGV[11]),
+           outbox = tonumber(ARGV[8]), ttl = ttl})
 return 1
