@@ -209,6 +209,12 @@ def _policy_args(policy: WritePolicy) -> _Policy:
     )  # fmt: skip
 
 
+def _episode_arg(request: RecordRequest) -> str:
+    """An occurrence's episode in one argument (most have none: "", one argument the less to
+    send and read): '<ends_ms>|<fingerprint>'."""
+    return f"{request.ends_ms}|{request.episode}" if request.episode else ""
+
+
 def _outbox_share(policy: WritePolicy) -> int:
     """Each shard's share of the project's outbox, rounded up (0: no outbox)."""
     return -(-policy.outbox_max // SHARDS)
@@ -240,7 +246,7 @@ def _record_groups(prefix: str, items: Sequence[_Write], by_slot: bool = False) 
         group[0].append(keys.meta)
         group[1].extend(
             (request.anomaly_key, request.at_ms, now_ms, mark_of(request), request.signature_json,
-             request.search_terms, request.episode, request.ends_ms)
+             request.search_terms, _episode_arg(request))
         )  # fmt: skip
         group[2].append(position)
     return list(groups.values())

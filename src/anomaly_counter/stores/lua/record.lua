@@ -8,7 +8,8 @@
 --       share of the project's outbox, 0 for none; then the episodes' rules: incidents (1/0)
 --       grouping_gap_ms max_open open_ms flap_slot_ms flap_start flap_stop), then for each
 --       occurrence: anomaly_key at now mark (see seen_before) signature search_terms episode
---       (an Alertmanager fingerprint, '' for none) ends (its resolution, -1 while firing)
+--       ('' for none, else '<ends>|<fingerprint>': an Alertmanager episode, and its
+--       resolution's time, -1 while it fires)
 -- Returns one reply() per occurrence, named: 'duplicate', 'escalated' (the level crossed into)
 -- and 'newly_regressed' when set, 'joined' for an episode that joined the incident in
 -- progress (not counted), and no signature (the caller has the one it sent); or named
@@ -30,8 +31,13 @@ local REFUSED = {'refused', 1}
 
 local JOINED = {'joined', 1}
 
-local function record_one(meta, member, at_text, now, mark, signature, terms, episode, ends)
+local function record_one(meta, member, at_text, now, mark, signature, terms, episode_arg)
   local at = tonumber(at_text)
+  local episode, ends = '', -1
+  if episode_arg ~= '' then
+    local bar = string.find(episode_arg, '|', 1, true)
+    ends, episode = tonumber(string.sub(episode_arg, 1, bar - 1)), string.sub(episode_arg, bar + 1)
+  end
   local s = load_state(meta)
   if s[FRESH] and not take_place(meta, member, share, ttl) then
     return reply(s, {0, 0, 0, 0}, now, retention, fix_validity, '', REFUSED)
@@ -44,7 +50,7 @@ local function record_one(meta, member, at_text, now, mark, signature, terms, ep
 
   local change = false  -- (for flapping: it fired while none of its episodes was open)
   if episode ~= '' then
-    local starts, was_firing = incident_fire(s, episode, at, tonumber(ends), now, rules)
+    local starts, was_firing = incident_fire(s, episode, at, ends, now, rules)
     change = not was_firing
     if not starts and rules.incidents then  -- joined the incident in progress: no recurrence
       if change then flap_step(s, member, at, now, rules) end
@@ -155,9 +161,9 @@ end
 
 local out = {}
 local k = 1
-for a = 19, #ARGV, 8 do
+for a = 19, #ARGV, 7 do
   out[k] = record_one(KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
-                      ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+                      ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
   k = k + 1
 end
 return out
