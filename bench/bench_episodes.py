@@ -48,8 +48,9 @@ async def alerts(url: str, project: str, as_episodes: bool) -> float:
 
 async def memory(server: Server) -> dict[str, float]:
     """MEMORY USAGE of one anomaly's keys: 10,000 episodes over 30 days flipping every few
-    minutes (a full flapping state, a full timeline of resolutions and flapping entries), then
-    with 100 episodes open (the bound) as well."""
+    minutes (a full flapping state, the timeline's routine part full of resolutions and
+    flapping entries), then its milestones full too (60 fixes, as bench_record), then with
+    max_open episodes open (the bound) as well."""
     server.client.flushall()
     now = datetime.now(UTC)
     start = now - timedelta(days=30) + timedelta(minutes=1)
@@ -58,8 +59,11 @@ async def memory(server: Server) -> dict[str, float]:
     signature = {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod"}
     settings = Settings(store_url=server.url, episodes=EpisodeRules(open_hours=720))
 
-    def used() -> int:
+    def used(ids: bool = False) -> int:
+        """Its keys' memory, without (or only) the occurrence ids it remembers (``i``: bounded
+        by dedup_max_ids, the same with or without episodes; see bench_record)."""
         keys = [k for k in server.client.keys("ac:{memory*") if b":a:" in k]
+        keys = [k for k in keys if k.endswith(b":i") == ids]
         return sum(server.client.memory_usage(k, samples=0) or 0 for k in keys)
 
     async with AnomalyCounter.from_url(server.url, "memory", settings=settings) as counter:
@@ -73,10 +77,18 @@ async def memory(server: Server) -> dict[str, float]:
                 at = start + step * i + timedelta(seconds=30)
                 await counter.record_resolution(key, at=at, episode="p", started=start + step * i)
         figures: dict[str, float] = {"flipping": used()}
+        for i in range(60):  # more than the milestones keep
+            await counter.mark_permanent_fix_applied(
+                key, f"raised the memory limit to {i + 1} GiB", by="oncall:maria"
+            )
+        figures["full timeline"] = used()
+        figures["entries"] = len(await counter.timeline(key))
+        bound = settings.episodes.max_open
         await counter.record_many(
-            [Occurrence(signature, now, f"am:open{n}:1", f"open{n}") for n in range(100)]
+            [Occurrence(signature, now, f"am:open{n}:1", f"open{n}") for n in range(bound)]
         )
         figures["open"] = used()
+        figures["ids"] = used(ids=True)
         found = await counter.get_frequency(key)
         assert found is not None
         figures["firing"], figures["instances"] = found.firing, found.instances
@@ -139,8 +151,11 @@ async def main() -> None:
         print(
             "MEMORY USAGE of one anomaly's keys (Redis), 10,000 episodes over 30 days with"
             f" flips: {figures['flipping']:,.0f} bytes (flapping {figures['percent']:.1f} %);"
-            f" with 100 episodes open (the bound) too: {figures['open']:,.0f} bytes"
-            f" (firing {figures['firing']:.0f}, instances {figures['instances']:.0f})"
+            f" with a full timeline ({figures['entries']:.0f} entries):"
+            f" {figures['full timeline']:,.0f} bytes; with {figures['firing']:.0f} episodes open"
+            f" (max_open) too: {figures['open']:,.0f} bytes"
+            f" (firing {figures['firing']:.0f}, instances {figures['instances']:.0f}); besides"
+            f" the 10,000 episodes' ids it remembers: {figures['ids']:,.0f} bytes"
         )
         print()
         for name, url in (("Redis", server.url), ("SQLite", f"sqlite:///{directory}/s.db")):

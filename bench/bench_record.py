@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from anomaly_counter import AnomalyCounter, Settings
+from anomaly_counter.model import Occurrence
 from reference_baseline import ReferenceSequence  # beside this script, on its sys.path
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -217,6 +218,13 @@ async def memory_of_one_anomaly(
         figures["with timeline"] = used("i")
         figures["ids"] = used() - used("i")  # the fixes' write ids (deduplication)
         figures["timeline entries"] = len(await counter.timeline(key))
+        # and Alertmanager's episodes: max_open of them open, and a flapping state
+        bound = settings.episodes.max_open
+        await counter.record_many(
+            [Occurrence(signature, now, f"am:open{n}:1", f"open{n}") for n in range(bound)]
+        )
+        figures["with episodes"] = used("i")
+        figures["open"] = bound
         for i in range(100):
             await counter.record_repair_attempt(
                 key, ("restart_pod", "scale_up")[i % 2], i % 3 == 0, by="3f2a9c0d1e2f3a4b"
@@ -238,7 +246,9 @@ def print_memory(
             f"{label}: {figures['counting']:,.0f} bytes (count_30d {figures['count_30d']:,.0f};"
             f" recorded at {figures['rate']:,.0f}/s); with a full timeline"
             f" ({figures['timeline entries']:.0f} entries): {figures['with timeline']:,.0f} bytes"
-            f" (and {figures['ids']:,.0f} bytes of the 60 fixes' write ids); with 100 repairs"
+            f" (and {figures['ids']:,.0f} bytes of the 60 fixes' write ids); with"
+            f" {figures['open']:.0f} Alertmanager episodes open (max_open) as well:"
+            f" {figures['with episodes']:,.0f} bytes; with 100 repairs"
             f" and 50 dispositions too, all its keys: {figures['with repairs']:,.0f} bytes"
         )
 

@@ -131,6 +131,21 @@ def a_start(alert: dict) -> datetime:  # type: ignore[type-arg]
     return datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00"))
 
 
+async def test_a_refused_message_stores_none_of_its_resolutions(service: ServiceServer) -> None:
+    """Seen in review: the resolutions of a message were stored before its alerts were
+    checked, so a message answered 400 (which Alertmanager does not retry) had closed an
+    episode all the same."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    async with service.client(service.token("team-a")) as http:
+        await http.post(RECEIVER, json=_payload(_alert("firing", start)))
+        resolved = _alert("resolved", start, start + timedelta(minutes=5))
+        wrong = {**_alert("firing", start, pod="x"), "fingerprint": "bad\u0007print"}
+        r = await http.post(RECEIVER, json=_payload(resolved, wrong))
+        assert r.status_code == 400, r.text
+        anomaly = (await http.get(f"/v1/projects/team-a/anomalies/{KEY}")).json()
+        assert (anomaly["firing"], anomaly["last_resolved"]) == (1, None)
+
+
 async def test_count_instances_restores_one_count_per_alert(tmp_path: Path) -> None:
     config = tmp_path / "settings.toml"
     config.write_text('[projects.team-a.episodes]\ncount = "instances"\n')

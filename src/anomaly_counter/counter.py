@@ -406,6 +406,22 @@ class AnomalyCounter:
             done += 1
         return frequencies
 
+    def validate(self, occurrences: Iterable[Occurrence | Mapping[str, Any]]) -> None:
+        """Check occurrences as ``record_many`` does, storing nothing: InvalidInputError
+        (naming the first wrong one) when any is wrong."""
+        self._check_all(occurrences, self._clock())
+
+    def _check_all(
+        self, occurrences: Iterable[Occurrence | Mapping[str, Any]], now: datetime
+    ) -> list[_Checked]:
+        checked = []
+        for index, occurrence in enumerate(occurrences):
+            try:
+                checked.append(self._check(occurrence, now))
+            except InvalidInputError as exc:
+                raise type(exc)(f"occurrence {index}: {exc}") from exc
+        return checked
+
     async def record_many(
         self, occurrences: Iterable[Occurrence | Mapping[str, Any]]
     ) -> list[AnomalyFrequency]:
@@ -413,12 +429,7 @@ class AnomalyCounter:
         stored. Items are ``Occurrence`` or mappings with ``signature``, ``at``,
         ``occurrence_id``."""
         now = self._clock()
-        checked = []
-        for index, occurrence in enumerate(occurrences):
-            try:
-                checked.append(self._check(occurrence, now))
-            except InvalidInputError as exc:
-                raise type(exc)(f"occurrence {index}: {exc}") from exc
+        checked = self._check_all(occurrences, now)
         if not checked:
             return []
         # All is checked: now each chunk is prepared just before it is sent, and each chunk's

@@ -54,7 +54,8 @@ class EpisodeRules:
 
     count: str = "incidents"  # or "instances": every episode counts
     grouping_gap_minutes: float = 0.0  # an episode within this after an incident closed joins it
-    max_open: int = 100  # open episodes listed per anomaly; past it, counted but not listed
+    max_open: int = 16  # open episodes listed per anomaly (about 42 bytes each in Redis);
+    # past it, counted in instances but not listed
     open_hours: float = 24.0  # an open episode not re-sent for this long is taken as over
     flap_slot_minutes: float = 5.0
     flap_start: float = 30.0  # percent: starts flapping above it
@@ -226,10 +227,11 @@ class IncidentState:
 
     def fire(
         self, fingerprint: str, start_ms: int, end_ms: int, now_ms: int, rules: EpisodeRules
-    ) -> tuple[bool, bool]:
+    ) -> tuple[bool, list[int]]:
         """A new episode (``end_ms`` NO_END while it fires): whether it starts an incident (a
-        recurrence; else it joins the current one), and whether another episode was open when
-        it came (else the anomaly fired: a change for flapping)."""
+        recurrence; else it joins the current one), and its changes for flapping: its start
+        when it started an incident (or moved the incident's start earlier), and the incident's
+        end when it arrived resolved and nothing is open after it."""
         end = end_ms
         prior = self.open.get(fingerprint)
         if prior is not None:
@@ -240,7 +242,7 @@ class IncidentState:
                 end = prior[0] - 1 if end == NO_END else min(end, prior[0] - 1)
             else:  # the same episode again
                 self.open[fingerprint] = (prior[0], max(prior[1], now_ms))
-                return False, True
+                return False, []
         firing = bool(self.open)
         gap = rules.gap_ms
         joins = (
@@ -248,16 +250,22 @@ class IncidentState:
             and (firing or start_ms <= self.end_ms + gap)
             and (end == NO_END or end >= self.start_ms - gap)
         )
+        marks = []
         if joins:
+            if start_ms < self.start_ms:  # (the incident started earlier than seen so far)
+                marks.append(start_ms)
             self.instances += 1
             self.start_ms = min(self.start_ms, start_ms)
             self._add(fingerprint, start_ms, end, now_ms, rules.max_open)
-            return False, firing
-        if self.start_ms < 0 or (not firing and start_ms > self.end_ms + gap):  # a new incident
-            self.start_ms, self.end_ms, self.instances, self.unlisted = start_ms, NO_END, 1, 0
-            self._add(fingerprint, start_ms, end, now_ms, rules.max_open)
-        # (else an incident before the current one, arriving late: a recurrence then)
-        return True, firing
+        else:
+            marks.append(start_ms)
+            if self.start_ms < 0 or (not firing and start_ms > self.end_ms + gap):  # a new one
+                self.start_ms, self.end_ms, self.instances, self.unlisted = start_ms, NO_END, 1, 0
+                self._add(fingerprint, start_ms, end, now_ms, rules.max_open)
+            # (else an incident before the current one, arriving late: a recurrence then)
+        if end != NO_END and not self.open and self.end_ms != NO_END:
+            marks.append(self.end_ms if joins or self.start_ms == start_ms else end)
+        return not joins, marks
 
     def seen(self, fingerprint: str, now_ms: int) -> bool:
         """An open episode re-sent (Alertmanager repeats firing alerts): it is still open."""
@@ -275,20 +283,22 @@ class IncidentState:
         else:
             self.unlisted += 1
 
-    def resolve(self, fingerprint: str, start_ms: int, end_ms: int) -> None:
-        """An episode resolved at ``end_ms`` (``fingerprint`` "": the anomaly as a whole, as the
-        resolve API says it: every open episode)."""
+    def resolve(self, fingerprint: str, start_ms: int, end_ms: int) -> list[int]:
+        """An open episode resolved at ``end_ms`` (``fingerprint`` "": the anomaly as a whole,
+        as the resolve API says it: every open episode). One not open (unknown, or resolved
+        already) changes nothing: it does not move the incident's end. Its change for
+        flapping: the incident's end, when it closed the last open episode."""
         if not fingerprint:
-            if self.start_ms >= 0:
-                self.open.clear()
-                self.end_ms = max(self.end_ms, end_ms)
-            return
-        prior = self.open.get(fingerprint)
-        if prior is not None and prior[0] <= start_ms:
+            if not self.open:
+                return []
+            self.open.clear()
+        else:
+            prior = self.open.get(fingerprint)
+            if prior is None or prior[0] > start_ms:
+                return []
             del self.open[fingerprint]
-            self.end_ms = max(self.end_ms, end_ms)
-        elif prior is None and self.start_ms >= 0 and start_ms >= self.start_ms:
-            self.end_ms = max(self.end_ms, end_ms)
+        self.end_ms = max(self.end_ms, end_ms)
+        return [] if self.open else [self.end_ms]
 
     @property
     def firing(self) -> int:

@@ -20,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import validation
 from ..counter import AnomalyCounter
+from ..errors import InvalidInputError
 from ..model import ActionStats, AnomalyFrequency, AnomalyRow, EscalationLevel, Occurrence
 from ..notify.deliverer import send_again
 from ..policy import should_skip
@@ -202,17 +203,19 @@ async def alertmanager(body: AlertmanagerPayload, p: Writer) -> s.AlertmanagerOu
     cannot take it (Alertmanager retries)."""
     found, too_old = episodes(body, p.service.settings.alert_labels, datetime.now(UTC))
     p.service.metrics.refused(p.id, "rejected", too_old)
+    occurrences = [
+        Occurrence(e.signature, e.at, e.occurrence_id, e.fingerprint, e.resolved_at) for e in found
+    ]
+    try:  # all of it checked before any of it is stored (its resolutions included)
+        p.counter.validate(occurrences)
+    except InvalidInputError:
+        p.service.metrics.refused(p.id, "rejected", len(occurrences))
+        raise
     ended = [e for e in found if e.resolved_at is not None]
-    # The group's resolutions first (at once, not one round trip after another): an episode
-    # that ended is closed before a firing of the same message is judged, as in time.
+    # The group's resolutions first (at once, not one round trip after another): an open
+    # episode that ended is closed before a firing of the same message is judged, as in time.
     await _resolve(p, ended)
-    frequencies = []
-    if found:
-        occurrences = [
-            Occurrence(e.signature, e.at, e.occurrence_id, e.fingerprint, e.resolved_at)
-            for e in found
-        ]
-        frequencies = await p.service.record(p.id, occurrences)
+    frequencies = await p.service.record(p.id, occurrences) if occurrences else []
     # ... and the resolutions of episodes first seen in this message, now that they are known
     new = {e.occurrence_id for e, f in zip(found, frequencies, strict=True) if not f.duplicate}
     await _resolve(p, [e for e in ended if e.occurrence_id in new])

@@ -464,7 +464,7 @@ class SQLiteStore(Store):
         indexed, row_touched, fix_record, bounds = row[8], row[9], row[10:12], row[12:16]
         verify_until = row[16]
         if self._marked_before(db, project, request, now_ms):
-            snapshot = self._snapshot(db, project, key, at, now_ms)
+            snapshot = self._snapshot(db, project, key, at, now_ms, episodes=False)
             assert snapshot is not None  # a mark is only noted with its occurrence
             snapshot.duplicate = True
             return snapshot
@@ -488,25 +488,23 @@ class SQLiteStore(Store):
                         " AND anomaly_key = ? AND fingerprint = ?",
                         (now_ms, project, key, request.episode),
                     )
-                snapshot = self._snapshot(db, project, key, at, now_ms)
+                snapshot = self._snapshot(db, project, key, at, now_ms, episodes=False)
                 assert snapshot is not None  # an id is only remembered with its occurrence
                 snapshot.duplicate = True
                 return snapshot
             ids_count = self._remember_id(db, project, key, digest, ids_count, policy, now_ms)
-        joined, quiet_before = False, False  # (quiet: none of its episodes was open)
+        joined, marks = False, list[int]()  # (marks: its changes for flapping)
         if request.episode and not is_new:
-            joined, quiet_before = self._episode(db, project, request, policy, now_ms)
+            joined, marks = self._episode(db, project, request, policy, now_ms)
         if joined:  # joined the incident in progress: not a recurrence (its id is remembered)
             db.execute(
                 "UPDATE anomalies SET ids_count = ? WHERE project = ? AND anomaly_key = ?",
                 (ids_count, project, key),
             )
-            if quiet_before:
-                self._flap_step(db, project, key, request.at_ms, now_ms, policy)
-            snapshot = self._snapshot(db, project, key, at, now_ms)
+            if marks:
+                self._flap_step(db, project, key, marks, now_ms, policy)
+            snapshot = self._snapshot(db, project, key, at, now_ms, episodes=False)
             assert snapshot is not None
-            # (as every write's answer: the incident and flapping figures are the reads')
-            snapshot.firing, snapshot.instances, snapshot.flap = 0, 0, ""
             snapshot.joined = True
             return snapshot
         state = (
@@ -573,7 +571,7 @@ class SQLiteStore(Store):
         if not indexed:
             self._index(db, project, key, request.search_terms)
         if request.episode and is_new:  # (its first episode starts its first incident)
-            _, quiet_before = self._episode(db, project, request, policy, now_ms)
+            _, marks = self._episode(db, project, request, policy, now_ms)
         if first_ever:
             self._tell(db, project, key, timeline.encode("first_seen", at))
         if escalated:
@@ -587,8 +585,8 @@ class SQLiteStore(Store):
             self._post(db, project, key, "e", int(escalated), at, counts_at, now_ms, policy)
         if policy.outbox_max and newly_regressed:
             self._post(db, project, key, "r", 0, at, counts_at, now_ms, policy)
-        if quiet_before:  # it fired: a change for flapping
-            self._flap_step(db, project, key, at, now_ms, policy)
+        if marks:  # it fired (or fired and resolved): changes for flapping
+            self._flap_step(db, project, key, marks, now_ms, policy)
         days = self._day_totals(db, project, key, now_ms) if has_days else {}
         snapshot = _make_snapshot(key, counts_at, first_seen, last_seen, fix_at, days, now_ms)
         snapshot.escalated_to = int(escalated or 0)
@@ -652,38 +650,37 @@ class SQLiteStore(Store):
         request: RecordRequest,
         policy: WritePolicy,
         now_ms: int,
-    ) -> tuple[bool, bool]:
+    ) -> tuple[bool, list[int]]:
         """A new episode into its anomaly's incident: whether it joined the one in progress
-        (it counts as no recurrence), and whether none of the anomaly's episodes was open
-        before it (it fired: a change for flapping)."""
+        (it counts as no recurrence), and its changes for flapping (IncidentState.fire)."""
         rules, key = policy.episodes, request.anomaly_key
         incident = self._incident(db, project, key)
         before = dict(incident.open)
         incident.expire(now_ms, rules.open_ms)
-        starts, firing = incident.fire(
+        starts, marks = incident.fire(
             request.episode, request.at_ms, request.ends_ms, now_ms, rules
         )
         self._save_incident(db, project, key, incident, before)
-        return not starts and rules.count == "incidents", not firing
+        return not starts and rules.count == "incidents", marks
 
     def _flap_step(
         self,
         db: sqlite3.Connection,
         project: str,
         key: str,
-        at_ms: int | None,
+        marks: Sequence[int],
         now_ms: int,
         policy: WritePolicy,
     ) -> bool:
-        """A transition at ``at_ms`` (None: none, the sweep's look as of now), then the
-        thresholds: starting or stopping to flap is told in the timeline and the outbox, and
-        the project's flapping index follows. True when it stopped."""
+        """Changes at these times (none: the sweep's look as of now), then the thresholds:
+        starting or stopping to flap is told in the timeline and the outbox (at the latest
+        change, or now), and the project's flapping index follows. True when it stopped."""
         rules = policy.episodes
         (stored,) = db.execute(
             "SELECT flap FROM anomalies WHERE project = ? AND anomaly_key = ?", (project, key)
         ).fetchone()
         flap = FlapState.decode(stored)
-        if at_ms is not None:
+        for at_ms in marks:
             flap.mark(at_ms, rules.slot_ms)
         change = flap.evaluate(now_ms, rules.flap_start, rules.flap_stop)
         leave = flap.leave_at(rules.flap_stop) if flap.flapping else None
@@ -693,7 +690,7 @@ class SQLiteStore(Store):
         )
         if change is None:
             return False
-        when = now_ms if at_ms is None else at_ms
+        when = max(marks) if marks else now_ms
         percent = flap.percent_text(now_ms)
         self._tell(db, project, key, timeline.encode("flapping", when, change, percent))
         if policy.outbox_max:
@@ -916,8 +913,16 @@ class SQLiteStore(Store):
         return ids_count
 
     def _snapshot(
-        self, db: sqlite3.Connection, project: str, key: str, at: int, now_ms: int
+        self,
+        db: sqlite3.Connection,
+        project: str,
+        key: str,
+        at: int,
+        now_ms: int,
+        episodes: bool = True,
     ) -> Snapshot | None:
+        """The anomaly as a read answers it; ``episodes`` False: as a write answers it, without
+        the incident and flapping figures (the reads')."""
         row = db.execute(
             "SELECT first_seen, last_seen, state, fix_at, signature, resolved_at,"
             " fix_description, fix_by, regressed_at, has_days, incident, flap FROM anomalies"
@@ -937,13 +942,13 @@ class SQLiteStore(Store):
         if snapshot.fix_at_ms is not None:
             snapshot.fix_description, snapshot.fix_by = fix_description, fix_by
             snapshot.regressed_ms = regressed_at
-        if incident:
+        if incident and episodes:
             snapshot.instances = IncidentState.decode(incident, {}).instances
             (snapshot.firing,) = db.execute(
                 "SELECT count(*) FROM open_episodes WHERE project = ? AND anomaly_key = ?",
                 (project, key),
             ).fetchone()
-        snapshot.flap = flap or ""
+        snapshot.flap = (flap or "") if episodes else ""
         return snapshot
 
     async def read(
@@ -1287,10 +1292,10 @@ class SQLiteStore(Store):
                 self._tell(db, project, key, timeline.encode("resolved", at_ms, by))
             incident = self._incident(db, project, key)
             before = dict(incident.open)
-            incident.resolve(episode, started_ms, at_ms)
+            marks = incident.resolve(episode, started_ms, at_ms)
             self._save_incident(db, project, key, incident, before)
-            if not incident.open:  # none open any more: it resolved, a change for flapping
-                self._flap_step(db, project, key, at_ms, now_ms, policy)
+            if marks:  # it closed the last open episode: a change for flapping
+                self._flap_step(db, project, key, marks, now_ms, policy)
 
         await self._run(self._write, work)
 
@@ -1314,7 +1319,7 @@ class SQLiteStore(Store):
                 " AND flap_leave IS NOT NULL AND flap_leave <= ? ORDER BY flap_leave LIMIT ?",
                 (project, now_ms, limit),
             ).fetchall()
-            return sum(self._flap_step(db, project, key, None, now_ms, policy) for (key,) in due)
+            return sum(self._flap_step(db, project, key, (), now_ms, policy) for (key,) in due)
 
         return await self._run(self._write, work)
 

@@ -704,7 +704,10 @@ end
 local function incident_save(s, inc, ttl)
   redis.call('HSET', key_of(s, 'm'), 'in', string.format('%d,%d,%d,%d', inc.start, inc.finish,
              inc.instances, inc.unlisted))
-  if inc.n > 0 then redis.call('EXPIRE', key_of(s, 'o'), ttl) end
+  -- (its lifetime is the anomaly's: set once, then pushed out with the others, hourly)
+  if inc.n > 0 and redis.call('TTL', key_of(s, 'o')) < 0 then
+    redis.call('EXPIRE', key_of(s, 'o'), ttl)
+  end
 end
 
 local function incident_drop(s, inc, fp)
@@ -726,8 +729,8 @@ local function incident_add(s, inc, fp, start, finish, now, max_open)
 end
 
 -- A new episode (finish NO_END while it fires); true when it starts an incident (a
--- recurrence), false when it joins the one in progress; and whether any episode was open
--- before it (else it is a change for flapping). (episodes.IncidentState.fire)
+-- recurrence), false when it joins the one in progress; and its changes for flapping (a
+-- list of times). (episodes.IncidentState.fire)
 local function incident_fire(s, fp, start, finish, now, rules)
   local gap, max_open, open_ms, ttl = rules.gap, rules.max_open, rules.open_ms, rules.ttl
   local inc = incident_load(s)
@@ -747,22 +750,34 @@ local function incident_fire(s, fp, start, finish, now, rules)
     else
       redis.call('HSET', key_of(s, 'o'), fp, string.format('%d,%d', prior[1], math.max(prior[2], now)))
       incident_save(s, inc, ttl)
-      return false, true
+      return false, {}
     end
   end
   local firing = inc.n > 0
   local joins = inc.start >= 0 and (firing or start <= inc.finish + gap)
                 and (finish == NO_END or finish >= inc.start - gap)
+  local marks = {}
   if joins then
+    if start < inc.start then marks[1] = start end  -- (it started earlier than seen so far)
     inc.instances = inc.instances + 1
     inc.start = math.min(inc.start, start)
     incident_add(s, inc, fp, start, finish, now, max_open)
-  elseif inc.start < 0 or (not firing and start > inc.finish + gap) then
-    inc.start, inc.finish, inc.instances, inc.unlisted = start, NO_END, 1, 0
-    incident_add(s, inc, fp, start, finish, now, max_open)
+  else
+    marks[1] = start
+    if inc.start < 0 or (not firing and start > inc.finish + gap) then
+      inc.start, inc.finish, inc.instances, inc.unlisted = start, NO_END, 1, 0
+      incident_add(s, inc, fp, start, finish, now, max_open)
+    end
+  end
+  if finish ~= NO_END and inc.n == 0 and inc.finish ~= NO_END then
+    if joins or inc.start == start then
+      marks[#marks + 1] = inc.finish
+    else
+      marks[#marks + 1] = finish
+    end
   end
   incident_save(s, inc, ttl)
-  return not joins, firing
+  return not joins, marks
 end
 
 -- An open episode sent again (Alertmanager repeats firing alerts): still open.
@@ -773,28 +788,24 @@ local function episode_seen(s, fp, now)
   if e and e[2] < now then redis.call('HSET', o, fp, string.format('%d,%d', e[1], now)) end
 end
 
--- An episode resolved (fp '': the anomaly as a whole); whether any episode is still open
--- (else it is a change for flapping). (episodes.IncidentState.resolve)
+-- An open episode resolved (fp '': the anomaly as a whole, every open episode); one not open
+-- changes nothing. Its changes for flapping: the incident's end, when it closed the last
+-- open episode. (episodes.IncidentState.resolve)
 local function incident_resolve(s, fp, started, at, ttl)
   local inc = incident_load(s)
   if fp == '' then
-    if inc.start < 0 then return false end
+    if inc.n == 0 then return {} end
     redis.call('DEL', key_of(s, 'o'))
     inc.n = 0
-    inc.finish = math.max(inc.finish, at)
   else
     local prior = inc.open[fp]
-    if prior and prior[1] <= started then
-      incident_drop(s, inc, fp)
-      inc.finish = math.max(inc.finish, at)
-    elseif not prior and inc.start >= 0 and started >= inc.start then
-      inc.finish = math.max(inc.finish, at)
-    else
-      return inc.n > 0
-    end
+    if not prior or prior[1] > started then return {} end
+    incident_drop(s, inc, fp)
   end
+  inc.finish = math.max(inc.finish, at)
   incident_save(s, inc, ttl)
-  return inc.n > 0
+  if inc.n > 0 then return {} end
+  return {inc.finish}
 end
 
 local function flap_load(s)
@@ -830,16 +841,21 @@ local function flap_mark(f, at, slot_ms)
   end
 end
 
--- A transition at `at` (false: none, the sweep's look as of now), then the thresholds:
--- starting or stopping to flap is told in the timeline and the outbox, and the shard's
--- flapping index (scored by when it would stop) follows. Returns the change: 1 started,
--- 0 stopped, nil none. (episodes.FlapState; the SQLite store's _flap_step) rules: slot_ms,
--- start, stop (percent), outbox (the shard's share), ttl.
-local function flap_step(s, member, at, now, rules)
+-- Changes at the times `marks` lists (none: the sweep's look as of now), then the
+-- thresholds: starting or stopping to flap is told in the timeline and the outbox (at the
+-- latest change, or now), and the shard's flapping index (scored by when it would stop)
+-- follows. Returns the change: 1 started, 0 stopped, nil none. (episodes.FlapState; the
+-- SQLite store's _flap_step) rules: slot_ms, start, stop (percent), outbox (the shard's
+-- share), ttl.
+local function flap_step(s, member, marks, now, rules)
   local slot_ms, start, stop, outbox, ttl = rules.slot_ms, rules.start, rules.stop, rules.outbox,
                                             rules.ttl
   local f = flap_load(s)
-  if at then flap_mark(f, at, slot_ms) end
+  local when = now
+  for i, at in ipairs(marks) do
+    flap_mark(f, at, slot_ms)
+    if i == 1 or at > when then when = at end
+  end
   local change = nil
   local units = 0
   if f.newest >= 0 and f.slot > 0 then
@@ -863,7 +879,6 @@ local function flap_step(s, member, at, now, rules)
     redis.call('ZREM', index, member)
   end
   if change == nil then return nil end
-  local when = at or now
   local when_text = string.format('%d', when)
   local percent = string.format('%.1f', units / FLAP_SLOTS)
   tell(s[BASE], TL_FLAPPING .. TL_SEP .. when_text .. TL_SEP .. change .. TL_SEP .. percent, ttl)

@@ -11,7 +11,7 @@ for i = 1, #ARGV - 6 do  -- (on a cluster, KEYS goes on with the keys the calls 
   local meta, member = KEYS[i], ARGV[6 + i]
   if redis.call('HEXISTS', meta, 'st') == 0 then  -- forgotten since: out of the index
     redis.call('ZREM', shard_key(meta, 'flapping'), member)
-  elseif flap_step(load_state(meta), member, false, now, rules) == 0 then
+  elseif flap_step(load_state(meta), member, {}, now, rules) == 0 then
     stopped = stopped + 1
   end
 end

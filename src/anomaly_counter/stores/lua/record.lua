@@ -30,6 +30,7 @@ local NO_NAMES = {}
 local REFUSED = {'refused', 1}
 
 local JOINED = {'joined', 1}
+local NO_MARKS = {}
 
 local function record_one(meta, member, at_text, now, mark, signature, terms, episode_arg)
   local at = tonumber(at_text)
@@ -48,12 +49,12 @@ local function record_one(meta, member, at_text, now, mark, signature, terms, ep
     return reply(s, counts(s, at), now, retention, fix_validity, '', {'duplicate', 1})
   end
 
-  local change = false  -- (for flapping: it fired while none of its episodes was open)
+  local marks = NO_MARKS  -- its changes for flapping
   if episode ~= '' then
-    local starts, was_firing = incident_fire(s, episode, at, ends, now, rules)
-    change = not was_firing
+    local starts
+    starts, marks = incident_fire(s, episode, at, ends, now, rules)
     if not starts and rules.incidents then  -- joined the incident in progress: no recurrence
-      if change then flap_step(s, member, at, now, rules) end
+      if #marks > 0 then flap_step(s, member, marks, now, rules) end
       return reply(s, counts(s, at), now, retention, fix_validity, '', JOINED)
     end
   end
@@ -130,7 +131,7 @@ local function record_one(meta, member, at_text, now, mark, signature, terms, ep
     if escalated > 0 then post(meta, member, 'e', escalated, at_text, at_counts, now, outbox) end
     if newly > 0 then post(meta, member, 'r', 0, at_text, at_counts, now, outbox) end
   end
-  if change then flap_step(s, member, at, now, rules) end
+  if #marks > 0 then flap_step(s, member, marks, now, rules) end
 
   if refresh then
     local meta_ttl = ttl

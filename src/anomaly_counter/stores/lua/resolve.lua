@@ -14,8 +14,9 @@ if at > num(redis.call('HGET', KEYS[1], 'rs'), -1) then
   redis.call('HSET', KEYS[1], 'rs', at)
   tell(s[BASE], ARGV[2], ttl)
 end
-if incident_resolve(s, ARGV[5], tonumber(ARGV[6]), at, ttl) then return 1 end  -- still firing
-flap_step(s, ARGV[4], at, tonumber(ARGV[7]),
+local marks = incident_resolve(s, ARGV[5], tonumber(ARGV[6]), at, ttl)
+if #marks == 0 then return 1 end  -- (still firing, or closed nothing)
+flap_step(s, ARGV[4], marks, tonumber(ARGV[7]),
           {slot_ms = tonumber(ARGV[9]), start = tonumber(ARGV[10]), stop = tonumber(ARGV[11]),
            outbox = tonumber(ARGV[8]), ttl = ttl})
 return 1
