@@ -188,13 +188,20 @@ def lua_constants() -> str:
     return "-- generated from anomaly_counter's Python modules (lua_constants)\n" + "\n".join(lines)
 
 
+_EPISODE_SCRIPTS = frozenset(("record", "resolve", "flap_sweep"))
+"""The scripts that also get episodes.lua (incidents and flapping)."""
+
+
 def _script_source(name: str) -> str:
     lua = resources.files("anomaly_counter.stores") / "lua"
-    parts = (lua_constants(), (lua / "common.lua").read_text(), (lua / f"{name}.lua").read_text())
+    parts = [lua_constants(), (lua / "common.lua").read_text()]
+    if name in _EPISODE_SCRIPTS:
+        parts.append((lua / "episodes.lua").read_text())
+    parts.append((lua / f"{name}.lua").read_text())
     return "\n".join(parts)
 
 
-_Policy = tuple[int | float, ...]
+_Policy = tuple[int | str, ...]
 _Write = tuple[str, _Policy, int, RecordRequest]
 """One occurrence to write: project, policy arguments, the caller's now, the request."""
 
@@ -205,7 +212,7 @@ def _policy_args(policy: WritePolicy) -> _Policy:
         *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS, policy.dedup_horizon_ms,
         policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS, _shard_share(policy.max_anomalies),
         _outbox_share(policy),
-        *policy.episodes.store_args(),
+        ",".join(str(arg) for arg in policy.episodes.store_args()),  # (read by few calls)
     )  # fmt: skip
 
 

@@ -8,9 +8,8 @@ if redis.call('EXISTS', meta, string.sub(meta, 1, -2) .. 'd') == 0 then return n
 local s = load_state(meta)
 local c = counts(s, tonumber(ARGV[1]))
 local got = redis.call('HMGET', meta, 'rs', 'in', 'fl')
-local head = got[2] and numbers(got[2], 4)
-local instances = 0
-if head then instances = head[3] end
+local instances = 0  -- (the third of the incident's four numbers, see episodes.lua)
+if got[2] then instances = tonumber(string.match(got[2], '^[^,]*,[^,]*,([^,]*),')) or 0 end
 return reply(s, c, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
              redis.call('GET', key_of(s, 's')) or '',
              {'resolved', num(got[1], -1), 'instances', instances,

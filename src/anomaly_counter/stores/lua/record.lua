@@ -5,8 +5,9 @@
 --       tail alone. On a cluster, the caller groups the occurrences of one slot.
 -- ARGV: the policy (t_repeat t_escalate t_fix tail_capacity ttl_seconds dedup_horizon_ms
 --       dedup_max_ids fix_validity_ms retention_days shard_share outbox_share: the shard's
---       share of the project's outbox, 0 for none; then the episodes' rules: incidents (1/0)
---       grouping_gap_ms max_open open_ms flap_slot_ms flap_start flap_stop), then for each
+--       share of the project's outbox, 0 for none; then the episodes' rules in one argument,
+--       read only by a call with an episode: 'incidents (1/0),grouping_gap_ms,max_open,
+--       open_ms,flap_slot_ms,flap_start,flap_stop'), then for each
 --       occurrence: anomaly_key at now mark (see seen_before) signature search_terms episode
 --       ('' for none, else '<ends>|<fingerprint>': an Alertmanager episode, and its
 --       resolution's time, -1 while it fires)
@@ -19,12 +20,22 @@
 -- crossing and a regression are told in the timeline (and a crossing counted for the project
 -- by day) and put in the outbox for their notices, all in the same call.
 local p = {}
-for i = 1, 18 do p[i] = tonumber(ARGV[i]) end
+for i = 1, 11 do p[i] = tonumber(ARGV[i]) end
 local t1, t2, t3, cap, ttl, horizon, max_ids, fix_validity, retention, share, outbox =
   p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]
--- (one table: a function may name at most 60 locals from outside it)
-local rules = {incidents = p[12] == 1, gap = p[13], max_open = p[14], open_ms = p[15],
-               slot_ms = p[16], start = p[17], stop = p[18], outbox = outbox, ttl = ttl}
+-- The episodes' functions and rules, made by the first occurrence that has an episode (one
+-- table each: a function may name at most 60 locals from outside it).
+local E, rules = nil, nil
+local function episodes()
+  if not E then
+    E = episodes_module()
+    local r = {}
+    for part in string.gmatch(ARGV[12], '[^,]+') do r[#r + 1] = tonumber(part) end
+    rules = {incidents = r[1] == 1, gap = r[2], max_open = r[3], open_ms = r[4],
+             slot_ms = r[5], start = r[6], stop = r[7], outbox = outbox, ttl = ttl}
+  end
+  return E
+end
 local REFRESH_EVERY = 3600000  -- key lifetimes are pushed out at most hourly
 local NO_NAMES = {}
 local REFUSED = {'refused', 1}
@@ -45,16 +56,16 @@ local function record_one(meta, member, at_text, now, mark, signature, terms, ep
   end
 
   if seen_before(s, mark, now, horizon, max_ids, ttl) then
-    if episode ~= '' then episode_seen(s, episode, now) end  -- sent again: still open
+    if episode ~= '' then episodes().seen(s, episode, now) end  -- sent again: still open
     return reply(s, counts(s, at), now, retention, fix_validity, '', {'duplicate', 1})
   end
 
   local marks = NO_MARKS  -- its changes for flapping
   if episode ~= '' then
     local starts
-    starts, marks = incident_fire(s, episode, at, ends, now, rules)
+    starts, marks = episodes().fire(s, episode, at, ends, now, rules)
     if not starts and rules.incidents then  -- joined the incident in progress: no recurrence
-      if #marks > 0 then flap_step(s, member, marks, now, rules) end
+      if #marks > 0 then E.step(s, member, marks, now, rules) end
       return reply(s, counts(s, at), now, retention, fix_validity, '', JOINED)
     end
   end
@@ -131,7 +142,7 @@ local function record_one(meta, member, at_text, now, mark, signature, terms, ep
     if escalated > 0 then post(meta, member, 'e', escalated, at_text, at_counts, now, outbox) end
     if newly > 0 then post(meta, member, 'r', 0, at_text, at_counts, now, outbox) end
   end
-  if #marks > 0 then flap_step(s, member, marks, now, rules) end
+  if #marks > 0 then E.step(s, member, marks, now, rules) end
 
   if refresh then
     local meta_ttl = ttl
@@ -162,7 +173,7 @@ end
 
 local out = {}
 local k = 1
-for a = 19, #ARGV, 7 do
+for a = 13, #ARGV, 7 do
   out[k] = record_one(KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
                       ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
   k = k + 1

@@ -1,8 +1,8 @@
 -- An episode of a known anomaly resolved: keep the latest resolution time ('rs' in its meta
 -- hash; a newer one than any before is told in the timeline, a re-sent one is not), close the
 -- episode in its incident (fingerprint '': every open episode), and count the transition for
--- flapping when none of its episodes is open any more (see common.lua's incident_resolve and
--- flap_step).
+-- flapping when none of its episodes is open any more (see episodes.lua's incident_resolve
+-- and flap_step).
 -- KEYS: meta
 -- ARGV: at timeline_entry ttl_seconds anomaly_key episode started now outbox_share
 --       flap_slot_ms flap_start flap_stop
@@ -14,9 +14,10 @@ if at > num(redis.call('HGET', KEYS[1], 'rs'), -1) then
   redis.call('HSET', KEYS[1], 'rs', at)
   tell(s[BASE], ARGV[2], ttl)
 end
-local marks = incident_resolve(s, ARGV[5], tonumber(ARGV[6]), at, ttl)
+local E = episodes_module()
+local marks = E.resolve(s, ARGV[5], tonumber(ARGV[6]), at, ttl)
 if #marks == 0 then return 1 end  -- (still firing, or closed nothing)
-flap_step(s, ARGV[4], marks, tonumber(ARGV[7]),
+E.step(s, ARGV[4], marks, tonumber(ARGV[7]),
           {slot_ms = tonumber(ARGV[9]), start = tonumber(ARGV[10]), stop = tonumber(ARGV[11]),
            outbox = tonumber(ARGV[8]), ttl = ttl})
 return 1
