@@ -269,13 +269,11 @@ class AnomalyCounter:
             joined=snapshot.joined,
             firing=snapshot.firing,
             instances=snapshot.instances,
-            **self._flapping(snapshot.flap, _ms(at)),
+            **(self._flapping(snapshot.flap, _ms(at)) if snapshot.flap else _NOT_FLAPPING),
         )
 
     def _flapping(self, stored: str, now_ms: int) -> dict[str, Any]:
         """``flapping`` and ``flap_percent`` as of now, from the stored state."""
-        if not stored:
-            return {}
         flap = FlapState.decode(stored)
         stop = self._policy.episodes.flap_stop
         return {"flapping": flap.flapping_at(now_ms, stop), "flap_percent": flap.percent(now_ms)}
@@ -298,10 +296,11 @@ class AnomalyCounter:
         signature = validation.signature(occurrence.signature)
         occurrence_id = validation.occurrence_id(occurrence.occurrence_id)
         at_ms = _ms(validation.occurrence_time(occurrence.at, now))
-        episode = validation.episode(occurrence.episode)
-        ends_ms = -1
-        if episode and occurrence.ends is not None:
-            ends_ms = max(at_ms, _ms(validation.aware(occurrence.ends)))
+        episode, ends_ms = "", -1
+        if occurrence.episode is not None:  # (most have none)
+            episode = validation.episode(occurrence.episode)
+            if episode and occurrence.ends is not None:
+                ends_ms = max(at_ms, _ms(validation.aware(occurrence.ends)))
         return _Checked(
             hash_signature(signature), signature, at_ms, occurrence_id, episode, ends_ms
         )
@@ -1114,6 +1113,7 @@ def _chunks(anomaly_keys: Sequence[str], size: int) -> list[list[int]]:
     return chunks
 
 
+_NOT_FLAPPING: dict[str, Any] = {}  # (the answers of anomalies without a flapping state)
 _counter: AnomalyCounter | None = None
 
 
