@@ -168,6 +168,9 @@ def lua_constants() -> str:
         f"local {levels} = {', '.join(str(int(level)) for level in EscalationLevel)}",
         f"local DISPOSITIONS = {_lua_list(DISPOSITION_TYPES)}",
         f"local SHARD_KEYS = {_lua_list(SHARD_KEYS)}",
+        # (the flapping index's lifetime is pushed out by its own writes: most anomalies
+        # never flap, and every new one would pay for it)
+        f"local SHARD_LIVED = {_lua_list(k for k in SHARD_KEYS if k != 'flapping')}",
         f"local MARKS_HELD = {MAX_HELD}",
         f"local FLAP_SLOTS, FLAP_MASK = {FLAP_SLOTS}, {FLAP_MASK}",
     ]

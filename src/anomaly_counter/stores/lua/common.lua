@@ -1,6 +1,6 @@
 -- Shared by every anomaly-counter script (prepended to each at load time, after the constants
--- generated from Python: WINDOW, GRAIN, RING, DAY, INDEX_NAMES, SHARD_KEYS, DISPOSITIONS,
--- INDEX_SLACK, INDEX_SPREAD, LEVEL_*; see stores/redis.py lua_constants).
+-- generated from Python: WINDOW, GRAIN, RING, DAY, INDEX_NAMES, SHARD_KEYS, SHARD_LIVED,
+-- DISPOSITIONS, INDEX_SLACK, INDEX_SPREAD, LEVEL_*; see stores/redis.py lua_constants).
 -- Mirrors anomaly_counter/windows.py: the same tail, rings and error bound; the contract tests
 -- hold both to one brute-force model. All times are integer milliseconds, UTC.
 --
@@ -363,7 +363,7 @@ end
 -- The shard's keys that anomalies are found by (search, chronic, rankings) and counted in:
 -- each anomaly's state pushes their lifetime out to its own (extend).
 local function extend_shard(meta, seconds)
-  for _, name in ipairs(SHARD_KEYS) do extend(shard_key(meta, name), seconds) end
+  for _, name in ipairs(SHARD_LIVED) do extend(shard_key(meta, name), seconds) end
 end
 
 -- The server's clock, in ms. The live sets (below) compare their entries' ends with it, as the

@@ -202,6 +202,7 @@ local function episodes_module()
         if flap_units(f, slot) < stop * FLAP_SLOTS then leave = slot * f.slot; break end
       end
       redis.call('ZADD', index, leave, member)
+      extend(index, ttl)
     elseif change == 0 then
       redis.call('ZREM', index, member)
     end
