@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,7 @@ def test_repairs_dispositions_and_fix(store: str) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(store: str, args: list[str], message: str) -> None:
+    Path(store.removeprefix("sqlite:///")).touch()  # (a store there, empty: reads read it)
     done = cli(*args, store=store)
     assert done.returncode != 0
     assert message in done.stderr
@@ -262,3 +264,88 @@ def test_read_only_tokens(store: str) -> None:
     cli("--project", "team-a", "token", "create", store=store)
     listed = cli("--project", "team-a", "token", "list", store=store).stdout
     assert "read" in listed.split() and "write" in listed.split()
+
+
+def test_global_options_go_before_or_after_the_command(store: str) -> None:
+    """Seen by a new user: `top --store URL --project demo` failed (unrecognized arguments),
+    and so did the README's own `token create --project P`."""
+    bare = [sys.executable, "-m", "anomaly_counter.cli"]
+    run = lambda *a: subprocess.run([*bare, *a], capture_output=True, text=True, timeout=60)  # noqa: E731
+    recorded = run("record", "--alert-name", "DiskFull", "--store", store, "--project", "demo")
+    assert recorded.returncode == 0, recorded.stderr
+    top = run("top", "--store", store, "--project", "demo", "--json")
+    assert top.returncode == 0, top.stderr
+    assert [r["alert_name"] for r in json.loads(top.stdout)] == ["DiskFull"]
+    # after the command wins over before it; a nested command takes them too
+    other = run("--project", "nobody", "top", "--json", "--project", "demo", "--store", store)
+    assert len(json.loads(other.stdout)) == 1
+    made = run("token", "create", "--project", "demo", "--store", store, "--json")
+    assert made.returncode == 0 and json.loads(made.stdout)["project"] == "demo"
+    # the whole token revokes it as its id does
+    revoked = run("token", "revoke", json.loads(made.stdout)["token"], "--store", store)
+    assert revoked.returncode == 0, revoked.stderr
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("anomaly-counter ")
+
+
+def test_a_read_says_where_it_looked_and_never_makes_a_store(store: str, tmp_path: Path) -> None:
+    """Seen by a new user: forgetting --project, or a mistyped SQLite path, printed "no
+    anomaly occurred in the last 24h" with exit 0, and the read made the file and its
+    directories."""
+    assert (
+        cli("--project", "demo", "record", "--alert-name", "DiskFull", store=store).returncode == 0
+    )
+    forgot = cli("top", store=store)  # (the project "default": nothing there)
+    assert forgot.returncode == 0
+    assert "project 'default'" in forgot.stdout and "no anomaly at all" in forgot.stdout
+    quiet = cli("--project", "demo", "top", "--window", "1h", store=store)
+    assert "project 'demo'" in quiet.stdout or "DiskFull" in quiet.stdout
+    mistyped = tmp_path / "typo" / "cli.db"
+    for read in (["top"], ["show", "DiskFull"], ["token", "list"], ["notices", "dead"]):
+        done = cli("--project", "demo", *read, store=f"sqlite:///{mistyped}")
+        assert done.returncode == 2, (read, done.stderr)
+        assert done.stderr.count("\n") == 1 and "no store at" in done.stderr
+    assert not mistyped.parent.exists()  # nothing made
+
+
+def test_replay_takes_an_events_own_time_and_names_the_failing_line(
+    store: str, tmp_path: Path
+) -> None:
+    """Seen by a new user: `replay` ignored an `at` in its lines, and an error said "event N"
+    (counting events, not lines) or nothing of where."""
+    stream = tmp_path / "events.jsonl"
+    stream.write_text(
+        '{"offset_s": 0, "type": "alert", "signature": {"alertname": "A"}}\n'
+        "\n"
+        '{"at": "2026-01-01T00:00:00Z", "type": "alert", "signature": {"alertname": "B"}}\n'
+    )
+    old = cli("replay", str(stream), store=store)
+    assert old.returncode == 2 and old.stderr.startswith("anomaly-counter: error: line 3: ")
+    assert "older than 30 days" in old.stderr  # its own time was taken, and refused
+    moment = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stream.write_text(
+        f'{{"at": "{moment}", "type": "alert", "signature": {{"alertname": "B"}}}}\n'
+        '{"offset_s": 0, "type": "alert", "signature": {"alertname": "A"}}\n'
+        '{"offset_s": 0, "type": "repair", "signature": {"alertname": "A"}}\n'
+    )
+    bad = cli("replay", str(stream), store=store)
+    assert bad.returncode == 2 and "line 3: missing or unknown field 'action'" in bad.stderr
+    stream.write_text(stream.read_text().splitlines(keepends=True)[0])
+    assert cli("replay", str(stream), store=store).returncode == 0
+    shown = json.loads(cli("--json", "show", "B", store=store).stdout)
+    assert shown["first_seen"].startswith(moment[:16].replace("T", "T"))
+
+
+def test_a_busy_port_is_said_before_serving_and_exits_2(store: str, tmp_path: Path) -> None:
+    """Seen by a new user: `serve` on a port in use printed "serving at ..." and then exited 3
+    with uvicorn's lines."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli("serve", "--port", str(port), "--no-spool", store=store)
+    assert done.returncode == 2, done.stderr
+    assert "on sqlite" not in done.stdout and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr

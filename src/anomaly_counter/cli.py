@@ -13,6 +13,8 @@ import getpass
 import json
 import logging
 import os
+import re
+import socket
 import sys
 import textwrap
 import time
@@ -41,11 +43,13 @@ from .redact import redacted
 from .settings import Settings, load_settings
 from .signature import fingerprint_fields
 from .stores.base import Store, store_from_url
+from .stores.sqlite import SQLiteStore
 from .timeline import describe, reporter
 from .tokens import new_token
 from .windows import HISTORY
 
 PROG = "anomaly-counter"
+TOKEN_ID_IN = re.compile(r"act_([0-9a-f]{16})(?:_[A-Za-z0-9_-]*)?")
 T = TypeVar("T")
 logger = structlog.get_logger("anomaly_counter.cli")
 DEFAULT_SERVICE_SPOOL = "anomaly-counter-spool"
@@ -55,6 +59,25 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         raise SystemExit(2)
+
+
+class _Commands:
+    """A command list whose every command also takes the global options."""
+
+    def __init__(self, subparsers: Any, shared: argparse.ArgumentParser) -> None:
+        self._subparsers, self._shared = subparsers, shared
+
+    def add_parser(self, name: str, **options: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._subparsers.add_parser(
+            name, parents=[self._shared], **options
+        )
+        return parser
+
+
+def _token_id(text: str) -> str:
+    """A token's id, from the id or from the whole token (act_<id>_<secret>)."""
+    match = TOKEN_ID_IN.fullmatch(text.strip())
+    return match.group(1) if match else text.strip()
 
 
 def _time(text: str) -> datetime:
@@ -74,15 +97,34 @@ def _label(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _global_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """The options every command takes, before or after its name: given after it, they win
+    (its parser's defaults are SUPPRESS, so that it leaves those given before alone)."""
+    parser.add_argument(
+        "--store",
+        default=default,
+        help="store URL (default: settings, else sqlite:///anomaly-counter.db)",
+    )
+    parser.add_argument(
+        "--project", default=default, help="project id (default: settings, else 'default')"
+    )
+    parser.add_argument("--config", default=default, help="TOML settings file")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if default is None else default,
+        help="print JSON instead of tables",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Count recurring alerts and the repairs that work.")
-    parser.add_argument(
-        "--store", help="store URL (default: settings, else sqlite:///anomaly-counter.db)"
-    )
-    parser.add_argument("--project", help="project id (default: settings, else 'default')")
-    parser.add_argument("--config", help="TOML settings file")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _global_options(parser)
+    shared = argparse.ArgumentParser(add_help=False)
+    _global_options(shared, argparse.SUPPRESS)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = _Commands(subparsers, shared)
 
     record = commands.add_parser("record", help="count one occurrence of an alert")
     record.add_argument("--alert-name", required=True)
@@ -183,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     token = commands.add_parser("token", help="API tokens of projects")
-    token_commands = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    token_commands = _Commands(
+        token.add_subparsers(dest="token_command", required=True, parser_class=_Parser), shared
+    )
     create = token_commands.add_parser("create", help="a new token, printed once")
     create.add_argument("--label", default="", help="what the token is for")
     create.add_argument(
@@ -194,11 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing = token_commands.add_parser("list", help="tokens (never their secrets)")
     listing.add_argument("--all", action="store_true", help="of every project")
     revoke = token_commands.add_parser("revoke", help="forget a token")
-    revoke.add_argument("token_id")
+    revoke.add_argument(
+        "token_id", type=_token_id, metavar="TOKEN_ID", help="its id, or the whole token"
+    )
 
     notices = commands.add_parser("notices", help="the notices outbox and its dead letters")
-    notice_commands = notices.add_subparsers(
-        dest="notices_command", required=True, parser_class=_Parser
+    notice_commands = _Commands(
+        notices.add_subparsers(dest="notices_command", required=True, parser_class=_Parser),
+        shared,
     )
     notice_commands.add_parser("dead", help="notices given up on, and the outbox at a glance")
     retry = notice_commands.add_parser(
@@ -435,16 +482,29 @@ async def _top(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         rows = [f.row(args.window) for f in chronic.anomalies]
     else:
         rows = await counter.top_anomalies(limit=args.limit, window=args.window)
-    _emit(args.json, rows, lambda: _top_text(rows, args.window))
+    empty = "" if rows else await _nothing_in(counter, args, f"in the last {args.window}")
+    _emit(args.json, rows, lambda: _top_text(rows, args.window) if rows else empty)
+
+
+async def _nothing_in(counter: AnomalyCounter, args: argparse.Namespace, what: str) -> str:
+    """What an empty answer says: where it looked, and whether the project holds anything
+    at all (a forgotten --project, or another store, reads as an empty one otherwise)."""
+    if (await counter.top(1, "30d")).anomalies:
+        return f"no anomaly occurred {what} ({args.where})"
+    return (
+        f"no anomaly {what}: {args.where} holds no anomaly at all;"
+        " check --project and --store (or the project and store_url settings)"
+    )
 
 
 async def _flapping(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     found = await counter.flapping_anomalies(args.limit)
     rows = [f.row("24h") for f in found.anomalies]
+    empty = "" if rows else f"no anomaly is flapping now ({args.where})"
 
     def text() -> str:
         if not rows:
-            return "no anomaly is flapping now"
+            return empty
         return _table(
             ["anomaly", "alert", "service", "namespace", "flapping %", "firing", "24h",
              "last seen (UTC)"],
@@ -572,23 +632,34 @@ async def _replay(counter: AnomalyCounter, args: argparse.Namespace) -> None:
             text = args.file.read_text(encoding="utf-8")
         except OSError as exc:
             _fail(f"cannot read {args.file}: {exc.strerror}", 2)
-    events = []
+    events: list[tuple[int, dict[str, Any]]] = []  # (line number, event)
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                events.append(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError as exc:
                 _fail(f"line {number}: not JSON ({exc.msg})", 2)
+            if not isinstance(event, dict):
+                _fail(f"line {number}: not a JSON object", 2)
+            events.append((number, event))
     if not events:
         _fail("the stream is empty", 2)
-    end = max(float(e.get("offset_s", 0)) for e in events)
+    try:  # (offsets are seconds before the last event, which happens now)
+        end = max(float(e.get("offset_s", 0)) for _, e in events)
+    except (TypeError, ValueError):
+        _fail("an offset_s is not a number of seconds", 2)
     now = datetime.now(UTC)
     counted = duplicates = 0
     say = (lambda *_: None) if args.json else print
     say(f"replaying {len(events)} events ending now, into project {counter.project_id!r}\n")
-    for number, event in enumerate(events, start=1):
-        at = now - timedelta(seconds=end - float(event.get("offset_s", 0)))
+    for number, event in events:
         try:
+            # an event's own time ("at", ISO 8601 with a zone), else its offset
+            at = (
+                _time(str(event["at"]))
+                if "at" in event
+                else now - timedelta(seconds=end - float(event.get("offset_s", 0)))
+            )
             kind, signature = event["type"], event["signature"]
             key = counter.hash_signature(signature)
             by = event.get("by") or "replay"
@@ -614,7 +685,9 @@ async def _replay(counter: AnomalyCounter, args: argparse.Namespace) -> None:
             else:
                 raise KeyError(kind)
         except (KeyError, TypeError) as exc:
-            _fail(f"event {number}: missing or unknown field {exc}", 2)
+            _fail(f"line {number}: missing or unknown field {exc}", 2)
+        except (ValueError, argparse.ArgumentTypeError) as exc:  # (InvalidInputError too)
+            _fail(f"line {number}: {exc}", 2)
     rows = await counter.top_anomalies(limit=10, window="24h")
     week = await counter.top_anomalies(limit=10, window="7d")
     if args.json:
@@ -748,11 +821,13 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
         chosen = replace(chosen, spool_dir="")
     elif not chosen.spool_dir:  # the service never drops what it acknowledged
         chosen = replace(chosen, spool_dir=DEFAULT_SERVICE_SPOOL)
+    listening = _listen(chosen.host, chosen.port)  # before anything is said of serving
     store = store_from_url(chosen.store_url, chosen)
     try:
         await _check_store(store, chosen)
         app = create_app(chosen, store)
     except BaseException:
+        listening.close()
         await store.aclose()
         raise
     if args.demo_token:
@@ -776,7 +851,29 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> None:
         print(f"  Alertmanager receiver: {url}/v1/projects/{project}/alertmanager")
     sys.stdout.flush()
     config = uvicorn_config(app, chosen, access_log=args.access_log, log_level="info")
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(config).serve(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The service's listening socket, or ConfigurationError (a port in use, an address this
+    machine does not have) before the service says it serves."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listening = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from exc
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+        listening.listen(2048)
+    except OSError as exc:
+        listening.close()
+        reason = exc.strerror or str(exc)
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {reason} (setting port, or --port)"
+        ) from exc
+    listening.set_inheritable(True)
+    return listening
 
 
 async def _check_store(store: Store, settings: Settings) -> None:
@@ -822,12 +919,30 @@ async def _run(args: argparse.Namespace) -> None:
     if args.command == "serve":
         await _serve(settings, args)
         return
+    url = redacted(args.store or settings.store_url)
+    args.where = f"project {args.project or settings.project!r} in {url}"
     counter = AnomalyCounter.from_url(args.store, args.project, settings=settings)
+    if _reads_only(args) and isinstance(counter.store, SQLiteStore):
+        counter.store.create = False  # (a read never makes a store)
     try:
         await counter.flush_spool()  # what an earlier run spooled goes in first
         await _COMMANDS[args.command](counter, args)
     finally:
         await counter.aclose()
+
+
+_READS = frozenset(
+    ("show", "top", "flapping", "search", "history", "timeline", "repairs", "dispositions")
+)
+
+
+def _reads_only(args: argparse.Namespace) -> bool:
+    """Whether the command only reads (it must not make a store where there was none)."""
+    if args.command == "token":
+        return bool(args.token_command == "list")
+    if args.command == "notices":
+        return bool(args.notices_command == "dead")
+    return args.command in _READS
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -265,23 +265,13 @@ class SQLiteStore(Store):
         self._locks = (threading.Lock(), threading.Lock())
         self._local = threading.local()  # which of the two the running call uses
         self._last_housekeeping = 0
+        self.create = True
+        """Whether the file is made when it is not there (False: a reader's, which must not
+        make a store out of a mistyped path: StoreFileError instead)."""
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> SQLiteStore:
-        parts = urlsplit(url)
-        path = unquote(parts.path)
-        if parts.netloc not in ("", "localhost") or not path or path == "/":
-            raise ConfigurationError(
-                f"setting store_url: {url!r} is not sqlite:///relative/path or"
-                " sqlite:////absolute/path"
-            )
-        if "\x00" in path:
-            raise ConfigurationError(
-                f"setting store_url: {url!r} names a file with a NUL character (%00), which"
-                " no file name can hold"
-            )
-        # sqlite:///x.db is the relative path x.db; sqlite:////tmp/x.db the absolute /tmp/x.db
-        return cls(path[1:] if path.startswith("/") else path, settings)
+        return cls(sqlite_path(url), settings)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -296,6 +286,15 @@ class SQLiteStore(Store):
     def _open(self, busy_timeout: float) -> sqlite3.Connection:
         """A connection to the file, made ready; ``StoreFileError`` when the file cannot be
         used as it is (another process holding a lock is no such error: the caller waits)."""
+        if not self.create and self._path != ":memory:" and not Path(self._path).exists():
+            shown = "sqlite:///" + self._path
+            problem = _path_problem(Path(self._path))
+            raise StoreFileError(
+                f"{shown} {problem}"
+                if problem
+                else f"no store at {shown}: nothing was ever recorded there; check --store"
+                " (or the store_url setting)"
+            )
         try:
             if self._path != ":memory:":
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
@@ -1679,6 +1678,23 @@ class SQLiteStore(Store):
                 close()
 
         await asyncio.to_thread(close_after_calls)
+
+
+def sqlite_path(url: str) -> str:
+    """The file a ``sqlite:`` URL names: sqlite:///x.db is the relative path x.db,
+    sqlite:////tmp/x.db the absolute /tmp/x.db (ConfigurationError for neither)."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.netloc not in ("", "localhost") or not path or path == "/":
+        raise ConfigurationError(
+            f"setting store_url: {url!r} is not sqlite:///relative/path or sqlite:////absolute/path"
+        )
+    if "\x00" in path:
+        raise ConfigurationError(
+            f"setting store_url: {url!r} names a file with a NUL character (%00), which"
+            " no file name can hold"
+        )
+    return path[1:] if path.startswith("/") else path
 
 
 def _path_problem(path: Path) -> str | None:
