@@ -132,6 +132,10 @@ class Metrics:
         depth.set_function(lambda: spool.depth)
         size = Gauge("anomaly_counter_spool_bytes", "Bytes the spool holds", registry=r)
         size.set_function(lambda: spool.stats().size_bytes)
+        room = Gauge(
+            "anomaly_counter_spool_max_bytes", "The most the spool takes (spool_max_bytes)", registry=r
+        )
+        room.set(spool.max_bytes)
         age = Gauge(
             "anomaly_counter_spool_oldest_age_seconds",
             "Age of the oldest occurrence waiting in the spool (0: none)",
