@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings
+from anomaly_counter.errors import InvalidInputError
 
 from .conftest import SIG
 from .servers import ServeProcess, ServiceServer, v1
@@ -208,3 +209,16 @@ async def test_past_the_concurrency_bound_a_503_says_when_to_come_back(tmp_path:
             await asyncio.sleep(0.3)
             r = await http.post(v1("/occurrences"), json={"signature": SIG})
             assert r.status_code == 200
+
+
+async def test_a_signature_that_names_no_anomaly_is_refused(service: ServiceServer) -> None:
+    """Seen by a new user: `POST .../occurrences {"signature": {}}` made an anomaly with blank
+    names, which every such occurrence then joined."""
+    async with service.client(service.token("team-a")) as http:
+        for signature in ({}, {"pod": "api-1"}, {"alertname": "", "service": None}):
+            r = await http.post(v1("/occurrences"), json={"signature": signature})
+            assert r.status_code == 400 and "names no anomaly" in r.json()["detail"], r.text
+        assert (await http.get(v1("/anomalies"))).json()["anomalies"] == []
+    async with AnomalyCounter.from_url(service.settings.store_url, "team-a") as counter:
+        with pytest.raises(InvalidInputError, match="names no anomaly"):
+            await counter.record_anomaly({"pod": "api-1"})

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import InvalidInputError, OccurrenceTimeError, UnknownDispositionError
 from .model import DISPOSITION_TYPES, RETENTION_SECONDS, WINDOWS
+from .signature import FINGERPRINT_FIELDS
 
 PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_KEY_CHARS = 128
@@ -154,7 +155,19 @@ def signature(value: object) -> dict[str, Any]:
         raise InvalidInputError(f"label name {bad!r} contains control characters")
     if bound > MAX_SIGNATURE_BYTES and len(signature_json(clean).encode()) > MAX_SIGNATURE_BYTES:
         raise InvalidInputError(f"signature is larger than {MAX_SIGNATURE_BYTES} bytes as JSON")
+    if all(clean.get(name) in (None, "") for name in _NAMING_LABELS):
+        raise InvalidInputError(
+            "signature names no anomaly: it has none of the labels an anomaly is named by"
+            " (alertname or alert_name, service or job, namespace, reason or error_type)"
+        )
     return clean
+
+
+_NAMING_LABELS = tuple(
+    name for field, alias in FINGERPRINT_FIELDS.items() for name in (field, alias) if name
+)
+"""The labels the four fingerprint fields come from, with their aliases: a signature with none
+of them would name one blank anomaly for everything."""
 
 
 def signature_json(clean: Mapping[str, Any]) -> str:

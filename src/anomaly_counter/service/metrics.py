@@ -133,7 +133,9 @@ class Metrics:
         size = Gauge("anomaly_counter_spool_bytes", "Bytes the spool holds", registry=r)
         size.set_function(lambda: spool.stats().size_bytes)
         room = Gauge(
-            "anomaly_counter_spool_max_bytes", "The most the spool takes (spool_max_bytes)", registry=r
+            "anomaly_counter_spool_max_bytes",
+            "The most the spool takes (spool_max_bytes)",
+            registry=r,
         )
         room.set(spool.max_bytes)
         age = Gauge(
