@@ -1,6 +1,6 @@
 """One project's flood does not starve another: while project A sends 64 concurrent batches of
 100 occurrences without pause, project B's single writes stay within 3x of their idle p99 (or
-100 ms, whichever is larger), on SQLite and on Redis. The service, the flood and the measuring
+250 ms, whichever is larger: starved, they took 632-864 ms), on SQLite and on Redis. The service, the flood and the measuring
 client are processes of their own, as in production."""
 
 from __future__ import annotations
@@ -53,5 +53,8 @@ def test_a_flooding_project_does_not_starve_another(
             out, _ = flood.communicate(timeout=60)
     statuses = {int(k): v for k, v in json.loads(out).items()}
     assert statuses.get(200, 0) > 50, statuses  # the flood was served, not just refused
-    bound = max(3 * idle, 0.100)
+    # Starved, B's p99 was 632 ms (Redis) and 864 ms (SQLite); fair, about 50-100 ms on a
+    # shared 2-core machine (bench/bench_fairness.py measures it). The floor catches starvation
+    # without failing on a busy machine's noise (100 ms did, now and then, on both trees).
+    bound = max(3 * idle, 0.250)
     assert loaded <= bound, f"p99 {loaded * 1000:.1f} ms under a flood, idle {idle * 1000:.1f} ms"
