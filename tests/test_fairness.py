@@ -1,7 +1,7 @@
 """One project's flood does not starve another: while project A sends 64 concurrent batches of
 100 occurrences without pause, project B's single writes stay within 3x of their idle p99 (or
-250 ms, whichever is larger: starved, they took 632-864 ms), on SQLite and on Redis. The service, the flood and the measuring
-client are processes of their own, as in production."""
+250 ms, whichever is larger: starved, they took 632-864 ms), on SQLite and on Redis. The
+service, the flood and the measuring client are processes of their own, as in production."""
 
 from __future__ import annotations
 
