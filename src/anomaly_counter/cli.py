@@ -13,7 +13,6 @@ import getpass
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import textwrap
@@ -45,11 +44,10 @@ from .signature import fingerprint_fields
 from .stores.base import Store, store_from_url
 from .stores.sqlite import SQLiteStore
 from .timeline import describe, reporter
-from .tokens import new_token
+from .tokens import new_token, parse_token
 from .windows import HISTORY
 
 PROG = "anomaly-counter"
-TOKEN_ID_IN = re.compile(r"act_([0-9a-f]{16})(?:_[A-Za-z0-9_-]*)?")
 T = TypeVar("T")
 logger = structlog.get_logger("anomaly_counter.cli")
 DEFAULT_SERVICE_SPOOL = "anomaly-counter-spool"
@@ -76,8 +74,8 @@ class _Commands:
 
 def _token_id(text: str) -> str:
     """A token's id, from the id or from the whole token (act_<id>_<secret>)."""
-    match = TOKEN_ID_IN.fullmatch(text.strip())
-    return match.group(1) if match else text.strip()
+    parsed = parse_token(text.strip())
+    return parsed[0] if parsed else text.strip()
 
 
 def _time(text: str) -> datetime:

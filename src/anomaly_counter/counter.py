@@ -405,10 +405,10 @@ class AnomalyCounter:
             done += 1
         return frequencies
 
-    def validate(self, occurrences: Iterable[Occurrence | Mapping[str, Any]]) -> None:
-        """Check occurrences as ``record_many`` does, storing nothing: InvalidInputError
-        (naming the first wrong one) when any is wrong."""
-        self._check_all(occurrences, self._clock())
+    def validate(self, occurrences: Iterable[Occurrence | Mapping[str, Any]]) -> list[str]:
+        """Check occurrences as ``record_many`` does, storing nothing: their anomaly keys, or
+        InvalidInputError (naming the first wrong one) when any is wrong."""
+        return [checked.anomaly_key for checked in self._check_all(occurrences, self._clock())]
 
     def _check_all(
         self, occurrences: Iterable[Occurrence | Mapping[str, Any]], now: datetime

@@ -12,7 +12,8 @@ the store can know (see ``IncidentState.fire``).
 
 *Flapping* follows Nagios and Icinga, on a fixed grid because an event stream has no checks:
 time is cut in slots (``flap_slot``, 5 minutes by default); a slot is a *change* when an
-episode of the anomaly started or resolved in it. Over the last 21 slots, the percent of
+incident of the anomaly started or ended in it (``IncidentState.fire`` and ``resolve`` say
+which times). Over the last 21 slots, the percent of
 changes is weighted linearly from 0.8 (the oldest slot) to 1.2 (the newest): the weights sum to
 21, so a slot's weight is its share. The anomaly starts flapping when the percent rises above
 ``flap_start`` (30 %) and stops when it falls below ``flap_stop`` (25 %), so that the flag does
@@ -21,8 +22,8 @@ clock, and for anomalies that went quiet by a sweep of the project's flapping in
 the time each would stop if nothing more happened (``leave_at``).
 
 The stores apply these rules atomically with the occurrence or resolution (Redis in Lua,
-mirroring this module: common.lua's ``incident_*`` and ``flap_*``); the tests hold both to a
-brute-force model.
+mirroring this module: episodes.lua's ``incident_*`` and ``flap_*``); the tests hold the
+flapping grid to a brute-force model and every store to this module.
 """
 
 from __future__ import annotations
@@ -34,16 +35,14 @@ from .errors import ConfigurationError
 FLAP_SLOTS = 21
 """Slots the flapping percent looks at."""
 FLAP_MASK = (1 << FLAP_SLOTS) - 1
-WEIGHT_UNITS = 2_100
-"""The weights in hundredths: slot k back from the newest (k = 0 newest .. 20 oldest) weighs
-``120 - 2k``, 80 for the oldest to 120 for the newest; all 21 sum to 2,100 (100 %)."""
 
 COUNT_MODES = ("incidents", "instances")
 _MINUTE_MS = 60_000
 
 
 def slot_weight(k: int) -> int:
-    """The weight, in hundredths, of the slot ``k`` slots before the newest."""
+    """The weight, in hundredths, of the slot ``k`` slots before the newest (k = 0 newest ..
+    20 oldest): 80 for the oldest to 120 for the newest, all 21 summing to 2,100 (100 %)."""
     return 120 - 2 * k
 
 
@@ -54,7 +53,7 @@ class EpisodeRules:
 
     count: str = "incidents"  # or "instances": every episode counts
     grouping_gap_minutes: float = 0.0  # an episode within this after an incident closed joins it
-    max_open: int = 16  # open episodes listed per anomaly (about 42 bytes each in Redis);
+    max_open: int = 16  # open episodes listed per anomaly (about 50 bytes each in Redis);
     # past it, counted in instances but not listed
     open_hours: float = 24.0  # an open episode not re-sent for this long is taken as over
     flap_slot_minutes: float = 5.0
@@ -152,12 +151,18 @@ class FlapState:
                 total += slot_weight(k + shift)
         return total
 
+    def _units_now(self, now_ms: int) -> int:
+        """The weighted changes of the 21 slots ending at the later of the newest and now."""
+        if self.newest < 0 or self.slot_ms <= 0:
+            return 0
+        return self.units(max(self.newest, now_ms // self.slot_ms))
+
     def evaluate(self, now_ms: int, start: float, stop: float) -> bool | None:
         """Apply the thresholds as of now: True when it starts flapping, False when it stops,
         None when the flag stays."""
         if self.newest < 0 or self.slot_ms <= 0:
             return None
-        units = self.units(max(self.newest, now_ms // self.slot_ms))
+        units = self._units_now(now_ms)
         if not self.flapping and units > start * FLAP_SLOTS:
             self.flapping = True
             return True
@@ -169,9 +174,7 @@ class FlapState:
     def percent_text(self, now_ms: int) -> str:
         """The weighted percent of changes as of now, to one decimal (as C's printf rounds:
         the stores' scripts write the same text)."""
-        if self.newest < 0 or self.slot_ms <= 0:
-            return "0.0"
-        return f"{self.units(max(self.newest, now_ms // self.slot_ms)) / FLAP_SLOTS:.1f}"
+        return f"{self._units_now(now_ms) / FLAP_SLOTS:.1f}"
 
     def percent(self, now_ms: int) -> float:
         return float(self.percent_text(now_ms))
@@ -179,9 +182,7 @@ class FlapState:
     def flapping_at(self, now_ms: int, stop: float) -> bool:
         """The flag as of now, for a read: one that went quiet since its last evaluation has
         stopped even before the sweep says so."""
-        if not self.flapping or self.slot_ms <= 0:
-            return False
-        return self.units(max(self.newest, now_ms // self.slot_ms)) >= stop * FLAP_SLOTS
+        return self.flapping and self._units_now(now_ms) >= stop * FLAP_SLOTS
 
     def leave_at(self, stop: float) -> int:
         """When it would stop flapping if nothing more happened: the start of the first slot
@@ -217,13 +218,12 @@ class IncidentState:
     unlisted: int = 0  # open episodes past max_open: in instances, not in ``open``
     open: dict[str, tuple[int, int]] = field(default_factory=dict)  # fingerprint: (start, seen)
 
-    def expire(self, now_ms: int, open_ms: int) -> list[str]:
+    def expire(self, now_ms: int, open_ms: int) -> None:
         """Take as over the open episodes not re-sent for ``open_ms`` (a lost resolution must
-        not make every later firing join): ended when last seen. The fingerprints dropped."""
+        not make every later firing join): ended when last seen."""
         stale = [fp for fp, (_, seen) in self.open.items() if now_ms - seen > open_ms]
         for fp in stale:
             self.end_ms = max(self.end_ms, self.open.pop(fp)[1])
-        return stale
 
     def fire(
         self, fingerprint: str, start_ms: int, end_ms: int, now_ms: int, rules: EpisodeRules
@@ -267,13 +267,11 @@ class IncidentState:
             marks.append(self.end_ms if joins or self.start_ms == start_ms else end)
         return not joins, marks
 
-    def seen(self, fingerprint: str, now_ms: int) -> bool:
+    def seen(self, fingerprint: str, now_ms: int) -> None:
         """An open episode re-sent (Alertmanager repeats firing alerts): it is still open."""
         prior = self.open.get(fingerprint)
-        if prior is None or prior[1] >= now_ms:
-            return False
-        self.open[fingerprint] = (prior[0], now_ms)
-        return True
+        if prior is not None and prior[1] < now_ms:
+            self.open[fingerprint] = (prior[0], now_ms)
 
     def _add(self, fingerprint: str, start_ms: int, end: int, now_ms: int, max_open: int) -> None:
         if end != NO_END:
@@ -299,10 +297,6 @@ class IncidentState:
             del self.open[fingerprint]
         self.end_ms = max(self.end_ms, end_ms)
         return [] if self.open else [self.end_ms]
-
-    @property
-    def firing(self) -> int:
-        return len(self.open)
 
     def encode_head(self) -> str:
         return f"{self.start_ms},{self.end_ms},{self.instances},{self.unlisted}"

@@ -24,7 +24,6 @@ from ..errors import InvalidInputError
 from ..model import ActionStats, AnomalyFrequency, AnomalyRow, EscalationLevel, Occurrence
 from ..notify.deliverer import send_again
 from ..policy import should_skip
-from ..signature import hash_signature
 from ..tokens import TokenRecord
 from ..validation import MAX_KEY_CHARS
 from ..windows import HISTORY
@@ -207,18 +206,18 @@ async def alertmanager(body: AlertmanagerPayload, p: Writer) -> s.AlertmanagerOu
         Occurrence(e.signature, e.at, e.occurrence_id, e.fingerprint, e.resolved_at) for e in found
     ]
     try:  # all of it checked before any of it is stored (its resolutions included)
-        p.counter.validate(occurrences)
+        keys = p.counter.validate(occurrences)
     except InvalidInputError:
         p.service.metrics.refused(p.id, "rejected", len(occurrences))
         raise
-    ended = [e for e in found if e.resolved_at is not None]
+    ended = [(key, e) for key, e in zip(keys, found, strict=True) if e.resolved_at is not None]
     # The group's resolutions first (at once, not one round trip after another): an open
     # episode that ended is closed before a firing of the same message is judged, as in time.
     await _resolve(p, ended)
     frequencies = await p.service.record(p.id, occurrences) if occurrences else []
     # ... and the resolutions of episodes first seen in this message, now that they are known
     new = {e.occurrence_id for e, f in zip(found, frequencies, strict=True) if not f.duplicate}
-    await _resolve(p, [e for e in ended if e.occurrence_id in new])
+    await _resolve(p, [(key, e) for key, e in ended if e.occurrence_id in new])
     duplicates = sum(1 for f in frequencies if f.duplicate)
     spooled = sum(1 for f in frequencies if f.spooled)
     joined = sum(1 for f in frequencies if f.joined)
@@ -233,21 +232,18 @@ async def alertmanager(body: AlertmanagerPayload, p: Writer) -> s.AlertmanagerOu
     )
 
 
-async def _resolve(p: Writer, ended: list[Episode]) -> None:
-    """Note the resolutions of these episodes (those of anomalies never seen do nothing)."""
+async def _resolve(p: Writer, ended: list[tuple[str, Episode]]) -> None:
+    """Note the resolutions of these episodes, each with its anomaly's key (those of
+    anomalies never seen do nothing)."""
     if ended:
         await p.timed(
             "resolve",
             asyncio.gather(
                 *(
                     p.counter.record_resolution(
-                        hash_signature(validation.signature(e.signature)),
-                        at=e.resolved_at,
-                        by=p.by,
-                        episode=e.fingerprint,
-                        started=e.at,
+                        key, at=e.resolved_at, by=p.by, episode=e.fingerprint, started=e.at
                     )
-                    for e in ended
+                    for key, e in ended
                 )
             ),
         )

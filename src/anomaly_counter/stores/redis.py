@@ -215,7 +215,7 @@ def _policy_args(policy: WritePolicy) -> _Policy:
         *policy.thresholds, policy.tail_capacity, ANOMALY_TTL_SECONDS, policy.dedup_horizon_ms,
         policy.dedup_max_ids, FIX_VALIDITY_MS, RETENTION_DAYS, _shard_share(policy.max_anomalies),
         _outbox_share(policy),
-        ",".join(str(arg) for arg in policy.episodes.store_args()),  # (read by few calls)
+        _rules_arg(policy),  # (read only by the calls that have an episode)
     )  # fmt: skip
 
 
@@ -223,6 +223,12 @@ def _episode_arg(request: RecordRequest) -> str:
     """An occurrence's episode in one argument (most have none: "", one argument the less to
     send and read): '<ends_ms>|<fingerprint>'."""
     return f"{request.ends_ms}|{request.episode}" if request.episode else ""
+
+
+@functools.lru_cache(maxsize=64)
+def _rules_arg(policy: WritePolicy) -> str:
+    """The episodes' rules in one script argument (episodes.lua's rules_of)."""
+    return ",".join(str(arg) for arg in policy.episodes.store_args())
 
 
 def _outbox_share(policy: WritePolicy) -> int:
@@ -644,10 +650,9 @@ class RedisScripts(Store):
     async def resolve(self, recording: Recording, resolution: Resolution) -> None:
         project, policy, now_ms = recording
         key, at_ms, by, episode, started_ms = resolution
-        rules = policy.episodes
         entry = timeline.encode("resolved", at_ms, by)
         args = [at_ms, entry, ANOMALY_TTL_SECONDS, key, episode, started_ms, now_ms]
-        args += [_outbox_share(policy), rules.slot_ms, rules.flap_start, rules.flap_stop]
+        args += [_outbox_share(policy), _rules_arg(policy)]
         await self._eval("resolve", [([_keys(self._prefix, project, key).meta], args)])
 
     async def flapping(self, project: str) -> list[tuple[str, int]]:
@@ -662,9 +667,7 @@ class RedisScripts(Store):
         pages = await self._queries(
             [("ZRANGE", key, "-inf", now_ms, "BYSCORE", "LIMIT", 0, limit) for key in keys]
         )
-        rules = policy.episodes
-        head = [now_ms, _outbox_share(policy), rules.slot_ms, rules.flap_start, rules.flap_stop,
-                ANOMALY_TTL_SECONDS]  # fmt: skip
+        head = [now_ms, _outbox_share(policy), _rules_arg(policy), ANOMALY_TTL_SECONDS]
         calls, room = [], limit
         for page in pages:  # (one call per shard: its keys live in one slot)
             members = [member.decode() for member in page][:room]

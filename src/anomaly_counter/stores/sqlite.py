@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -618,15 +619,17 @@ class SQLiteStore(Store):
         project: str,
         key: str,
         incident: IncidentState,
-        before: dict[str, tuple[int, int]],
+        before: IncidentState,
     ) -> None:
-        """Write what changed of an incident: its head, and its open episodes that came,
-        went or were seen again."""
-        db.execute(
-            "UPDATE anomalies SET incident = ? WHERE project = ? AND anomaly_key = ?",
-            (incident.encode_head(), project, key),
-        )
-        gone = [(project, key, fp) for fp in before if fp not in incident.open]
+        """Write what changed of an incident since ``before`` (a copy as it was read): its
+        head, and its open episodes that came, went or were seen again."""
+        head = incident.encode_head()
+        if head != before.encode_head():
+            db.execute(
+                "UPDATE anomalies SET incident = ? WHERE project = ? AND anomaly_key = ?",
+                (head, project, key),
+            )
+        gone = [(project, key, fp) for fp in before.open if fp not in incident.open]
         db.executemany(
             "DELETE FROM open_episodes WHERE project = ? AND anomaly_key = ? AND fingerprint = ?",
             gone,
@@ -634,7 +637,7 @@ class SQLiteStore(Store):
         changed = [
             (project, key, fp, start, seen)
             for fp, (start, seen) in incident.open.items()
-            if before.get(fp) != (start, seen)
+            if before.open.get(fp) != (start, seen)
         ]
         db.executemany(
             "INSERT OR REPLACE INTO open_episodes"
@@ -654,7 +657,7 @@ class SQLiteStore(Store):
         (it counts as no recurrence), and its changes for flapping (IncidentState.fire)."""
         rules, key = policy.episodes, request.anomaly_key
         incident = self._incident(db, project, key)
-        before = dict(incident.open)
+        before = replace(incident, open=dict(incident.open))
         incident.expire(now_ms, rules.open_ms)
         starts, marks = incident.fire(
             request.episode, request.at_ms, request.ends_ms, now_ms, rules
@@ -1290,7 +1293,7 @@ class SQLiteStore(Store):
                 )
                 self._tell(db, project, key, timeline.encode("resolved", at_ms, by))
             incident = self._incident(db, project, key)
-            before = dict(incident.open)
+            before = replace(incident, open=dict(incident.open))
             marks = incident.resolve(episode, started_ms, at_ms)
             self._save_incident(db, project, key, incident, before)
             if marks:  # it closed the last open episode: a change for flapping

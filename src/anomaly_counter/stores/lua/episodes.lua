@@ -219,6 +219,15 @@ local function episodes_module()
     return change
   end
 
+  -- The rules a call applies, from their one argument (episodes.EpisodeRules.store_args:
+  -- 'incidents (1/0),grouping_gap_ms,max_open,open_ms,flap_slot_ms,flap_start,flap_stop'),
+  -- the shard's share of the outbox and the keys' lifetime.
+  local function rules_of(packed, outbox, ttl)
+    local r = numbers(packed, 7)
+    return {incidents = r[1] == 1, gap = r[2], max_open = r[3], open_ms = r[4],
+            slot_ms = r[5], start = r[6], stop = r[7], outbox = outbox, ttl = ttl}
+  end
+
   return {fire = incident_fire, seen = episode_seen, resolve = incident_resolve,
-          step = flap_step}
+          step = flap_step, rules = rules_of}
 end

@@ -29,10 +29,7 @@ local E, rules = nil, nil
 local function episodes()
   if not E then
     E = episodes_module()
-    local r = {}
-    for part in string.gmatch(ARGV[12], '[^,]+') do r[#r + 1] = tonumber(part) end
-    rules = {incidents = r[1] == 1, gap = r[2], max_open = r[3], open_ms = r[4],
-             slot_ms = r[5], start = r[6], stop = r[7], outbox = outbox, ttl = ttl}
+    rules = E.rules(ARGV[12], outbox, ttl)
   end
   return E
 end

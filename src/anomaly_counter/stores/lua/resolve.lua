@@ -4,8 +4,8 @@
 -- flapping when none of its episodes is open any more (see episodes.lua's incident_resolve
 -- and flap_step).
 -- KEYS: meta
--- ARGV: at timeline_entry ttl_seconds anomaly_key episode started now outbox_share
---       flap_slot_ms flap_start flap_stop
+-- ARGV: at timeline_entry ttl_seconds anomaly_key episode started now outbox_share rules
+--       (the episodes' rules in one argument, see episodes.lua's rules_of)
 if redis.call('HEXISTS', KEYS[1], 'st') == 0 then return 0 end
 local s = load_state(KEYS[1])
 if s[FIRST] < 0 then return 0 end
@@ -17,7 +17,5 @@ end
 local E = episodes_module()
 local marks = E.resolve(s, ARGV[5], tonumber(ARGV[6]), at, ttl)
 if #marks == 0 then return 1 end  -- (still firing, or closed nothing)
-E.step(s, ARGV[4], marks, tonumber(ARGV[7]),
-          {slot_ms = tonumber(ARGV[9]), start = tonumber(ARGV[10]), stop = tonumber(ARGV[11]),
-           outbox = tonumber(ARGV[8]), ttl = ttl})
+E.step(s, ARGV[4], marks, tonumber(ARGV[7]), E.rules(ARGV[9], tonumber(ARGV[8]), ttl))
 return 1
