@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from anomaly_counter import AnomalyCounter, LimitExceededError, Settings
+from anomaly_counter.errors import AnomalyNotFoundError
 from anomaly_counter.limits import Limits
 from anomaly_counter.stores.base import shard_of
 
@@ -126,28 +127,21 @@ async def test_the_api_answers_429_past_max_anomalies(tmp_path: Path) -> None:
             assert 'limit="max_anomalies",project="team-a"} 2.0' in metrics
 
 
-async def test_anomalies_known_by_a_repair_disposition_or_fix_count_too(
-    make_counter: CounterFactory,
-) -> None:
+async def test_writes_on_anomalies_never_seen_take_no_room(make_counter: CounterFactory) -> None:
     counter = make_counter(**_limited(160))  # 10 a shard on Redis
-    made = 0
-    for i in range(600):  # keys of anomalies never seen
-        key = f"{i:016x}"
-        writes = (
-            lambda k: counter.record_repair_attempt(k, "restart_pod", True),
-            lambda k: counter.record_disposition(k, "auto_repair"),
-            lambda k: counter.mark_permanent_fix_applied(k, "raised the limit"),
-        )
-        try:
-            await writes[i % 3](key)
-            made += 1
-        except LimitExceededError as exc:
-            assert exc.limit == "max_anomalies"
-    assert made == 160
+    writes = (
+        lambda k: counter.record_repair_attempt(k, "restart_pod", True),
+        lambda k: counter.record_disposition(k, "auto_repair"),
+        lambda k: counter.mark_permanent_fix_applied(k, "raised the limit"),
+    )
+    for i in range(30):  # keys of anomalies never seen: refused, not ghosts
+        with pytest.raises(AnomalyNotFoundError):
+            await writes[i % 3](f"{i:016x}")
+    for i in range(160):  # so the project's room is whole for its occurrences
+        await counter.record_anomaly(sig(i))
     with pytest.raises(LimitExceededError):
-        for i in range(200):  # and no room is left for an occurrence's anomaly either
-            await counter.record_anomaly(sig(i))
-    await counter.record_repair_attempt(f"{0:016x}", "scale_up", True)  # one it holds: counted
+        await counter.record_anomaly(sig(160))
+    await counter.record_repair_attempt(counter.hash_signature(sig(0)), "scale_up", True)
 
 
 async def test_a_project_never_holds_more_than_its_limit(make_counter: CounterFactory) -> None:

@@ -50,7 +50,15 @@ def test_record_show_top_as_tables_and_json(store: str) -> None:
 
 
 def test_repairs_dispositions_and_fix(store: str) -> None:
-    key = "0123456789abcdef"
+    for args in (["repair", "0123456789abcdef", "restart_pod", "--success"],
+                 ["dispose", "0123456789abcdef", "timeout_ignored"],
+                 ["fix", "0123456789abcdef", "raised the limit"]):  # fmt: skip
+        refused = cli(*args, store=store)  # a key never seen: no ghost made of a typo
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+        assert "no anomaly '0123456789abcdef' in project" in refused.stderr
+    assert "holds no anomaly at all" in cli("top", store=store).stdout
+    recorded = cli("--json", "record", "--alert-name", "OOMKilled", store=store)
+    key = json.loads(recorded.stdout)["anomaly_key"]
     for outcome in ("--failure", "--failure", "--failure"):
         assert cli("repair", key, "restart_pod", outcome, store=store).returncode == 0
     assert cli("repair", key, "scale_up", "--success", store=store).returncode == 0

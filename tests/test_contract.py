@@ -10,6 +10,7 @@ import pytest
 from anomaly_counter import (
     DISPOSITION_TYPES,
     AnomalyCounter,
+    AnomalyNotFoundError,
     InvalidInputError,
     OccurrenceTimeError,
     UnknownDispositionError,
@@ -193,6 +194,7 @@ async def test_repairs_count_every_attempt_in_retention(
     make_counter: CounterFactory, clock: Clock
 ) -> None:
     counter = make_counter(verify_repairs=False)  # (the reference's figures, as they were)
+    await counter.record_anomaly(SIG)
     for i in range(150):  # the reference judged only the last 100 (D9)
         await counter.record_repair_attempt(KEY, "restart_pod", success=i < 30)
     await counter.record_repair_attempt(KEY, "scale_up", True)
@@ -205,13 +207,14 @@ async def test_repairs_count_every_attempt_in_retention(
     all_stats = await counter.get_all_repair_stats(KEY)
     assert all_stats["scale_up"] == {"total": 1, "success": 1, "success_rate": 1.0}
     frequency = await counter.record_anomaly(SIG)
-    assert frequency.auto_repair_count == 151
+    assert frequency.auto_repair_count == 151 and frequency.count_24h == 2
     clock.advance(days=31)
     assert await counter.get_all_repair_stats(KEY) == {}
 
 
 async def test_should_skip_needs_two_attempts(make_counter: CounterFactory) -> None:
     counter = make_counter()
+    await counter.record_anomaly(SIG)
     await counter.record_repair_attempt(KEY, "restart_pod", False)
     assert not await counter.should_skip_action(KEY, "restart_pod")
     await counter.record_repair_attempt(KEY, "restart_pod", False)
@@ -223,6 +226,7 @@ async def test_should_skip_needs_two_attempts(make_counter: CounterFactory) -> N
 
 async def test_recommendations_rank_by_evidence(make_counter: CounterFactory) -> None:
     counter = make_counter()
+    await counter.record_anomaly(SIG)
     for ok in (False, False, False, False, True):
         await counter.record_repair_attempt(KEY, "restart_pod", ok)
     for ok in (True, True, True, False):
@@ -241,6 +245,7 @@ async def test_dispositions_all_five_and_unknown_refused(
     make_counter: CounterFactory, clock: Clock
 ) -> None:
     counter = make_counter()
+    await counter.record_anomaly(SIG)
     for kind in DISPOSITION_TYPES:
         await counter.record_disposition(KEY, kind)
     await counter.record_disposition(KEY, "timeout_ignored")
@@ -264,7 +269,8 @@ async def test_project_disposition_summary_and_top(make_counter: CounterFactory)
         keys.append(key)
         for _ in range(n % 7):
             await counter.record_disposition(key, "human_approved")
-    await other.record_disposition(keys[0], "manual_resolved")
+    with pytest.raises(AnomalyNotFoundError, match="team-b"):  # (not an anomaly of theirs)
+        await other.record_disposition(keys[0], "manual_resolved")
     summary, top = await counter.get_all_disposition_stats(limit=5)
     expected_total = sum(n % 7 for n in range(30))
     assert summary["human_approved"] == expected_total == summary["total"]

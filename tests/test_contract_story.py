@@ -95,8 +95,7 @@ async def test_histories_in_one_call(make_counter: CounterFactory, clock: Clock)
     )
     assert a is not None and b is not None and none is None
     assert (a[-1][1], b[-1][1]) == (1, 3)
-    await counter.record_repair_attempt("aaaaaaaaaaaaaaaa", "restart_pod", True)
-    assert await counter.history("aaaaaaaaaaaaaaaa") is None  # repaired, never seen
+    assert await counter.history("aaaaaaaaaaaaaaaa") is None  # never seen
 
 
 # -- timeline -------------------------------------------------------------------------------
@@ -414,7 +413,8 @@ async def test_the_chronic_index_follows_levels(make_counter: CounterFactory, cl
 
 async def test_recommendations_for_several_anomalies(make_counter: CounterFactory) -> None:
     counter = make_counter(repair_actions=("restart_pod", "scale_up"))
-    other = "aaaaaaaaaaaaaaaa"
+    await counter.record_anomaly(SIG)
+    other = (await counter.record_anomaly({**SIG, "service": "web"})).anomaly_key
     for ok in (False, False, False):
         await counter.record_repair_attempt(KEY, "restart_pod", ok)
     await counter.record_repair_attempt(other, "rollback", True)

@@ -222,3 +222,22 @@ async def test_a_signature_that_names_no_anomaly_is_refused(service: ServiceServ
     async with AnomalyCounter.from_url(service.settings.store_url, "team-a") as counter:
         with pytest.raises(InvalidInputError, match="names no anomaly"):
             await counter.record_anomaly({"pod": "api-1"})
+
+
+async def test_writes_on_an_anomaly_never_seen_make_no_ghost(service: ServiceServer) -> None:
+    """Seen by a new user: `dispose nosuchkey auto_repair`, `fix nosuchkey x` and `POST
+    .../anomalies/nosuchkey/repairs` all succeeded, and the ghost then counted in the
+    project's summaries."""
+    ghost = "0123456789abcdef"
+    async with service.client(service.token("team-a")) as http:
+        for path, body in (
+            ("/repairs", {"action": "restart_pod", "success": True}),
+            ("/dispositions", {"type": "auto_repair"}),
+            ("/fix", {"description": "raised the limit"}),
+        ):
+            r = await http.post(v1(f"/anomalies/{ghost}{path}"), json=body)
+            assert r.status_code == 404, r.text
+            assert "record an occurrence first" in r.json()["detail"]
+        assert (await http.get(v1("/dispositions"))).json()["summary"]["total"] == 0
+        assert (await http.get(v1(f"/anomalies/{ghost}"))).status_code == 404
+        assert (await http.get(v1("/anomalies"))).json()["anomalies"] == []

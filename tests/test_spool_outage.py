@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from anomaly_counter import AnomalyCounter, ConfigurationError, Settings, SpoolFullError
-from anomaly_counter.spool import Spool
+from anomaly_counter.errors import AnomalyNotFoundError
+from anomaly_counter.spool import Spool, spool_of
+from anomaly_counter.stores.base import store_from_url
 
 from .conftest import SIG, RedisServer
 from .servers import ServiceServer, eventually
@@ -225,3 +227,24 @@ def _flip_a_bit_of_the_last_record(spool_dir: Path) -> None:
     data = bytearray(segment.read_bytes())
     data[-20] ^= 0x01
     segment.write_bytes(bytes(data))
+
+
+async def test_a_write_on_an_anomaly_whose_first_occurrence_waits_in_the_spool(
+    durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    settings = _settings(durable_redis, tmp_path)
+    durable_redis.stop()
+    store = store_from_url(settings.store_url, settings)
+    counter = AnomalyCounter(store, settings=settings, spool=spool_of(settings), replay=False)
+    try:
+        assert (await counter.record_anomaly(SIG)).spooled
+        durable_redis.start()  # back, but the occurrence is not replayed yet
+        await counter.record_disposition(KEY, "auto_repair")  # it exists: taken
+        with pytest.raises(AnomalyNotFoundError):  # one that exists nowhere: refused
+            await counter.record_disposition("0123456789abcdef", "auto_repair")
+        assert await counter.flush_spool() == 1
+        frequency = await counter.get_frequency(KEY)
+        assert frequency is not None and frequency.count_24h == 1
+        assert frequency.auto_repair_disposition_count == 1
+    finally:
+        await counter.aclose()

@@ -5,15 +5,18 @@ from __future__ import annotations
 import pytest
 
 from anomaly_counter import AnomalyCounter, InvalidInputError
+from anomaly_counter.errors import AnomalyNotFoundError
+from anomaly_counter.stores.base import AnomalyWrite
 
-from .conftest import CounterFactory, RedisServer
+from .conftest import Clock, CounterFactory, RedisServer
 
 HOSTILE = ["*", "?", "[a-z]", "{team-a}", "team-a:x", "\\", "%2A", "ü" * 40 + "🔥" * 30, "a b"]
 
 
 async def test_hostile_keys_and_labels_stay_in_their_project(
-    make_counter: CounterFactory,
+    make_counter: CounterFactory, clock: Clock
 ) -> None:
+    now_ms = int(clock.now.timestamp() * 1000)
     victim = make_counter("team-a")
     attacker = make_counter("team-b")
     victim_sig = {"alertname": "Victim", "service": "payments"}
@@ -22,10 +25,15 @@ async def test_hostile_keys_and_labels_stay_in_their_project(
     await victim.record_disposition(victim_key, "human_approved")
     for text in HOSTILE:
         sig = {"alertname": text, "service": text, "namespace": text, "reason": text}
-        await attacker.record_anomaly(sig, occurrence_id=text)
-        await attacker.record_repair_attempt(text, text, False)
-        await attacker.record_disposition(text, "timeout_ignored")
-        await attacker.mark_permanent_fix_applied(text, text)
+        key = (await attacker.record_anomaly(sig, occurrence_id=text)).anomaly_key
+        with pytest.raises(AnomalyNotFoundError):  # no anomaly of theirs has that key
+            await attacker.record_repair_attempt(text, text, False)
+        await attacker.record_repair_attempt(key, text, False)
+        await attacker.record_disposition(key, "timeout_ignored")
+        await attacker.mark_permanent_fix_applied(key, text)
+        # the store takes any key it is given (an import does): still only theirs
+        write = AnomalyWrite(text, now_ms, now_ms)
+        await attacker.store.record_disposition("team-b", write, "timeout_ignored")
         assert await attacker.get_frequency(text) is None  # no occurrence under that key
         assert (await attacker.get_disposition_stats(text))["total"] == 1
         assert await attacker.get_frequency(victim_key) is None
@@ -58,8 +66,9 @@ def test_project_ids_are_validated(project: str) -> None:
 async def test_redis_keys_carry_only_encoded_parts(fresh_redis: RedisServer) -> None:
     counter = AnomalyCounter.from_url(fresh_redis.url, "team-b")
     try:
-        for text in HOSTILE:
-            await counter.record_repair_attempt(text, "restart_pod", True)
+        for text in HOSTILE:  # (the store takes any key: an import's too)
+            write = AnomalyWrite(text, 1_700_000_000_000, 1_700_000_000_000)
+            await counter.store.record_repair("team-b", write, "restart_pod", True)
             await counter.record_anomaly({"alertname": text})
     finally:
         await counter.aclose()

@@ -71,6 +71,7 @@ async def test_the_order_of_arrival_decides_nothing(
     assert await _verdicts(counter) == ["failed"]
     # and an occurrence before the repair, arriving after it, is not its recurrence
     other = make_counter("team-b")
+    await other.record_anomaly(SIG, at=start)
     await other.record_repair_attempt(KEY, "scale_up", True, at=start + timedelta(minutes=5))
     await other.record_anomaly(SIG, at=start + timedelta(minutes=2))
     await other.record_anomaly(SIG, at=start + timedelta(minutes=40))  # after the window

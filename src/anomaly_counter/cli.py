@@ -361,8 +361,8 @@ async def _resolve(counter: AnomalyCounter, args: argparse.Namespace) -> Anomaly
 
 
 async def _key(counter: AnomalyCounter, args: argparse.Namespace) -> str:
-    """The key a write names: a key (of an anomaly not seen yet too), or a name that matches
-    one anomaly: never a made-up anomaly named after a typo."""
+    """The key a write names: a key, or a name that matches one anomaly (the write itself
+    refuses a key the project never saw, unless its first occurrence waits in the spool)."""
     return await _named(args, counter.resolve(_ref(args), known=False))
 
 
@@ -961,6 +961,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(f"store error: {exc}", 3)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
+    except AnomalyNotFoundError as exc:  # (a write on an anomaly never seen)
+        _fail(str(exc), 1)
     except AnomalyCounterError as exc:
         _fail(str(exc), 2)
 

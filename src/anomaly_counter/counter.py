@@ -781,12 +781,43 @@ class AnomalyCounter:
             until = event.at_ms + int(minutes * 60_000)
 
         async def write() -> None:
+            await self._must_exist(key, event.now_ms)
             await self._within_action_limit(store, key, name, event.now_ms)
             await store.record_repair(self.project_id, event, name, success, until)
 
         await self._store.retried(
             "record_repair_attempt", write, None, project=self.project_id, anomaly_key=key
         )
+
+    async def _must_exist(self, key: str, now_ms: int) -> None:
+        """Refuse a write of an event to an anomaly the project never saw: a mistyped key
+        would make a ghost that then counts in the project's summaries. An anomaly whose first
+        occurrence waits in the spool exists. While the store cannot tell, the write goes on as
+        any write does (retried, then degraded or raised)."""
+        try:
+            known = (await self._raw.read(self.project_id, [key], now_ms, now_ms))[0]
+        except StoreUnavailableError:
+            return
+        if known is not None or await self._waits_in_spool(key):
+            return
+        raise AnomalyNotFoundError(
+            f"no anomaly {key!r} in project {self.project_id!r}: repairs, dispositions and fixes"
+            " are written for an anomaly that has occurred (record an occurrence first)"
+        )
+
+    async def _waits_in_spool(self, key: str) -> bool:
+        spool, project = self.spool, self.project_id
+        if spool is None or not spool.depth:
+            return False
+
+        def first_occurrence(record: dict[str, Any]) -> bool:
+            return (
+                record.get("project") == project
+                and "signature" in record
+                and hash_signature(record["signature"]) == key
+            )
+
+        return await asyncio.to_thread(spool.any_waiting, first_occurrence)
 
     def _event(self, key: str, at: datetime | None, by: str | None) -> AnomalyWrite:
         """A write of an event to an anomaly: checked, timed, with a write id of its own (its
@@ -918,7 +949,9 @@ class AnomalyCounter:
         ``by`` names who reported it (kept in the timeline)."""
         key = validation.anomaly_key(anomaly_key)
         kind = validation.disposition(disposition_type)
-        await self._store.record_disposition(self.project_id, self._event(key, at, by), kind)
+        event = self._event(key, at, by)
+        await self._must_exist(key, event.now_ms)
+        await self._store.record_disposition(self.project_id, event, kind)
 
     async def get_disposition_stats(self, anomaly_key: str) -> dict[str, int]:
         """All five disposition counts of the last 30 days and their total."""
@@ -978,7 +1011,9 @@ class AnomalyCounter:
         (text, time, ``by``) is in the anomaly's ``permanent_fix`` and its timeline."""
         key = validation.anomaly_key(anomaly_key)
         text = validation.description(fix_description)
-        await self._store.mark_fix(self.project_id, self._event(key, at, by), text)
+        event = self._event(key, at, by)
+        await self._must_exist(key, event.now_ms)
+        await self._store.mark_fix(self.project_id, event, text)
 
     async def undo_permanent_fix(
         self, anomaly_key: str, *, at: datetime | None = None, by: str | None = None

@@ -38,7 +38,7 @@ import struct
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -350,12 +350,14 @@ class Spool:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def peek(self, limit: int) -> tuple[list[dict[str, Any]], Position]:
-        """Up to ``limit`` of the oldest waiting records and the position after them (for
-        ``commit``). Reads one segment at most at a time: memory stays bounded whatever the
-        backlog."""
+    def peek(
+        self, limit: int, after: Position | None = None
+    ) -> tuple[list[dict[str, Any]], Position]:
+        """Up to ``limit`` of the oldest waiting records (or of those from ``after``, a
+        position an earlier peek gave) and the position after them (for ``commit``). Reads one
+        segment at most at a time: memory stays bounded whatever the backlog."""
         with self._lock:
-            position = self._checkpoint
+            position = self._checkpoint if after is None else after
             records: list[dict[str, Any]] = []
             consumed = Counter[str]()
             while len(records) < limit:
@@ -384,6 +386,18 @@ class Spool:
                     break
                 position = Position(position.segment + 1, 0)  # this segment is read through
             return records, Position(position.segment, position.offset, consumed)
+
+    def any_waiting(self, match: Callable[[dict[str, Any]], bool], page: int = 1_000) -> bool:
+        """Whether a waiting record matches (read a page at a time: for rare questions, such as
+        whether an anomaly's first occurrence waits here)."""
+        position: Position | None = None
+        while self._depth:
+            records, position = self.peek(page, position)
+            if any(match(record) for record in records):
+                return True
+            if len(records) < page:
+                break
+        return False
 
     def commit(self, position: Position, count: int) -> None:
         """The ``count`` records before ``position`` are stored: move the checkpoint past

@@ -98,9 +98,10 @@ Writer = Annotated[Project, Depends(_writer)]
 
 
 async def _named(anomaly_key: AnomalyKey, p: Checked) -> str:
-    """The key of the anomaly the path names: its key (one not seen yet too, for a write that
-    comes first), or words of its labels that match one anomaly (else 404, or 300 with the
-    matches). Checked after the token, so another project's token learns nothing."""
+    """The key of the anomaly the path names: its key (a write refuses one never seen with 404,
+    unless its first occurrence waits in the spool), or words of its labels that match one
+    anomaly (else 404, or 300 with the matches). Checked after the token, so another project's
+    token learns nothing."""
     return await p.counter.resolve(anomaly_key, known=False)
 
 
