@@ -539,7 +539,7 @@ class AnomalyCounter:
         the last hour (``1h``), hourly over a day (``24h``) or 7 days (``7d``), daily over 30
         days (``30d``), buckets aligned in UTC, the last one holding ``at`` (default now).
         None for an anomaly never seen. Exact for its latest 128 occurrences; older ones of a
-        busy anomaly are placed within one slice of their window (see the README)."""
+        busy anomaly are placed within one slice of their window (see docs/counting.md)."""
         key = validation.anomaly_key(anomaly_key)
         return (await self.histories([key], window, at=at))[0]
 

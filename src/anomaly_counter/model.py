@@ -218,7 +218,7 @@ class AnomalyFrequency:
     firing: Annotated[int, Doc("Its episodes open now (Alertmanager alerts firing).")] = 0
     instances: Annotated[int, Doc("Alert instances of its current (or last) incident.")] = 0
     flapping: Annotated[
-        bool, Doc("It fires and resolves again and again (see flap_percent and the README).")
+        bool, Doc("It fires and resolves again and again (see flap_percent and docs/incidents.md).")
     ] = False
     flap_percent: Annotated[
         float, Doc("Weighted percent of the last 21 slots (5 min each) with a state change.")
