@@ -2,9 +2,10 @@
 
 The stated bound (docs/counting.md, "How counting works, and how exact it is"): a count is
 exact while at most ``tail_capacity`` occurrences are at or after the window's start (so always
-for a window that ends at the newest occurrence and holds at most that many); otherwise it is off by at most the
-occurrences of the slice (1/60 of the window) holding the window's start, plus those of the
-slice holding its end when more than ``tail_capacity`` occurrences came after the end.
+for a window that ends at the newest occurrence and holds at most that many); otherwise it is
+off by at most the occurrences of the slice (1/60 of the window) holding the window's start,
+plus those of the slice holding its end when more than ``tail_capacity`` occurrences came after
+the end.
 """
 
 from __future__ import annotations
