@@ -405,3 +405,13 @@ async def test_what_is_not_imported_is_reported(fresh_redis: RedisServer, tmp_pa
         assert abs(stored[0].fix_at_ms - now.timestamp() * 1000) < 60_000  # type: ignore[operator]
     finally:
         await ours.aclose()
+
+
+def test_the_anomaly_key_is_the_references() -> None:
+    """Occurrences are imported under the reference's keys: ours are the same function."""
+    module = reference_design.load()
+    odd = [{}, {"alertname": "X"}, {"alert_name": "X", "alertname": "Y", "job": "j"},
+           {"alert_name": "Überlast", "service": "日本", "namespace": 'q"uote\\'},
+           {"alert_name": 5, "service": None, "reason": 1.5, "error_type": True}]  # fmt: skip
+    for signature in [*SIGNATURES.values(), *odd]:
+        assert module.AnomalyCounter.hash_signature(signature) == hash_signature(signature)
