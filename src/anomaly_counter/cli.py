@@ -36,6 +36,7 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
 )
+from .importers import reference_cli
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
 from .notify.deliverer import send_again
 from .redact import redacted
@@ -238,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_commands.add_parser("revoke", help="forget a token")
     revoke.add_argument(
         "token_id", type=_token_id, metavar="TOKEN_ID", help="its id, or the whole token"
+    )
+
+    imports = commands.add_parser("import", help="import history kept elsewhere")
+    reference_cli.add_parser(
+        _Commands(
+            imports.add_subparsers(dest="import_command", required=True, parser_class=_Parser),
+            shared,
+        )
     )
 
     notices = commands.add_parser("notices", help="the notices outbox and its dead letters")
@@ -892,6 +901,13 @@ async def _check_store(store: Store, settings: Settings) -> None:
         )
 
 
+_IMPORTS = {"reference": reference_cli.command}
+
+
+async def _import(counter: AnomalyCounter, args: argparse.Namespace) -> None:
+    await _IMPORTS[args.import_command](counter, args)
+
+
 _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "record": _record,
     "show": _show,
@@ -909,6 +925,7 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "replay": _replay,
     "token": _token,
     "notices": _notices,
+    "import": _import,
 }
 
 
@@ -940,6 +957,8 @@ def _reads_only(args: argparse.Namespace) -> bool:
         return bool(args.token_command == "list")
     if args.command == "notices":
         return bool(args.notices_command == "dead")
+    if args.command == "import":
+        return bool(getattr(args, "dry_run", False))
     return args.command in _READS
 
 

@@ -1,0 +1,1 @@
+"""Importers: history kept elsewhere, written into a store (the reference design's Redis)."""
