@@ -1230,7 +1230,7 @@ class SQLiteStore(Store):
     # -- permanent fixes ----------------------------------------------------------------------
 
     async def mark_fix(self, project: str, write: AnomalyWrite, description: str) -> None:
-        anomaly_key, at_ms, _, _, by = write
+        anomaly_key, at_ms, now_ms, _, by = write
 
         def work(db: sqlite3.Connection) -> None:
             if not self._first_event(db, project, write):
@@ -1240,7 +1240,8 @@ class SQLiteStore(Store):
                 " touched) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, anomaly_key) DO UPDATE"
                 " SET fix_at = excluded.fix_at, fix_description = excluded.fix_description,"
                 " fix_by = excluded.fix_by, regressed_at = NULL, touched = excluded.touched",
-                (project, anomaly_key, at_ms, description, by or None, at_ms),
+                # (written now, whenever it was marked: 35 days from now before it is forgotten)
+                (project, anomaly_key, at_ms, description, by or None, now_ms),
             )
             self._tell(db, project, anomaly_key, timeline.encode("fix", at_ms, description, by))
 
