@@ -45,6 +45,12 @@ from .stores.base import Store, store_from_url
 from .stores.sqlite import SQLiteStore
 from .timeline import describe, reporter
 from .tokens import new_token, parse_token
+from .transfer_cli import (
+    add_export_options,
+    add_import_options,
+    export_command,
+    import_jsonl_command,
+)
 from .windows import HISTORY
 
 PROG = "anomaly-counter"
@@ -251,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("notice_ids", nargs="*", metavar="NOTICE_ID", help="as `notices dead` shows")
     retry.add_argument("--all", action="store_true", help="every dead letter of the project")
+
+    add_export_options(commands.add_parser("export", help="write the project as JSON lines"))
+    imports = commands.add_parser("import", help="bring data into the project")
+    import_commands = _Commands(
+        imports.add_subparsers(dest="import_command", required=True, parser_class=_Parser), shared
+    )
+    add_import_options(
+        import_commands.add_parser("jsonl", help="an export (anomaly-counter export), whole")
+    )
     return parser
 
 
@@ -909,6 +924,11 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "replay": _replay,
     "token": _token,
     "notices": _notices,
+    "export": export_command,
+    "import": lambda counter, args: _IMPORTS[args.import_command](counter, args),
+}
+_IMPORTS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[Any, Any, None]]] = {
+    "jsonl": import_jsonl_command,
 }
 
 
@@ -931,7 +951,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 _READS = frozenset(
     ("show", "top", "flapping", "search", "history", "timeline", "repairs", "dispositions")
-)
+) | {"export"}
 
 
 def _reads_only(args: argparse.Namespace) -> bool:

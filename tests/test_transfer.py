@@ -1,0 +1,256 @@
+"""Moving a project between stores (export and import as JSON lines, anomaly_counter.transfer):
+every read answers the same after a move SQLite -> Redis -> Redis Cluster; an import twice is
+one; an occurrence re-sent after the move is not counted again; a bad file is refused whole."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anomaly_counter import AnomalyCounter, Settings
+from anomaly_counter.model import Occurrence
+from anomaly_counter.tokens import new_token
+from anomaly_counter.transfer import export_project, import_project
+from anomaly_counter.windows import HISTORY
+
+from .conftest import Clock, RedisServer
+
+PROJECT = "team-a"
+BUSY = {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod"}
+IDS = {"alertname": "DiskFull", "service": "db", "namespace": "prod", "reason": "quota"}
+FIXED = {"alertname": "CertExpiring", "service": "edge", "namespace": "prod"}
+FIXED_NOW = {"alertname": "QueueBacklog", "service": "worker", "namespace": "batch"}
+FLAPPY = {"alertname": "LatencyHigh", "service": "api", "namespace": "staging"}
+OPEN = {"alertname": "NodeNotReady", "service": "kubelet", "namespace": "kube-system"}
+SIGNATURES = (BUSY, IDS, FIXED, FIXED_NOW, FLAPPY, OPEN)
+KEYS = [AnomalyCounter.hash_signature(s) for s in SIGNATURES]
+BUSY_KEY, IDS_KEY, FIXED_KEY, FIXED_NOW_KEY, FLAPPY_KEY, OPEN_KEY = KEYS
+
+
+def _counter(url: str, clock: Clock, project: str = PROJECT) -> AnomalyCounter:
+    return AnomalyCounter.from_url(url, project, settings=Settings(store_url=url), clock=clock)
+
+
+def _episode(signature: dict[str, str], at: Any, fingerprint: str) -> Occurrence:
+    return Occurrence(signature, at, f"am:{fingerprint}:{int(at.timestamp() * 1000)}", fingerprint)
+
+
+async def _fill(counter: AnomalyCounter, clock: Clock) -> None:
+    """30 days of a project's life: a busy anomaly past its tail (rings), occurrence ids,
+    repairs verified and not, dispositions, a fix and its regression, a fix in force,
+    resolutions, flapping, an episode still open, tokens."""
+    end = clock.now
+    start = end - timedelta(days=29, hours=20)
+    for day in range(30):
+        clock.now = now = start + timedelta(days=day)
+        busy = [Occurrence(BUSY, now - timedelta(minutes=7 * k)) for k in range(12)]
+        await counter.record_many(busy)  # (360 in all: most pushed out of the tail)
+        if day % 3 == 0:
+            await counter.record_many([Occurrence(IDS, now, f"ids-{day}")])
+        if day == 5:
+            await counter.record_many(
+                [Occurrence(FIXED, now - timedelta(minutes=m)) for m in (1, 2)]
+            )
+            await counter.mark_permanent_fix_applied(FIXED_KEY, "rotated the cert", by="alice")
+            await counter.record_repair_attempt(BUSY_KEY, "restart_pod", True, by="bob")
+            await counter.record_disposition(BUSY_KEY, "auto_repair")
+        if day == 8:
+            await counter.record_many([Occurrence(FIXED, now)])  # a regression
+            await counter.record_repair_attempt(IDS_KEY, "grow_volume", True)  # never back
+            await counter.record_disposition(IDS_KEY, "human_approved", by="carol")
+            await counter.record_resolution(IDS_KEY, at=now)
+    clock.now = now = end - timedelta(hours=3)
+    await counter.record_many([Occurrence(FIXED_NOW, now - timedelta(minutes=m)) for m in range(4)])
+    await counter.mark_permanent_fix_applied(FIXED_NOW_KEY, "scaled the workers")
+    await counter.record_repair_attempt(BUSY_KEY, "restart_pod", False)
+    await counter.record_repair_attempt(BUSY_KEY, "rollback", True)
+    await counter.record_disposition(BUSY_KEY, "manual_resolved")
+    for n in range(8):  # fires and resolves every 5 minutes: flapping
+        clock.now = at = end - timedelta(minutes=55 - 5 * n)
+        await counter.record_many([_episode(FLAPPY, at, "pod-a")])
+        await counter.record_resolution(
+            FLAPPY_KEY, at=at + timedelta(minutes=1), episode="pod-a", started=at
+        )
+    clock.now = end - timedelta(minutes=10)
+    await counter.record_many([_episode(OPEN, clock.now, "node-1")])  # still open
+    # a late busy hour: many occurrences in the last hour (crossings, the 1 h window)
+    await counter.record_many(
+        [Occurrence(BUSY, clock.now - timedelta(seconds=s)) for s in range(0, 1800, 45)]
+    )
+    _, record = new_token(PROJECT, 1_700_000_000_000, "deploy bot")
+    await counter.store.save_token(record)
+    clock.now = end
+
+
+async def _reads(counter: AnomalyCounter, clock: Clock) -> dict[str, Any]:
+    """Every read of the project (as of the clock's now)."""
+    now = clock.now
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        for back in (timedelta(0), timedelta(minutes=20), timedelta(hours=5), timedelta(days=3),
+                     timedelta(days=12), timedelta(days=27)):  # fmt: skip
+            out[f"frequency {key} -{back}"] = await counter.get_frequency(key, at=now - back)
+        for window in HISTORY:
+            out[f"history {key} {window}"] = await counter.history(key, window)
+        out[f"timeline {key}"] = await counter.timeline(key)
+        out[f"repairs {key}"] = await counter.repair_stats(key)
+        out[f"repair history {key}"] = await counter.repair_history(key)
+        out[f"dispositions {key}"] = await counter.get_disposition_stats(key)
+    for window in ("1h", "24h", "7d", "30d"):
+        out[f"top {window}"] = await counter.top(50, window)
+    out["chronic"] = await counter.chronic_anomalies()
+    out["recommendations"] = await counter.recommendations(KEYS)
+    out["disposition summary"] = await counter.disposition_summary()
+    out["all dispositions"] = await counter.get_all_disposition_stats()
+    out["escalations by day"] = await counter.escalations_by_day()
+    out["flapping"] = await counter.flapping_anomalies()
+    for word in ("api", "prod", "crash", "quota", "kube"):
+        out[f"search {word}"] = await counter.search(word)
+    out["tokens"] = await counter.store.list_tokens(PROJECT)
+    return out
+
+
+async def _move(source: AnomalyCounter, target: AnomalyCounter, clock: Clock) -> str:
+    buffer = io.StringIO()
+    await export_project(source, buffer, tokens=True, now=clock.now)
+    buffer.seek(0)
+    await import_project(target, buffer, now=clock.now)
+    return buffer.getvalue()
+
+
+def _same(expected: dict[str, Any], actual: dict[str, Any], where: str) -> None:
+    different = [name for name in expected if expected[name] != actual[name]]
+    assert not different, (
+        f"{where}: {different[0]}: {expected[different[0]]!r} != {actual[different[0]]!r}"
+    )
+
+
+async def test_a_project_moves_sqlite_to_redis_to_cluster_with_identical_answers(
+    tmp_path: Path, fresh_redis: RedisServer, fresh_cluster: Any, clock: Clock
+) -> None:
+    lite = _counter(f"sqlite:///{tmp_path}/source.db", clock)
+    single = _counter(fresh_redis.url, clock)
+    cluster = _counter(fresh_cluster.url, clock)
+    try:
+        await _fill(lite, clock)
+        expected = await _reads(lite, clock)
+        assert expected["flapping"].anomalies and expected["chronic"].anomalies  # (rich enough)
+        state = (await lite.store.states(PROJECT, [BUSY_KEY]))[0]
+        assert state is not None and any(state.rings)  # (the rings are used)
+        text = await _move(lite, single, clock)
+        _same(expected, await _reads(single, clock), "sqlite -> redis")
+        again = await _move(single, cluster, clock)
+        _same(expected, await _reads(cluster, clock), "redis -> cluster")
+        # an export of the copy is the export of the original (but for its time)
+        assert text.splitlines()[1:] == again.splitlines()[1:]
+        # imported twice: the same
+        buffer = io.StringIO(again)
+        await import_project(cluster, buffer, now=clock.now)
+        _same(expected, await _reads(cluster, clock), "imported twice")
+        # later, the three go on alike: an id counted before the move is not counted again,
+        # a new occurrence is, on each
+        clock.advance(hours=2)
+        for counter in (lite, single, cluster):
+            (resent,) = await counter.record_many([Occurrence(IDS, clock.now, "ids-27")])
+            assert resent.duplicate
+            await counter.record_many([Occurrence(BUSY, clock.now)])
+        later = await _reads(lite, clock)
+        _same(later, await _reads(single, clock), "later, redis")
+        _same(later, await _reads(cluster, clock), "later, cluster")
+    finally:
+        for counter in (lite, single, cluster):
+            await counter.aclose()
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def cli(*args: str, store: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "anomaly_counter.cli", "--store", store, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, input=stdin)
+
+
+def test_export_and_import_on_the_command_line(tmp_path: Path) -> None:
+    source, target = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
+    for _ in range(3):
+        done = cli(
+            "--project", "ops", "record", "--alert-name", "X", "--service", "api", store=source
+        )
+        assert done.returncode == 0, done.stderr
+    exported = cli(
+        "--project", "ops", "export", "--output", str(tmp_path / "ops.jsonl"), store=source
+    )
+    assert exported.returncode == 0, exported.stderr
+    lines = (tmp_path / "ops.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["project"] == "ops"
+    assert [json.loads(line).get("type") for line in lines[1:]] == ["anomaly", "summary", "end"]
+    # into the project it came from (named by the file), from a file and from stdin alike
+    imported = cli("--project", "ops", "import", "jsonl", str(tmp_path / "ops.jsonl"), store=target)
+    assert imported.returncode == 0, imported.stderr
+    again = cli(
+        "--project", "ops", "import", "jsonl", "-", store=target, stdin="\n".join(lines) + "\n"
+    )
+    assert again.returncode == 0, again.stderr
+    top = cli("--project", "ops", "--json", "top", store=target)
+    assert [row["count"] for row in json.loads(top.stdout)] == [3]
+    to_stdout = cli("--project", "ops", "export", store=target)
+    assert to_stdout.stdout.splitlines()[1:] == lines[1:]
+
+
+def _exported(tmp_path: Path) -> tuple[str, list[str]]:
+    """An empty target store, and the lines of an export of project ops."""
+    source = f"sqlite:///{tmp_path}/a.db"
+    assert cli("--project", "ops", "record", "--alert-name", "X", store=source).returncode == 0
+    return f"sqlite:///{tmp_path}/b.db", cli(
+        "--project", "ops", "export", store=source
+    ).stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (
+            lambda lines: ['{"hello": 1}', *lines[1:]],
+            "bad.jsonl: line 1: not an anomaly-counter export",
+        ),
+        (lambda lines: ["", *lines[1:]], "line 1: not an anomaly-counter export"),
+        (lambda lines: [lines[0].replace('"version":1', '"version":9'), *lines[1:]], "version 9"),
+        (lambda lines: [*lines[:2], "{broken", *lines[2:]], "line 3: not an export line"),
+        (
+            lambda lines: [lines[0], lines[1].replace('"level":', '"level":"x",'), *lines[2:]],
+            "line 2:",
+        ),
+        (lambda lines: lines[:-1], "cut short"),
+        (lambda lines: [*lines, lines[1]], "line 5: a line after the end line"),
+        (lambda lines: [lines[0], *lines[2:]], "end line counts 1 anomalies"),
+    ],
+)
+def test_a_bad_file_is_refused_whole(tmp_path: Path, change: Any, said: str) -> None:
+    target, lines = _exported(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(change(lines)) + "\n")
+    refused = cli("--project", "ops", "import", "jsonl", str(bad), store=target)
+    assert refused.returncode == 2
+    assert said in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
+    nothing = cli("--project", "ops", "--json", "top", store=target)
+    assert "nothing was ever recorded there" in nothing.stderr or json.loads(nothing.stdout) == []
+
+
+def test_another_projects_export_goes_only_where_it_is_named(tmp_path: Path) -> None:
+    target, lines = _exported(tmp_path)
+    text = "\n".join(lines) + "\n"
+    refused = cli("import", "jsonl", "-", store=target, stdin=text)  # (into project default)
+    assert refused.returncode == 2
+    assert "is an export of project 'ops', not of 'default'" in refused.stderr
+    assert cli("import", "jsonl", "-", store=target, stdin="").returncode == 2
+    named = cli("--project", "elsewhere", "import", "jsonl", "-", store=target, stdin=text)
+    assert named.returncode == 0, named.stderr
+    top = cli("--project", "elsewhere", "--json", "top", store=target)
+    assert [row["count"] for row in json.loads(top.stdout)] == [1]
