@@ -8,14 +8,16 @@ import io
 import json
 import subprocess
 import sys
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from anomaly_counter import AnomalyCounter, Settings
+from anomaly_counter import AnomalyCounter, Settings, search, validation
 from anomaly_counter.model import Occurrence
+from anomaly_counter.stores.base import Recording, RecordRequest
 from anomaly_counter.tokens import new_token
 from anomaly_counter.transfer import export_project, import_project
 from anomaly_counter.windows import HISTORY
@@ -80,13 +82,31 @@ async def _fill(counter: AnomalyCounter, clock: Clock) -> None:
         )
     clock.now = end - timedelta(minutes=10)
     await counter.record_many([_episode(OPEN, clock.now, "node-1")])  # still open
-    # a late busy hour: many occurrences in the last hour (crossings, the 1 h window)
+    # a late busy hour: more occurrences than the tail keeps (its 1 h and 24 h rings)
     await counter.record_many(
-        [Occurrence(BUSY, clock.now - timedelta(seconds=s)) for s in range(0, 1800, 45)]
+        [Occurrence(BUSY, clock.now - timedelta(seconds=s)) for s in range(0, 3000, 15)]
     )
+    # what a spool sends: a numbered write, and one replayed (their write marks)
+    await counter.store.record(_recording(counter, clock), _spooled(clock.now))
     _, record = new_token(PROJECT, 1_700_000_000_000, "deploy bot")
     await counter.store.save_token(record)
     clock.now = end
+
+
+def _spooled(at: datetime) -> list[RecordRequest]:
+    signature_json = validation.signature_json(IDS)
+    ms = int(at.timestamp() * 1000)
+    request = RecordRequest(
+        IDS_KEY, IDS, signature_json, ms, None, search.joined_terms(signature_json)
+    )
+    return [
+        replace(request, sequence=("writer1", 7), floor=0),
+        replace(request, sequence=("writer1", 8), floor=-1, replayed=f"spool1:{1:024d}"),
+    ]
+
+
+def _recording(counter: AnomalyCounter, clock: Clock) -> Recording:
+    return Recording(PROJECT, counter.write_policy, int(clock.now.timestamp() * 1000))
 
 
 async def _reads(counter: AnomalyCounter, clock: Clock) -> dict[str, Any]:
@@ -127,9 +147,10 @@ async def _move(source: AnomalyCounter, target: AnomalyCounter, clock: Clock) ->
 
 def _same(expected: dict[str, Any], actual: dict[str, Any], where: str) -> None:
     different = [name for name in expected if expected[name] != actual[name]]
-    assert not different, (
-        f"{where}: {different[0]}: {expected[different[0]]!r} != {actual[different[0]]!r}"
-    )
+    if different:
+        name = different[0]
+        shown = f"{expected[name]!r:.600} != {actual[name]!r:.600}"
+        pytest.fail(f"{where}: {len(different)} reads differ, the first {name}: {shown}")
 
 
 async def test_a_project_moves_sqlite_to_redis_to_cluster_with_identical_answers(
@@ -159,7 +180,8 @@ async def test_a_project_moves_sqlite_to_redis_to_cluster_with_identical_answers
         clock.advance(hours=2)
         for counter in (lite, single, cluster):
             (resent,) = await counter.record_many([Occurrence(IDS, clock.now, "ids-27")])
-            assert resent.duplicate
+            spooled = await counter.store.record(_recording(counter, clock), _spooled(clock.now))
+            assert resent.duplicate and all(s.duplicate for s in spooled)
             await counter.record_many([Occurrence(BUSY, clock.now)])
         later = await _reads(lite, clock)
         _same(later, await _reads(single, clock), "later, redis")
