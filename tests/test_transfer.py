@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings, search, validation
+from anomaly_counter.cli import main
 from anomaly_counter.model import Occurrence
 from anomaly_counter.stores.base import Recording, RecordRequest
 from anomaly_counter.tokens import new_token
@@ -195,84 +196,100 @@ async def test_a_project_moves_sqlite_to_redis_to_cluster_with_identical_answers
 
 
 def cli(*args: str, store: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it: a real process."""
     command = [sys.executable, "-m", "anomaly_counter.cli", "--store", store, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, input=stdin)
 
 
 def test_export_and_import_on_the_command_line(tmp_path: Path) -> None:
     source, target = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
-    for _ in range(3):
-        done = cli(
-            "--project", "ops", "record", "--alert-name", "X", "--service", "api", store=source
-        )
-        assert done.returncode == 0, done.stderr
-    exported = cli(
-        "--project", "ops", "export", "--output", str(tmp_path / "ops.jsonl"), store=source
-    )
+    record = ("--project", "ops", "record", "--alert-name", "X", "--service", "api")
+    assert cli(*record, store=source).returncode == 0
+    file = tmp_path / "ops.jsonl"
+    exported = cli("--project", "ops", "export", "--output", str(file), store=source)
     assert exported.returncode == 0, exported.stderr
-    lines = (tmp_path / "ops.jsonl").read_text().splitlines()
+    assert exported.stdout == f"exported 1 anomalies of project ops to {file}\n"
+    lines = file.read_text().splitlines()
     assert json.loads(lines[0])["project"] == "ops"
     assert [json.loads(line).get("type") for line in lines[1:]] == ["anomaly", "summary", "end"]
-    # into the project it came from (named by the file), from a file and from stdin alike
-    imported = cli("--project", "ops", "import", "jsonl", str(tmp_path / "ops.jsonl"), store=target)
+    # from stdin, into the project the file names (and its own when none is named)
+    imported = cli("import", "jsonl", "-", "--project", "ops", store=target, stdin=file.read_text())
     assert imported.returncode == 0, imported.stderr
-    again = cli(
-        "--project", "ops", "import", "jsonl", "-", store=target, stdin="\n".join(lines) + "\n"
-    )
-    assert again.returncode == 0, again.stderr
-    top = cli("--project", "ops", "--json", "top", store=target)
-    assert [row["count"] for row in json.loads(top.stdout)] == [3]
+    assert imported.stdout == "imported 1 anomalies into project ops\n"
     to_stdout = cli("--project", "ops", "export", store=target)
     assert to_stdout.stdout.splitlines()[1:] == lines[1:]
 
 
-def _exported(tmp_path: Path) -> tuple[str, list[str]]:
-    """An empty target store, and the lines of an export of project ops."""
+def run(capsys: Any, *args: str, store: str, stdin: str = "") -> tuple[int, str, str]:
+    """The command in this process (quicker): its exit status, stdout and stderr."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdin", io.StringIO(stdin))
+        try:
+            main(["--store", store, *args])
+            status = 0
+        except SystemExit as exc:
+            status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture
+def exported(tmp_path: Path, capsys: Any) -> list[str]:
+    """The lines of an export of project ops (two occurrences of one anomaly)."""
     source = f"sqlite:///{tmp_path}/a.db"
-    assert cli("--project", "ops", "record", "--alert-name", "X", store=source).returncode == 0
-    return f"sqlite:///{tmp_path}/b.db", cli(
-        "--project", "ops", "export", store=source
-    ).stdout.splitlines()
+    for _ in range(2):
+        assert run(capsys, "--project", "ops", "record", "--alert-name", "X", store=source)[0] == 0
+    status, out, _ = run(capsys, "--project", "ops", "export", "--tokens", store=source)
+    assert status == 0
+    return out.splitlines()
 
 
 @pytest.mark.parametrize(
     ("change", "said"),
     [
-        (
-            lambda lines: ['{"hello": 1}', *lines[1:]],
-            "bad.jsonl: line 1: not an anomaly-counter export",
-        ),
+        (lambda lines: ['{"hello": 1}', *lines[1:]], "bad.jsonl: line 1: not an anomaly-counter"),
         (lambda lines: ["", *lines[1:]], "line 1: not an anomaly-counter export"),
         (lambda lines: [lines[0].replace('"version":1', '"version":9'), *lines[1:]], "version 9"),
         (lambda lines: [*lines[:2], "{broken", *lines[2:]], "line 3: not an export line"),
-        (
-            lambda lines: [lines[0], lines[1].replace('"level":', '"level":"x",'), *lines[2:]],
-            "line 2:",
-        ),
+        (lambda lines: [lines[0], lines[1].replace('"level":', '"level":"x",'), *lines[2:]],
+         "line 2: not an export line"),
+        (lambda lines: [*lines[:2], '{"type": "anomaly"}', *lines[2:]], "line 3: not an export"),
         (lambda lines: lines[:-1], "cut short"),
         (lambda lines: [*lines, lines[1]], "line 5: a line after the end line"),
         (lambda lines: [lines[0], *lines[2:]], "end line counts 1 anomalies"),
     ],
-)
-def test_a_bad_file_is_refused_whole(tmp_path: Path, change: Any, said: str) -> None:
-    target, lines = _exported(tmp_path)
+)  # fmt: skip
+def test_a_bad_file_is_refused_whole(
+    tmp_path: Path, capsys: Any, exported: list[str], change: Any, said: str
+) -> None:
+    target = f"sqlite:///{tmp_path}/b.db"
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("\n".join(change(lines)) + "\n")
-    refused = cli("--project", "ops", "import", "jsonl", str(bad), store=target)
-    assert refused.returncode == 2
-    assert said in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
-    nothing = cli("--project", "ops", "--json", "top", store=target)
-    assert "nothing was ever recorded there" in nothing.stderr or json.loads(nothing.stdout) == []
+    bad.write_text("\n".join(change(exported)) + "\n")
+    status, _, err = run(capsys, "--project", "ops", "import", "jsonl", str(bad), store=target)
+    assert status == 2
+    assert said in err and len(err.splitlines()) == 1, err
+    _, out, err = run(capsys, "--project", "ops", "--json", "top", store=target)
+    assert "nothing was ever recorded there" in err or json.loads(out) == []  # nothing written
 
 
-def test_another_projects_export_goes_only_where_it_is_named(tmp_path: Path) -> None:
-    target, lines = _exported(tmp_path)
-    text = "\n".join(lines) + "\n"
-    refused = cli("import", "jsonl", "-", store=target, stdin=text)  # (into project default)
-    assert refused.returncode == 2
-    assert "is an export of project 'ops', not of 'default'" in refused.stderr
-    assert cli("import", "jsonl", "-", store=target, stdin="").returncode == 2
-    named = cli("--project", "elsewhere", "import", "jsonl", "-", store=target, stdin=text)
-    assert named.returncode == 0, named.stderr
-    top = cli("--project", "elsewhere", "--json", "top", store=target)
-    assert [row["count"] for row in json.loads(top.stdout)] == [1]
+def test_another_projects_export_goes_only_where_it_is_named(
+    tmp_path: Path, capsys: Any, exported: list[str]
+) -> None:
+    target = f"sqlite:///{tmp_path}/b.db"
+    text = "\n".join(exported) + "\n"
+    status, _, err = run(capsys, "import", "jsonl", "-", store=target, stdin=text)
+    assert status == 2  # (into project default)
+    assert "is an export of project 'ops', not of 'default'" in err
+    assert run(capsys, "import", "jsonl", str(tmp_path / "none.jsonl"), store=target)[0] == 2
+    status, out, err = run(
+        capsys, "--project", "elsewhere", "--json", "import", "jsonl", "-", store=target, stdin=text
+    )
+    assert status == 0, err
+    assert json.loads(out) == {
+        "project": "elsewhere",
+        "anomalies": 1,
+        "tokens": 0,
+        "summary_days": 0,
+    }
+    _, out, _ = run(capsys, "--project", "elsewhere", "--json", "top", store=target)
+    assert [row["count"] for row in json.loads(out)] == [2]
