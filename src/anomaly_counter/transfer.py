@@ -37,6 +37,8 @@ from .validation import project_id
 
 FORMAT = "anomaly-counter-export"
 VERSION = 1
+_BATCH = 100
+"""Anomalies written per store call (one round trip, or one transaction, for them all)."""
 _TOKEN_FIELDS = ("token_id", "digest", "created_ms", "label", "read_only")
 
 
@@ -197,9 +199,9 @@ async def import_project(
     now: datetime | None = None,
 ) -> Moved:
     """Import an export (a seekable text file) into the counter's project: checked whole
-    first (InvalidInputError, nothing written), then written anomaly by anomaly. ``explicit``:
-    the counter's project was named by the caller, so an export of another project may go
-    there; otherwise the projects must match."""
+    first (InvalidInputError, nothing written), then written (the anomalies in batches, each
+    atomically). ``explicit``: the counter's project was named by the caller, so an export of
+    another project may go there; otherwise the projects must match."""
     exported = check_export(source, name)
     project = counter.project_id
     if exported != project and not explicit:
@@ -212,12 +214,17 @@ async def import_project(
     source.seek(0)
     source.readline()
     anomalies = tokens = days = 0
+    batch: list[AnomalyImage] = []
     try:
         for _, parsed in _lines(source, name):
             if parsed.image is not None:
-                await store.import_anomaly(project, parsed.image, policy, now_ms)
-                anomalies += 1
-            elif parsed.kind == "summary" and parsed.days is not None:
+                batch.append(parsed.image)
+                if len(batch) < _BATCH:
+                    continue
+            if batch:  # (a whole batch, or the last: the other lines follow the anomalies)
+                await store.import_anomalies(project, batch, policy, now_ms)
+                anomalies, batch = anomalies + len(batch), []
+            if parsed.kind == "summary" and parsed.days is not None:
                 await store.import_summary(project, parsed.days, now_ms)
                 days = len(parsed.days)
             elif parsed.token is not None:

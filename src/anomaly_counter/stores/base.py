@@ -406,14 +406,15 @@ class Store(ABC):
         is not: writes during an export land in it or not)."""
         raise StoreError(f"{type(self).__name__} cannot export")
 
-    async def import_anomaly(
-        self, project: str, image: AnomalyImage, policy: WritePolicy, now_ms: int
+    async def import_anomalies(
+        self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
     ) -> None:
-        """Write an anomaly as the image has it, atomically: its state is REPLACED (an image
-        written twice leaves the same state), then its index entries are set as a write would
-        have left them (windows, dispositions, chronic, flapping, search, its place among
-        ``policy.max_anomalies``: LimitExceededError, nothing written, when a new one has
-        none). Its keys live as if written at ``now_ms``."""
+        """Write anomalies as their images have them, each atomically (in one round trip, or
+        one transaction, where the store can): its state is REPLACED (an image written twice
+        leaves the same state), then its index entries are set as a write would have left them
+        (windows, dispositions, chronic, flapping, search, its place among
+        ``policy.max_anomalies``: LimitExceededError when a new one has none, and that one is
+        not written). Their keys live as if written at ``now_ms``."""
         raise StoreError(f"{type(self).__name__} cannot import")
 
     async def import_summary(

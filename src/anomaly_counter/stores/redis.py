@@ -867,20 +867,25 @@ class RedisScripts(Store):
                 if reply is not None:  # (a place held for a batch, or an anomaly gone since)
                     yield _image(key, reply)
 
-    async def import_anomaly(
-        self, project: str, image: AnomalyImage, policy: WritePolicy, now_ms: int
+    async def import_anomalies(
+        self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
     ) -> None:
-        keys = _keys(self._prefix, project, image.anomaly_key)
-        state = image.state
-        tail = struct.pack(f"<{len(state.tail)}d", *state.tail) if state is not None else b""
-        terms = (
-            search.joined_terms(image.signature_json) if image.signature_json is not None else ""
-        )
-        args = [image.anomaly_key, _image_json(image), ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS,
-                now_ms, _shard_share(policy.max_anomalies), policy.dedup_horizon_ms, tail,
-                terms]  # fmt: skip
-        (placed,) = await self._eval("import", [([keys.meta], args)])
-        if not placed:
+        calls = []
+        for image in images:
+            keys = _keys(self._prefix, project, image.anomaly_key)
+            state = image.state
+            tail = struct.pack(f"<{len(state.tail)}d", *state.tail) if state is not None else b""
+            terms = (
+                search.joined_terms(image.signature_json)
+                if image.signature_json is not None
+                else ""
+            )
+            args = [image.anomaly_key, _image_json(image), ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS,
+                    now_ms, _shard_share(policy.max_anomalies), policy.dedup_horizon_ms, tail,
+                    terms]  # fmt: skip
+            calls.append(([keys.meta], args))
+        placed = await self._eval("import", calls) if calls else []
+        if not all(placed):
             raise anomaly_limit_error(project, policy.max_anomalies)
 
     async def import_summary(

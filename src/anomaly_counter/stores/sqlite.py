@@ -1774,11 +1774,12 @@ class SQLiteStore(Store):
         }
         return image
 
-    async def import_anomaly(
-        self, project: str, image: AnomalyImage, policy: WritePolicy, now_ms: int
+    async def import_anomalies(
+        self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
     ) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            self._import(db, project, image, policy, now_ms)
+        def work(db: sqlite3.Connection) -> None:  # (one transaction: one sync to disk)
+            for image in images:
+                self._import(db, project, image, policy, now_ms)
 
         await self._run(self._write, work)
 

@@ -205,10 +205,10 @@ class StoreWrapper(Store):
         async for image in self.inner.export_anomalies(project):
             yield image
 
-    async def import_anomaly(
-        self, project: str, image: AnomalyImage, policy: WritePolicy, now_ms: int
+    async def import_anomalies(
+        self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
     ) -> None:
-        await self.inner.import_anomaly(project, image, policy, now_ms)
+        await self.inner.import_anomalies(project, images, policy, now_ms)
 
     async def import_summary(
         self, project: str, days: dict[int, dict[str, int]], now_ms: int

@@ -3,7 +3,7 @@
 -- left them (windows, dispositions, chronic, flapping, search, its place in the live set).
 -- KEYS: meta
 -- ARGV: anomaly_key image ttl_seconds fix_validity_ms now shard_share dedup_horizon_ms tail
---       search_terms ('' for none). The image is JSON (RedisScripts.import_anomaly): its times
+--       search_terms ('' for none). The image is JSON (redis.py's _image_json): its times
 --       -1 for none; 'tail' (ARGV) the tail's times as packed doubles, oldest first.
 -- Returns 1, or 0 (nothing written) for a new anomaly in a shard that holds its share of the
 -- project's max_anomalies already.
