@@ -17,13 +17,15 @@ import pytest
 
 from anomaly_counter import AnomalyCounter, Settings, search, validation
 from anomaly_counter.cli import main
+from anomaly_counter.errors import LimitExceededError
+from anomaly_counter.limits import Limits
 from anomaly_counter.model import Occurrence
 from anomaly_counter.stores.base import Recording, RecordRequest
 from anomaly_counter.tokens import new_token
 from anomaly_counter.transfer import export_project, import_project
 from anomaly_counter.windows import HISTORY
 
-from .conftest import Clock, RedisServer
+from .conftest import Clock, CounterFactory, RedisServer
 
 PROJECT = "team-a"
 BUSY = {"alertname": "PodCrashLoopBackOff", "service": "api", "namespace": "prod"}
@@ -190,6 +192,23 @@ async def test_a_project_moves_sqlite_to_redis_to_cluster_with_identical_answers
     finally:
         for counter in (lite, single, cluster):
             await counter.aclose()
+
+
+async def test_an_import_past_max_anomalies_stops_and_says_so(
+    tmp_path: Path, make_counter: CounterFactory, clock: Clock
+) -> None:
+    source = _counter(f"sqlite:///{tmp_path}/source.db", clock)
+    try:
+        await source.record_many([Occurrence({"alertname": f"A{n}"}) for n in range(40)])
+        buffer = io.StringIO()
+        await export_project(source, buffer)
+    finally:
+        await source.aclose()
+    target = make_counter(project_limits={PROJECT: Limits(max_anomalies=16)})
+    buffer.seek(0)
+    with pytest.raises(LimitExceededError, match="importing the file again is safe"):
+        await import_project(target, buffer)
+    assert len((await target.top(50, "1h")).anomalies) <= 16
 
 
 # -- the command line -----------------------------------------------------------------------
