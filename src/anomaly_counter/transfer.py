@@ -53,7 +53,8 @@ class Moved:
 
 
 def _line(data: dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+    # (ASCII: the file reads the same whatever the locale of the shell that pipes it)
+    return json.dumps(data, separators=(",", ":")) + "\n"
 
 
 async def export_project(
