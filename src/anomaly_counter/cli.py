@@ -46,6 +46,12 @@ from .stores.base import Store, store_from_url
 from .stores.sqlite import SQLiteStore
 from .timeline import describe, reporter
 from .tokens import new_token, parse_token
+from .transfer_cli import (
+    add_export_options,
+    add_import_options,
+    export_command,
+    import_jsonl_command,
+)
 from .windows import HISTORY
 
 PROG = "anomaly-counter"
@@ -241,14 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
         "token_id", type=_token_id, metavar="TOKEN_ID", help="its id, or the whole token"
     )
 
-    imports = commands.add_parser("import", help="import history kept elsewhere")
-    reference_cli.add_parser(
-        _Commands(
-            imports.add_subparsers(dest="import_command", required=True, parser_class=_Parser),
-            shared,
-        )
-    )
-
     notices = commands.add_parser("notices", help="the notices outbox and its dead letters")
     notice_commands = _Commands(
         notices.add_subparsers(dest="notices_command", required=True, parser_class=_Parser),
@@ -260,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("notice_ids", nargs="*", metavar="NOTICE_ID", help="as `notices dead` shows")
     retry.add_argument("--all", action="store_true", help="every dead letter of the project")
+
+    add_export_options(commands.add_parser("export", help="write the project as JSON lines"))
+    imports = commands.add_parser("import", help="bring data into the project")
+    import_commands = _Commands(
+        imports.add_subparsers(dest="import_command", required=True, parser_class=_Parser), shared
+    )
+    add_import_options(
+        import_commands.add_parser("jsonl", help="an export (anomaly-counter export), whole")
+    )
+    reference_cli.add_parser(import_commands)
     return parser
 
 
@@ -901,13 +909,6 @@ async def _check_store(store: Store, settings: Settings) -> None:
         )
 
 
-_IMPORTS = {"reference": reference_cli.command}
-
-
-async def _import(counter: AnomalyCounter, args: argparse.Namespace) -> None:
-    await _IMPORTS[args.import_command](counter, args)
-
-
 _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "record": _record,
     "show": _show,
@@ -925,7 +926,12 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "replay": _replay,
     "token": _token,
     "notices": _notices,
-    "import": _import,
+    "export": export_command,
+    "import": lambda counter, args: _IMPORTS[args.import_command](counter, args),
+}
+_IMPORTS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[Any, Any, None]]] = {
+    "jsonl": import_jsonl_command,
+    "reference": reference_cli.command,
 }
 
 
@@ -947,8 +953,9 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 _READS = frozenset(
-    ("show", "top", "flapping", "search", "history", "timeline", "repairs", "dispositions")
-)
+    ("show", "top", "flapping", "search", "history", "timeline", "repairs", "dispositions",
+     "export")
+)  # fmt: skip
 
 
 def _reads_only(args: argparse.Namespace) -> bool:

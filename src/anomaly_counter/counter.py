@@ -153,6 +153,11 @@ class AnomalyCounter:
             "PERMANENT_FIX": self.thresholds.permanent_fix,
         }
 
+    @property
+    def write_policy(self) -> WritePolicy:
+        """The rules this counter's writes apply (what an import applies too)."""
+        return self._policy
+
     @classmethod
     def from_url(
         cls,

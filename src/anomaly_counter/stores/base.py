@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from ..episodes import EpisodeRules
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StoreError
 from ..limits import anomaly_limit_error
 from ..model import DISPOSITION_TYPES, empty_disposition_counts
 from ..outbox import DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..redact import redacted
 from ..tokens import TokenRecord
 from ..windows import WindowState
+from .image import AnomalyImage
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -397,6 +398,31 @@ class Store(ABC):
 
     @abstractmethod
     async def aclose(self) -> None: ...
+
+    # -- export and import (anomaly_counter.transfer) ----------------------------------------
+
+    def export_anomalies(self, project: str) -> AsyncIterator[AnomalyImage]:
+        """Every anomaly of the project, whole (each read atomically; the project as a whole
+        is not: writes during an export land in it or not)."""
+        raise StoreError(f"{type(self).__name__} cannot export")
+
+    async def import_anomalies(
+        self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
+    ) -> None:
+        """Write anomalies as their images have them, each atomically (in one round trip, or
+        one transaction, where the store can): its state is REPLACED (an image written twice
+        leaves the same state), then its index entries are set as a write would have left them
+        (windows, dispositions, chronic, flapping, search, its place among
+        ``policy.max_anomalies``: LimitExceededError when a new one has none, and that one is
+        not written). Their keys live as if written at ``now_ms``."""
+        raise StoreError(f"{type(self).__name__} cannot import")
+
+    async def import_summary(
+        self, project: str, days: dict[int, dict[str, int]], now_ms: int
+    ) -> None:
+        """Set the project's own day counters (``summary_days``) of these days and names to
+        these values (so that a summary imported twice is counted once)."""
+        raise StoreError(f"{type(self).__name__} cannot import")
 
 
 def encode_part(value: str) -> str:

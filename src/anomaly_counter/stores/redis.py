@@ -88,6 +88,7 @@ from .base import (
     shard_of,
 )
 from .coalesce import Coalescer
+from .image import SCORE_NAMES, AnomalyImage
 from .redis_link import UNAVAILABLE, Link
 from .write_marks import MAX_HELD, mark_of
 
@@ -112,15 +113,17 @@ _WRITES = frozenset(
         "forget",
         "outbox",
         "flap_sweep",
+        "import",
     }
 )
 _SCRIPTS = ("record", "read", "repair", "disposition", "fix", "undo", "reindex", "resolve",
             "note", "state", "forget", "admit", "unhold", "outbox", "outbox_read",
-            "flap_sweep")  # fmt: skip
+            "flap_sweep", "export", "import")  # fmt: skip
 _ADMIT_HOLD_MS = 300_000  # how long admit holds a new anomaly's place before its occurrence
 _ADMIT_KEYS_PER_CALL = 1_000
 _KNOWN_FOR_MS = 3_600_000  # an anomaly stored this recently lives on (35 days): admit skips it
 _KNOWN_MOST = 65_536
+_EXPORT_BATCH = 100  # anomalies exported per round trip
 _NOTHING_NAMED: dict[str, Any] = {}
 _NO_DISPOSITIONS = (0,) * len(DISPOSITION_TYPES)
 OUTBOX_KEYS = ("ob", "obs", "obl", "obd")
@@ -846,6 +849,62 @@ class RedisScripts(Store):
     async def ping(self) -> None:
         await self._query(("PING",))
 
+    # -- export and import (export.lua, import.lua) ------------------------------------------
+
+    def export_anomalies(self, project: str) -> AsyncIterator[AnomalyImage]:
+        return self._export(project)
+
+    async def _export(self, project: str) -> AsyncIterator[AnomalyImage]:
+        # Every anomaly of a project has a place in its shard's live set (for max_anomalies):
+        # the list to export, without a SCAN of every node.
+        lives = [_shard_index_key(self._prefix, project, s, "live") for s in range(SHARDS)]
+        pages = await self._queries([("ZRANGE", key, 0, -1) for key in lives])
+        members = sorted({member.decode() for page in pages for member in page})
+        for start in range(0, len(members), _EXPORT_BATCH):
+            batch = members[start : start + _EXPORT_BATCH]
+            calls = [([_keys(self._prefix, project, key).meta], [key]) for key in batch]
+            for key, reply in zip(batch, await self._eval("export", calls), strict=True):
+                if reply is not None:  # (a place held for a batch, or an anomaly gone since)
+                    yield _image(key, reply)
+
+    async def import_anomalies(
+        self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
+    ) -> None:
+        calls = []
+        for image in images:
+            keys = _keys(self._prefix, project, image.anomaly_key)
+            state = image.state
+            tail = struct.pack(f"<{len(state.tail)}d", *state.tail) if state is not None else b""
+            terms = (
+                search.joined_terms(image.signature_json)
+                if image.signature_json is not None
+                else ""
+            )
+            args = [image.anomaly_key, _image_json(image), ANOMALY_TTL_SECONDS, FIX_VALIDITY_MS,
+                    now_ms, _shard_share(policy.max_anomalies), policy.dedup_horizon_ms, tail,
+                    terms]  # fmt: skip
+            calls.append(([keys.meta], args))
+        placed = await self._eval("import", calls) if calls else []
+        if not all(placed):
+            raise anomaly_limit_error(project, policy.max_anomalies)
+
+    async def import_summary(
+        self, project: str, days: dict[int, dict[str, int]], now_ms: int
+    ) -> None:
+        # The counters go to shard 0's summary (a read adds up the shards'), and leave the
+        # others', so that a summary imported twice is counted once.
+        keys = [_shard_index_key(self._prefix, project, s, "summary") for s in range(SHARDS)]
+        values = {f"{day}|{name}": n for day, names in days.items() for name, n in names.items()}
+        if not values:
+            return
+        commands: list[tuple[Any, ...]] = [("HDEL", key, *values) for key in keys[1:]]
+        commands.append(("HSET", keys[0], *(v for item in values.items() for v in item)))
+        commands.append(("TTL", keys[0]))
+        replies = await self._run(commands, replicate=True)
+        raise_errors(replies)
+        if int(replies[-1]) < ANOMALY_TTL_SECONDS:  # (never shortened, as extend() does)
+            await self._run([("EXPIRE", keys[0], ANOMALY_TTL_SECONDS)], replicate=True)
+
 
 class RedisStore(RedisScripts):
     """Store on one Redis server (``redis://``, ``rediss://``, ``unix://``), or on the master
@@ -1127,3 +1186,122 @@ def _attempt(entry: dict[str, Any]) -> dict[str, Any]:
         "until_ms": int(until) if until else None,
         "back_ms": int(back) if back else None,
     }
+
+
+# -- export and import: an anomaly's image from export.lua's reply, and for import.lua --------
+
+
+def _image(anomaly_key: str, reply: Sequence[Any]) -> AnomalyImage:
+    """An anomaly's image from export.lua's named reply."""
+    named = {name.decode(): value for name, value in zip(reply[::2], reply[1::2], strict=True)}
+    first, newest, evicted, has_days, level, fix, regressed = (int(v) for v in named["st"])
+    meta = {k.decode(): v.decode() for k, v in _pairs(named["meta"]).items()}
+    scores = {name.decode(): int(float(score)) for name, score in _pairs(named["scores"]).items()}
+    state = None
+    if newest >= 0 or named["tail"]:  # (else known only by a repair, disposition or fix)
+        parts = {"newest": newest, "evicted": evicted, "tail": named["tail"]}
+        for r in range(1, 5):
+            parts[f"ring{r}"], parts[f"pending{r}"] = named[f"ring{r}"], named[f"pending{r}"]
+        state = _state([v for name, value in parts.items() for v in (name.encode(), value)])
+    days = []
+    for field, n in _pairs(named["days"]).items():
+        day, bar, name = field.decode().partition("|")
+        if bar:
+            days.append((int(day), name, int(n)))
+    marks = {}
+    for field, value in _pairs(named["marks"]).items():
+        touched, _, held = value.decode().partition(",")
+        marks[field.decode()] = (held, int(touched))
+    signature = named["signature"].decode()
+    return AnomalyImage(
+        anomaly_key=anomaly_key,
+        signature_json=signature or None,
+        first_seen_ms=first if first >= 0 else None,
+        last_seen_ms=newest if newest >= 0 else None,
+        level=level,
+        state=state,
+        fix_at_ms=fix if fix >= 0 else None,
+        fix_description=meta.get("fixd") if fix >= 0 else None,
+        fix_by=(meta.get("fixb") or None) if fix >= 0 else None,
+        regressed_ms=regressed if regressed >= 0 else None,
+        resolved_ms=int(meta["rs"]) if "rs" in meta else None,
+        verify_until_ms=int(meta["vu"]) if "vu" in meta else None,
+        incident=meta.get("in"),
+        flap=meta.get("fl"),
+        flap_leave_ms=scores["flapping"] if scores["flapping"] >= 0 else None,
+        open_episodes={
+            fp.decode(): (int(e.split(b",")[0]), int(e.split(b",")[1]))
+            for fp, e in _pairs(named["open"]).items()
+        },
+        has_days=bool(has_days),
+        days=days,
+        repairs=[_attempt(json.loads(item)) for item in named["history"]],
+        timeline=[e.decode() for e in (*named["milestones"], *named["routine"])],
+        ids={d.decode(): int(float(t)) for d, t in _pairs(named["ids"]).items()},
+        marks=marks,
+        scores={name: max(0, scores[name]) for name in SCORE_NAMES},
+    )
+
+
+def _image_json(image: AnomalyImage) -> str:
+    """An image as import.lua reads it: times -1 for none, hashes and lists flat, as text."""
+    state = image.state
+    meta: dict[str, str] = {}
+    if image.fix_at_ms is not None:
+        meta.update(fixd=image.fix_description or "", fixb=image.fix_by or "")
+    named = {"rs": image.resolved_ms, "vu": image.verify_until_ms, "in": image.incident,
+             "fl": image.flap}  # fmt: skip
+    meta.update({name: str(value) for name, value in named.items() if value is not None})
+    milestones = [e for e in image.timeline if timeline.is_milestone(e)]
+    routine = [e for e in image.timeline if not timeline.is_milestone(e)]
+    meta.update(kb=str(sum(len(e.encode()) for e in milestones)),
+                lb=str(sum(len(e.encode()) for e in routine)))  # fmt: skip
+    if image.signature_json is not None:
+        meta["ix"] = "1"
+    history = []
+    for attempt in image.repairs:
+        entry = {"action": attempt["action"], "success": attempt["success"], "at": attempt["at_ms"]}
+        if attempt["until_ms"] is not None:
+            entry["until"] = attempt["until_ms"]
+        if attempt["back_ms"] is not None:
+            entry["back"] = attempt["back_ms"]
+        history.append(json.dumps(entry))
+    data = {
+        "first": _or_none(image.first_seen_ms),
+        "newest": _or_none(state.newest if state is not None and state.newest != NEVER else None),
+        "evicted": _or_none(
+            state.evicted_max if state is not None and state.evicted_max != NEVER else None
+        ),
+        "has_days": int(image.has_days or bool(image.days)),
+        "level": image.level,
+        "fix": _or_none(image.fix_at_ms),
+        "regressed": _or_none(image.regressed_ms),
+        "flap_leave": _or_none(image.flap_leave_ms),
+        "scores": [image.scores.get(name, 0) for name in SCORE_NAMES],
+        "meta": meta,
+        "signature": image.signature_json or "",
+        "rings": [
+            [str(v) for item in sorted(ring.items()) for v in item]
+            for ring in (state.rings if state is not None else [{}] * len(WINDOW_MS))
+        ],
+        "ids": [str(v) for digest, seen in sorted(image.ids.items()) for v in (seen, digest)],
+        "marks": [
+            v
+            for name, (held, touched) in sorted(image.marks.items())
+            for v in (name, f"{touched},{held}")
+        ],
+        "days": [v for day, name, n in image.days for v in (f"{day}|{name}", str(n))],
+        "history": history,
+        "milestones": milestones,
+        "routine": routine,
+        "open": [
+            v
+            for fp, (start, seen) in sorted(image.open_episodes.items())
+            for v in (fp, f"{start},{seen}")
+        ],
+    }
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _or_none(value: int | None) -> int:
+    return -1 if value is None else value

@@ -38,7 +38,7 @@ from ..model import EscalationLevel
 from ..outbox import KIND_CODES, KINDS, DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..policy import Thresholds, crossing, level_for
 from ..ranking import index_bound
-from ..search import GROUP_SEP, TERM_SEP, grams_of, indexed, lookup
+from ..search import GROUP_SEP, TERM_SEP, grams_of, indexed, joined_terms, lookup
 from ..tokens import TokenRecord
 from ..windows import WindowState
 from .base import (
@@ -61,6 +61,7 @@ from .base import (
     id_digest,
     repairs_from,
 )
+from .image import SCORE_NAMES, AnomalyImage
 from .write_marks import numbered_marks
 
 if TYPE_CHECKING:
@@ -1682,6 +1683,189 @@ class SQLiteStore(Store):
                 close()
 
         await asyncio.to_thread(close_after_calls)
+
+    # -- export and import --------------------------------------------------------------------
+
+    def export_anomalies(self, project: str) -> AsyncIterator[AnomalyImage]:
+        return self._export(project)
+
+    async def _export(self, project: str) -> AsyncIterator[AnomalyImage]:
+        after = ""
+        while True:
+            images = await self._run(self._export_page, project, after)
+            for image in images:
+                yield image
+            if len(images) < _PAGE:
+                return
+            after = images[-1].anomaly_key
+
+    def _export_page(self, project: str, after: str) -> list[AnomalyImage]:
+        """The images of the next page of anomalies after ``after``, in one read transaction
+        (each whole as of one moment)."""
+        db = self._connection()
+        db.execute("BEGIN")
+        try:
+            keys = db.execute(
+                "SELECT anomaly_key FROM anomalies WHERE project = ? AND anomaly_key > ?"
+                " ORDER BY anomaly_key LIMIT ?",
+                (project, after, _PAGE),
+            ).fetchall()
+            return [self._image(db, project, key) for (key,) in keys]
+        finally:
+            db.execute("COMMIT")
+
+    def _image(self, db: sqlite3.Connection, project: str, key: str) -> AnomalyImage:
+        where = (project, key)
+        row = db.execute(
+            "SELECT signature, first_seen, last_seen, level, state, fix_at, fix_description,"
+            " fix_by, regressed_at, resolved_at, verify_until, incident, flap, flap_leave,"
+            " has_days, score_1h, score_24h, score_7d, score_30d, score_dispositions"
+            " FROM anomalies WHERE project = ? AND anomaly_key = ?",
+            where,
+        ).fetchone()
+        signature, first_seen, last_seen, level, blob, fix_at, fix_text, fix_by = row[:8]
+        regressed, resolved, verify_until, incident, flap, leave, has_days = row[8:15]
+        image = AnomalyImage(
+            key, signature, first_seen, last_seen, int(level),
+            WindowState.from_bytes(blob, 1 << 30) if blob is not None else None,
+            fix_at, fix_text, fix_by, regressed, resolved, verify_until, incident, flap, leave,
+        )  # fmt: skip
+        image.has_days = bool(has_days)
+        image.scores = {name: int(score) for name, score in zip(SCORE_NAMES, row[15:], strict=True)}
+        image.open_episodes = {
+            fp: (start, seen)
+            for fp, start, seen in db.execute(
+                "SELECT fingerprint, start_ms, seen_ms FROM open_episodes"
+                " WHERE project = ? AND anomaly_key = ?",
+                where,
+            )
+        }
+        image.days = db.execute(
+            "SELECT day, name, n FROM day_counts WHERE project = ? AND anomaly_key = ?", where
+        ).fetchall()
+        image.repairs = [
+            {"action": a, "success": bool(s), "at_ms": t, "until_ms": u, "back_ms": b}
+            for a, s, t, u, b in db.execute(
+                "SELECT action, success, at, until_ms, back_ms FROM repair_history"
+                " WHERE project = ? AND anomaly_key = ? ORDER BY seq DESC",
+                where,
+            )
+        ]
+        image.timeline = [
+            entry
+            for (entry,) in db.execute(
+                "SELECT entry FROM timeline WHERE project = ? AND anomaly_key = ?"
+                " ORDER BY part DESC, seq DESC",
+                where,
+            )
+        ]
+        image.ids = dict(
+            db.execute(
+                "SELECT digest, seen_at FROM occurrence_ids WHERE project = ? AND anomaly_key = ?",
+                where,
+            ).fetchall()
+        )
+        image.marks = {
+            name: (held, touched)
+            for name, held, touched in db.execute(
+                "SELECT field, held, touched FROM write_marks"
+                " WHERE project = ? AND anomaly_key = ?",
+                where,
+            )
+        }
+        return image
+
+    async def import_anomalies(
+        self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:  # (one transaction: one sync to disk)
+            for image in images:
+                self._import(db, project, image, policy, now_ms)
+
+        await self._run(self._write, work)
+
+    def _import(
+        self,
+        db: sqlite3.Connection,
+        project: str,
+        image: AnomalyImage,
+        policy: WritePolicy,
+        now_ms: int,
+    ) -> None:
+        key = image.anomaly_key
+        where = (project, key)
+        held = db.execute(
+            "SELECT 1 FROM anomalies WHERE project = ? AND anomaly_key = ?", where
+        ).fetchone()
+        if held is None and not self._room_for(db, project, policy.max_anomalies):
+            raise anomaly_limit_error(project, policy.max_anomalies)
+        # (its search entries stay: they are its signature's, and set again below)
+        for table in ("anomalies", "open_episodes", "occurrence_ids", "write_marks",
+                      "day_counts", "repair_history", "timeline"):  # fmt: skip
+            db.execute(f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", where)
+        scores = [image.scores.get(name, 0) for name in SCORE_NAMES]
+        values: dict[str, Any] = {
+            "project": project, "anomaly_key": key, "signature": image.signature_json,
+            "first_seen": image.first_seen_ms, "last_seen": image.last_seen_ms,
+            "level": image.level,
+            "state": image.state.to_bytes() if image.state is not None else None,
+            "fix_at": image.fix_at_ms, "fix_description": image.fix_description,
+            "fix_by": image.fix_by, "regressed_at": image.regressed_ms,
+            "ids_count": len(image.ids), "has_days": int(image.has_days or bool(image.days)),
+            "indexed": int(image.signature_json is not None),
+            "touched": now_ms - now_ms % _HOUR_MS, "resolved_at": image.resolved_ms,
+            "verify_until": image.verify_until_ms, "incident": image.incident,
+            "flap": image.flap, "flap_leave": image.flap_leave_ms,
+            **{_COLUMNS[name]: score for name, score in zip(SCORE_NAMES, scores, strict=True)},
+        }  # fmt: skip
+        db.execute(_insert_sql(tuple(values)), tuple(values.values()))
+        db.executemany(
+            "INSERT INTO open_episodes VALUES (?, ?, ?, ?, ?)",
+            [(*where, fp, start, seen) for fp, (start, seen) in image.open_episodes.items()],
+        )
+        db.executemany(
+            "INSERT INTO occurrence_ids VALUES (?, ?, ?, ?)",
+            [(*where, digest, seen) for digest, seen in image.ids.items()],
+        )
+        db.executemany(
+            "INSERT INTO write_marks VALUES (?, ?, ?, ?, ?)",
+            [(*where, name, held, touched) for name, (held, touched) in image.marks.items()],
+        )
+        db.executemany(
+            "INSERT INTO day_counts VALUES (?, ?, ?, ?, ?)",
+            [(*where, day, name, n) for day, name, n in image.days],
+        )
+        count = len(image.repairs)
+        db.executemany(
+            "INSERT INTO repair_history (project, anomaly_key, seq, action, success, at,"
+            " until_ms, back_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (*where, count - i, a["action"], int(a["success"]), a["at_ms"], a["until_ms"],
+                 a["back_ms"])
+                for i, a in enumerate(image.repairs)
+            ],
+        )  # fmt: skip
+        parts: dict[bool, list[str]] = {True: [], False: []}
+        for entry in image.timeline:  # (each part newest first)
+            parts[timeline.is_milestone(entry)].append(entry)
+        for milestone, entries in parts.items():
+            db.executemany(
+                "INSERT INTO timeline VALUES (?, ?, ?, ?, ?)",
+                [(*where, int(milestone), len(entries) - i, e) for i, e in enumerate(entries)],
+            )
+        if image.signature_json is not None:
+            self._index(db, project, key, joined_terms(image.signature_json))
+
+    async def import_summary(
+        self, project: str, days: dict[int, dict[str, int]], now_ms: int
+    ) -> None:
+        rows = [(project, day, name, n) for day, names in days.items() for name, n in names.items()]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO day_counts VALUES (?, '', ?, ?, ?)", rows)
+
+        if rows:
+            await self._run(self._write, work)
 
 
 def sqlite_path(url: str) -> str:

@@ -9,7 +9,17 @@ from typing import Any
 from ..outbox import DeadLetter, Lease, OutboxEntry, OutboxStats, Settlement
 from ..tokens import TokenRecord
 from ..windows import WindowState
-from .base import AnomalyWrite, Chunks, Recording, RecordRequest, Resolution, Snapshot, Store
+from .base import (
+    AnomalyWrite,
+    Chunks,
+    Recording,
+    RecordRequest,
+    Resolution,
+    Snapshot,
+    Store,
+    WritePolicy,
+)
+from .image import AnomalyImage
 
 
 class ChunkFeed:
@@ -187,3 +197,20 @@ class StoreWrapper(Store):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    # -- export and import --------------------------------------------------------------------
+    # (straight through, never degraded: a move must fail loudly, not export or import nothing)
+
+    async def export_anomalies(self, project: str) -> AsyncIterator[AnomalyImage]:
+        async for image in self.inner.export_anomalies(project):
+            yield image
+
+    async def import_anomalies(
+        self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
+    ) -> None:
+        await self.inner.import_anomalies(project, images, policy, now_ms)
+
+    async def import_summary(
+        self, project: str, days: dict[int, dict[str, int]], now_ms: int
+    ) -> None:
+        await self.inner.import_summary(project, days, now_ms)
