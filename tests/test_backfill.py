@@ -255,6 +255,7 @@ def test_durations_and_matchers() -> None:
             parse_duration(wrong)
     assert parse_matchers('{severity="page", team=~"a|b",}') == ('severity="page"', 'team=~"a|b"')
     assert parse_matchers("env!='dev'") == ("env!='dev'",)
+    assert parse_matchers(r'{a=~"x,y\"}", b="z"}') == (r'a=~"x,y\"}"', 'b="z"')
     assert parse_matchers("{}") == ()
     for wrong in ("{a=b}", '{a="b"', 'a="b" c="d"', '{__name__="x"}', '{alertstate="pending"}'):
         with pytest.raises(ValueError):
