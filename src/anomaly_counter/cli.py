@@ -26,13 +26,14 @@ from typing import Any, NoReturn, TypeVar
 
 import structlog
 
-from . import __version__
+from . import __version__, backfill
 from .counter import AnomalyCounter
 from .errors import (
     AmbiguousAnomalyError,
     AnomalyCounterError,
     AnomalyNotFoundError,
     ConfigurationError,
+    SourceUnavailableError,
     StoreError,
     StoreUnavailableError,
 )
@@ -207,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path)
     source.add_argument("--bundled", action="store_true", help="the bundled demo stream")
+
+    fill = commands.add_parser("backfill", help="count the alert history a source already holds")
+    sources = _Commands(
+        fill.add_subparsers(dest="source", required=True, parser_class=_Parser), shared
+    )
+    backfill.add_arguments(
+        sources.add_parser("prometheus", help="from Prometheus's ALERTS (docs/backfill.md)")
+    )
 
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="listen address (default: settings, else 127.0.0.1)")
@@ -940,6 +949,9 @@ async def _run(args: argparse.Namespace) -> None:
     if args.command == "serve":
         await _serve(settings, args)
         return
+    if args.command == "backfill":  # (its store is opened once the source has answered)
+        await backfill.command(settings, args)
+        return
     url = redacted(args.store or settings.store_url)
     args.where = f"project {args.project or settings.project!r} in {url}"
     counter = AnomalyCounter.from_url(args.store, args.project, settings=settings)
@@ -985,6 +997,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(f"store unavailable: {exc}", 3)
     except StoreError as exc:
         _fail(f"store error: {exc}", 3)
+    except SourceUnavailableError as exc:
+        _fail(str(exc), 3)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except AnomalyNotFoundError as exc:  # (a write on an anomaly never seen)

@@ -57,6 +57,12 @@ class StoreError(AnomalyCounterError):
     in the input; the message says what the store said."""
 
 
+class SourceUnavailableError(AnomalyCounterError):
+    """A source of alert history (Prometheus, for a backfill) could not be reached or did not
+    answer in time, or answered that it cannot serve now (5xx). Nothing was stored; retrying
+    later may succeed."""
+
+
 class SpoolFullError(AnomalyCounterError):
     """The store cannot take a write and the spool holds its maximum (or its disk is full):
     the occurrence was refused, not stored anywhere. Retrying later may succeed."""
