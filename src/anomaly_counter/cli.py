@@ -44,7 +44,7 @@ from .signature import fingerprint_fields
 from .stores.base import Store, store_from_url
 from .stores.sqlite import SQLiteStore
 from .timeline import describe, reporter
-from .tokens import new_token, parse_token
+from .tokens import TokenRecord, new_token, parse_token
 from .windows import HISTORY
 
 PROG = "anomaly-counter"
@@ -232,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-only",
         action="store_true",
         help="a viewer's token: reads only (the dashboard); every write route refuses it",
+    )
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="an admin's token: may also delete anomalies and the project (docs/delete.md)",
     )
     listing = token_commands.add_parser("list", help="tokens (never their secrets)")
     listing.add_argument("--all", action="store_true", help="of every project")
@@ -723,12 +728,13 @@ async def _token(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     store, project = counter.store, counter.project_id
     if args.token_command == "create":
         text, record = new_token(
-            project, int(time.time() * 1000), args.label, read_only=args.read_only
-        )
+            project, int(time.time() * 1000), args.label, read_only=args.read_only,
+            admin=args.admin,
+        )  # fmt: skip
         await store.save_token(record)
         data = {"token": text, "token_id": record.token_id, "project": project,
-                "read_only": record.read_only}  # fmt: skip
-        access = "read-only token" if record.read_only else "token"
+                "read_only": record.read_only, "admin": record.admin}  # fmt: skip
+        access = {"read": "read-only token", "admin": "admin token"}.get(_access(record), "token")
         _emit(args.json, data, lambda: f"{text}\n({access} {record.token_id} of project"
               f" {project}; it is shown only now)")  # fmt: skip
     elif args.token_command == "list":
@@ -736,18 +742,22 @@ async def _token(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         rows: list[dict[str, Any]] = [
             {"token_id": r.token_id, "project": r.project, "label": r.label,
              "created": datetime.fromtimestamp(r.created_ms / 1000, UTC).isoformat(),
-             "read_only": r.read_only}
+             "read_only": r.read_only, "admin": r.admin, "access": _access(r)}
             for r in records
         ]  # fmt: skip
         _emit(args.json, rows, lambda: _table(
             ["token", "project", "label", "access", "created"],
-            [(r["token_id"], r["project"], r["label"], "read" if r["read_only"] else "write",
+            [(r["token_id"], r["project"], r["label"], r["access"],
               _short(r["created"])) for r in rows],
         ) if rows else "no tokens")  # fmt: skip
     elif not await store.revoke_token(args.token_id):
         _fail(f"no token {args.token_id!r}", 1)
     else:
         _emit(args.json, {"revoked": args.token_id}, lambda: f"revoked {args.token_id}")
+
+
+def _access(record: TokenRecord) -> str:
+    return "read" if record.read_only else "admin" if record.admin else "write"
 
 
 async def _notices(counter: AnomalyCounter, args: argparse.Namespace) -> None:

@@ -123,6 +123,16 @@ def may_write(record: TokenRecord) -> TokenRecord:
     return record
 
 
+def may_delete(record: TokenRecord) -> TokenRecord:
+    """Deleting takes an admin token of the project (``token create --admin``): what a
+    read-write token may do can be undone or outgrown, a deletion cannot."""
+    if not record.admin:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "deleting takes an admin token of this project"
+        )
+    return record
+
+
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(
         status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}

@@ -151,7 +151,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     label TEXT NOT NULL DEFAULT '',
-    read_only INTEGER NOT NULL DEFAULT 0
+    read_only INTEGER NOT NULL DEFAULT 0,
+    admin INTEGER NOT NULL DEFAULT 0  -- may delete the project's data (docs/delete.md)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS repair_history (
     project TEXT NOT NULL,
@@ -237,6 +238,7 @@ _ADDED_COLUMNS = (  # columns of files made by earlier versions
     ("anomalies", "incident", "TEXT"),
     ("anomalies", "flap", "TEXT"),
     ("anomalies", "flap_leave", "INTEGER"),
+    ("tokens", "admin", "INTEGER NOT NULL DEFAULT 0"),
 )
 _ADDED_INDEXES = (  # on added columns: made once they are there
     "CREATE INDEX IF NOT EXISTS anomalies_flapping ON anomalies (project, flap_leave)"
@@ -1429,8 +1431,8 @@ class SQLiteStore(Store):
     async def save_token(self, record: TokenRecord) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO tokens (token_id, project, digest, created_ms, label, read_only)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tokens (token_id, project, digest, created_ms, label, read_only,"
+                " admin) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.token_id,
                     record.project,
@@ -1438,6 +1440,7 @@ class SQLiteStore(Store):
                     record.created_ms,
                     record.label,
                     int(record.read_only),
+                    int(record.admin),
                 ),
             )
 
@@ -1454,13 +1457,13 @@ class SQLiteStore(Store):
 
     async def _tokens(self, where: str, args: tuple[str, ...]) -> list[TokenRecord]:
         sql = (
-            "SELECT token_id, project, digest, created_ms, label, read_only FROM tokens"
+            "SELECT token_id, project, digest, created_ms, label, read_only, admin FROM tokens"
             f" {where} ORDER BY created_ms, token_id"
         )
         rows = await self._run(lambda: self._connection().execute(sql, args).fetchall())
         return [
-            TokenRecord(token_id, project, digest, created, label, bool(read_only))
-            for token_id, project, digest, created, label, read_only in rows
+            TokenRecord(token_id, project, digest, created, label, bool(read_only), bool(admin))
+            for token_id, project, digest, created, label, read_only, admin in rows
         ]
 
     async def revoke_token(self, token_id: str) -> bool:
