@@ -187,3 +187,11 @@ class StoreWrapper(Store):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    # -- deleting --
+
+    async def delete_anomaly(self, project: str, anomaly_key: str) -> bool:
+        return await self.inner.delete_anomaly(project, anomaly_key)
+
+    async def delete_project(self, project: str) -> int:
+        return await self.inner.delete_project(project)
