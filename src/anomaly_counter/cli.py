@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TypeVar
 import structlog
 
 from . import __version__
+from .cli_delete import delete_command
 from .counter import AnomalyCounter
 from .errors import (
     AmbiguousAnomalyError,
@@ -244,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument(
         "token_id", type=_token_id, metavar="TOKEN_ID", help="its id, or the whole token"
     )
+
+    delete = commands.add_parser("delete", help="delete an anomaly or the project: for good")
+    delete_commands = _Commands(
+        delete.add_subparsers(dest="delete_command", required=True, parser_class=_Parser), shared
+    )
+    one = delete_commands.add_parser("anomaly", help="one anomaly and everything of it")
+    one.add_argument("key", nargs="+", metavar="KEY_OR_NAME", help="a key, or words of its labels")
+    whole = delete_commands.add_parser(
+        "project", help="the project (--project) and everything of it, its tokens too"
+    )
+    for parser_ in (one, whole):
+        parser_.add_argument("--yes", action="store_true", help="do not ask (needed without a TTY)")
 
     notices = commands.add_parser("notices", help="the notices outbox and its dead letters")
     notice_commands = _Commands(
@@ -919,6 +932,7 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "replay": _replay,
     "token": _token,
     "notices": _notices,
+    "delete": delete_command,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Iterable
 from functools import partial
 
 from fastapi import HTTPException, status
@@ -109,6 +110,14 @@ class Authenticator:
     async def check(self, authorization: str | None, project: str) -> TokenRecord:
         """The request's token, which must be one of this project's."""
         return for_project(await self.token_of(authorization), project)
+
+    async def forget(self, token_ids: Iterable[str]) -> None:
+        """Tokens the store no longer has (their project was deleted): refused by this process
+        at once, not within ``CACHE_SECONDS``, and never answered for during an outage."""
+        for token_id in token_ids:
+            self._cache.pop(token_id, None)
+            self._known.forget(token_id)
+        await self._known.save()
 
 
 def for_project(record: TokenRecord, project: str) -> TokenRecord:
