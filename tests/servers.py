@@ -60,9 +60,9 @@ class ServiceServer:
         self.server.should_exit = True
         self.thread.join(10)
 
-    def token(self, project: str) -> str:
+    def token(self, project: str, *, admin: bool = False) -> str:
         """A new token of a project, stored through a store of this thread's own."""
-        return make_token(self.settings, project)
+        return make_token(self.settings, project, admin=admin)
 
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -149,11 +149,15 @@ def v1(path: str, project: str = "team-a") -> str:
     return f"/v1/projects/{project}{path}"
 
 
-def make_token(settings: Settings, project: str, *, read_only: bool = False) -> str:
+def make_token(
+    settings: Settings, project: str, *, read_only: bool = False, admin: bool = False
+) -> str:
     async def create() -> str:
         store = store_from_url(settings.store_url, settings)
         try:
-            text, record = new_token(project, int(time.time() * 1000), read_only=read_only)
+            text, record = new_token(
+                project, int(time.time() * 1000), read_only=read_only, admin=admin
+            )
             await store.save_token(record)
             return text
         finally:

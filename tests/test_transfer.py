@@ -91,8 +91,10 @@ async def _fill(counter: AnomalyCounter, clock: Clock) -> None:
     )
     # what a spool sends: a numbered write, and one replayed (their write marks)
     await counter.store.record(_recording(counter, clock), _spooled(clock.now))
-    _, record = new_token(PROJECT, 1_700_000_000_000, "deploy bot")
-    await counter.store.save_token(record)
+    for label, scope in (("deploy bot", {}), ("dashboard", {"read_only": True}),
+                         ("cleanup", {"admin": True})):  # fmt: skip
+        _, record = new_token(PROJECT, 1_700_000_000_000, label, **scope)
+        await counter.store.save_token(record)
     clock.now = end
 
 

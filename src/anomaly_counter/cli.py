@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TypeVar
 import structlog
 
 from . import __version__, backfill
+from .cli_delete import delete_command
 from .counter import AnomalyCounter
 from .errors import (
     AmbiguousAnomalyError,
@@ -46,7 +47,7 @@ from .signature import fingerprint_fields
 from .stores.base import Store, store_from_url
 from .stores.sqlite import SQLiteStore
 from .timeline import describe, reporter
-from .tokens import new_token, parse_token
+from .tokens import TokenRecord, new_token, parse_token
 from .transfer_cli import (
     add_export_options,
     add_import_options,
@@ -249,12 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a viewer's token: reads only (the dashboard); every write route refuses it",
     )
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="an admin's token: may also delete anomalies and the project (docs/delete.md)",
+    )
     listing = token_commands.add_parser("list", help="tokens (never their secrets)")
     listing.add_argument("--all", action="store_true", help="of every project")
     revoke = token_commands.add_parser("revoke", help="forget a token")
     revoke.add_argument(
         "token_id", type=_token_id, metavar="TOKEN_ID", help="its id, or the whole token"
     )
+
+    delete = commands.add_parser("delete", help="delete an anomaly or the project: for good")
+    delete_commands = _Commands(
+        delete.add_subparsers(dest="delete_command", required=True, parser_class=_Parser), shared
+    )
+    one = delete_commands.add_parser("anomaly", help="one anomaly and everything of it")
+    one.add_argument("key", nargs="+", metavar="KEY_OR_NAME", help="a key, or words of its labels")
+    whole = delete_commands.add_parser(
+        "project", help="the project (--project) and everything of it, its tokens too"
+    )
+    for parser_ in (one, whole):
+        parser_.add_argument("--yes", action="store_true", help="do not ask (needed without a TTY)")
 
     notices = commands.add_parser("notices", help="the notices outbox and its dead letters")
     notice_commands = _Commands(
@@ -749,12 +767,13 @@ async def _token(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     store, project = counter.store, counter.project_id
     if args.token_command == "create":
         text, record = new_token(
-            project, int(time.time() * 1000), args.label, read_only=args.read_only
-        )
+            project, int(time.time() * 1000), args.label, read_only=args.read_only,
+            admin=args.admin,
+        )  # fmt: skip
         await store.save_token(record)
         data = {"token": text, "token_id": record.token_id, "project": project,
-                "read_only": record.read_only}  # fmt: skip
-        access = "read-only token" if record.read_only else "token"
+                "read_only": record.read_only, "admin": record.admin}  # fmt: skip
+        access = {"read": "read-only token", "admin": "admin token"}.get(_access(record), "token")
         _emit(args.json, data, lambda: f"{text}\n({access} {record.token_id} of project"
               f" {project}; it is shown only now)")  # fmt: skip
     elif args.token_command == "list":
@@ -762,18 +781,22 @@ async def _token(counter: AnomalyCounter, args: argparse.Namespace) -> None:
         rows: list[dict[str, Any]] = [
             {"token_id": r.token_id, "project": r.project, "label": r.label,
              "created": datetime.fromtimestamp(r.created_ms / 1000, UTC).isoformat(),
-             "read_only": r.read_only}
+             "read_only": r.read_only, "admin": r.admin, "access": _access(r)}
             for r in records
         ]  # fmt: skip
         _emit(args.json, rows, lambda: _table(
             ["token", "project", "label", "access", "created"],
-            [(r["token_id"], r["project"], r["label"], "read" if r["read_only"] else "write",
+            [(r["token_id"], r["project"], r["label"], r["access"],
               _short(r["created"])) for r in rows],
         ) if rows else "no tokens")  # fmt: skip
     elif not await store.revoke_token(args.token_id):
         _fail(f"no token {args.token_id!r}", 1)
     else:
         _emit(args.json, {"revoked": args.token_id}, lambda: f"revoked {args.token_id}")
+
+
+def _access(record: TokenRecord) -> str:
+    return "read" if record.read_only else "admin" if record.admin else "write"
 
 
 async def _notices(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -937,6 +960,7 @@ _COMMANDS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[An
     "notices": _notices,
     "export": export_command,
     "import": lambda counter, args: _IMPORTS[args.import_command](counter, args),
+    "delete": delete_command,
 }
 _IMPORTS: dict[str, Callable[[AnomalyCounter, argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "jsonl": import_jsonl_command,

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import structlog
 
 from . import search, timeline, validation
+from .deletion import DeletedAnomaly, DeletedProject
 from .episodes import FlapState
 from .errors import (
     AmbiguousAnomalyError,
@@ -1095,6 +1096,42 @@ class AnomalyCounter:
     async def ping(self) -> None:
         """Raise StoreUnavailableError when the store cannot be reached."""
         await self._store.ping()
+
+    # -- deleting (see docs/delete.md) ----------------------------------------------------------
+
+    async def delete_anomaly(self, ref: str) -> DeletedAnomaly:
+        """Delete one anomaly, by its key or by a name that matches one anomaly (see ``find``),
+        and everything of it: counts, repairs, dispositions, fix, timeline, episodes, search
+        entries, notices; what the project's summaries counted of it; its place under
+        max_anomalies. ``AnomalyNotFoundError`` when there is none, ``AmbiguousAnomalyError``
+        when a name matches several. Never degraded: a store that cannot take it raises
+        StoreUnavailableError. An occurrence that comes later (or waits in a spool) makes it
+        anew."""
+        found = await self.find(ref)
+        if found.anomaly is None and found.matches:
+            many = f"more than {len(found.matches)}" if found.truncated else len(found.matches)
+            raise AmbiguousAnomalyError(
+                f"{many} anomalies of project {self.project_id!r} match {ref!r}:"
+                " name the one to delete by its key",
+                found.matches,
+            )
+        if found.anomaly is not None:
+            key, signature = found.anomaly.anomaly_key, found.anomaly.signature
+        else:  # a key the reads do not show (one known only by a repair, a disposition, a fix)
+            key, signature = validation.anomaly_key(ref), {}
+        if not await self._store.delete_anomaly(self.project_id, key):
+            raise AnomalyNotFoundError(f"no anomaly {ref!r} in project {self.project_id!r}")
+        logger.info("anomaly_deleted", project=self.project_id, anomaly_key=key)
+        return DeletedAnomaly(self.project_id, key, signature)
+
+    async def delete_project(self) -> DeletedProject:
+        """Delete this project and everything of it: its anomalies, summaries, notices, dead
+        letters and tokens. Running it again, or after an interruption, finishes what is left
+        (and says 0 when nothing was). Never degraded: a store that cannot take it raises
+        StoreUnavailableError."""
+        anomalies = await self._store.delete_project(self.project_id)
+        logger.info("project_deleted", project=self.project_id, anomalies=anomalies)
+        return DeletedProject(self.project_id, anomalies)
 
 
 class _Checked(NamedTuple):

@@ -33,6 +33,7 @@ class TokenRecord:
     created_ms: int
     label: str = ""
     read_only: bool = False  # reads only: every write route refuses it (403)
+    admin: bool = False  # may also delete the project's data (docs/delete.md); others get 403
 
 
 def _digest(secret: str) -> str:
@@ -40,15 +41,22 @@ def _digest(secret: str) -> str:
 
 
 def new_token(
-    project: str, created_ms: int, label: str = "", *, read_only: bool = False
+    project: str,
+    created_ms: int,
+    label: str = "",
+    *,
+    read_only: bool = False,
+    admin: bool = False,
 ) -> tuple[str, TokenRecord]:
     """A new token of a project: the text to hand out once, and the record to store."""
     if len(label) > _LABEL_CHARS:
         raise InvalidInputError(f"token label is longer than {_LABEL_CHARS} characters")
+    if read_only and admin:
+        raise InvalidInputError("a token is read-only or admin, not both")
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(24)
     record = TokenRecord(
-        token_id, project_id(project), _digest(secret), created_ms, label, read_only
+        token_id, project_id(project), _digest(secret), created_ms, label, read_only, admin
     )
     return f"act_{token_id}_{secret}", record
 

@@ -39,7 +39,8 @@ FORMAT = "anomaly-counter-export"
 VERSION = 1
 _BATCH = 100
 """Anomalies written per store call (one round trip, or one transaction, for them all)."""
-_TOKEN_FIELDS = ("token_id", "digest", "created_ms", "label", "read_only")
+_TOKEN_FIELDS = ("token_id", "digest", "created_ms", "label", "read_only", "admin")
+_TOKEN_FIELDS_SINCE = {"admin": False}  # fields later than version 1's first files: defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +120,16 @@ def _parse(number: int, text: str, name: str) -> _Parsed:
             }
             return _Parsed(kind, days=days)
         if kind == "token":
-            token = {f: data[f] for f in _TOKEN_FIELDS}
+            token = {f: data.get(f, _TOKEN_FIELDS_SINCE[f]) if f in _TOKEN_FIELDS_SINCE else data[f]
+                     for f in _TOKEN_FIELDS}  # fmt: skip
             if not all(isinstance(token[f], str) for f in ("token_id", "digest", "label")):
                 raise ValueError("a token's id, digest and label are strings")
-            if not isinstance(token["created_ms"], int) or not isinstance(token["read_only"], bool):
-                raise ValueError("a token's created_ms is an integer, read_only true or false")
+            if not isinstance(token["created_ms"], int) or not all(
+                isinstance(token[f], bool) for f in ("read_only", "admin")
+            ):
+                raise ValueError(
+                    "a token's created_ms is an integer, read_only and admin true or false"
+                )
             return _Parsed(kind, token=token)
         if kind == "end":
             return _Parsed(kind, counted=(_count(data["anomalies"]), _count(data["tokens"])))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Iterable
 from functools import partial
 
 from fastapi import HTTPException, status
@@ -110,6 +111,14 @@ class Authenticator:
         """The request's token, which must be one of this project's."""
         return for_project(await self.token_of(authorization), project)
 
+    async def forget(self, token_ids: Iterable[str]) -> None:
+        """Tokens the store no longer has (their project was deleted): refused by this process
+        at once, not within ``CACHE_SECONDS``, and never answered for during an outage."""
+        for token_id in token_ids:
+            self._cache.pop(token_id, None)
+            self._known.forget(token_id)
+        await self._known.save()
+
 
 def for_project(record: TokenRecord, project: str) -> TokenRecord:
     if record.project != project:
@@ -120,6 +129,16 @@ def for_project(record: TokenRecord, project: str) -> TokenRecord:
 def may_write(record: TokenRecord) -> TokenRecord:
     if record.read_only:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is read-only")
+    return record
+
+
+def may_delete(record: TokenRecord) -> TokenRecord:
+    """Deleting takes an admin token of the project (``token create --admin``): what a
+    read-write token may do can be undone or outgrown, a deletion cannot."""
+    if not record.admin:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "deleting takes an admin token of this project"
+        )
     return record
 
 

@@ -1,7 +1,7 @@
 """The tokens the store vouched for, kept to answer for them while the store cannot.
 
-Each entry is what the store said of a token (its id, project, read-only flag and the SHA-256
-digest of its secret: the store's record, never the token) and when it said so. An entry
+Each entry is what the store said of a token (its id, project, read-only and admin flags and
+the SHA-256 digest of its secret: the store's record, never the token) and when it said so. An entry
 answers only while the store errs, and only for ``max_age`` seconds after the store last
 confirmed it; when the store answers, its answer replaces the entry (or removes it: a token
 the store does not know is forgotten here too).
@@ -141,7 +141,8 @@ class KnownTokens:
     def _encode(self) -> bytes:
         tokens = [
             {"id": e.record.token_id, "project": e.record.project, "digest": e.record.digest,
-             "read_only": e.record.read_only, "confirmed_ms": e.confirmed_ms}
+             "read_only": e.record.read_only, "admin": e.record.admin,
+             "confirmed_ms": e.confirmed_ms}
             for e in self._entries.values()
         ]  # fmt: skip
         document = {"format": _FORMAT, "sha256": _checksum(tokens), "tokens": tokens}
@@ -168,9 +169,9 @@ class KnownTokens:
                 self._entries[entry.record.token_id] = entry
 
 
-def _fields(record: TokenRecord) -> tuple[str, str, str, bool]:
+def _fields(record: TokenRecord) -> tuple[str, str, str, bool, bool]:
     """What of a record the file keeps (a change in any is written at once)."""
-    return record.token_id, record.project, record.digest, record.read_only
+    return record.token_id, record.project, record.digest, record.read_only, record.admin
 
 
 def _checksum(tokens: list[dict[str, Any]]) -> str:
@@ -193,6 +194,7 @@ def _entry(raw: object) -> _Entry:
         raise DamagedFileError("an entry is not an object")
     token_id, project, digest = raw.get("id"), raw.get("project"), raw.get("digest")
     read_only, confirmed_ms = raw.get("read_only"), raw.get("confirmed_ms")
+    admin = raw.get("admin", False)  # (absent from files written before the admin scope)
     if not (
         isinstance(token_id, str)
         and _TOKEN_ID.fullmatch(token_id)
@@ -201,12 +203,13 @@ def _entry(raw: object) -> _Entry:
         and isinstance(digest, str)
         and _DIGEST.fullmatch(digest)
         and isinstance(read_only, bool)
+        and isinstance(admin, bool)
         and isinstance(confirmed_ms, int)
         and not isinstance(confirmed_ms, bool)
     ):
         raise DamagedFileError("an entry has a missing or malformed field")
     # (created_ms and label are not kept: nothing that checks a request reads them)
-    record = TokenRecord(token_id, project, digest, 0, "", read_only)
+    record = TokenRecord(token_id, project, digest, 0, "", read_only, admin)
     return _Entry(record, confirmed_ms)
 
 

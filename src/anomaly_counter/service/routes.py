@@ -20,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import validation
 from ..counter import AnomalyCounter
+from ..deletion import DeletedAnomaly, DeletedProject
 from ..errors import InvalidInputError
 from ..model import ActionStats, AnomalyFrequency, AnomalyRow, EscalationLevel, Occurrence
 from ..notify.deliverer import send_again
@@ -29,7 +30,7 @@ from ..validation import MAX_KEY_CHARS
 from ..windows import HISTORY
 from . import schemas as s
 from .alertmanager import AlertmanagerPayload, Episode, episodes
-from .auth import may_write
+from .auth import may_delete, may_write
 from .state import CHECKED_TOKEN, Service
 
 T = TypeVar("T")
@@ -547,6 +548,45 @@ async def retry_dead_letters(p: Writer, body: s.RetryIn) -> s.RetriedOut:
         "write", send_again(p.counter, p.service.settings, body.notice_ids)
     )
     return s.RetriedOut(retried=retried, left=sorted({d.notice_id for d in left}))
+
+
+# -- deleting (see docs/delete.md): an admin token of the project only ---------------------
+
+
+async def _admin(p: Checked) -> Project:
+    may_delete(p.token)
+    return p
+
+
+Admin = Annotated[Project, Depends(_admin)]
+"""A project's admin token (``token create --admin``): others get 403."""
+_ADMIN_403: dict[int | str, dict[str, Any]] = {
+    403: {**_ERROR, "description": "A token of another project, or not an admin one"}
+}
+
+
+@router.delete(
+    "/anomalies/{anomaly_key}",
+    tags=["admin"],
+    response_model=DeletedAnomaly,
+    responses={**_NAMED, **_ADMIN_403},
+)
+async def delete_anomaly(anomaly_key: AnomalyKey, p: Admin) -> DeletedAnomaly:
+    """Delete one anomaly, by its key or a name that matches it, and everything of it: counts,
+    repairs, dispositions, fix, timeline, episodes, search entries, notices; what the
+    project's summaries counted of it; its place under max_anomalies. It cannot be undone. An
+    occurrence that comes later counts as its first."""
+    return await p.timed("delete", p.counter.delete_anomaly(anomaly_key))
+
+
+@router.delete("", tags=["admin"], response_model=DeletedProject, responses=_ADMIN_403)
+async def delete_project(p: Admin) -> DeletedProject:
+    """Delete the project and everything of it, its tokens too (this one included). It cannot
+    be undone; called again, it finishes what an interruption left (and says 0 anomalies)."""
+    tokens = [t.token_id for t in await p.service.store.list_tokens(p.id)]
+    deleted = await p.timed("delete", p.counter.delete_project())
+    await p.service.auth.forget(tokens)
+    return deleted
 
 
 def _time(ms: int) -> datetime:

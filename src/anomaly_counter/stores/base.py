@@ -424,6 +424,25 @@ class Store(ABC):
         these values (so that a summary imported twice is counted once)."""
         raise StoreError(f"{type(self).__name__} cannot import")
 
+    # -- deleting (see docs/delete.md) -------------------------------------------------------
+
+    @abstractmethod
+    async def delete_anomaly(self, project: str, anomaly_key: str) -> bool:
+        """Delete one anomaly of a project, atomically: its counts, repairs, dispositions, fix,
+        timeline, episodes and flapping state, write marks and ids, its entries in the
+        project's indexes and search (and the grams of terms no other anomaly holds), its
+        notices and dead letters, its place under max_anomalies; and what the project's day
+        summary counted of it: its dispositions (its own day counters hold them) and the
+        escalations its timeline tells. False when there was nothing of it."""
+
+    @abstractmethod
+    async def delete_project(self, project: str) -> int:
+        """Delete everything of a project: its tokens first (so that the API refuses its
+        writers), then its anomalies (as many at a time as the store can do quickly; each
+        removed whole), then what is the project's own: day summary, indexes, search, notices
+        outbox and dead letters, counts. Complete when it returns; after an interruption,
+        calling it again finishes the work. How many anomalies were deleted."""
+
 
 def encode_part(value: str) -> str:
     """Percent-encode a key part from input, so that ``* ? [ ] { } : \\`` and the like can never

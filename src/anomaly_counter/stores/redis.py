@@ -114,11 +114,12 @@ _WRITES = frozenset(
         "outbox",
         "flap_sweep",
         "import",
+        "delete",
     }
 )
 _SCRIPTS = ("record", "read", "repair", "disposition", "fix", "undo", "reindex", "resolve",
             "note", "state", "forget", "admit", "unhold", "outbox", "outbox_read",
-            "flap_sweep", "export", "import")  # fmt: skip
+            "flap_sweep", "export", "import", "delete")  # fmt: skip
 _ADMIT_HOLD_MS = 300_000  # how long admit holds a new anomaly's place before its occurrence
 _ADMIT_KEYS_PER_CALL = 1_000
 _KNOWN_FOR_MS = 3_600_000  # an anomaly stored this recently lives on (35 days): admit skips it
@@ -904,6 +905,79 @@ class RedisScripts(Store):
         raise_errors(replies)
         if int(replies[-1]) < ANOMALY_TTL_SECONDS:  # (never shortened, as extend() does)
             await self._run([("EXPIRE", keys[0], ANOMALY_TTL_SECONDS)], replicate=True)
+
+    # -- deleting (delete.lua; see docs/delete.md) ----------------------------------------------
+
+    async def delete_anomaly(self, project: str, anomaly_key: str) -> bool:
+        meta = _keys(self._prefix, project, anomaly_key).meta
+        for _ in range(_DELETE_ATTEMPTS):
+            # its search entries were made from its first occurrence's signature: read here,
+            # and handed in with the terms made of it (the script checks it is still the one)
+            signature = await self._query(("GET", meta[:-1] + "s")) or b""
+            args = [anomaly_key, signature, _search_terms(signature), *ANOMALY_KEYS]
+            (done,) = await self._eval("delete", [([meta], args)])
+            if done >= 0:
+                self._known.pop((project, anomaly_key), None)
+                return bool(done)
+        raise StoreError(f"redis store: anomaly {anomaly_key!r} kept changing while deleted")
+
+    async def delete_project(self, project: str) -> int:
+        raw = _pairs(await self._query(("HGETALL", self._tokens)))
+        tokens = [i for i, value in raw.items() if _token_from_json(value).project == project]
+        if tokens:  # first: the API refuses the project's writers from now on
+            await self._query(("HDEL", self._tokens, *tokens))
+        tag = f"{self._prefix}:{{{encode_part(project)}."
+        # The SCAN pattern also finds the keys of a project whose id is this one's, a dot and
+        # more ({team.b.3}): the expression keeps this project's own ({team.3}).
+        mine = re.compile(re.escape(tag.encode()) + rb"(\d+)\}:(?:a:([^:]+):m$)?")
+        anomalies: set[bytes] = set()
+        async for keys in self._scan(_glob_escaped(tag) + "*"):
+            by_shard: dict[bytes, list[bytes]] = {}
+            for key in keys:
+                found = mine.match(key)
+                if found is not None:
+                    by_shard.setdefault(found.group(1), []).append(key)
+                    if found.group(2):  # (an anomaly is counted by its state, its meta key)
+                        anomalies.add(found.group(2))
+            if by_shard:  # (one command per shard: its keys share one slot)
+                replies = await self._run(
+                    [("UNLINK", *k) for k in by_shard.values()], replicate=True
+                )
+                raise_errors(replies)
+        for known in [k for k in self._known if k[0] == project]:
+            del self._known[known]
+        return len(anomalies)
+
+    async def _scan(self, match: str) -> AsyncIterator[list[bytes]]:
+        """The keys that match a pattern, a page at a time (SCAN: a key there all along is
+        found once at least, one written meanwhile may not be)."""
+        cursor: Any = 0
+        while True:
+            cursor, keys = await self._query(("SCAN", cursor, "MATCH", match, "COUNT", SCAN_PAGE))
+            if keys:
+                yield keys
+            if int(cursor) == 0:
+                return
+
+
+ANOMALY_KEYS = ("m", "o", "t", "s", "r0", "r1", "r2", "r3", "i", "w", "d", "h", "k", "l")
+"""The suffixes of an anomaly's keys (see the module's docstring)."""
+SCAN_PAGE = 1_000
+_DELETE_ATTEMPTS = 3  # (its signature changes once at most: from none to its first occurrence's)
+
+
+def _search_terms(signature: bytes) -> str:
+    """The search terms record.lua was given with a signature as stored ("" for none, or one
+    that cannot be read: its entries are then dropped as searches meet them, forget_terms)."""
+    try:
+        return search.joined_terms(signature.decode()) if signature else ""
+    except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        return ""
+
+
+def _glob_escaped(text: str) -> str:
+    """Text matched as it is by a SCAN pattern."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 class RedisStore(RedisScripts):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -45,14 +45,22 @@ from redis.exceptions import (
 
 from ..backoff import pauses
 from ..errors import ConfigurationError, StoreUnavailableError
-from .redis import OUTBOX_KEYS, SHARD_KEYS, RedisScripts, connection_options, raise_errors
+from .redis import (
+    ANOMALY_KEYS,
+    OUTBOX_KEYS,
+    SCAN_PAGE,
+    SHARD_KEYS,
+    RedisScripts,
+    connection_options,
+    raise_errors,
+)
 from .redis_link import Link
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
 SLOTS = 16384
-_SIBLINGS = ("t", "s", "i", "w", "d", "h", "k", "l", "o", "r0", "r1", "r2", "r3")
+_SIBLINGS = tuple(s for s in ANOMALY_KEYS if s != "m")
 _RETRYABLE = (TryAgainError, ClusterDownError, ReadOnlyError)
 _NOT_RUN = (AskError, NoScriptError, *_RETRYABLE)  # replies of commands that did not run
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.005, 0.1
@@ -369,3 +377,20 @@ class RedisClusterStore(RedisScripts):
 
     async def aclose(self) -> None:
         await self._slots.aclose()
+
+    # -- deleting --
+
+    async def _scan(self, match: str) -> AsyncIterator[list[bytes]]:
+        """The keys that match a pattern on every primary (each holds its slots' keys)."""
+        for address in await self._slots.primaries():
+            link, cursor = self._slots.link(address), b"0"
+            while True:
+                (reply,) = await link.round_trip(
+                    [("SCAN", cursor, "MATCH", match, "COUNT", SCAN_PAGE)]
+                )
+                raise_errors([reply])
+                cursor, keys = reply
+                if keys:
+                    yield keys
+                if int(cursor) == 0:
+                    break

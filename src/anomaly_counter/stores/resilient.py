@@ -258,6 +258,16 @@ class ResilientStore(StoreWrapper):
             "search", self.inner.forget_terms(project, entries), _none, project=project
         )
 
+    # -- deleting: never degraded nor retried here ---------------------------------------------
+    # (a deletion the store did not take must say so, not answer as if it had happened; and
+    # the caller, a person at a prompt or an admin's request, is there to try again)
+
+    async def delete_anomaly(self, project: str, anomaly_key: str) -> bool:
+        return await self.inner.delete_anomaly(project, anomaly_key)
+
+    async def delete_project(self, project: str) -> int:
+        return await self.inner.delete_project(project)
+
 
 def _none() -> None:
     return None

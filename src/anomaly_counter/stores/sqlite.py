@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .. import timeline
+from ..deletion import summary_share
 from ..episodes import FlapState, IncidentState
 from ..errors import ConfigurationError, StoreError, StoreFileError, StoreUnavailableError
 from ..limits import anomaly_limit_error
@@ -43,6 +44,7 @@ from ..tokens import TokenRecord
 from ..windows import WindowState
 from .base import (
     ANOMALY_TTL_SECONDS,
+    DAY_MS,
     FIX_VALIDITY_MS,
     INDEXES,
     REPAIR_HISTORY_LENGTH,
@@ -152,7 +154,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     label TEXT NOT NULL DEFAULT '',
-    read_only INTEGER NOT NULL DEFAULT 0
+    read_only INTEGER NOT NULL DEFAULT 0,
+    admin INTEGER NOT NULL DEFAULT 0  -- may delete the project's data (docs/delete.md)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS repair_history (
     project TEXT NOT NULL,
@@ -238,6 +241,7 @@ _ADDED_COLUMNS = (  # columns of files made by earlier versions
     ("anomalies", "incident", "TEXT"),
     ("anomalies", "flap", "TEXT"),
     ("anomalies", "flap_leave", "INTEGER"),
+    ("tokens", "admin", "INTEGER NOT NULL DEFAULT 0"),
 )
 _ADDED_INDEXES = (  # on added columns: made once they are there
     "CREATE INDEX IF NOT EXISTS anomalies_flapping ON anomalies (project, flap_leave)"
@@ -1431,8 +1435,8 @@ class SQLiteStore(Store):
     async def save_token(self, record: TokenRecord) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO tokens (token_id, project, digest, created_ms, label, read_only)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tokens (token_id, project, digest, created_ms, label, read_only,"
+                " admin) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.token_id,
                     record.project,
@@ -1440,6 +1444,7 @@ class SQLiteStore(Store):
                     record.created_ms,
                     record.label,
                     int(record.read_only),
+                    int(record.admin),
                 ),
             )
 
@@ -1456,13 +1461,13 @@ class SQLiteStore(Store):
 
     async def _tokens(self, where: str, args: tuple[str, ...]) -> list[TokenRecord]:
         sql = (
-            "SELECT token_id, project, digest, created_ms, label, read_only FROM tokens"
+            "SELECT token_id, project, digest, created_ms, label, read_only, admin FROM tokens"
             f" {where} ORDER BY created_ms, token_id"
         )
         rows = await self._run(lambda: self._connection().execute(sql, args).fetchall())
         return [
-            TokenRecord(token_id, project, digest, created, label, bool(read_only))
-            for token_id, project, digest, created, label, read_only in rows
+            TokenRecord(token_id, project, digest, created, label, bool(read_only), bool(admin))
+            for token_id, project, digest, created, label, read_only, admin in rows
         ]
 
     async def revoke_token(self, token_id: str) -> bool:
@@ -1866,6 +1871,110 @@ class SQLiteStore(Store):
 
         if rows:
             await self._run(self._write, work)
+
+    # -- deleting (see docs/delete.md) ----------------------------------------------------------
+
+    async def delete_anomaly(self, project: str, anomaly_key: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return self._delete_anomaly(db, project, anomaly_key)
+
+        return await self._run(self._write, work)
+
+    def _delete_anomaly(self, db: sqlite3.Connection, project: str, key: str) -> bool:
+        """Every row of one anomaly, and what the project's own rows hold of it, in the
+        caller's transaction; False when there was none."""
+        where = (project, key)
+        counters = db.execute(
+            "SELECT day, name, n FROM day_counts WHERE project = ? AND anomaly_key = ?", where
+        ).fetchall()
+        milestones = db.execute(
+            "SELECT entry FROM timeline WHERE project = ? AND anomaly_key = ? AND part = 1", where
+        ).fetchall()
+        share = summary_share(counters, (entry for (entry,) in milestones), DAY_MS)
+        db.executemany(
+            "UPDATE day_counts SET n = n - ? WHERE project = ? AND anomaly_key = '' AND day = ?"
+            " AND name = ?",
+            [(n, project, day, name) for (day, name), n in share.items()],
+        )
+        if share:  # (never below zero: a row emptied goes; a day pruned since has no row)
+            db.execute(
+                "DELETE FROM day_counts WHERE project = ? AND anomaly_key = '' AND n <= 0",
+                (project,),
+            )
+        terms = db.execute(
+            "SELECT term FROM search_terms WHERE project = ? AND anomaly_key = ?", where
+        ).fetchall()
+        found = False
+        for table in _ANOMALY_TABLES:
+            gone = db.execute(
+                f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?", where
+            ).rowcount
+            found = found or gone > 0
+            if table == "anomalies" and gone:  # (counted again from what is left when needed)
+                db.execute("DELETE FROM project_anomalies WHERE project = ?", (project,))
+        for (term,) in terms:
+            self._forget_orphan(db, project, term)
+        noticed = db.execute(
+            "DELETE FROM outbox WHERE project = ? AND anomaly_key = ?", where
+        ).rowcount
+        if noticed:  # (a project without the count counts its outbox again when it needs it)
+            db.execute(
+                "UPDATE outbox_state SET value = CAST(value AS INTEGER) - ? WHERE project = ?"
+                " AND name = 'held'",
+                (noticed, project),
+            )
+        letters = db.execute(
+            "SELECT notice_id, channel, letter FROM dead_letters WHERE project = ?", (project,)
+        ).fetchall()
+        dead = [
+            (project, notice_id, channel)
+            for notice_id, channel, letter in letters
+            if DeadLetter.from_fields(json.loads(letter)).entry.anomaly_key == key
+        ]
+        db.executemany(
+            "DELETE FROM dead_letters WHERE project = ? AND notice_id = ? AND channel = ?", dead
+        )
+        return found or noticed > 0 or bool(dead)
+
+    async def delete_project(self, project: str) -> int:
+        def tokens(db: sqlite3.Connection) -> None:  # first: the API refuses its writers
+            db.execute("DELETE FROM tokens WHERE project = ?", (project,))
+
+        def anomalies(db: sqlite3.Connection) -> int:  # a step: others' writes wait at most it
+            keys = db.execute(
+                "SELECT anomaly_key FROM anomalies WHERE project = ? LIMIT ?",
+                (project, _DELETE_STEP),
+            ).fetchall()
+            for table in _ANOMALY_TABLES:
+                db.executemany(
+                    f"DELETE FROM {table} WHERE project = ? AND anomaly_key = ?",
+                    [(project, key) for (key,) in keys],
+                )
+            return len(keys)
+
+        def rest(db: sqlite3.Connection) -> None:  # the project's own rows, and any left over
+            for table in _PROJECT_TABLES:
+                db.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
+
+        await self._run(self._write, tokens)
+        deleted = 0
+        while True:
+            step: int = await self._run(self._write, anomalies)
+            deleted += step
+            if step < _DELETE_STEP:
+                break
+        await self._run(self._write, rest)
+        return deleted
+
+
+_ANOMALY_TABLES = ("anomalies", "open_episodes", "occurrence_ids", "write_marks", "day_counts",
+                   "repair_history", "timeline", "search_terms")  # fmt: skip
+"""The tables that hold an anomaly's own rows (by project and anomaly key; the day summary's
+rows are the project's, under the key '')."""
+_PROJECT_TABLES = (*_ANOMALY_TABLES, "search_grams", "outbox", "outbox_state", "dead_letters",
+                   "project_anomalies", "tokens")  # fmt: skip
+"""Every table that holds rows of a project."""
+_DELETE_STEP = 200  # anomalies a project's deletion removes in one transaction
 
 
 def sqlite_path(url: str) -> str:

@@ -214,3 +214,11 @@ class StoreWrapper(Store):
         self, project: str, days: dict[int, dict[str, int]], now_ms: int
     ) -> None:
         await self.inner.import_summary(project, days, now_ms)
+
+    # -- deleting --
+
+    async def delete_anomaly(self, project: str, anomaly_key: str) -> bool:
+        return await self.inner.delete_anomaly(project, anomaly_key)
+
+    async def delete_project(self, project: str) -> int:
+        return await self.inner.delete_project(project)
