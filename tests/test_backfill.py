@@ -26,16 +26,11 @@ import httpx
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings
-from anomaly_counter.backfill import (
-    AlertRule,
-    History,
-    command,
-    fingerprint,
-    parse_duration,
-    parse_matchers,
-)
 from anomaly_counter.cli import build_parser
 from anomaly_counter.episodes import EpisodeRules
+from anomaly_counter.importers.prometheus_cli import command
+from anomaly_counter.importers.prometheus_episodes import AlertRule, History, fingerprint
+from anomaly_counter.importers.prometheus_syntax import parse_duration, parse_matchers
 
 from .conftest import free_port, require_binary
 from .servers import ChatServer, ServiceServer, eventually
