@@ -1,5 +1,6 @@
-"""Real servers for the service tests: our service on uvicorn in a thread, and a small HTTP
-server standing in for the chat APIs (Telegram, Slack, a webhook) that records what it gets."""
+"""Real servers for the service tests: our service on uvicorn in a thread, a small HTTP server
+standing in for the chat APIs (Telegram, Slack, a webhook) that records what it gets, and a
+real Alertmanager process delivering to the receiver."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from anomaly_counter.service.server import uvicorn_config
 from anomaly_counter.stores.base import store_from_url
 from anomaly_counter.tokens import new_token
 
-from .conftest import free_port
+from .conftest import free_port, require_binary
 
 
 class ServiceServer:
@@ -236,6 +239,89 @@ class ChatServer:
             time.sleep(0.02)
         with self.lock:
             return list(self.received)
+
+
+def start_until_ready(arguments: Sequence[str], url: str) -> subprocess.Popen[bytes]:
+    """Start a Prometheus or an Alertmanager and wait, 20 s at most, until its ``/-/ready``
+    answers (its stderr in the error when it exits before)."""
+    process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(process.stderr.read().decode())  # type: ignore[union-attr]
+        time.sleep(0.05)
+    raise RuntimeError(f"{arguments[0]} did not become ready")
+
+
+class Alertmanager:
+    """A real Alertmanager on a free port, sending every group to one receiver each second
+    (a bearer token, resolutions too)."""
+
+    def __init__(self, receiver_url: str, token: str) -> None:
+        self.binary = require_binary("prometheus-alertmanager")
+        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="alertmanager-")
+        config = {
+            "route": {
+                "receiver": "counter",
+                "group_by": ["alertname"],
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1s",
+            },
+            "receivers": [
+                {
+                    "name": "counter",
+                    "webhook_configs": [
+                        {
+                            "url": receiver_url,
+                            "send_resolved": True,
+                            "http_config": {
+                                "authorization": {"type": "Bearer", "credentials": token}
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+        self.config = Path(self.directory) / "alertmanager.yml"
+        self.config.write_text(json.dumps(config))  # JSON is YAML
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Alertmanager:
+        self.process = start_until_ready(
+            [self.binary, f"--config.file={self.config}", f"--storage.path={self.directory}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
+             "--log.level=warn"],
+            self.url,
+        )  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+
+    def push(self, labels: dict[str, str], starts: datetime, ends: datetime | None = None) -> None:
+        alert: dict[str, Any] = {"labels": labels, "startsAt": utc_iso(starts)}
+        if ends is not None:
+            alert["endsAt"] = utc_iso(ends)
+        r = httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5)
+        assert r.status_code == 200, r.text
+
+
+def utc_iso(moment: datetime) -> str:
+    """A time as Alertmanager's API takes it (and its webhook gives it): RFC 3339, UTC, Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:

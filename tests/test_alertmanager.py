@@ -4,23 +4,19 @@ Alertmanager processes that re-send, resolve and re-fire on second-scale interva
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings
 from anomaly_counter.episodes import EpisodeRules
 
-from .conftest import free_port, require_binary
-from .servers import ServiceServer, eventually
+from .conftest import free_port
+from .servers import Alertmanager, ServiceServer, eventually, utc_iso
 
 LABELS = {"alertname": "DiskPressure", "job": "db", "namespace": "prod", "instance": "node-1"}
 KEY = AnomalyCounter.hash_signature(
@@ -29,17 +25,13 @@ KEY = AnomalyCounter.hash_signature(
 RECEIVER = "/v1/projects/team-a/alertmanager"
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _alert(status: str, starts: datetime, ends: datetime | None = None, **labels: str) -> dict:  # type: ignore[type-arg]
     return {
         "status": status,
         "labels": {**LABELS, **labels},
         "annotations": {"summary": "disk almost full"},
-        "startsAt": _iso(starts),
-        "endsAt": _iso(ends) if ends else "0001-01-01T00:00:00Z",
+        "startsAt": utc_iso(starts),
+        "endsAt": utc_iso(ends) if ends else "0001-01-01T00:00:00Z",
         "generatorURL": "http://prometheus/graph",
         "fingerprint": "c0ffee" + "".join(sorted(labels.values()))[:10],
         "someFutureField": {"ignored": True},
@@ -191,75 +183,6 @@ async def test_a_custom_label_mapping(tmp_path: Path) -> None:
 
 
 # -- end to end with the real Alertmanager ------------------------------------------------------
-
-
-class Alertmanager:
-    def __init__(self, receiver_url: str, token: str) -> None:
-        self.binary = require_binary("prometheus-alertmanager")
-        self.port = free_port()
-        self.directory = tempfile.mkdtemp(prefix="alertmanager-")
-        config = {
-            "route": {
-                "receiver": "counter",
-                "group_by": ["alertname"],
-                "group_wait": "1s",
-                "group_interval": "1s",
-                "repeat_interval": "1s",
-            },
-            "receivers": [
-                {
-                    "name": "counter",
-                    "webhook_configs": [
-                        {
-                            "url": receiver_url,
-                            "send_resolved": True,
-                            "http_config": {
-                                "authorization": {"type": "Bearer", "credentials": token}
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
-        self.config = Path(self.directory) / "alertmanager.yml"
-        self.config.write_text(json.dumps(config))  # JSON is YAML
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Alertmanager:
-        self.process = subprocess.Popen(
-            [self.binary, f"--config.file={self.config}", f"--storage.path={self.directory}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
-             "--log.level=warn"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())  # type: ignore[union-attr]
-            time.sleep(0.1)
-        raise RuntimeError("alertmanager did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(10)
-
-    def push(self, labels: dict[str, str], starts: datetime, ends: datetime | None = None) -> None:
-        alert: dict[str, Any] = {"labels": labels, "startsAt": _iso(starts)}
-        if ends is not None:
-            alert["endsAt"] = _iso(ends)
-        r = httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5)
-        assert r.status_code == 200, r.text
 
 
 async def test_end_to_end_with_two_real_alertmanagers(service: ServiceServer) -> None:

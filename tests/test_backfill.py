@@ -22,23 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from anomaly_counter import AnomalyCounter, Settings
-from anomaly_counter.backfill import (
-    AlertRule,
-    History,
-    command,
-    fingerprint,
-    parse_duration,
-    parse_matchers,
-)
 from anomaly_counter.cli import build_parser
 from anomaly_counter.episodes import EpisodeRules
+from anomaly_counter.importers.prometheus_cli import command
+from anomaly_counter.importers.prometheus_episodes import AlertRule, History, fingerprint
+from anomaly_counter.importers.prometheus_syntax import parse_duration, parse_matchers
 
 from .conftest import free_port, require_binary
-from .servers import ChatServer, ServiceServer, eventually
+from .servers import Alertmanager, ChatServer, ServiceServer, eventually, start_until_ready
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -153,20 +147,8 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Prometheus:
-        self.process = subprocess.Popen(
-            self.arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())  # type: ignore[union-attr]
-            time.sleep(0.05)
-        raise RuntimeError("prometheus did not become ready")
+        self.process = start_until_ready(self.arguments, self.url)
+        return self
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
@@ -530,8 +512,6 @@ async def test_ids_match_what_a_real_alertmanager_delivers(tmp_path: Path) -> No
     `for` of 1s; a real Alertmanager delivers to the receiver (counting instances, so that an
     id the backfill got wrong would count twice). Then Alertmanager stops, and the backfill
     must find every episode the receiver has, and count only the others."""
-    from .test_alertmanager import Alertmanager
-
     store = f"sqlite:///{tmp_path}/live.db"
     settings = Settings(store_url=store, episodes=EpisodeRules(count="instances"))
     rules = tmp_path / "rules.yml"

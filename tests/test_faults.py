@@ -19,7 +19,7 @@ from anomaly_counter import AnomalyCounter, Settings, StoreUnavailableError
 from anomaly_counter.limits import Limits
 
 from .conftest import SIG, RedisServer, free_port
-from .servers import FaultyProxy, eventually, make_token, wait_until_up
+from .servers import Alertmanager, FaultyProxy, eventually, make_token, wait_until_up
 
 KEY = AnomalyCounter.hash_signature(SIG)
 
@@ -303,7 +303,7 @@ async def test_a_real_alertmanager_resending_through_an_outage(
 
     from .servers import ServiceServer
     from .test_alertmanager import KEY as AM_KEY
-    from .test_alertmanager import LABELS, RECEIVER, Alertmanager
+    from .test_alertmanager import LABELS, RECEIVER
 
     other = {**LABELS, "alertname": "HighLatency"}
     other_key = AnomalyCounter.hash_signature(

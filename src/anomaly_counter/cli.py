@@ -26,7 +26,7 @@ from typing import Any, NoReturn, TypeVar
 
 import structlog
 
-from . import __version__, backfill
+from . import __version__
 from .cli_delete import delete_command
 from .counter import AnomalyCounter
 from .errors import (
@@ -38,7 +38,7 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
 )
-from .importers import reference_cli
+from .importers import prometheus_cli, reference_cli
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
 from .notify.deliverer import send_again
 from .redact import redacted
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sources = _Commands(
         fill.add_subparsers(dest="source", required=True, parser_class=_Parser), shared
     )
-    backfill.add_arguments(
+    prometheus_cli.add_arguments(
         sources.add_parser("prometheus", help="from Prometheus's ALERTS (docs/backfill.md)")
     )
 
@@ -974,7 +974,7 @@ async def _run(args: argparse.Namespace) -> None:
         await _serve(settings, args)
         return
     if args.command == "backfill":  # (its store is opened once the source has answered)
-        await backfill.command(settings, args)
+        await prometheus_cli.command(settings, args)
         return
     url = redacted(args.store or settings.store_url)
     args.where = f"project {args.project or settings.project!r} in {url}"
