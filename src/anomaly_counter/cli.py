@@ -884,8 +884,7 @@ async def _check_store(store: Store, settings: Settings) -> None:
     except StoreUnavailableError as exc:
         if not settings.start_on_spool:
             raise StoreUnavailableError(
-                f"{shown} cannot be reached, so the service does not start ({exc});"
-                " --start-on-spool starts it anyway, taking writes into the spool"
+                f"{shown}: {exc} (not serving; --start-on-spool serves anyway, spooling writes)"
             ) from exc
         logger.warning(
             "store_unreachable_at_start", store=shown, error=str(exc), spool=settings.spool_dir
@@ -917,7 +916,7 @@ async def _run(args: argparse.Namespace) -> None:
     if args.command == "serve":
         await _serve(settings, args)
         return
-    url = redacted(args.store or settings.store_url)
+    url = args.shown_store = redacted(args.store or settings.store_url)
     args.where = f"project {args.project or settings.project!r} in {url}"
     counter = AnomalyCounter.from_url(args.store, args.project, settings=settings)
     if _reads_only(args) and isinstance(counter.store, SQLiteStore):
@@ -956,13 +955,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:  # Ctrl-C: stopped as asked (serve has shut down cleanly)
         raise SystemExit(130) from None
     except StoreUnavailableError as exc:
-        _fail(f"store unavailable: {exc}", 3)
+        _fail(f"store unavailable: {_naming_the_store(args, exc)}", 3)
     except StoreError as exc:
         _fail(f"store error: {exc}", 3)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except AnomalyCounterError as exc:
         _fail(str(exc), 2)
+
+
+def _naming_the_store(args: argparse.Namespace, exc: Exception) -> str:
+    """The error, after the store's URL (its password as ***) unless it names it already: a
+    store's own words name a host and port, or a file, not which setting or flag chose it."""
+    shown: str | None = getattr(args, "shown_store", None)
+    return str(exc) if shown is None or shown in str(exc) else f"{shown}: {exc}"
 
 
 if __name__ == "__main__":
