@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import json
 import logging
@@ -33,6 +34,7 @@ from .errors import (
     AnomalyCounterError,
     AnomalyNotFoundError,
     ConfigurationError,
+    SpoolFullError,
     StoreError,
     StoreUnavailableError,
 )
@@ -867,8 +869,9 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         listening.close()
         reason = exc.strerror or str(exc)
+        which = "host" if exc.errno == errno.EADDRNOTAVAIL else "port"  # (not this machine's)
         raise ConfigurationError(
-            f"cannot listen on {host}:{port}: {reason} (setting port, or --port)"
+            f"cannot listen on {host}:{port}: {reason} (setting {which}, or --{which})"
         ) from exc
     listening.set_inheritable(True)
     return listening
@@ -953,8 +956,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
     except KeyboardInterrupt:  # Ctrl-C: stopped as asked (serve has shut down cleanly)
+        sys.stderr.write(f"{PROG}: stopped (Ctrl-C)\n")  # (not an error: said all the same)
         raise SystemExit(130) from None
-    except StoreUnavailableError as exc:
+    except (StoreUnavailableError, SpoolFullError) as exc:
         _fail(f"store unavailable: {_naming_the_store(args, exc)}", 3)
     except StoreError as exc:
         _fail(f"store error: {exc}", 3)
