@@ -1,12 +1,12 @@
 """The package as a user gets it: the sdist built from the project's files, the wheel built from
-that sdist (as ``python -m build`` does), the wheel installed with its ``service`` extra into a
-new virtual environment, and the installed command run from there, outside the source tree:
-the bundled demo replayed into Redis (the demo data, the Lua scripts), then ``serve`` on it
-(the templates, the static files). Package data that pyproject.toml leaves out fails here,
-not on a user's machine.
+that sdist (as ``python -m build`` does), the wheel installed into a new virtual environment,
+and the installed command run from there, outside the source tree. Without extras: the bundled
+demo replayed into Redis (the demo data, the Lua scripts), and ``serve`` saying in one line
+what to install. With the ``service`` extra: ``serve`` (the templates, the static files).
+Package data that pyproject.toml leaves out fails here, not on a user's machine.
 
-About 15 s: the two builds' isolated environments and the install take setuptools and the
-service's dependencies from pip's cache (or PyPI), at the versions constraints.txt pins.
+About 15 s: the two builds' isolated environments and the installs take setuptools and the
+dependencies from pip's cache (or PyPI), at the versions constraints.txt pins.
 """
 
 from __future__ import annotations
@@ -98,12 +98,13 @@ def test_the_built_package_installs_and_runs_from_a_fresh_venv(
         in_wheel = set(archive.namelist())
     assert set(package) - in_wheel == set()
 
-    # installed as a user installs it, at the versions CI tests
+    # installed as a user installs it, at the versions CI tests: first without extras
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     python, command = venv / "bin" / "python", venv / "bin" / "anomaly-counter"
-    _run(python, "-m", "pip", "install", "--quiet", "--no-compile", "-c",
-         ROOT / "constraints.txt", f"{wheel}[service]", cwd=tmp_path)  # fmt: skip
+    install = (python, "-m", "pip", "install", "--quiet", "--no-compile", "-c",
+               ROOT / "constraints.txt")  # fmt: skip
+    _run(*install, wheel, cwd=tmp_path)
     where = _run(python, "-c", "import anomaly_counter; print(anomaly_counter.__file__)",
                  cwd=tmp_path).stdout.strip()  # fmt: skip
     assert Path(where).is_relative_to(venv), where  # not the source tree's
@@ -113,6 +114,18 @@ def test_the_built_package_installs_and_runs_from_a_fresh_venv(
     replay = _run(command, "--store", store, "--project", "demo", "replay", "--bundled",
                   cwd=tmp_path)  # fmt: skip
     assert "PERMANENT_FIX" in replay.stdout and "Top anomalies, last 24 hours" in replay.stdout
+    bare = subprocess.run(
+        [str(command), "--store", store, "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bare.returncode == 2 and bare.stderr.count("\n") == 1, bare.stderr
+    assert "pip install 'anomaly-counter[service]'" in bare.stderr
+
+    _run(*install, f"{wheel}[service]", cwd=tmp_path)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import getpass
 import json
@@ -18,7 +19,7 @@ import socket
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -39,7 +40,6 @@ from .errors import (
     StoreUnavailableError,
 )
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
-from .notify.deliverer import send_again
 from .redact import redacted
 from .settings import Settings, load_settings
 from .signature import fingerprint_fields
@@ -756,6 +756,8 @@ async def _notices(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     if args.notices_command == "retry":
         if bool(args.notice_ids) == args.all:
             _fail("name the notices to retry, or say --all", 2)
+        with _service_extra("notices retry"):
+            from .notify.deliverer import send_again
         retried, left = await send_again(
             counter, counter.settings, None if args.all else args.notice_ids
         )
@@ -799,11 +801,25 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-async def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
+@contextlib.contextmanager
+def _service_extra(command: str) -> Iterator[None]:
+    """Imports of what the ``service`` extra installs: missing, a line that says how to get
+    them (the library and the other commands run without them)."""
+    try:
+        yield
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{command} needs {exc.name or 'a module'} (not installed here):"
+            " pip install 'anomaly-counter[service]'"
+        ) from None
 
-    from .service.app import create_app
-    from .service.server import uvicorn_config
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    with _service_extra("serve"):
+        import uvicorn
+
+        from .service.app import create_app
+        from .service.server import uvicorn_config
 
     chosen = replace(
         settings,
