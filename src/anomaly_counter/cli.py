@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import getpass
 import json
 import logging
@@ -17,7 +19,7 @@ import socket
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -35,12 +37,12 @@ from .errors import (
     AnomalyNotFoundError,
     ConfigurationError,
     SourceUnavailableError,
+    SpoolFullError,
     StoreError,
     StoreUnavailableError,
 )
 from .importers import prometheus_cli, reference_cli
 from .model import DISPOSITION_TYPES, LEVEL_MEANINGS, WINDOWS, AnomalyFrequency
-from .notify.deliverer import send_again
 from .redact import redacted
 from .settings import Settings, load_settings
 from .signature import fingerprint_fields
@@ -803,6 +805,8 @@ async def _notices(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     if args.notices_command == "retry":
         if bool(args.notice_ids) == args.all:
             _fail("name the notices to retry, or say --all", 2)
+        with _service_extra("notices retry"):
+            from .notify.deliverer import send_again
         retried, left = await send_again(
             counter, counter.settings, None if args.all else args.notice_ids
         )
@@ -846,11 +850,25 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-async def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
+@contextlib.contextmanager
+def _service_extra(command: str) -> Iterator[None]:
+    """Imports of what the ``service`` extra installs: missing, a line that says how to get
+    them (the library and the other commands run without them)."""
+    try:
+        yield
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{command} needs {exc.name or 'a module'} (not installed here):"
+            " pip install 'anomaly-counter[service]'"
+        ) from None
 
-    from .service.app import create_app
-    from .service.server import uvicorn_config
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    with _service_extra("serve"):
+        import uvicorn
+
+        from .service.app import create_app
+        from .service.server import uvicorn_config
 
     chosen = replace(
         settings,
@@ -916,8 +934,9 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         listening.close()
         reason = exc.strerror or str(exc)
+        which = "host" if exc.errno == errno.EADDRNOTAVAIL else "port"  # (not this machine's)
         raise ConfigurationError(
-            f"cannot listen on {host}:{port}: {reason} (setting port, or --port)"
+            f"cannot listen on {host}:{port}: {reason} (setting {which}, or --{which})"
         ) from exc
     listening.set_inheritable(True)
     return listening
@@ -933,8 +952,7 @@ async def _check_store(store: Store, settings: Settings) -> None:
     except StoreUnavailableError as exc:
         if not settings.start_on_spool:
             raise StoreUnavailableError(
-                f"{shown} cannot be reached, so the service does not start ({exc});"
-                " --start-on-spool starts it anyway, taking writes into the spool"
+                f"{shown}: {exc} (not serving; --start-on-spool serves anyway, spooling writes)"
             ) from exc
         logger.warning(
             "store_unreachable_at_start", store=shown, error=str(exc), spool=settings.spool_dir
@@ -976,7 +994,7 @@ async def _run(args: argparse.Namespace) -> None:
     if args.command == "backfill":  # (its store is opened once the source has answered)
         await prometheus_cli.command(settings, args)
         return
-    url = redacted(args.store or settings.store_url)
+    url = args.shown_store = redacted(args.store or settings.store_url)
     args.where = f"project {args.project or settings.project!r} in {url}"
     counter = AnomalyCounter.from_url(args.store, args.project, settings=settings)
     if _reads_only(args) and isinstance(counter.store, SQLiteStore):
@@ -1016,9 +1034,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
     except KeyboardInterrupt:  # Ctrl-C: stopped as asked (serve has shut down cleanly)
+        sys.stderr.write(f"{PROG}: stopped (Ctrl-C)\n")  # (not an error: said all the same)
         raise SystemExit(130) from None
-    except StoreUnavailableError as exc:
-        _fail(f"store unavailable: {exc}", 3)
+    except (StoreUnavailableError, SpoolFullError) as exc:
+        _fail(f"store unavailable: {_naming_the_store(args, exc)}", 3)
     except StoreError as exc:
         _fail(f"store error: {exc}", 3)
     except SourceUnavailableError as exc:
@@ -1029,6 +1048,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(exc), 1)
     except AnomalyCounterError as exc:
         _fail(str(exc), 2)
+
+
+def _naming_the_store(args: argparse.Namespace, exc: Exception) -> str:
+    """The error, after the store's URL (its password as ***) unless it names it already: a
+    store's own words name a host and port, or a file, not which setting or flag chose it."""
+    shown: str | None = getattr(args, "shown_store", None)
+    return str(exc) if shown is None or shown in str(exc) else f"{shown}: {exc}"
 
 
 if __name__ == "__main__":

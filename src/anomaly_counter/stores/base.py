@@ -497,7 +497,10 @@ def store_from_url(url: str, settings: Settings) -> Store:
     """The store a URL names: ``sqlite:///path``, ``redis://``, ``rediss://``, ``unix://``,
     ``redis+sentinel://host:port,host:port/master_name[/db]``,
     ``redis+cluster://host:port,host:port,...``."""
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:  # (a "[" of an IPv6 address not closed)
+        raise ConfigurationError(f"setting store_url: {redacted(url)!r}: {exc}") from None
     target = _SCHEMES.get(scheme)
     if target is None:
         raise ConfigurationError(

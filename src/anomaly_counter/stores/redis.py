@@ -1196,7 +1196,9 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
     hosts = parts.netloc.rpartition("@")[2]
     names = [p for p in parts.path.split("/") if p]
     if not hosts or not names or len(names) > 2:
-        raise ValueError(f"{url!r} is not redis+sentinel://host:port[,host:port...]/master[/db]")
+        raise ValueError(
+            f"{redacted(url)!r} is not redis+sentinel://host:port[,host:port...]/master[/db]"
+        )
     sentinels = []
     for host in hosts.split(","):
         name, _, port = host.rpartition(":")
@@ -1206,7 +1208,9 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
     db = int(names[1]) if len(names) == 2 and names[1].isdigit() else 0
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         sentinels,
-        sentinel_kwargs={"socket_timeout": options["socket_timeout"]},
+        # (redis-py's default retries, with a second of backoff, would spend the store timeout
+        # on the first sentinel that cannot be reached, and hide why)
+        sentinel_kwargs={key: options[key] for key in ("socket_timeout", "retry")},
         password=unquote(parts.password) if parts.password else None,
         **options,
     )

@@ -208,7 +208,7 @@ class _SlotMap:
                 try:
                     (reply,) = await self.link(address).round_trip([("CLUSTER", "SLOTS")])
                 except StoreUnavailableError as exc:
-                    failures.append(str(exc))
+                    failures.append(str(exc.__cause__ or exc))  # (it names the node)
                     continue
                 if isinstance(reply, Exception):
                     failures.append(f"{address[0]}:{address[1]}: {reply}")
@@ -216,8 +216,9 @@ class _SlotMap:
                 self._owners, self._replicas = _owners_from(reply, address)
                 self._stale = False
                 return
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise StoreUnavailableError(
-                "redis cluster: no node answered for the slot map: " + "; ".join(failures)
+                f"redis cluster: no node gave the slot map: {failures[0]}{more}"
             )
 
     async def aclose(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import ConnectionPool, SSLConnection, UnixDomainSocketConnection
-from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
 from redis.exceptions import (
     AskError,
     AuthenticationError,
@@ -41,6 +42,7 @@ from redis.exceptions import (
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
@@ -270,6 +272,8 @@ class _Target:
         if tls is not None:
             _verify_mode(tls)  # a wrong value is told at once, not at the first connection
         path = options.get("path") if issubclass(kind, UnixDomainSocketConnection) else None
+        if issubclass(kind, UnixDomainSocketConnection) and not path:  # (not localhost:6379)
+            raise ConfigurationError("setting store_url: a unix:// URL needs the socket's path")
         return cls(
             host=str(options.get("host") or "localhost"),
             port=int(options.get("port") or 6379),
@@ -429,7 +433,10 @@ class Link:
             pool = target.sentinel
             try:
                 async with asyncio.timeout(self._timeout):
-                    found = await pool.sentinel_manager.discover_master(pool.service_name)
+                    try:
+                        found = await pool.sentinel_manager.discover_master(pool.service_name)
+                    except RedisError as exc:
+                        raise RedisConnectionError(await _sentinels_failed(pool, exc)) from None
             except TimeoutError:
                 raise RedisTimeoutError(
                     f"Timeout asking the sentinels for master {pool.service_name!r}"
@@ -464,10 +471,15 @@ class Link:
             if isinstance(exc, TimeoutError) and not isinstance(exc, RedisTimeoutError):
                 raise RedisTimeoutError(f"Timeout connecting to {address}") from None
             if isinstance(exc, OSError):
-                reason = exc.strerror or str(exc) or type(exc).__name__
-                raise RedisConnectionError(
-                    f"Error {exc.errno} connecting to {address}. {reason}."
-                ) from exc
+                raise RedisConnectionError(_not_connected(address, exc)) from exc
+            if isinstance(exc, InvalidResponse):  # (an HTTP server, say, on a Redis port)
+                raise RedisConnectionError(f"{address} does not speak Redis ({exc})") from exc
+            if isinstance(exc, AuthenticationError):
+                if target.password is None:  # (the server's own text is 200 characters)
+                    raise RedisConnectionError(
+                        f"{address} wants a password, and the store URL gives none"
+                    ) from exc
+                raise RedisConnectionError(f"{address} refused the credentials: {exc}") from exc
             raise
         for reply in replies:
             if isinstance(reply, Exception):
@@ -475,3 +487,42 @@ class Link:
                 self._open.discard(connection)
                 raise RedisConnectionError(f"{address} refused the connection's setup: {reply}")
         return connection
+
+
+def _not_connected(address: str, exc: OSError) -> str:
+    """A connection that could not be made, as redis-py says it, but in the system's words
+    (asyncio's are "Connect call failed ('127.0.0.1', 6379)")."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno and exc.errno > 0 and not isinstance(exc, ssl.SSLError):
+        reason = os.strerror(exc.errno)
+    return f"Error {exc.errno} connecting to {address}. {reason}."
+
+
+async def _sentinels_failed(pool: SentinelConnectionPool, exc: RedisError) -> str:
+    """Why no sentinel named the master, in one line. redis-py's MasterNotFoundError holds the
+    whole repr of each sentinel's client (1,500 characters) but not why it failed: that is
+    asked again of each, with a PING."""
+    name = pool.service_name
+    if not isinstance(exc, MasterNotFoundError):  # (a sentinel's answer that made no sense)
+        return f"no sentinel named master {name!r}: {_cut(str(exc))}"
+    sentinels = pool.sentinel_manager.sentinels
+    causes = []
+    for sentinel in sentinels:
+        try:
+            await sentinel.ping()
+        except RedisError as cause:
+            options = sentinel.connection_pool.connection_kwargs
+            address = f"{options.get('host')}:{options.get('port')}"
+            origin = cause.__context__
+            causes.append(
+                _not_connected(address, origin) if isinstance(origin, OSError) else str(cause)
+            )
+    if len(causes) < len(sentinels):
+        return f"the sentinels know no master {name!r} that is up"
+    more = f" (and {len(causes) - 1} more)" if len(causes) > 1 else ""
+    return f"no sentinel answered: {_cut(causes[0])}{more}"
+
+
+def _cut(text: str, width: int = 120) -> str:
+    """A server's or a client's words, cut to fit in a line of ours."""
+    return text if len(text) <= width else text[: width - 1] + "…"
