@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -218,6 +219,51 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marks.add(_MARKED_BY_MODULE[module])
         for mark in sorted(marks):
             item.add_marker(mark)
+
+
+# A test that mostly waits (a receiver down for two minutes) is marked ``background(<param id
+# part>)``: its matching cases run in a pytest process of their own, started as soon as the run
+# is collected, so that the rest of the run goes on meanwhile; each case then reports that
+# process's outcome in its place. (The process itself runs them in the usual way.)
+_BACKGROUND_CHILD = "ANOMALY_COUNTER_TESTS_IN_BACKGROUND"
+_background: list[subprocess.Popen[bytes]] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if os.environ.get(_BACKGROUND_CHILD) or session.config.option.collectonly:
+        return
+    for item in session.items:
+        marker = item.get_closest_marker("background")
+        callspec = getattr(item, "callspec", None)
+        if marker is None or (callspec is not None and marker.args[0] not in callspec.id):
+            continue
+        _run_in_background(item)
+
+
+def _run_in_background(item: pytest.Item) -> None:
+    log = Path(tempfile.mkdtemp(prefix="background-")) / "pytest.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", item.nodeid],
+            stdout=out, stderr=subprocess.STDOUT, cwd=item.config.rootpath,
+            env={**os.environ, _BACKGROUND_CHILD: "1"},
+        )  # fmt: skip
+    _background.append(process)
+
+    def runtest() -> None:
+        returncode = process.wait()
+        if returncode != 0:
+            tail = log.read_text(errors="replace")[-6000:]
+            pytest.fail(f"in its own pytest process (exit {returncode}):\n{tail}", pytrace=False)
+
+    item.runtest = runtest  # type: ignore[method-assign]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for process in _background:  # (a run stopped early: none is left behind)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -87,12 +87,14 @@ async def _record(server: ServiceServer, token: str, n: int, signature: dict = S
 async def test_one_notice_per_crossing_on_every_channel(store_url: str, chat: ChatServer) -> None:
     with ServiceServer(_settings(store_url, chat)) as server:
         token = server.token("team-a")
+        await _record(server, token, 1)
         async with server.client(token) as http:
-            await http.post(
+            r = await http.post(
                 f"/v1/projects/team-a/anomalies/{KEY}/repairs",
                 json={"action": "restart_pod", "success": False},
             )
-        await _record(server, token, 12)
+            assert r.status_code == 200, r.text
+        await _record(server, token, 11)
         received = chat.wait_for(9)
         await asyncio.sleep(0.3)  # nothing more comes
         assert len(chat.received) == 9  # REPEAT, ESCALATE, PERMANENT_FIX x 3 channels

@@ -201,6 +201,7 @@ async def test_a_crossing_whose_reply_was_cut_is_announced_once(
 SIG_KEY = AnomalyCounter.hash_signature(SIG)
 
 
+@pytest.mark.background("sqlite")  # (two minutes of waiting: beside the rest of the run)
 async def test_killed_with_100_notices_queued_and_the_receiver_down(
     store_url: str, chat: ChatServer, tmp_path: Path
 ) -> None:

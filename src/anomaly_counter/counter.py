@@ -630,13 +630,17 @@ class AnomalyCounter:
         if found.anomaly is not None:
             return found.anomaly
         if found.matches:
-            many = f"more than {len(found.matches)}" if found.truncated else len(found.matches)
-            raise AmbiguousAnomalyError(
-                f"{many} anomalies of project {self.project_id!r} match {ref!r}:"
-                " name one by its key, or add words (its service, namespace, reason)",
-                found.matches,
+            raise self._ambiguous(
+                ref, found, "name one by its key, or add words (its service, namespace, reason)"
             )
         raise AnomalyNotFoundError(f"no anomaly {ref!r} in project {self.project_id!r}")
+
+    def _ambiguous(self, ref: str, found: Lookup, advice: str) -> AmbiguousAnomalyError:
+        many = f"more than {len(found.matches)}" if found.truncated else len(found.matches)
+        return AmbiguousAnomalyError(
+            f"{many} anomalies of project {self.project_id!r} match {ref!r}: {advice}",
+            found.matches,
+        )
 
     async def resolve(self, ref: str, *, known: bool = True) -> str:
         """The key of the anomaly a key or a name refers to (see ``anomaly``). With
@@ -1109,12 +1113,7 @@ class AnomalyCounter:
         anew."""
         found = await self.find(ref)
         if found.anomaly is None and found.matches:
-            many = f"more than {len(found.matches)}" if found.truncated else len(found.matches)
-            raise AmbiguousAnomalyError(
-                f"{many} anomalies of project {self.project_id!r} match {ref!r}:"
-                " name the one to delete by its key",
-                found.matches,
-            )
+            raise self._ambiguous(ref, found, "name the one to delete by its key")
         if found.anomaly is not None:
             key, signature = found.anomaly.anomaly_key, found.anomaly.signature
         else:  # a key the reads do not show (one known only by a repair, a disposition, a fix)
