@@ -497,10 +497,12 @@ async def test_a_project_is_deleted_whole_and_again_harmlessly(
 # -- the command line ---------------------------------------------------------------------------
 
 
-def _cli(store: str, *args: str, tty: str | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    store: str, *args: str, tty: str | None = None, project: str | None = "team-a"
+) -> subprocess.CompletedProcess[str]:
     """The command, with stdin not a terminal; or (``tty``: what is typed) a terminal."""
-    command = [sys.executable, "-m", "anomaly_counter.cli", "--store", store, "--project",
-               "team-a", *args]  # fmt: skip
+    named = ["--project", project] if project else []
+    command = [sys.executable, "-m", "anomaly_counter.cli", "--store", store, *named, *args]
     if tty is None:
         return subprocess.run(command, capture_output=True, text=True, timeout=60,
                               stdin=subprocess.DEVNULL)  # fmt: skip
@@ -537,6 +539,11 @@ async def test_the_command_line_asks_first(
     assert [f.signature["alertname"] for f in (await counter.top(10)).anomalies] == ["Keep"]
     gone = _cli(store_url, "delete", "anomaly", drop, "--yes")
     assert gone.returncode == 1 and f"no anomaly '{drop}'" in gone.stderr
+    nothing = _cli(store_url, "delete", "anomaly", "NoSuchAlert", tty="NoSuchAlert")
+    assert nothing.returncode == 1 and "Type" not in nothing.stderr  # (not asked first)
+    assert "no anomaly 'NoSuchAlert' in project 'team-a'" in nothing.stderr
+    unnamed = _cli(store_url, "delete", "project", "--yes", project=None)  # (not 'default')
+    assert unnamed.returncode == 2 and "name the project to delete" in unnamed.stderr
     wrong = _cli(store_url, "delete", "project", tty="team-b")
     assert wrong.returncode == 2 and (await counter.top(10)).anomalies != []
     done = _cli(store_url, "--json", "delete", "project", "--yes")

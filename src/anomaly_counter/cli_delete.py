@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any, NoReturn
 
-from .counter import AnomalyCounter
+from .counter import AnomalyCounter, looks_like_key
 from .errors import AmbiguousAnomalyError
 from .model import AnomalyFrequency
 from .redact import redacted
@@ -43,6 +43,8 @@ async def _delete_anomaly(counter: AnomalyCounter, args: argparse.Namespace) -> 
         if found.anomaly is None and found.matches:
             _list(args, found.matches)
             _fail(f"{ref!r} matches {len(found.matches)} anomalies: name the one by its key", 1)
+        if found.anomaly is None and not looks_like_key(ref):  # (nothing to ask about)
+            _fail(f"no anomaly {ref!r} in project {project!r}", 1)
         key = found.anomaly.anomaly_key if found.anomaly is not None else ref
         what = f" ({_labels(found.anomaly.signature)})" if found.anomaly is not None else ""
         _confirm(
@@ -65,6 +67,8 @@ async def _delete_anomaly(counter: AnomalyCounter, args: argparse.Namespace) -> 
 
 async def _delete_project(counter: AnomalyCounter, args: argparse.Namespace) -> None:
     project = counter.project_id
+    if not args.project:  # (never the default project, or the settings', by omission)
+        _fail(f"name the project to delete: delete project --project {project} (and --yes)", 2)
     if not args.yes:
         _need_a_terminal(f"project {project!r}")
         _confirm(

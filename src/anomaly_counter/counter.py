@@ -646,7 +646,7 @@ class AnomalyCounter:
         """The key of the anomaly a key or a name refers to (see ``anomaly``). With
         ``known=False`` a key in the form ``hash_signature`` makes is taken as it is, seen or
         not: a repair or a fix may be written before the anomaly's first occurrence."""
-        if not known and _looks_like_key(ref):
+        if not known and looks_like_key(ref):
             return ref
         return (await self.anomaly(ref)).anomaly_key
 
@@ -1168,7 +1168,7 @@ def _record_request(
     )
 
 
-def _looks_like_key(text: str) -> bool:
+def looks_like_key(text: str) -> bool:
     """An anomaly key as hash_signature makes them: 16 hex digits."""
     return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
 
