@@ -300,6 +300,7 @@ def test_a_clock_ahead_keeps_the_real_start_in_the_id(
     [
         (["--url", "http://127.0.0.1:99999"], "port must be 1 to 65535"),
         (["--url", "http://127.0.0.1:0"], "port must be 1 to 65535"),
+        (["--url", "http://127.0.0.1/\x01"], "is not an http(s) URL"),
         (["--url", "http://127.0.0.1:9090?x=1"], "without a query (?) or fragment (#)"),
         (["--url", "http://127.0.0.1:9090/#top"], "without a query (?) or fragment (#)"),
         (["--since", "99999999999999999999d"], "too long a duration"),
@@ -318,6 +319,17 @@ def test_unusable_options_are_one_line_and_status_2(
     said = capsys.readouterr().err
     assert len(said.splitlines()) == 1 and words in said, said
     assert "Traceback" not in said
+
+
+def test_a_url_httpx_cannot_use_is_one_line_and_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host idna refuses (``xn--``): said before anything is sent, the store not made."""
+    status, out, said = in_process("--url", "http://xn--:9090", store=f"sqlite:///{tmp_path}/x.db",
+                                   capsys=capsys)  # fmt: skip
+    assert status == 2 and out == "", said
+    assert len(said.splitlines()) == 1 and "cannot use 'http://xn--:9090'" in said, said
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_argv_bytes_that_are_not_utf8_are_refused(tmp_path: Path) -> None:

@@ -29,6 +29,10 @@ class Prometheus:
 
         self.shown = redacted(url)
         self.timeout = timeout
+        try:
+            httpx.URL(url)
+        except (httpx.InvalidURL, UnicodeError) as exc:  # (UnicodeError: idna's, as for xn--)
+            raise InvalidInputError(f"cannot use {self.shown!r}: {exc}") from None
         self.skipped_series = 0  # malformed, in the answers so far
         self.skipped_samples = 0
         self._http = httpx.AsyncClient(
@@ -96,8 +100,8 @@ class Prometheus:
             raise SourceUnavailableError(
                 f"Prometheus at {self.shown} did not answer within {self.timeout:g} s"
             ) from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise InvalidInputError(f"cannot use {self.shown}: {exc}") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError) as exc:
+            raise InvalidInputError(f"cannot use {self.shown!r}: {exc}") from None
         except httpx.HTTPError as exc:  # (the connection refused, reset, or unreadable)
             raise SourceUnavailableError(
                 f"cannot reach Prometheus at {self.shown}: {exc or type(exc).__name__}"

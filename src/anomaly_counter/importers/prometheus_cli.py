@@ -86,7 +86,7 @@ def external_label_argument(text: str) -> tuple[str, str]:
 
 def url_argument(text: str) -> str:
     parts = urlsplit(_utf8(text))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or not text.isprintable():
         raise argparse.ArgumentTypeError(f"{redacted(text)!r} is not an http(s) URL")
     try:
         port = parts.port
