@@ -334,7 +334,8 @@ async def test_backfill_counts_the_history_once(prometheus: Prometheus, tmp_path
     assert summary == {
         "series": SERIES, "episodes": FOUND, "recorded": FOUND - TOO_OLD,
         "counted": FOUND - TOO_OLD - JOINED, "joined": JOINED, "already_there": 0,
-        "too_old": TOO_OLD, "refused": 0, "resolutions": FOUND - TOO_OLD - 1, "dry_run": False,
+        "too_old": TOO_OLD, "refused": 0, "resolutions": FOUND - TOO_OLD - 1, "skipped_series": 0,
+        "skipped_samples": 0, "dry_run": False,
     }  # fmt: skip
     first = await answers(store)
     assert "Old" not in first

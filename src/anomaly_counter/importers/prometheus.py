@@ -40,6 +40,7 @@ from ..counter import AnomalyCounter
 from ..errors import InvalidInputError
 from ..model import RETENTION_SECONDS, Occurrence
 from ..settings import AlertLabels
+from ..validation import MAX_FUTURE
 from .prometheus_api import Prometheus
 from .prometheus_episodes import FiringEpisode, History
 from .prometheus_syntax import selector
@@ -124,12 +125,19 @@ class Summary:
     too_old: int = 0
     refused: int = 0  # the store's checks refused it (a label value it cannot keep)
     resolutions: int = 0
+    skipped_series: int = 0  # in Prometheus's answers, malformed (a label not a string)
+    skipped_samples: int = 0  # malformed (a NaN or infinite time or activeAt)
     dry_run: bool = False
 
     def text(self) -> str:
         head = f"{self.episodes} episodes in {self.series} series"
         old = f", {self.too_old} too old (over 30 days)" if self.too_old else ""
         refused = f", {self.refused} refused" if self.refused else ""
+        if self.skipped_series or self.skipped_samples:
+            refused += (
+                f"; skipped as malformed: {self.skipped_series} series,"
+                f" {self.skipped_samples} samples"
+            )
         if self.dry_run:
             return f"dry run: {head}; {self.recorded} to record{old}{refused}; nothing stored"
         return (
@@ -144,8 +152,10 @@ def utc_from_ms(ms: int) -> datetime:
 
 
 def as_received(episode: FiringEpisode, mapping: AlertLabels, now: datetime) -> Episode | None:
-    """The episode as the receiver makes it of Alertmanager's message about it (None: too old
-    for the store)."""
+    """The episode as the receiver makes it of Alertmanager's message about it at ``now``
+    (one starting later than 5 minutes from now at 5 minutes from now, as the receiver takes a
+    sender's clock ahead of ours); None: too old for the store, or about to be (within
+    ``TOO_OLD_MARGIN`` of 30 days)."""
     from ..service.alertmanager import AlertmanagerAlert, AlertmanagerPayload, episodes
 
     ended = episode.ends_ms is not None
@@ -159,7 +169,25 @@ def as_received(episode: FiringEpisode, mapping: AlertLabels, now: datetime) -> 
     found, _ = episodes(
         AlertmanagerPayload(version="4", status="firing", alerts=[alert]), mapping, now
     )
-    return found[0] if found else None
+    # (the margin only here: the receiver's clamp of a time ahead is `now`'s, not the margin's)
+    if not found or found[0].at < now + TOO_OLD_MARGIN - MAX_SINCE:
+        return None
+    return found[0]
+
+
+def ahead_of(found: Sequence[FiringEpisode], now: datetime) -> str | None:
+    """What to say of episodes that start after 5 minutes from now (Prometheus's clock ahead
+    of ours): each is recorded as the receiver records it, but their real start is told."""
+    late = [e for e in found if utc_from_ms(e.starts_ms) > now + MAX_FUTURE]
+    if not late:
+        return None
+    first = utc_from_ms(late[0].starts_ms).isoformat(timespec="milliseconds")
+    return (
+        f"note: {len(late)} episodes start more than 5 minutes after this machine's clock"
+        f" ({now.isoformat(timespec='seconds')}; Prometheus's clock ahead of it?), the first"
+        f" {describe(late[0])} at {first}: as the receiver does, each is recorded at 5 minutes"
+        " from now, its id keeping its real start"
+    )
 
 
 async def record(
@@ -178,7 +206,7 @@ async def record(
     ended: list[tuple[str, Episode]] = []
     for start in range(0, len(found), batch_size):
         batch = found[start : start + batch_size]
-        now = datetime.now(UTC) + TOO_OLD_MARGIN
+        now = datetime.now(UTC)
         occurrences: list[tuple[Occurrence, Episode]] = []
         for episode in batch:
             left[episode.fingerprint] -= 1

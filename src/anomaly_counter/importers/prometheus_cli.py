@@ -20,9 +20,9 @@ from .prometheus import (
     DEFAULT_BATCH,
     MAX_SINCE,
     MS,
-    TOO_OLD_MARGIN,
     Progress,
     Summary,
+    ahead_of,
     as_received,
     describe,
     read_history,
@@ -59,24 +59,46 @@ def step_argument(text: str) -> timedelta:
     return step
 
 
+def _utf8(text: str) -> str:
+    """The text, when it is UTF-8 (argv bytes that are not arrive as lone surrogates, which
+    neither a query nor a fingerprint can encode)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        shown = text.encode(errors="backslashreplace").decode()
+        raise argparse.ArgumentTypeError(f"{shown!r} is not UTF-8 text") from None
+    return text
+
+
 def match_argument(text: str) -> tuple[str, ...]:
     try:
-        return parse_matchers(text)
+        return parse_matchers(_utf8(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def external_label_argument(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
+    name, sep, value = _utf8(text).partition("=")
     if not sep or not LABEL_NAME.fullmatch(name) or not value:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (a label name, a value)")
     return name, value
 
 
 def url_argument(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    parts = urlsplit(_utf8(text))
+    if parts.scheme not in ("http", "https") or not parts.hostname or not text.isprintable():
         raise argparse.ArgumentTypeError(f"{redacted(text)!r} is not an http(s) URL")
+    try:
+        port = parts.port
+    except ValueError:  # (not a number, or past 65535)
+        port = 0
+    if port == 0:
+        raise argparse.ArgumentTypeError(f"{redacted(text)!r}: the port must be 1 to 65535")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        # (the API's paths are added to the base URL: a query or fragment would not survive)
+        raise argparse.ArgumentTypeError(
+            f"{redacted(text)!r}: give Prometheus's base URL, without a query (?) or fragment (#)"
+        )
     return text
 
 
@@ -147,8 +169,12 @@ async def command(settings: Settings, args: argparse.Namespace) -> None:
         await prometheus.aclose()
         progress.clear()
     found = history.episodes(end_ms, dict(args.external_label))
+    skipped = (prometheus.skipped_series, prometheus.skipped_samples)
+    note = ahead_of(found, datetime.now(UTC))
+    if note:
+        print(note, file=sys.stderr)
     if args.dry_run:
-        _print_dry_run(found, settings.alert_labels, args.json)
+        _print_dry_run(found, settings.alert_labels, args.json, skipped)
         return
     summary = Summary()
     if found:  # (nothing found: no store to open, let alone to make)
@@ -162,12 +188,16 @@ async def command(settings: Settings, args: argparse.Namespace) -> None:
         finally:
             progress.clear()
             await counter.aclose()
+    summary.skipped_series, summary.skipped_samples = skipped
     print(json.dumps(asdict(summary)) if args.json else summary.text())
 
 
-def _print_dry_run(found: Sequence[FiringEpisode], mapping: AlertLabels, as_json: bool) -> None:
+def _print_dry_run(
+    found: Sequence[FiringEpisode], mapping: AlertLabels, as_json: bool, skipped: tuple[int, int]
+) -> None:
     summary = Summary(series=len({e.fingerprint for e in found}), episodes=len(found), dry_run=True)
-    now = datetime.now(UTC) + TOO_OLD_MARGIN
+    summary.skipped_series, summary.skipped_samples = skipped
+    now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     for episode in found:
         received = as_received(episode, mapping, now)

@@ -19,7 +19,10 @@ def parse_duration(text: str) -> timedelta:
     parts = _DURATION_PART.findall(text)
     if not text or "".join(number + unit for number, unit in parts) != text:
         raise ValueError(f"not a duration: {text!r} (such as 30d, 12h, 90m)")
-    return timedelta(milliseconds=sum(int(n) * _UNIT_MS[unit] for n, unit in parts))
+    try:
+        return timedelta(milliseconds=sum(int(n) * _UNIT_MS[unit] for n, unit in parts))
+    except OverflowError:  # (past timedelta's 999,999,999 days)
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def parse_matchers(text: str) -> tuple[str, ...]:
