@@ -329,6 +329,22 @@ async def test_a_dry_run_reports_the_same_and_writes_nothing(
         await ours.aclose()
 
 
+@pytest.mark.sqlite
+async def test_a_second_import_keeps_the_unlabeled_note(source: Source, tmp_path: Path) -> None:
+    ours = _ours(f"sqlite:///{tmp_path}/counter.db", "imported", source.now)
+    try:
+        first = await import_reference(
+            ours, source.url, source_project=SOURCE_PROJECT, now=source.now
+        )
+        again = await import_reference(
+            ours, source.url, source_project=SOURCE_PROJECT, now=source.now
+        )
+    finally:
+        await ours.aclose()
+    assert first.notes[importer.UNLABELED] == 1
+    assert again.notes == first.notes and sum(again.imported.values()) == 0
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "anomaly_counter.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=os.environ)

@@ -46,6 +46,10 @@ NO_DESCRIPTION = "(marked in the reference design; its description was not kept)
 _BATCH = 200  # anomalies planned and written together
 _CHUNK = 2_000  # occurrences per store call
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+MAX_DISPOSITIONS = 43_200
+"""Dispositions of one type imported per anomaly at most: one a minute for 30 days (our
+retention), more than any real history holds (each is a resolution of an alert). A count
+past it is junk, or a test's: its writes (one each) would take hours."""
 WHAT = ("anomalies", "occurrences", "repairs", "dispositions", "fixes")
 
 # Why something was not imported (what, why): the report's lines.
@@ -59,6 +63,9 @@ LOST_REPAIRS = "counted by the reference but no longer in its history (it keeps 
 BAD_REPAIRS = "history entries that are not JSON with an action and a time"
 MAX_ACTIONS = "actions past max_actions of their anomaly"
 UNKNOWN_TYPES = "not one of the five disposition types"
+BAD_COUNTS = "disposition fields whose count is not a whole number >= 0 (one each)"
+PAST_BOUND = f"past {MAX_DISPOSITIONS:,} of one type (one a minute for 30 days): not a real history"
+BAD_EVENTS = "events whose score is not a time (infinite, or past the year 9999)"
 LATER_FIX = "the store holds a later fix"
 EXPIRED_FIX = "older than 90 days: no longer in force"
 # What the report notes (done, but said)
@@ -109,13 +116,18 @@ class _Plan:
     fix: tuple[int, str] | None = None  # (at, description)
     occurrences: list[RecordRequest] = field(default_factory=list)
     repairs: list[tuple[Repair, str]] = field(default_factory=list)  # with their write ids
-    dispositions: list[tuple[str, str]] = field(default_factory=list)  # (type, write id)
+    # (type, first, last): the dispositions numbered first..last of that type on its day
+    dispositions: list[tuple[str, int, int]] = field(default_factory=list)
     dispositions_ms: int = 0
     there: int = 0  # what it found in the store already
 
     @property
     def empty(self) -> bool:
         return not (self.fix or self.occurrences or self.repairs or self.dispositions)
+
+    @property
+    def disposition_count(self) -> int:
+        return sum(last - first + 1 for _, first, last in self.dispositions)
 
 
 async def import_reference(
@@ -232,10 +244,14 @@ class _Importer:
         before = self.report.present.total()
         if anomaly.fix:
             plan.fix = self._fix(anomaly, snapshot)
+        if anomaly.bad_events:
+            self.report.skipped[("occurrences", BAD_EVENTS)] += anomaly.bad_events
         if anomaly.events:
             plan.occurrences = self._occurrences(anomaly, state)
         if anomaly.repairs or anomaly.bad_repairs or anomaly.repair_count:
             plan.repairs = self._repairs(anomaly, history, tried)
+        if anomaly.bad_counts:
+            self.report.skipped[("dispositions", BAD_COUNTS)] += anomaly.bad_counts
         if anomaly.dispositions:
             self._dispositions(plan, held)
         plan.there = self.report.present.total() - before
@@ -243,11 +259,10 @@ class _Importer:
 
     def _time_skip(self, what: str, at_ms: int, n: int = 1) -> bool:
         """Whether a time is refused as the library refuses it (``n`` counted as skipped)."""
-        at = datetime.fromtimestamp(at_ms / 1000, UTC)
         try:
-            validation.occurrence_time(at, self.now)
-        except OccurrenceTimeError:
-            self.report.skipped[(what, OLD if at < self.now else FUTURE)] += n
+            validation.occurrence_time(datetime.fromtimestamp(at_ms / 1000, UTC), self.now)
+        except (OccurrenceTimeError, OverflowError, ValueError, OSError):
+            self.report.skipped[(what, OLD if at_ms < self.now_ms else FUTURE)] += n
             return True
         return False
 
@@ -294,17 +309,20 @@ class _Importer:
         kept = Counter(state.tail) if state is not None else Counter[int]()
         evicted = state.evicted_max if state is not None else None
         wanted: list[tuple[str, int]] = []
+        kept_any = False
         for member, at in anomaly.events:
             if self._time_skip("occurrences", at):
                 continue
+            kept_any = True
             if kept[at] > 0:
                 kept[at] -= 1
             elif evicted is None or at > evicted:
                 wanted.append((member, at))
                 continue
             self.report.present["occurrences"] += 1
-        if not wanted:
+        if not kept_any:
             return []
+        # (noted again when they are all there already: a later import says the same)
         labels = self._signature(anomaly)
         # (the member is the event's own text in the reference: unique within its set)
         return [_record_request(anomaly.key, labels, at, f"reference:{m}") for m, at in wanted]
@@ -368,14 +386,17 @@ class _Importer:
         unknown = sum(anomaly.dispositions.values()) - sum(known.values())
         if unknown:
             report.skipped[("dispositions", UNKNOWN_TYPES)] += unknown
+        past = sum(max(0, n - MAX_DISPOSITIONS) for n in known.values())
+        if past:
+            report.skipped[("dispositions", PAST_BOUND)] += past
+        known = {k: min(n, MAX_DISPOSITIONS) for k, n in known.items()}
         if self._time_skip("dispositions", at, sum(known.values())):
             return
-        day = at // DAY_MS
         for kind, count in known.items():
             have = held.get(kind, 0)
             report.present["dispositions"] += min(have, count)
-            for n in range(have + 1, count + 1):
-                plan.dispositions.append((kind, f"reference:disposition:{day}:{kind}:{n}"))
+            if count > have:  # (numbered on, as a range: a count is not a list of writes)
+                plan.dispositions.append((kind, have + 1, count))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -387,7 +408,7 @@ class _Importer:
         imported["occurrences"] += len(plan.occurrences) - duplicates
         self.report.present["occurrences"] += duplicates
         imported["repairs"] += len(plan.repairs)
-        imported["dispositions"] += len(plan.dispositions)
+        imported["dispositions"] += plan.disposition_count
         if not plan.empty:
             imported["anomalies"] += 1
         elif plan.there:  # (nothing to write, and something found: up to date)
@@ -435,9 +456,12 @@ class _Importer:
             for repair, write_id in plan.repairs:
                 write = AnomalyWrite(key, repair.at_ms, self.now_ms, write_id, WRITER)
                 await self.store.record_repair(self.project, write, repair.action, repair.success)
-            for kind, write_id in plan.dispositions:
-                write = AnomalyWrite(key, plan.dispositions_ms, self.now_ms, write_id, WRITER)
-                await self.store.record_disposition(self.project, write, kind)
+            day = plan.dispositions_ms // DAY_MS
+            for kind, first, last in plan.dispositions:
+                for n in range(first, last + 1):
+                    write_id = f"reference:disposition:{day}:{kind}:{n}"
+                    write = AnomalyWrite(key, plan.dispositions_ms, self.now_ms, write_id, WRITER)
+                    await self.store.record_disposition(self.project, write, kind)
         except LimitExceededError:
             return False
         return True

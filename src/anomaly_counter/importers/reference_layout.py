@@ -24,6 +24,7 @@ the source.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,18 +32,25 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import InvalidResponse, ResponseError
 
-from ..errors import ConfigurationError, StoreUnavailableError
+from ..errors import (
+    ConfigurationError,
+    InvalidInputError,
+    SourceUnavailableError,
+    StoreUnavailableError,
+)
 from ..redact import redacted
+from ..stores.redis_link import Link
 
 KINDS = ("timeline", "repair_count", "repair_history", "disposition", "permanent_fix", "metadata")
 DAY_MS = 86_400_000
 TTL_MS = 35 * DAY_MS  # the lifetime it gives a disposition hash at each write
 FIX_TTL_MS = 90 * DAY_MS  # ... and a fix flag at its mark
-_BATCH = 200  # anomalies read per pipeline
+_BATCH = 200  # anomalies read per round trip
 _SCHEMES = ("redis", "rediss", "unix")
+TIMEOUT = 30.0  # seconds a read of the source may wait (its URL's socket_timeout, if given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +70,12 @@ class ReferenceAnomaly:
     shadowed: set[str] = field(default_factory=set)  # kinds whose legacy key it never reads
     unreadable: set[str] = field(default_factory=set)  # kinds whose key is of another type
     events: list[tuple[str, int]] = field(default_factory=list)  # (member, ms), oldest first
+    bad_events: int = 0  # members whose score is not a time (infinite, past year 9999)
     repair_count: int = 0  # its counter of every attempt
     repairs: list[Repair] = field(default_factory=list)  # oldest first
     bad_repairs: int = 0  # entries that are not JSON with an action and a readable time
     dispositions: dict[str, int] = field(default_factory=dict)  # type -> count (no 'total')
+    bad_counts: int = 0  # disposition fields whose count is not a whole number >= 0
     dispositions_ms: int | None = None  # the last disposition (from the hash's TTL)
     fix: bool = False
     fix_ms: int | None = None  # when it was marked (metadata, else the flag's TTL)
@@ -75,8 +85,9 @@ class ReferenceAnomaly:
     @property
     def answered(self) -> bool:
         """Whether any read of the reference answers from it (metadata alone: none)."""
-        return bool(self.events or self.repair_count or self.repairs or self.bad_repairs
-                    or self.dispositions or self.fix)  # fmt: skip
+        return bool(self.events or self.bad_events or self.repair_count or self.repairs
+                    or self.bad_repairs or self.dispositions or self.bad_counts
+                    or self.fix)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -87,38 +98,62 @@ class Layout:
     now_ms: int
 
 
-def check_url(url: str) -> str:
-    """A Redis URL the reference may live at (``redis://``, ``rediss://``, ``unix://``)."""
-    if urlsplit(url).scheme not in _SCHEMES:
+def _link(url: str) -> Link:
+    """A link to the source at ``url``: told wrong (ConfigurationError) as our stores tell a
+    store URL, with our stores' connections (which say when a server does not speak Redis)."""
+    shown = redacted(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # (a "[" of an IPv6 address not closed)
+        raise ConfigurationError(f"--from: {shown!r}: {exc}") from None
+    if parts.scheme not in _SCHEMES:
         raise ConfigurationError(
-            f"--from: {redacted(url)!r} is not a Redis URL"
-            f" ({', '.join(s + '://' for s in _SCHEMES)})"
+            f"--from: {shown!r} is not a Redis URL ({', '.join(s + '://' for s in _SCHEMES)})"
         )
-    return url
+    if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
+        # (redis-py would ignore it, and read database 0)
+        raise ConfigurationError(f"--from: the path of {shown!r} must be a database number")
+    try:
+        pool = ConnectionPool.from_url(url)  # (it parses the URL; it opens nothing)
+        timeout = pool.connection_kwargs.get("socket_timeout") or TIMEOUT
+        return Link(pool, float(timeout), name=f"the reference's Redis at {shown}")
+    except ValueError as exc:  # (a port out of range, an option that is not a number)
+        raise ConfigurationError(f"--from: {shown!r}: {exc}") from None
+    except ConfigurationError as exc:  # (the link's words are a store URL's)
+        raise ConfigurationError(f"--from: {exc}".replace("setting store_url: ", "")) from None
 
 
 async def read_layout(url: str, project: str, zone: tzinfo | None = None) -> Layout:
     """Every anomaly the reference's ``project`` holds at ``url``; its naive local times read
-    in ``zone`` (None: this machine's)."""
-    client = aioredis.Redis.from_url(check_url(url))
+    in ``zone`` (None: this machine's). A URL that is wrong: ConfigurationError; a server that
+    is not Redis: InvalidInputError; one that cannot be read: SourceUnavailableError."""
+    link = _link(url)
+    shown = redacted(url)
     try:
-        now_ms = _ms_of_time(await client.time())
-        found = await _scan(client, project)
+        now_ms = _ms_of_time((await link.round_trip([("TIME",)]))[0])
+        found = await _scan(link, project)
         anomalies: list[ReferenceAnomaly] = []
         keys = sorted(found)
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
-            anomalies += await _read(client, project, batch, found, now_ms, zone)
+            anomalies += await _read(link, project, batch, found, now_ms, zone)
         return Layout(anomalies, now_ms)
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailableError(
-            f"the reference's Redis at {redacted(url)} cannot be read: {exc}"
-        ) from exc
+    except StoreUnavailableError as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause.__cause__, InvalidResponse):
+            raise InvalidInputError(f"--from: {cause}") from None
+        raise SourceUnavailableError(
+            f"the reference's Redis at {shown} cannot be read: {cause}"
+        ) from None
+    except InvalidResponse as exc:
+        raise InvalidInputError(f"--from: {shown} does not speak Redis ({exc})") from None
     finally:
-        await client.aclose()
+        await link.aclose()
 
 
 def _ms_of_time(reply: Any) -> int:
+    if isinstance(reply, Exception):
+        raise SourceUnavailableError(f"the reference's Redis refused TIME: {reply}")
     seconds, micros = reply
     return int(seconds) * 1000 + int(micros) // 1000
 
@@ -128,15 +163,24 @@ def _glob(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
-async def _scan(client: aioredis.Redis, project: str) -> dict[str, dict[str, set[bool]]]:
+async def _scan(link: Link, project: str) -> dict[str, dict[str, set[bool]]]:
     """Anomaly key -> kind -> which sides hold a key of it (True: prefixed)."""
     found: dict[str, dict[str, set[bool]]] = {}
     for prefixed, head in ((True, f"{project}:anomaly:"), (False, "anomaly:")):
-        async for raw in client.scan_iter(match=_glob(head) + "*", count=1000):
-            name = raw.decode("utf-8", "surrogateescape")
-            kind, _, key = name[len(head) :].partition(":")
-            if kind in KINDS and key:
-                found.setdefault(key, {}).setdefault(kind, set()).add(prefixed)
+        cursor: Any = b"0"
+        while True:
+            scan = ("SCAN", cursor, "MATCH", _glob(head) + "*", "COUNT", 1000)
+            (reply,) = await link.round_trip([scan])
+            if isinstance(reply, Exception):
+                raise SourceUnavailableError(f"the reference's Redis refused SCAN: {reply}")
+            cursor, names = reply
+            for raw in names:
+                name = raw.decode("utf-8", "surrogateescape")
+                kind, _, key = name[len(head) :].partition(":")
+                if kind in KINDS and key:
+                    found.setdefault(key, {}).setdefault(kind, set()).add(prefixed)
+            if cursor in (b"0", 0, "0"):
+                break
     return found
 
 
@@ -145,14 +189,14 @@ def _name(project: str, kind: str, key: str, prefixed: bool) -> str:
 
 
 async def _read(
-    client: aioredis.Redis,
+    link: Link,
     project: str,
     keys: Sequence[str],
     found: dict[str, dict[str, set[bool]]],
     now_ms: int,
     zone: tzinfo | None,
 ) -> list[ReferenceAnomaly]:
-    pipe = client.pipeline(transaction=False)
+    commands: list[tuple[Any, ...]] = []
     asked: list[tuple[ReferenceAnomaly, str, bool]] = []
     anomalies = []
     for key in keys:
@@ -170,27 +214,27 @@ async def _read(
                     continue
                 name = _name(project, kind, key, prefixed)
                 if kind == "timeline":
-                    pipe.zrange(name, 0, -1, withscores=True)
+                    commands.append(("ZRANGE", name, 0, -1, "WITHSCORES"))
                 elif kind in ("repair_count", "permanent_fix"):
-                    pipe.get(name)
+                    commands.append(("GET", name))
                 elif kind == "repair_history":
-                    pipe.lrange(name, 0, -1)
+                    commands.append(("LRANGE", name, 0, -1))
                 else:
-                    pipe.hgetall(name)
+                    commands.append(("HGETALL", name))
                 asked.append((anomaly, kind, prefixed))
                 if kind in ("disposition", "permanent_fix"):
-                    pipe.pttl(name)
+                    commands.append(("PTTL", name))
                     asked.append((anomaly, kind + ":ttl", prefixed))
-    replies = await pipe.execute(raise_on_error=False)
+    replies = await link.round_trip(commands) if commands else []
     metadata: dict[str, dict[bool, dict[bytes, bytes]]] = {}
     for (anomaly, kind, prefixed), reply in zip(asked, replies, strict=True):
         if isinstance(reply, ResponseError):  # (WRONGTYPE: not a key the reference made)
             anomaly.unreadable.add(kind.partition(":")[0])
         elif isinstance(reply, Exception):
-            raise reply
+            raise SourceUnavailableError(f"the reference's Redis refused a read: {reply}")
         elif reply is not None:
             if kind == "metadata":
-                metadata.setdefault(anomaly.key, {})[prefixed] = reply
+                metadata.setdefault(anomaly.key, {})[prefixed] = dict(_fields(reply))
             else:
                 _take(anomaly, kind, reply, now_ms, zone)
     for anomaly in anomalies:
@@ -202,9 +246,12 @@ def _take(
     anomaly: ReferenceAnomaly, kind: str, reply: Any, now_ms: int, zone: tzinfo | None
 ) -> None:
     if kind == "timeline":
-        anomaly.events = [
-            (m.decode("utf-8", "backslashreplace"), round(float(s) * 1000)) for m, s in reply
-        ]
+        for member, score in _pairs(reply):
+            at_ms = _score_ms(score)
+            if at_ms is None:
+                anomaly.bad_events += 1
+            else:
+                anomaly.events.append((member.decode("utf-8", "backslashreplace"), at_ms))
     elif kind == "repair_count":
         anomaly.repair_count = _int(reply)
     elif kind == "repair_history":
@@ -215,9 +262,14 @@ def _take(
             else:
                 anomaly.repairs.append(repair)
     elif kind == "disposition":
-        anomaly.dispositions = {
-            name.decode(): _int(value) for name, value in reply.items() if name != b"total"
-        }
+        for name, value in _fields(reply):
+            count = _count(value)
+            if name == b"total":
+                continue
+            if count is None:
+                anomaly.bad_counts += 1
+            else:  # (a name not UTF-8 is no type of the five: reported as unknown)
+                anomaly.dispositions[name.decode("utf-8", "backslashreplace")] = count
     elif kind == "disposition:ttl":
         anomaly.dispositions_ms = now_ms - (TTL_MS - reply) if reply >= 0 else None
     elif kind == "permanent_fix":
@@ -250,6 +302,42 @@ def _int(raw: Any) -> int:
         return 0
 
 
+def _count(raw: Any) -> int | None:
+    """A disposition count as HINCRBY leaves it; None for anything else (-3, "abc")."""
+    try:
+        count = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return count if count >= 0 else None
+
+
+def _pairs(reply: Any) -> list[tuple[bytes, Any]]:
+    """ZRANGE WITHSCORES's (member, score) pairs: pairs in RESP3, flat in RESP2."""
+    if reply and not isinstance(reply[0], list):
+        return list(zip(reply[::2], reply[1::2], strict=True))
+    return [(member, score) for member, score in reply]
+
+
+def _fields(reply: Any) -> list[tuple[bytes, Any]]:
+    """HGETALL's fields: a map in RESP3, flat in RESP2."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _score_ms(score: Any) -> int | None:
+    """A timeline score (seconds) in milliseconds; None when it is no time a date can have
+    (``+inf``, ``1e300``: the reference never writes one)."""
+    try:
+        seconds = float(score)
+        if not math.isfinite(seconds):
+            return None
+        datetime.fromtimestamp(seconds, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return round(seconds * 1000)
+
+
 def _signature(raw: bytes) -> dict[str, Any] | None:
     try:
         signature = json.loads(raw)
@@ -278,8 +366,8 @@ def _local_ms(text: bytes, zone: tzinfo | None) -> int | None:
     in its host's local time (``zone``; None: this machine's)."""
     try:
         moment = datetime.fromisoformat(text.decode())
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone) if zone is not None else moment.astimezone()
-    return round(moment.astimezone(UTC).timestamp() * 1000)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=zone) if zone is not None else moment.astimezone()
+        return round(moment.astimezone(UTC).timestamp() * 1000)
+    except (UnicodeDecodeError, ValueError, OverflowError, OSError):
+        return None  # (not a time, or one no zone can move: "0001-01-01T00:00:00")
