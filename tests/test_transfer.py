@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import stat
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -176,9 +180,9 @@ async def test_a_project_moves_sqlite_to_redis_to_cluster_with_identical_answers
         _same(expected, await _reads(cluster, clock), "redis -> cluster")
         # an export of the copy is the export of the original (but for its time)
         assert text.splitlines()[1:] == again.splitlines()[1:]
-        # imported twice: the same
+        # imported twice (asked to replace): the same
         buffer = io.StringIO(again)
-        await import_project(cluster, buffer, now=clock.now)
+        await import_project(cluster, buffer, replace=True, now=clock.now)
         _same(expected, await _reads(cluster, clock), "imported twice")
         # later, the three go on alike: an id counted before the move is not counted again,
         # a new occurrence is, on each
@@ -208,9 +212,14 @@ async def test_an_import_past_max_anomalies_stops_and_says_so(
         await source.aclose()
     target = make_counter(project_limits={PROJECT: Limits(max_anomalies=16)})
     buffer.seek(0)
-    with pytest.raises(LimitExceededError, match="importing the file again is safe"):
+    with pytest.raises(LimitExceededError, match="again with --replace") as refused:
         await import_project(target, buffer)
-    assert len((await target.top(50, "1h")).anomalies) <= 16
+    # what it says is what is true: what was written, and the limit
+    held = len((await target.top(50, "1h")).anomalies)
+    said = re.search(r"may hold (\d+) .* (\d+) anomalies of the file found no room, .* with"
+                     r" (\d+) anomalies of the file written", str(refused.value))  # fmt: skip
+    assert said is not None, refused.value
+    assert [int(n) for n in said.groups()] == [16, 40 - held, held] and 0 < held <= 16
 
 
 # -- the command line -----------------------------------------------------------------------
@@ -314,3 +323,222 @@ def test_another_projects_export_goes_only_where_it_is_named(
     }
     _, out, _ = run(capsys, "--project", "elsewhere", "--json", "top", store=target)
     assert [row["count"] for row in json.loads(out)] == [2]
+
+
+# -- defects found by QA (docs/export-import.md says what an import refuses) -----------------
+
+
+def _token(capsys: Any, store: str, project: str, *scope: str) -> dict[str, Any]:
+    status, out, err = run(capsys, "--project", project, "--json", "token", "create",
+                           "--label", "bot", *scope, store=store)  # fmt: skip
+    assert status == 0, err
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def _tokens(capsys: Any, store: str) -> list[dict[str, Any]]:
+    status, out, err = run(capsys, "--json", "token", "list", "--all", store=store)
+    assert status == 0, err
+    listed: list[dict[str, Any]] = json.loads(out)
+    return sorted(listed, key=lambda t: (t["project"], t["token_id"]))
+
+
+def test_an_import_never_takes_another_projects_tokens(tmp_path: Path, capsys: Any) -> None:
+    store = f"sqlite:///{tmp_path}/one.db"
+    assert run(capsys, "--project", "payments", "record", "--alert-name", "X", store=store)[0] == 0
+    _token(capsys, store, "payments")
+    victim = _token(capsys, store, "victim", "--admin")
+    file = tmp_path / "payments.jsonl"
+    status, _, err = run(capsys, "--project", "payments", "export", "--tokens", "--output",
+                         str(file), store=store)  # fmt: skip
+    assert status == 0, err
+    before = _tokens(capsys, store)
+    # a copy of the project, with its tokens: refused whole, the tokens stay where they are
+    status, _, err = run(capsys, "--project", "payments-staging", "import", "jsonl", str(file),
+                         store=store)  # fmt: skip
+    assert status == 2 and "export it without --tokens" in err and len(err.splitlines()) == 1
+    assert _tokens(capsys, store) == before
+    status, out, err = run(capsys, "--project", "payments-staging", "--json", "top", store=store)
+    assert json.loads(out) == []
+    # a crafted file naming another project's token id: refused, that token untouched
+    lines = file.read_text().splitlines()
+    mine = json.loads(next(line for line in lines if '"type":"token"' in line))
+    crafted = {**mine, "token_id": victim["token_id"], "admin": True}
+    lines = [line if '"type":"token"' not in line else json.dumps(crafted) for line in lines]
+    lines[1:-1] = [line for line in lines[1:-1] if '"type":"anomaly"' not in line]
+    lines[0] = lines[0].replace('"payments"', '"attacker"')
+    lines[-1] = json.dumps({"type": "end", "anomalies": 0, "tokens": 1})
+    (tmp_path / "crafted.jsonl").write_text("\n".join(lines) + "\n")
+    status, _, err = run(capsys, "--project", "attacker", "import", "jsonl",
+                         str(tmp_path / "crafted.jsonl"), store=store)  # fmt: skip
+    assert status == 2 and "belongs to another project" in err, err
+    assert _tokens(capsys, store) == before
+    # into its own project (again): its own tokens, kept
+    status, _, err = run(capsys, "--project", "payments", "import", "jsonl", "--replace",
+                         str(file), store=store)  # fmt: skip
+    assert status == 0, err
+    assert _tokens(capsys, store) == before
+
+
+def test_export_output_never_replaces_the_store_nor_what_is_not_a_file(
+    tmp_path: Path, capsys: Any
+) -> None:
+    database = tmp_path / "big.db"
+    store = f"sqlite:///{database}"
+    assert run(capsys, "record", "--alert-name", "X", store=store)[0] == 0
+    for output in (database, Path(f"{database}-wal"), tmp_path / "link.db"):
+        if output.name == "link.db":
+            output.symlink_to(database)
+        status, _, err = run(capsys, "export", "--output", str(output), store=store)
+        assert status == 2 and "the store's own file" in err and len(err.splitlines()) == 1
+    assert run(capsys, "--json", "top", store=store)[1].count('"count"') == 1  # (intact)
+    assert database.read_bytes().startswith(b"SQLite format 3")
+    # a device: written through (and a full disk is an error), not renamed over
+    status, _, err = run(capsys, "export", "--output", "/dev/full", store=store)
+    assert status == 2 and "cannot write /dev/full" in err and len(err.splitlines()) == 1
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    # a symbolic link to a file: the file it names is written, the link stays
+    (tmp_path / "real.jsonl").write_text("")
+    (tmp_path / "via.jsonl").symlink_to(tmp_path / "real.jsonl")
+    assert run(capsys, "export", "--output", str(tmp_path / "via.jsonl"), store=store)[0] == 0
+    assert (tmp_path / "via.jsonl").is_symlink()
+    assert (tmp_path / "real.jsonl").read_text().count("\n") == 4
+    # a FIFO: written through to its reader
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
+    reader.start()
+    status, _, err = run(capsys, "export", "--output", str(fifo), store=store)
+    reader.join(10)
+    assert status == 0, err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and read[0].count("\n") == 4
+
+
+_BIG = 10**20
+_ANOMALY_CHANGES: list[tuple[str, Any]] = [
+    ("incident", "garbage"),
+    ("flap", "garbage"),
+    ("flap", "1,2,3"),
+    ("first_seen", -(10**15)),
+    ("last_seen", _BIG),
+    ("level", 99),
+    ("key", "two\nlines"),
+    ("key", "nul\x00"),
+    ("key", "k" * 10_000),
+    ("key", ""),
+    ("signature", "not json"),
+    ("signature", "[1,2,3]"),
+    ("signature", '{"service": "x", "bad": [1]}'),
+    ("state", {"tail": [_BIG], "evicted_max": None, "newest": None, "rings": [[], [], [], []]}),
+    ("state", {"tail": [1], "evicted_max": None, "newest": 1, "rings": [[[-5, 1]], [], [], []]}),
+    ("state", {"tail": [], "evicted_max": None, "newest": None, "rings": [[], [], [], []]}),
+    ("repairs", [{"action": "a", "success": True, "at_ms": _BIG, "until_ms": None,
+                  "back_ms": None}]),
+    ("repairs", [{"action": "a\n", "success": True, "at_ms": 1, "until_ms": None,
+                  "back_ms": None}]),
+    ("scores", {"1h": _BIG}),
+    ("open_episodes", {"fp": [_BIG, 1]}),
+    ("marks", {"w1": ["1-1", _BIG]}),
+    ("ids", {"not hex": 1}),
+    ("days", [[-1, "d:auto_repair", 1]]),
+    ("timeline", ["garbage"]),
+    ("timeline", ["f\x1f" + str(_BIG)]),
+    ("fix", {"at": _BIG, "description": "d", "by": None}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "value"), _ANOMALY_CHANGES)
+def test_an_anomaly_line_the_library_would_not_write_is_refused(
+    tmp_path: Path, capsys: Any, exported: list[str], field: str, value: Any
+) -> None:
+    anomaly = json.loads(exported[1])
+    anomaly[field] = value
+    _refused_whole(tmp_path, capsys, [exported[0], json.dumps(anomaly), *exported[2:]], "line 2")
+
+
+@pytest.mark.parametrize(
+    "days", [{"-1": {"e:1": 1}}, {"20000": {"e:1": _BIG}}, {"x": {"e:1": 1}}, {"1": {"": 1}}]
+)
+def test_a_summary_line_out_of_range_is_refused(
+    tmp_path: Path, capsys: Any, exported: list[str], days: dict[str, Any]
+) -> None:
+    summary = json.dumps({"type": "summary", "days": days})
+    _refused_whole(tmp_path, capsys, [*exported[:2], summary, *exported[3:]], "line 3")
+
+
+def test_a_token_line_out_of_range_is_refused(tmp_path: Path, capsys: Any) -> None:
+    token = {"type": "token", "token_id": "0123456789abcdef", "digest": "ab" * 32,
+             "created_ms": _BIG, "label": "x", "read_only": False, "admin": False}  # fmt: skip
+    header = {"format": "anomaly-counter-export", "version": 1, "project": "ops"}
+    end = {"type": "end", "anomalies": 0, "tokens": 1}
+    lines = [json.dumps(header), json.dumps(token), json.dumps(end)]
+    _refused_whole(tmp_path, capsys, lines, "line 2")
+
+
+def _refused_whole(tmp_path: Path, capsys: Any, lines: list[str], where: str) -> None:
+    target = f"sqlite:///{tmp_path}/b.db"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    status, _, err = run(capsys, "--project", "ops", "import", "jsonl", str(bad), store=target)
+    assert status == 2, err
+    assert f"bad.jsonl: {where}: not an export line" in err and len(err.splitlines()) == 1, err
+    _, out, err = run(capsys, "--project", "ops", "--json", "top", store=target)
+    assert "nothing was ever recorded there" in err or json.loads(out) == []  # nothing written
+
+
+def test_an_import_over_anomalies_the_project_holds_needs_replace(
+    tmp_path: Path, capsys: Any, exported: list[str]
+) -> None:
+    target = f"sqlite:///{tmp_path}/b.db"
+    text = "\n".join(exported) + "\n"
+    assert run(capsys, "--project", "ops", "record", "--alert-name", "X", store=target)[0] == 0
+    status, _, err = run(capsys, "--project", "ops", "import", "jsonl", "-", store=target,
+                         stdin=text)  # fmt: skip
+    assert status == 2 and "holds 1 of the anomalies" in err and "--replace" in err
+    _, out, _ = run(capsys, "--project", "ops", "--json", "top", store=target)
+    assert [row["count"] for row in json.loads(out)] == [1]  # (its own, untouched)
+    status, _, err = run(capsys, "--project", "ops", "import", "jsonl", "--replace", "-",
+                         store=target, stdin=text)  # fmt: skip
+    assert status == 0, err
+    _, out, _ = run(capsys, "--project", "ops", "--json", "top", store=target)
+    assert [row["count"] for row in json.loads(out)] == [2]  # (the file's)
+
+
+def test_an_import_reads_a_pipe_by_its_name(tmp_path: Path, exported: list[str]) -> None:
+    store = f"sqlite:///{tmp_path}/b.db"
+    text = "\n".join(exported) + "\n"
+    done = cli("--project", "ops", "import", "jsonl", "/dev/stdin", store=store, stdin=text)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "imported 1 anomalies into project ops\n"
+
+
+def test_the_max_anomalies_refusal_says_what_was_written(
+    tmp_path: Path, store_url: str, capsys: Any
+) -> None:
+    source = f"sqlite:///{tmp_path}/a.db"
+    for n in range(11):
+        assert run(capsys, "--project", "ops", "record", "--alert-name", f"A{n}",
+                   store=source)[0] == 0  # fmt: skip
+    text = run(capsys, "--project", "ops", "export", store=source)[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANOMALY_COUNTER_LIMIT_MAX_ANOMALIES", "5")
+        status, _, err = run(capsys, "--project", "ops", "import", "jsonl", "-", store=store_url,
+                             stdin=text)  # fmt: skip
+    assert status == 2 and len(err.splitlines()) == 1, err
+    _, out, _ = run(capsys, "--project", "ops", "--json", "top", "--limit", "50", store=store_url)
+    held = len(json.loads(out)) if out else 0
+    assert f"may hold 5 distinct anomalies (limit max_anomalies): {11 - held} anomalies" in err
+    assert f"stopped with {held} anomalies of the file written" in err, (held, err)
+
+
+def test_the_project_named_by_the_environment_counts_as_named(
+    tmp_path: Path, capsys: Any, exported: list[str]
+) -> None:
+    store = f"sqlite:///{tmp_path}/b.db"
+    text = "\n".join(exported) + "\n"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANOMALY_COUNTER_PROJECT", "ops")
+        status, out, err = run(capsys, "import", "jsonl", "-", store=store, stdin=text)
+    assert status == 0, err
+    assert out == "imported 1 anomalies into project ops\n"

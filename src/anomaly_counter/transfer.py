@@ -16,21 +16,27 @@ An export is one JSON object per line:
 The notices waiting in the outbox, and the dead letters, are not exported: a notice belongs to
 the store that delivers it.
 
-An import checks the whole file before it writes anything, then writes each anomaly in one
-atomic store call that REPLACES what the target held of it: importing a file twice leaves the
-same state. Every read answers the same on the target as it did on the source.
+An import checks the whole file before it writes anything (each line as the library checks
+its own writes: transfer_checks), refuses to take what is not the file's (another project's
+tokens; the target's anomalies, unless asked to replace them), then writes each anomaly in
+one atomic store call that REPLACES what the target held of it: importing a file twice (with
+``replace``) leaves the same state. Every read answers the same on the target as it did on
+the source.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from . import transfer_checks as checks
 from .counter import AnomalyCounter
-from .errors import AnomalyCounterError, InvalidInputError
+from .errors import AnomalyCounterError, InvalidInputError, LimitExceededError
 from .stores.image import AnomalyImage
 from .tokens import TokenRecord
 from .validation import project_id
@@ -112,10 +118,17 @@ def _parse(number: int, text: str, name: str) -> _Parsed:
             raise ValueError("not a JSON object")
         kind = data.get("type")
         if kind == "anomaly":
-            return _Parsed(kind, image=AnomalyImage.from_fields(data))
+            image = AnomalyImage.from_fields(data)
+            checks.check_image(image)
+            return _Parsed(kind, image=image)
         if kind == "summary":
             days = {
-                int(day): {str(k): _count(n) for k, n in names.items()}
+                checks.day(_day_number(day)): {
+                    checks.text(_string(k), "a day counter's name"): checks.count(
+                        _count(n), "a day counter"
+                    )
+                    for k, n in names.items()
+                }
                 for day, names in data["days"].items()
             }
             return _Parsed(kind, days=days)
@@ -130,11 +143,12 @@ def _parse(number: int, text: str, name: str) -> _Parsed:
                 raise ValueError(
                     "a token's created_ms is an integer, read_only and admin true or false"
                 )
+            checks.check_token(token)
             return _Parsed(kind, token=token)
         if kind == "end":
             return _Parsed(kind, counted=(_count(data["anomalies"]), _count(data["tokens"])))
         raise ValueError(f"unknown line type {kind!r}")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise InvalidInputError(f"{name}: line {number}: not an export line ({detail})") from None
 
@@ -143,6 +157,18 @@ def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{value!r} is not a count")
     return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
+
+
+def _day_number(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or len(value) > 12:
+        raise ValueError(f"{value[:40]!r} is not a day number")
+    return int(value)
 
 
 def _header(text: str, name: str) -> str:
@@ -179,22 +205,38 @@ def _lines(source: IO[str], name: str) -> Iterator[tuple[int, _Parsed]]:
         raise InvalidInputError(f"{name}: the file is cut short (no end line)")
 
 
-def check_export(source: IO[str], name: str) -> str:
-    """Read a whole export without writing anything: the project it holds, or
-    InvalidInputError for the first thing wrong (naming its line)."""
+@dataclass(slots=True)
+class Checked:
+    """What a whole export holds, read and checked (nothing written)."""
+
+    project: str
+    anomaly_keys: list[str]
+    token_ids: list[str]
+
+
+def check_export(source: IO[str], name: str) -> Checked:
+    """Read a whole export without writing anything: what it holds, or InvalidInputError for
+    the first thing wrong (naming its line)."""
     project = _header(source.readline(), name)
-    anomalies = tokens = 0
+    keys: list[str] = []
+    token_ids: list[str] = []
+    seen: set[str] = set()
     for number, parsed in _lines(source, name):
-        if parsed.kind == "anomaly":
-            anomalies += 1
-        elif parsed.kind == "token":
-            tokens += 1
-        elif parsed.kind == "end" and parsed.counted != (anomalies, tokens):
+        if parsed.image is not None:
+            key = parsed.image.anomaly_key
+            if key in seen:
+                raise InvalidInputError(f"{name}: line {number}: anomaly {key!r} a second time")
+            seen.add(key)
+            keys.append(key)
+        elif parsed.token is not None:
+            token_ids.append(parsed.token["token_id"])
+        elif parsed.kind == "end" and parsed.counted != (len(keys), len(token_ids)):
             raise InvalidInputError(
                 f"{name}: line {number}: the end line counts {parsed.counted[0]} anomalies"
-                f" and {parsed.counted[1]} tokens; the file holds {anomalies} and {tokens}"
+                f" and {parsed.counted[1]} tokens; the file holds {len(keys)} and"
+                f" {len(token_ids)}"
             )
-    return project
+    return Checked(project, keys, token_ids)
 
 
 async def import_project(
@@ -203,19 +245,28 @@ async def import_project(
     *,
     name: str = "-",
     explicit: bool = False,
+    replace: bool = False,
     now: datetime | None = None,
 ) -> Moved:
-    """Import an export (a seekable text file) into the counter's project: checked whole
-    first (InvalidInputError, nothing written), then written (the anomalies in batches, each
-    atomically). ``explicit``: the counter's project was named by the caller, so an export of
-    another project may go there; otherwise the projects must match."""
-    exported = check_export(source, name)
+    """Import an export into the counter's project: checked whole first (InvalidInputError,
+    nothing written), then written (the anomalies in batches, each atomically). A source that
+    cannot be read twice (a pipe) is kept in a temporary file first.
+
+    ``explicit``: the counter's project was named by the caller, so an export of another
+    project may go there (without its API tokens: those stay with their project); otherwise
+    the projects must match. ``replace``: anomalies of the file the project holds already
+    are replaced by the file's (an import again after one that stopped half-way); otherwise
+    the import is refused when it holds any."""
+    if not source.seekable():
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as kept:
+            shutil.copyfileobj(source, kept)
+            kept.seek(0)
+            return await import_project(
+                counter, kept, name=name, explicit=explicit, replace=replace, now=now
+            )
+    checked = check_export(source, name)
+    await _refusals(counter, checked, name, explicit=explicit, replace=replace)
     project = counter.project_id
-    if exported != project and not explicit:
-        raise InvalidInputError(
-            f"{name} is an export of project {exported!r}, not of {project!r}: name the"
-            " target project (--project) to import it there"
-        )
     store, policy = counter.store, counter.write_policy
     now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
     source.seek(0)
@@ -229,21 +280,74 @@ async def import_project(
                 if len(batch) < _BATCH:
                     continue
             if batch:  # (a whole batch, or the last: the other lines follow the anomalies)
-                await store.import_anomalies(project, batch, policy, now_ms)
-                anomalies, batch = anomalies + len(batch), []
+                written = await store.import_anomalies(project, batch, policy, now_ms)
+                anomalies += written
+                if written < len(batch):
+                    raise _no_room(project, policy.max_anomalies, anomalies, len(batch) - written)
+                batch = []
             if parsed.kind == "summary" and parsed.days is not None:
                 await store.import_summary(project, parsed.days, now_ms)
                 days = len(parsed.days)
             elif parsed.token is not None:
+                # (checked above: the id is this project's, or unknown to the store)
                 record = TokenRecord(project=project, **parsed.token)
                 if await store.get_token(record.token_id) is not None:  # (imported before)
                     await store.revoke_token(record.token_id)
                 await store.save_token(record)
                 tokens += 1
+    except LimitExceededError:
+        raise
     except AnomalyCounterError as exc:
-        # (said in the one line the caller shows: what is in, and that doing it again is safe)
+        # (said in the one line the caller shows: what is in, and how to finish)
         exc.args = (
-            f"{exc} (after {anomalies} anomalies were imported; importing the file again is safe)",
+            f"{exc} (after {anomalies} anomalies were imported: import the file again with"
+            " --replace to finish)",
         )
         raise
     return Moved(project, anomalies, tokens, days)
+
+
+async def _refusals(
+    counter: AnomalyCounter, checked: Checked, name: str, *, explicit: bool, replace: bool
+) -> None:
+    """InvalidInputError, before anything is written, for an import that would take what is
+    not the file's: another project's place, tokens or anomalies."""
+    project, store = counter.project_id, counter.store
+    if checked.project != project and not explicit:
+        raise InvalidInputError(
+            f"{name} is an export of project {checked.project!r}, not of {project!r}: name the"
+            " target project (--project) to import it there"
+        )
+    if checked.token_ids and checked.project != project:
+        raise InvalidInputError(
+            f"{name} holds {len(checked.token_ids)} API tokens of project {checked.project!r}:"
+            f" a token stays with its project, so none is imported into {project!r}; to copy"
+            " a project, export it without --tokens (and make new tokens for the copy)"
+        )
+    for token_id in checked.token_ids:
+        held = await store.get_token(token_id)
+        if held is not None and held.project != project:
+            raise InvalidInputError(
+                f"{name}: token {token_id} belongs to another project of this store: nothing"
+                " was imported"
+            )
+    if replace or not checked.anomaly_keys:
+        return
+    held_keys = await store.held_anomalies(project, checked.anomaly_keys)
+    if held_keys:
+        raise InvalidInputError(
+            f"project {project} holds {len(held_keys)} of the anomalies of {name} already"
+            f" (such as {held_keys[0]}): an import does not merge histories. Nothing was"
+            " written; --replace replaces them with the file's (as when importing again a"
+            " file whose import stopped half-way)"
+        )
+
+
+def _no_room(project: str, limit: int, written: int, refused: int) -> LimitExceededError:
+    return LimitExceededError(
+        f"project {project} may hold {limit} distinct anomalies (limit max_anomalies):"
+        f" {refused} anomalies of the file found no room, and the import stopped with"
+        f" {written} anomalies of the file written; raise the limit, then import the file"
+        " again with --replace",
+        "max_anomalies",
+    )

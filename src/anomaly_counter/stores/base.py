@@ -408,13 +408,18 @@ class Store(ABC):
 
     async def import_anomalies(
         self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
-    ) -> None:
+    ) -> int:
         """Write anomalies as their images have them, each atomically (in one round trip, or
         one transaction, where the store can): its state is REPLACED (an image written twice
         leaves the same state), then its index entries are set as a write would have left them
         (windows, dispositions, chronic, flapping, search, its place among
-        ``policy.max_anomalies``: LimitExceededError when a new one has none, and that one is
-        not written). Their keys live as if written at ``now_ms``."""
+        ``policy.max_anomalies``: a new one with no place is not written). Their keys live as
+        if written at ``now_ms``. How many were written (fewer than given: some found no
+        place)."""
+        raise StoreError(f"{type(self).__name__} cannot import")
+
+    async def held_anomalies(self, project: str, anomaly_keys: Sequence[str]) -> list[str]:
+        """Those of the keys the project holds an anomaly of (as an export would list it)."""
         raise StoreError(f"{type(self).__name__} cannot import")
 
     async def import_summary(

@@ -870,7 +870,7 @@ class RedisScripts(Store):
 
     async def import_anomalies(
         self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
-    ) -> None:
+    ) -> int:
         calls = []
         for image in images:
             keys = _keys(self._prefix, project, image.anomaly_key)
@@ -886,8 +886,18 @@ class RedisScripts(Store):
                     terms]  # fmt: skip
             calls.append(([keys.meta], args))
         placed = await self._eval("import", calls) if calls else []
-        if not all(placed):
-            raise anomaly_limit_error(project, policy.max_anomalies)
+        return sum(1 for done in placed if done)
+
+    async def held_anomalies(self, project: str, anomaly_keys: Sequence[str]) -> list[str]:
+        # (held: with a state, as export.lua takes it)
+        held: list[str] = []
+        for start in range(0, len(anomaly_keys), _EXPORT_BATCH):
+            part = anomaly_keys[start : start + _EXPORT_BATCH]
+            replies = await self._queries(
+                [("HEXISTS", _keys(self._prefix, project, key).meta, "st") for key in part]
+            )
+            held += [key for key, there in zip(part, replies, strict=True) if there]
+        return sorted(held)
 
     async def import_summary(
         self, project: str, days: dict[int, dict[str, int]], now_ms: int

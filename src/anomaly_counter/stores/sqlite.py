@@ -1782,12 +1782,29 @@ class SQLiteStore(Store):
 
     async def import_anomalies(
         self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
-    ) -> None:
-        def work(db: sqlite3.Connection) -> None:  # (one transaction: one sync to disk)
-            for image in images:
-                self._import(db, project, image, policy, now_ms)
+    ) -> int:
+        def work(db: sqlite3.Connection) -> int:  # (one transaction: one sync to disk)
+            return sum(self._import(db, project, image, policy, now_ms) for image in images)
 
-        await self._run(self._write, work)
+        return await self._run(self._write, work)
+
+    async def held_anomalies(self, project: str, anomaly_keys: Sequence[str]) -> list[str]:
+        def read() -> list[str]:
+            db = self._connection()
+            held: list[str] = []
+            for start in range(0, len(anomaly_keys), 500):  # (SQLite's bound on parameters)
+                part = anomaly_keys[start : start + 500]
+                held += [
+                    key
+                    for (key,) in db.execute(
+                        "SELECT anomaly_key FROM anomalies WHERE project = ? AND anomaly_key IN"
+                        f" ({', '.join('?' * len(part))})",
+                        (project, *part),
+                    )
+                ]
+            return sorted(held)
+
+        return await self._run(read)
 
     def _import(
         self,
@@ -1796,14 +1813,16 @@ class SQLiteStore(Store):
         image: AnomalyImage,
         policy: WritePolicy,
         now_ms: int,
-    ) -> None:
+    ) -> bool:
+        """Write one image in the caller's transaction; False (nothing written) for a new
+        anomaly past max_anomalies."""
         key = image.anomaly_key
         where = (project, key)
         held = db.execute(
             "SELECT 1 FROM anomalies WHERE project = ? AND anomaly_key = ?", where
         ).fetchone()
         if held is None and not self._room_for(db, project, policy.max_anomalies):
-            raise anomaly_limit_error(project, policy.max_anomalies)
+            return False
         # (its search entries stay: they are its signature's, and set again below)
         for table in ("anomalies", "open_episodes", "occurrence_ids", "write_marks",
                       "day_counts", "repair_history", "timeline"):  # fmt: skip
@@ -1860,6 +1879,7 @@ class SQLiteStore(Store):
             )
         if image.signature_json is not None:
             self._index(db, project, key, joined_terms(image.signature_json))
+        return True
 
     async def import_summary(
         self, project: str, days: dict[int, dict[str, int]], now_ms: int

@@ -207,8 +207,11 @@ class StoreWrapper(Store):
 
     async def import_anomalies(
         self, project: str, images: Sequence[AnomalyImage], policy: WritePolicy, now_ms: int
-    ) -> None:
-        await self.inner.import_anomalies(project, images, policy, now_ms)
+    ) -> int:
+        return await self.inner.import_anomalies(project, images, policy, now_ms)
+
+    async def held_anomalies(self, project: str, anomaly_keys: Sequence[str]) -> list[str]:
+        return await self.inner.held_anomalies(project, anomaly_keys)
 
     async def import_summary(
         self, project: str, days: dict[int, dict[str, int]], now_ms: int
