@@ -412,6 +412,16 @@ def test_errors_say_one_line_and_store_nothing(prometheus: Prometheus, tmp_path:
         (["--step", "100ms"], "1s to 1d"),
         (["--external-label", "cluster"], "NAME=VALUE"),
         (["--url", "prometheus:9090"], "not an http(s) URL"),
+        # seen by an attacker: each of these was a traceback
+        (["--url", "http://127.0.0.1:99999"], "port must be 1 to 65535"),
+        (["--url", "http://127.0.0.1:0"], "port must be 1 to 65535"),
+        (["--url", "http://127.0.0.1/\x01"], "is not an http(s) URL"),
+        (["--url", "http://127.0.0.1:9090?x=1"], "without a query (?) or fragment (#)"),
+        (["--url", "http://127.0.0.1:9090/#top"], "without a query (?) or fragment (#)"),
+        (["--since", "99999999999999999999d"], "too long a duration"),
+        (["--step", "99999999999999999999999s"], "too long a duration"),
+        (["--external-label", "cluster=x\udcff"], "is not UTF-8 text"),
+        (["--match", '{a="x\udcff"}'], "is not UTF-8 text"),
     ],
 )
 def test_bad_options_are_one_line_and_status_2(
@@ -423,6 +433,7 @@ def test_bad_options_are_one_line_and_status_2(
     assert stopped.value.code == 2
     said = capsys.readouterr().err
     assert len(said.splitlines()) == 1 and words in said, said
+    assert "Traceback" not in said
 
 
 async def test_an_interrupted_run_run_again_ends_as_one_clean_run(

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from anomaly_counter.cli import build_parser, main
+from anomaly_counter.cli import main
 from anomaly_counter.errors import SourceUnavailableError
 from anomaly_counter.importers.prometheus_api import Prometheus
 
@@ -293,32 +293,6 @@ def test_a_clock_ahead_keeps_the_real_start_in_the_id(
     )
     (line, _) = done.stdout.splitlines()
     assert line.startswith(datetime.fromtimestamp(fired, UTC).strftime("%Y-%m-%dT")), line
-
-
-@pytest.mark.parametrize(
-    ("option", "words"),
-    [
-        (["--url", "http://127.0.0.1:99999"], "port must be 1 to 65535"),
-        (["--url", "http://127.0.0.1:0"], "port must be 1 to 65535"),
-        (["--url", "http://127.0.0.1/\x01"], "is not an http(s) URL"),
-        (["--url", "http://127.0.0.1:9090?x=1"], "without a query (?) or fragment (#)"),
-        (["--url", "http://127.0.0.1:9090/#top"], "without a query (?) or fragment (#)"),
-        (["--since", "99999999999999999999d"], "too long a duration"),
-        (["--step", "99999999999999999999999s"], "too long a duration"),
-        (["--external-label", "cluster=x\udcff"], "is not UTF-8 text"),
-        (["--match", '{a="x\udcff"}'], "is not UTF-8 text"),
-    ],
-)
-def test_unusable_options_are_one_line_and_status_2(
-    option: list[str], words: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    url = [] if option[0] == "--url" else ["--url", "http://127.0.0.1:9090"]
-    with pytest.raises(SystemExit) as stopped:
-        build_parser().parse_args(["backfill", "prometheus", *url, *option])
-    assert stopped.value.code == 2
-    said = capsys.readouterr().err
-    assert len(said.splitlines()) == 1 and words in said, said
-    assert "Traceback" not in said
 
 
 def test_a_url_httpx_cannot_use_is_one_line_and_status_2(
