@@ -380,6 +380,41 @@ def test_an_import_never_takes_another_projects_tokens(tmp_path: Path, capsys: A
     assert _tokens(capsys, store) == before
 
 
+class _Changing(io.StringIO):
+    """A file that another writer changes once it was read through (between two readings)."""
+
+    def __init__(self, first: str, then: str) -> None:
+        super().__init__(first)
+        self._then: str | None = then
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        if position == 0 and whence == 0 and self._then is not None and self.tell() > 0:
+            text, self._then = self._then, None
+            super().seek(0)
+            self.truncate()
+            self.write(text)
+        return super().seek(position, whence)
+
+
+async def test_an_import_reads_its_file_once(make_counter: CounterFactory) -> None:
+    """Seen by an attacker: the checks read the file, then the writes read it again; a token
+    line added in between took another project's token."""
+    victim = make_counter("victim")
+    _, record = new_token("victim", 1_700_000_000_000, "ci", admin=True)
+    await victim.store.save_token(record)
+    attacker = make_counter("attacker")
+    await attacker.record_anomaly({"alertname": "Mine"})
+    clean = io.StringIO()
+    await export_project(attacker, clean)
+    lines = clean.getvalue().splitlines()
+    forged = {"type": "token", "token_id": record.token_id, "digest": "a" * 64,
+              "created_ms": 1, "label": "pwn", "read_only": False, "admin": True}  # fmt: skip
+    swapped = [*lines[:-1], json.dumps(forged), json.dumps({**json.loads(lines[-1]), "tokens": 1})]
+    source = _Changing("\n".join(lines) + "\n", "\n".join(swapped) + "\n")
+    await import_project(make_counter("copy"), source, name="f", explicit=True)
+    assert await victim.store.get_token(record.token_id) == record
+
+
 def test_export_output_never_replaces_the_store_nor_what_is_not_a_file(
     tmp_path: Path, capsys: Any
 ) -> None:
@@ -393,6 +428,20 @@ def test_export_output_never_replaces_the_store_nor_what_is_not_a_file(
         assert status == 2 and "the store's own file" in err and len(err.splitlines()) == 1
     assert run(capsys, "--json", "top", store=store)[1].count('"count"') == 1  # (intact)
     assert database.read_bytes().startswith(b"SQLite format 3")
+    # seen by an attacker: the file written before the rename was <output>.partial, opened
+    # as it was: the store under that name, or a link to it there, was emptied
+    for name in ("x.jsonl", "o.jsonl"):
+        beside = tmp_path / f"{name}.partial"
+        if name == "x.jsonl":
+            beside.write_bytes(database.read_bytes())  # a store of that name
+            target, url = beside, f"sqlite:///{beside}"
+        else:
+            beside.symlink_to(database)
+            target, url = database, store
+        status, out, err = run(capsys, "export", "--output", str(tmp_path / name), store=url)
+        assert status == 0 and "exported 1 anomalies" in out, err
+        assert target.read_bytes().startswith(b"SQLite format 3")
+        assert run(capsys, "--json", "top", store=url)[1].count('"count"') == 1
     # a device: written through (and a full disk is an error), not renamed over
     status, _, err = run(capsys, "export", "--output", "/dev/full", store=store)
     assert status == 2 and "cannot write /dev/full" in err and len(err.splitlines()) == 1

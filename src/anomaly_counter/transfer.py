@@ -249,21 +249,29 @@ async def import_project(
     now: datetime | None = None,
 ) -> Moved:
     """Import an export into the counter's project: checked whole first (InvalidInputError,
-    nothing written), then written (the anomalies in batches, each atomically). A source that
-    cannot be read twice (a pipe) is kept in a temporary file first.
+    nothing written), then written (the anomalies in batches, each atomically). The source is
+    read once, into a temporary file of our own: the checks and the writes see the same lines
+    whatever happens to the file meanwhile (and a pipe is read too).
 
     ``explicit``: the counter's project was named by the caller, so an export of another
     project may go there (without its API tokens: those stay with their project); otherwise
     the projects must match. ``replace``: anomalies of the file the project holds already
     are replaced by the file's (an import again after one that stopped half-way); otherwise
     the import is refused when it holds any."""
-    if not source.seekable():
-        with tempfile.TemporaryFile("w+", encoding="utf-8") as kept:
-            shutil.copyfileobj(source, kept)
-            kept.seek(0)
-            return await import_project(
-                counter, kept, name=name, explicit=explicit, replace=replace, now=now
-            )
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as kept:
+        shutil.copyfileobj(source, kept)
+        kept.seek(0)
+        return await _import_kept(counter, kept, name, explicit, replace, now)
+
+
+async def _import_kept(
+    counter: AnomalyCounter,
+    source: IO[str],
+    name: str,
+    explicit: bool,
+    replace: bool,
+    now: datetime | None,
+) -> Moved:
     checked = check_export(source, name)
     await _refusals(counter, checked, name, explicit=explicit, replace=replace)
     project = counter.project_id

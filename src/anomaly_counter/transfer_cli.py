@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import stat
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
@@ -60,14 +62,16 @@ async def export_command(counter: AnomalyCounter, args: argparse.Namespace) -> N
 
 async def _export_renamed(counter: AnomalyCounter, target: Path, tokens: bool) -> Moved:
     """Written beside the file and renamed when whole: a failed export leaves no file that
-    looks like one."""
-    partial = target.with_name(target.name + ".partial")
+    looks like one. The file it is written in is a new one, made for it (O_EXCL: never a file
+    or a link that was there, such as the store itself under that name)."""
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
     try:
-        with _written(partial) as out:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
             moved = await export_project(counter, out, tokens=tokens)
-        os.replace(partial, target)
+        os.replace(name, target)
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # (renamed, or not)
+            os.unlink(name)
     return moved
 
 
