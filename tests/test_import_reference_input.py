@@ -41,6 +41,8 @@ async def _with_junk(redis: RedisServer, now: datetime) -> str:
     await ref.record_disposition(busy, "human_approved")
     await client.zadd(f"{P}:timeline:{busy}", {"inf": float("inf"), "huge": 1e300})
     await client.zadd(f"{P}:timeline:{'2' * 16}", {"x": float("inf")})  # junk alone
+    # a key name that is not UTF-8 (it stopped every project's import, dry runs too)
+    await client.zadd(f"{P}:timeline:".encode() + b"\xff\xfe", {"x": now.timestamp()})
     await client.hset(f"{P}:disposition:{busy}", b"\xff\xfe", 3)
     await client.hset(f"{P}:disposition:{busy}", "auto_repair", -3)
     await client.hset(f"{P}:disposition:{busy}", "manual_resolved", "many")
@@ -67,6 +69,7 @@ async def test_junk_under_the_reference_keys_is_skipped_and_reported(
             ("dispositions", importer.UNKNOWN_TYPES): 3,
             ("dispositions", importer.BAD_COUNTS): 2,
             ("repairs", importer.BAD_REPAIRS): 1,
+            ("anomalies", importer.BAD_KEY): 1,
         }
         assert report.imported["occurrences"] == 1 and report.imported["repairs"] == 1
         assert all(n >= 0 for n in [*report.imported.values(), *report.present.values()])

@@ -154,6 +154,8 @@ async def import_reference(
     report = ImportReport(
         redacted(source_url), source_project, counter.project_id, dry_run, len(layout.anomalies)
     )
+    if layout.bad_names:
+        report.skipped[("anomalies", BAD_KEY)] += layout.bad_names
     importer = _Importer(counter, recording, report, moment)
     for start in range(0, len(layout.anomalies), _BATCH):
         batch = layout.anomalies[start : start + _BATCH]

@@ -96,6 +96,7 @@ class Layout:
 
     anomalies: list[ReferenceAnomaly]
     now_ms: int
+    bad_names: int = 0  # keys of its layout whose anomaly key is not UTF-8 text: not read
 
 
 def _link(url: str) -> Link:
@@ -131,13 +132,13 @@ async def read_layout(url: str, project: str, zone: tzinfo | None = None) -> Lay
     shown = redacted(url)
     try:
         now_ms = _ms_of_time((await link.round_trip([("TIME",)]))[0])
-        found = await _scan(link, project)
+        found, bad_names = await _scan(link, project)
         anomalies: list[ReferenceAnomaly] = []
         keys = sorted(found)
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
             anomalies += await _read(link, project, batch, found, now_ms, zone)
-        return Layout(anomalies, now_ms)
+        return Layout(anomalies, now_ms, bad_names)
     except StoreUnavailableError as exc:
         cause = exc.__cause__ or exc
         if isinstance(cause.__cause__, InvalidResponse):
@@ -163,9 +164,11 @@ def _glob(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
-async def _scan(link: Link, project: str) -> dict[str, dict[str, set[bool]]]:
-    """Anomaly key -> kind -> which sides hold a key of it (True: prefixed)."""
+async def _scan(link: Link, project: str) -> tuple[dict[str, dict[str, set[bool]]], int]:
+    """Anomaly key -> kind -> which sides hold a key of it (True: prefixed); and how many keys
+    had a name that is not UTF-8 text (no anomaly key of ours: not read, reported)."""
     found: dict[str, dict[str, set[bool]]] = {}
+    bad_names = 0
     for prefixed, head in ((True, f"{project}:anomaly:"), (False, "anomaly:")):
         cursor: Any = b"0"
         while True:
@@ -175,13 +178,17 @@ async def _scan(link: Link, project: str) -> dict[str, dict[str, set[bool]]]:
                 raise SourceUnavailableError(f"the reference's Redis refused SCAN: {reply}")
             cursor, names = reply
             for raw in names:
-                name = raw.decode("utf-8", "surrogateescape")
+                try:
+                    name = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad_names += 1
+                    continue
                 kind, _, key = name[len(head) :].partition(":")
                 if kind in KINDS and key:
                     found.setdefault(key, {}).setdefault(kind, set()).add(prefixed)
             if cursor in (b"0", 0, "0"):
                 break
-    return found
+    return found, bad_names
 
 
 def _name(project: str, kind: str, key: str, prefixed: bool) -> str:
