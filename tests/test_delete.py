@@ -539,9 +539,10 @@ async def test_the_command_line_asks_first(
     assert [f.signature["alertname"] for f in (await counter.top(10)).anomalies] == ["Keep"]
     gone = _cli(store_url, "delete", "anomaly", drop, "--yes")
     assert gone.returncode == 1 and f"no anomaly '{drop}'" in gone.stderr
-    nothing = _cli(store_url, "delete", "anomaly", "NoSuchAlert", tty="NoSuchAlert")
-    assert nothing.returncode == 1 and "Type" not in nothing.stderr  # (not asked first)
-    assert "no anomaly 'NoSuchAlert' in project 'team-a'" in nothing.stderr
+    for tty in ("NoSuchAlert", None):  # (on a terminal, or not: said, not asked first)
+        nothing = _cli(store_url, "delete", "anomaly", "NoSuchAlert", tty=tty)
+        assert nothing.returncode == 1 and "Type" not in nothing.stderr
+        assert "no anomaly 'NoSuchAlert' in project 'team-a'" in nothing.stderr
     unnamed = _cli(store_url, "delete", "project", "--yes", project=None)  # (not 'default')
     assert unnamed.returncode == 2 and "name the project to delete" in unnamed.stderr
     wrong = _cli(store_url, "delete", "project", tty="team-b")

@@ -494,6 +494,14 @@ _ANOMALY_CHANGES: list[tuple[str, Any]] = [
     ("timeline", ["garbage"]),
     ("timeline", ["f\x1f" + str(_BIG)]),
     ("fix", {"at": _BIG, "description": "d", "by": None}),
+    # seen by an attacker on a second pass: each imported, and the library then misbehaved
+    ("key", "0000000000000000"),  # (not its signature's: the next occurrence split it)
+    ("first_seen", 4_102_444_800_000),  # (later than its last_seen)
+    ("state", {"tail": [1], "evicted_max": None, "newest": 1,
+               "rings": [[[i, 1] for i in range(200)], [], [], []]}),
+    ("timeline", lambda entries: entries * 201),
+    ("repairs", [{"action": "a", "success": True, "at_ms": 1, "until_ms": None,
+                  "back_ms": None}] * 101),
 ]  # fmt: skip
 
 
@@ -502,7 +510,7 @@ def test_an_anomaly_line_the_library_would_not_write_is_refused(
     tmp_path: Path, capsys: Any, exported: list[str], field: str, value: Any
 ) -> None:
     anomaly = json.loads(exported[1])
-    anomaly[field] = value
+    anomaly[field] = value(anomaly[field]) if callable(value) else value
     _refused_whole(tmp_path, capsys, [exported[0], json.dumps(anomaly), *exported[2:]], "line 2")
 
 
@@ -523,6 +531,33 @@ def test_a_token_line_out_of_range_is_refused(tmp_path: Path, capsys: Any) -> No
     end = {"type": "end", "anomalies": 0, "tokens": 1}
     lines = [json.dumps(header), json.dumps(token), json.dumps(end)]
     _refused_whole(tmp_path, capsys, lines, "line 2")
+
+
+def test_a_token_both_read_only_and_admin_is_refused(tmp_path: Path, capsys: Any) -> None:
+    """Seen by an attacker: listed as a viewer's, it could delete."""
+    token = {"type": "token", "token_id": "0123456789abcdef", "digest": "ab" * 32,
+             "created_ms": 1, "label": "x", "read_only": True, "admin": True}  # fmt: skip
+    header = {"format": "anomaly-counter-export", "version": 1, "project": "ops"}
+    end = {"type": "end", "anomalies": 0, "tokens": 1}
+    lines = [json.dumps(header), json.dumps(token), json.dumps(end)]
+    _refused_whole(tmp_path, capsys, lines, "line 2")
+
+
+def test_an_anomaly_holding_more_than_the_project_keeps_is_refused(
+    tmp_path: Path, capsys: Any, exported: list[str]
+) -> None:
+    """Seen by an attacker: 100,000 occurrence times were stored as given."""
+    anomaly = json.loads(exported[1])
+    times = list(range(1_700_000_000_000, 1_700_000_000_000 + 200))
+    anomaly["state"] = {"tail": times, "evicted_max": None, "newest": times[-1],
+                        "rings": [[], [], [], []]}  # fmt: skip
+    anomaly["first_seen"], anomaly["last_seen"] = times[0], times[-1]
+    bad = tmp_path / "big.jsonl"
+    bad.write_text("\n".join([exported[0], json.dumps(anomaly), *exported[2:]]) + "\n")
+    target = f"sqlite:///{tmp_path}/b.db"
+    status, _, err = run(capsys, "--project", "ops", "import", "jsonl", str(bad), store=target)
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert "line 2: anomaly" in err and "holds 200 occurrence times" in err and "128" in err
 
 
 def _refused_whole(tmp_path: Path, capsys: Any, lines: list[str], where: str) -> None:

@@ -38,13 +38,13 @@ async def _delete_anomaly(counter: AnomalyCounter, args: argparse.Namespace) -> 
     ref = " ".join(args.key)
     project = counter.project_id
     if not args.yes:
-        _need_a_terminal(f"anomaly {ref!r} of project {project!r}")
-        found = await counter.find(ref)
+        found = await counter.find(ref)  # (what there is to ask about, before asking)
         if found.anomaly is None and found.matches:
             _list(args, found.matches)
             _fail(f"{ref!r} matches {len(found.matches)} anomalies: name the one by its key", 1)
-        if found.anomaly is None and not looks_like_key(ref):  # (nothing to ask about)
+        if found.anomaly is None and not looks_like_key(ref):
             _fail(f"no anomaly {ref!r} in project {project!r}", 1)
+        _need_a_terminal(f"anomaly {ref!r} of project {project!r}")
         key = found.anomaly.anomaly_key if found.anomaly is not None else ref
         what = f" ({_labels(found.anomaly.signature)})" if found.anomaly is not None else ""
         _confirm(

@@ -37,6 +37,7 @@ from typing import IO, Any
 from . import transfer_checks as checks
 from .counter import AnomalyCounter
 from .errors import AnomalyCounterError, InvalidInputError, LimitExceededError
+from .stores.base import WritePolicy
 from .stores.image import AnomalyImage
 from .tokens import TokenRecord
 from .validation import project_id
@@ -239,6 +240,19 @@ def check_export(source: IO[str], name: str) -> Checked:
     return Checked(project, keys, token_ids)
 
 
+def _within_policy(source: IO[str], name: str, policy: WritePolicy) -> None:
+    """InvalidInputError (naming the line) for an anomaly holding more than the target
+    project keeps: read before anything is written."""
+    source.seek(0)
+    source.readline()
+    for number, parsed in _lines(source, name):
+        if parsed.image is not None:
+            try:
+                checks.within_policy(parsed.image, policy)
+            except ValueError as exc:
+                raise InvalidInputError(f"{name}: line {number}: {exc}") from None
+
+
 async def import_project(
     counter: AnomalyCounter,
     source: IO[str],
@@ -276,6 +290,7 @@ async def _import_kept(
     await _refusals(counter, checked, name, explicit=explicit, replace=replace)
     project = counter.project_id
     store, policy = counter.store, counter.write_policy
+    _within_policy(source, name, policy)
     now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
     source.seek(0)
     source.readline()

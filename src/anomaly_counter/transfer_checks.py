@@ -15,7 +15,10 @@ from . import timeline, validation
 from .episodes import FLAP_MASK, IncidentState
 from .errors import InvalidInputError
 from .model import EscalationLevel
+from .signature import hash_signature
+from .stores.base import REPAIR_HISTORY_LENGTH, WritePolicy
 from .stores.image import AnomalyImage
+from .windows import RING_SLOTS
 
 MAX_MS = 2**53
 """Counts stay below 2**53: exact as doubles (Redis's Lua) and within SQLite's 64-bit
@@ -70,7 +73,19 @@ def check_image(image: AnomalyImage) -> None:
     except InvalidInputError as exc:
         raise ValueError(str(exc)) from None
     if image.signature_json is not None:
-        _signature(image.signature_json)
+        _signature(image.signature_json, image.anomaly_key)
+    if (
+        image.first_seen_ms is not None
+        and image.last_seen_ms is not None
+        and image.first_seen_ms > image.last_seen_ms
+    ):
+        raise ValueError("first_seen is later than last_seen")
+    for what, items, most in (
+        ("timeline entries", image.timeline, timeline.MAX_ENTRIES),
+        ("repairs", image.repairs, REPAIR_HISTORY_LENGTH),
+    ):
+        if len(items) > most:
+            raise ValueError(f"{len(items)} {what}: the library keeps at most {most}")
     for what, value in (
         ("first_seen", image.first_seen_ms),
         ("last_seen", image.last_seen_ms),
@@ -128,7 +143,7 @@ def check_image(image: AnomalyImage) -> None:
         count(score, f"score {score_name}")
 
 
-def _signature(text: str) -> None:
+def _signature(text: str, anomaly_key: str) -> None:
     try:
         data = json.loads(text)
     except ValueError:
@@ -137,6 +152,30 @@ def _signature(text: str) -> None:
         validation.signature(data)
     except InvalidInputError as exc:
         raise ValueError(str(exc)) from None
+    # (an anomaly imported by its key alone, labels unknown, has none: {})
+    if data and hash_signature(data) != anomaly_key:
+        raise ValueError(
+            f"anomaly key {anomaly_key} is not its signature's ({hash_signature(data)}): the"
+            " next occurrence of that alert would make another anomaly"
+        )
+
+
+def within_policy(image: AnomalyImage, policy: WritePolicy) -> None:
+    """ValueError for an image holding more than the target project keeps (its settings)."""
+    state = image.state
+    for what, n, most, setting in (
+        ("occurrence times", len(state.tail) if state else 0, policy.tail_capacity,
+         "twice its highest threshold, at least 128"),
+        ("open episodes", len(image.open_episodes), policy.episodes.max_open,
+         "episodes.max_open"),
+        ("remembered ids", len(image.ids), 2 * policy.dedup_max_ids,
+         "dedup_max_ids, for occurrences and for writes"),
+    ):  # fmt: skip
+        if n > most:
+            raise ValueError(
+                f"anomaly {image.anomaly_key} holds {n} {what}; this project keeps at most"
+                f" {most} ({setting})"
+            )
 
 
 def _state(image: AnomalyImage) -> None:
@@ -151,6 +190,8 @@ def _state(image: AnomalyImage) -> None:
         if value != -(2**53):  # (NEVER: none)
             time_ms(value, what)
     for ring in state.rings:
+        if len(ring) > RING_SLOTS:
+            raise ValueError(f"a ring of {len(ring)} slots: the library keeps {RING_SLOTS}")
         for slot, n in ring.items():
             count(slot, "a ring slot")
             count(n, "a ring count")
@@ -203,3 +244,5 @@ def check_token(token: dict[str, Any]) -> None:
     time_ms(token["created_ms"], "a token's created_ms")
     if token["label"]:
         text(token["label"], "a token's label")
+    if token["read_only"] and token["admin"]:
+        raise ValueError("a token is read-only or admin, not both")
