@@ -357,3 +357,17 @@ def test_a_busy_port_is_said_before_serving_and_exits_2(store: str, tmp_path: Pa
     assert done.returncode == 2, done.stderr
     assert "on sqlite" not in done.stdout and done.stdout == ""
     assert done.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_labels_never_drive_the_terminal(store: str) -> None:
+    """Seen by an attacker: an alert labelled with an escape sequence was printed raw in the
+    tables, and the reader's terminal acted on it."""
+    assert (
+        cli("record", "--alert-name", "\x1b[31mRed", "--service", "a\x07b", store=store).returncode
+        == 0
+    )
+    for args in (["top"], ["show", "Red"], ["search", "Red"]):
+        shown = cli(*args, store=store)
+        assert shown.returncode == 0, shown.stderr
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout, args
+        assert "\\x1b[31mRed" in shown.stdout, (args, shown.stdout)

@@ -15,6 +15,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import textwrap
@@ -381,7 +382,16 @@ def _emit(as_json: bool, data: Any, text: Callable[[], str]) -> None:
     if as_json:
         print(json.dumps(data, default=str, ensure_ascii=False, indent=2))
     else:
-        print(text())
+        print(_CONTROL.sub(_escaped, text()))
+
+
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+"""Control characters but the newline: labels come from alerts, and an escape sequence in
+one would drive the reader's terminal (shown as \\x1b instead)."""
+
+
+def _escaped(found: re.Match[str]) -> str:
+    return f"\\x{ord(found.group()):02x}"
 
 
 # -- commands -------------------------------------------------------------------------------
