@@ -92,6 +92,12 @@ async def test_times_out_of_range_and_naive_times_are_refused(
         await counter.record_anomaly(SIG, at=clock.now - timedelta(days=30, seconds=1))
     with pytest.raises(OccurrenceTimeError, match="future"):
         await counter.record_anomaly(SIG, at=clock.now + timedelta(minutes=6))
+    other = make_counter("team-b")  # (a repair's time is an event's, and says so)
+    await other.record_anomaly(SIG)
+    with pytest.raises(OccurrenceTimeError, match=r"^event time .* older than 30 days"):
+        await other.record_repair_attempt(
+            KEY, "restart_pod", True, at=clock.now - timedelta(days=40)
+        )
     with pytest.raises(OccurrenceTimeError, match="naive"):
         await counter.record_anomaly(SIG, at=datetime(2026, 3, 29, 12, 0))
     ok = await counter.record_anomaly(SIG, at=clock.now + timedelta(minutes=4))

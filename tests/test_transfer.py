@@ -533,6 +533,20 @@ def test_a_token_line_out_of_range_is_refused(tmp_path: Path, capsys: Any) -> No
     _refused_whole(tmp_path, capsys, lines, "line 2")
 
 
+def test_a_token_twice_is_refused(tmp_path: Path, capsys: Any) -> None:
+    """Seen by an attacker: a token listed twice was counted as two."""
+    token = {"type": "token", "token_id": "0123456789abcdef", "digest": "ab" * 32,
+             "created_ms": 1, "label": "x", "read_only": False, "admin": False}  # fmt: skip
+    header = {"format": "anomaly-counter-export", "version": 1, "project": "ops"}
+    end = {"type": "end", "anomalies": 0, "tokens": 2}
+    lines = [json.dumps(header), json.dumps(token), json.dumps(token), json.dumps(end)]
+    bad = tmp_path / "twice.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    status, _, err = run(capsys, "--project", "ops", "import", "jsonl", str(bad),
+                         store=f"sqlite:///{tmp_path}/t.db")  # fmt: skip
+    assert status == 2 and "line 3: token 0123456789abcdef a second time" in err, err
+
+
 def test_a_token_both_read_only_and_admin_is_refused(tmp_path: Path, capsys: Any) -> None:
     """Seen by an attacker: listed as a viewer's, it could delete."""
     token = {"type": "token", "token_id": "0123456789abcdef", "digest": "ab" * 32,
@@ -626,3 +640,16 @@ def test_the_project_named_by_the_environment_counts_as_named(
         status, out, err = run(capsys, "import", "jsonl", "-", store=store, stdin=text)
     assert status == 0, err
     assert out == "imported 1 anomalies into project ops\n"
+
+
+def test_an_empty_export_says_so(tmp_path: Path, capsys: Any) -> None:
+    """Seen by a careless operator: `export --project Demo` (the project is `demo`) wrote an
+    empty export, exit 0, and said nothing."""
+    store = f"sqlite:///{tmp_path}/e.db"
+    assert run(capsys, "--project", "demo", "record", "--alert-name", "X", store=store)[0] == 0
+    out_file = str(tmp_path / "x.jsonl")
+    status, out, err = run(capsys, "--project", "Demo", "export", "--output", out_file, store=store)
+    assert status == 0 and "exported 0 anomalies" in out
+    assert "project 'Demo'" in err and "holds nothing" in err and len(err.splitlines()) == 1
+    status, _, err = run(capsys, "--project", "demo", "export", "--output", out_file, store=store)
+    assert status == 0 and err == ""

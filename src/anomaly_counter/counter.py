@@ -834,7 +834,7 @@ class AnomalyCounter:
         retries are applied once)."""
         reporter = validation.reporter(by)
         now = self._clock()
-        moment = validation.occurrence_time(at, now)
+        moment = validation.occurrence_time(at, now, "event")  # (a repair's, a fix's, ...)
         return AnomalyWrite(key, _ms(moment), _ms(now), uuid.uuid4().hex, reporter)
 
     async def _within_action_limit(self, store: Store, key: str, action: str, now_ms: int) -> None:

@@ -230,7 +230,10 @@ def check_export(source: IO[str], name: str) -> Checked:
             seen.add(key)
             keys.append(key)
         elif parsed.token is not None:
-            token_ids.append(parsed.token["token_id"])
+            token_id = parsed.token["token_id"]
+            if token_id in token_ids:
+                raise InvalidInputError(f"{name}: line {number}: token {token_id} a second time")
+            token_ids.append(token_id)
         elif parsed.kind == "end" and parsed.counted != (len(keys), len(token_ids)):
             raise InvalidInputError(
                 f"{name}: line {number}: the end line counts {parsed.counted[0]} anomalies"

@@ -16,6 +16,7 @@ from typing import IO
 
 from .counter import AnomalyCounter
 from .errors import InvalidInputError
+from .redact import redacted
 from .settings import Settings
 from .stores.sqlite import sqlite_path
 from .transfer import Moved, export_project, import_project
@@ -57,6 +58,12 @@ async def export_command(counter: AnomalyCounter, args: argparse.Namespace) -> N
                 moved = await export_project(counter, out, tokens=args.tokens)
     except OSError as exc:
         raise InvalidInputError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    if not (moved.anomalies or moved.tokens or moved.summary_days):  # (a mistyped --project?)
+        where = redacted(args.store or counter.settings.store_url)
+        sys.stderr.write(
+            f"note: project {moved.project!r} in {where} holds nothing: the export is empty"
+            " (check --project and --store)\n"
+        )
     _say(args, moved, f"exported {_what(moved)} of project {moved.project} to {args.output}")
 
 

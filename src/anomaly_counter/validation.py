@@ -175,16 +175,17 @@ def signature_json(clean: Mapping[str, Any]) -> str:
     return _ENCODER.encode(clean)
 
 
-def occurrence_time(at: datetime | None, now: datetime) -> datetime:
-    """An occurrence time in UTC: aware, within the retention, not far in the future."""
+def occurrence_time(at: datetime | None, now: datetime, what: str = "occurrence") -> datetime:
+    """An occurrence's time (or another event's: ``what``) in UTC: aware, within the
+    retention, not far in the future."""
     if at is None:
         return now
     moment = aware(at)
     if moment < now - timedelta(seconds=RETENTION_SECONDS):
-        raise OccurrenceTimeError(f"occurrence time {moment.isoformat()} is older than 30 days")
+        raise OccurrenceTimeError(f"{what} time {moment.isoformat()} is older than 30 days")
     if moment > now + MAX_FUTURE:
         raise OccurrenceTimeError(
-            f"occurrence time {moment.isoformat()} is more than 5 minutes in the future"
+            f"{what} time {moment.isoformat()} is more than 5 minutes in the future"
         )
     return moment
 
