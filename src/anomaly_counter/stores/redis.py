@@ -195,15 +195,19 @@ def lua_constants() -> str:
     return "-- generated from anomaly_counter's Python modules (lua_constants)\n" + "\n".join(lines)
 
 
-_EPISODE_SCRIPTS = frozenset(("record", "resolve", "flap_sweep"))
-"""The scripts that also get episodes.lua (incidents and flapping)."""
+_MODULES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("record", "resolve", "flap_sweep"), ("episodes",)),
+    **dict.fromkeys(("state", "export"), ("window",)),
+}
+"""The scripts that also get a module beside common.lua: episodes.lua (incidents and
+flapping), window.lua (the counting state as replies give it). Only those: a chunk makes a
+closure of each of its local functions at every call."""
 
 
 def _script_source(name: str) -> str:
     lua = resources.files("anomaly_counter.stores") / "lua"
     parts = [lua_constants(), (lua / "common.lua").read_text()]
-    if name in _EPISODE_SCRIPTS:
-        parts.append((lua / "episodes.lua").read_text())
+    parts += [(lua / f"{module}.lua").read_text() for module in _MODULES.get(name, ())]
     parts.append((lua / f"{name}.lua").read_text())
     return "\n".join(parts)
 

@@ -2,22 +2,15 @@
 -- KEYS: meta
 -- ARGV: anomaly_key (its member in the shard's indexes)
 -- Returns names and values: 'st' (its packed state's fields: first, newest, evicted, has_days,
--- level, fix, regressed, in that order), then as state.lua: 'tail', 'ring<r>', 'pending<r>'
--- (r = 1..4); then 'meta' (its meta hash, the state left out), 'signature' ('' for none),
+-- level, fix, regressed, in that order), then window_fields (window.lua): 'tail', 'ring<r>',
+-- 'pending<r>' (r = 1..4); then 'meta' (its meta hash, the state left out), 'signature' ('' for none),
 -- 'ids', 'marks', 'days', 'history', 'milestones', 'routine', 'open', and 'scores': its
 -- entries in INDEX_NAMES, 'dispositions', 'chronic' and 'flapping' (-1: none).
 local meta = KEYS[1]
 if redis.call('HEXISTS', meta, 'st') == 0 then return nil end
 local s = load_state(meta)
-local buffer, head = tail_buffer(s), s[HEAD]
-local out = {'st', {s[FIRST], s[NEWEST], s[EVICTED], s[HAS_DAYS], s[LEVEL], s[FIX], s[REGRESSED]},
-             'tail', string.sub(buffer, 8 * head + 1) .. string.sub(buffer, 1, 8 * head)}
-for r = 1, 4 do
-  out[#out + 1] = 'ring' .. r
-  out[#out + 1] = redis.call('HGETALL', ring_key(s, r))
-  out[#out + 1] = 'pending' .. r
-  out[#out + 1] = {s[PENDING + 2 * r], s[PENDING + 2 * r + 1]}
-end
+local out = window_fields(
+  s, {'st', {s[FIRST], s[NEWEST], s[EVICTED], s[HAS_DAYS], s[LEVEL], s[FIX], s[REGRESSED]}})
 local hash = redis.call('HGETALL', meta)
 local fields = {}
 for i = 1, #hash, 2 do
