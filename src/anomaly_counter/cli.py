@@ -15,7 +15,6 @@ import getpass
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import textwrap
@@ -31,6 +30,9 @@ import structlog
 
 from . import __version__
 from .cli_delete import delete_command
+from .cli_output import PROG
+from .cli_output import emit as _emit
+from .cli_output import fail as _fail
 from .counter import AnomalyCounter
 from .errors import (
     AmbiguousAnomalyError,
@@ -59,7 +61,6 @@ from .transfer_cli import (
 )
 from .windows import HISTORY
 
-PROG = "anomaly-counter"
 T = TypeVar("T")
 logger = structlog.get_logger("anomaly_counter.cli")
 DEFAULT_SERVICE_SPOOL = "anomaly-counter-spool"
@@ -376,22 +377,6 @@ def _spark(counts: Sequence[int]) -> str:
     if not peak:
         return _BARS[0] * len(counts)
     return "".join(_BARS[0 if n == 0 else max(1, round(n / peak * 8))] for n in counts)
-
-
-def _emit(as_json: bool, data: Any, text: Callable[[], str]) -> None:
-    if as_json:
-        print(json.dumps(data, default=str, ensure_ascii=False, indent=2))
-    else:
-        print(_CONTROL.sub(_escaped, text()))
-
-
-_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
-"""Control characters but the newline: labels come from alerts, and an escape sequence in
-one would drive the reader's terminal (shown as \\x1b instead)."""
-
-
-def _escaped(found: re.Match[str]) -> str:
-    return f"\\x{ord(found.group()):02x}"
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -767,12 +752,6 @@ def _who(signature: dict[str, Any]) -> str:
         signature.get("namespace", "?"),
         signature.get("service", "?"),
     )
-
-
-def _fail(message: str, status: int) -> NoReturn:
-    one_line = " ".join(message.splitlines())  # (a library's message may span several)
-    sys.stderr.write(f"{PROG}: error: {one_line}\n")
-    raise SystemExit(status)
 
 
 async def _token(counter: AnomalyCounter, args: argparse.Namespace) -> None:

@@ -10,18 +10,17 @@ was none (a mistyped ``--store``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
+from .cli_output import emit
+from .cli_output import fail as _fail
 from .counter import AnomalyCounter, looks_like_key
 from .errors import AmbiguousAnomalyError
 from .model import AnomalyFrequency
 from .redact import redacted
 from .signature import fingerprint_fields
 from .stores.sqlite import SQLiteStore
-
-PROG = "anomaly-counter"
 
 
 async def delete_command(counter: AnomalyCounter, args: argparse.Namespace) -> None:
@@ -120,9 +119,4 @@ def _list(args: argparse.Namespace, matches: list[AnomalyFrequency]) -> None:
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text)
-
-
-def _fail(message: str, status: int) -> NoReturn:
-    sys.stderr.write(f"{PROG}: error: {' '.join(message.splitlines())}\n")
-    raise SystemExit(status)
+    emit(args.json, data, lambda: text)
