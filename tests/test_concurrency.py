@@ -74,7 +74,10 @@ def test_fifty_sqlite_writers_in_five_processes(tmp_path: Path) -> None:
 
 def test_one_sqlite_counter_shared_by_threads(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/threads.db"
-    counter = AnomalyCounter.from_url(url, "team-a", settings=Settings(store_url=url))
+    # (a lock wait past store_timeout answers degraded, not counted: on a busy machine, CI saw
+    # 199 of 200; the test is of exactness between threads, not of the timeout)
+    settings = Settings(store_url=url, store_timeout=30)
+    counter = AnomalyCounter.from_url(url, "team-a", settings=settings)
     moment = datetime.now(UTC)
     levels: list[str] = []
 
